@@ -1,0 +1,80 @@
+//! Master keys and what they unlock. A master-key provider is an operation on keyslots
+//! (create one, open one), never a bag of key bytes handed around, so KMS and PKCS#11
+//! providers fit the same trait. Opening a keyslot yields the volume keyring, from which
+//! `VolumeKeys` derives every working key.
+
+mod keyfile;
+mod local;
+mod passphrase;
+mod unlock;
+mod volume_keys;
+
+pub use keyfile::{KeyfileProvider, default_key_path, write_new_keyfile};
+pub use passphrase::{PassphraseProvider, PassphraseSource};
+pub use unlock::unlock;
+pub use volume_keys::{DataKeyMaterial, VolumeKeys};
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::crypto::CryptoError;
+use crate::format::FormatError;
+use crate::format::config::ConfigKeyslot;
+use crate::format::{Id, header::FileHeader};
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("wrong key: {0} does not open any keyslot of this volume")]
+    WrongKey(String),
+    #[error("no keyslot of this volume is of the kind {0} can open (slots: {1})")]
+    NoSlotForProvider(String, String),
+    #[error("keyslot {0} is damaged: its check value matches but it does not decrypt")]
+    SlotDamaged(u32),
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("passphrase: {0}")]
+    Passphrase(String),
+    #[error("header of file {file}: {reason}")]
+    Header { file: String, reason: &'static str },
+    #[error("KEK version {0} is not in the keyring")]
+    UnknownKek(u32),
+    #[error("the volume config has been modified by someone without its key (MAC mismatch)")]
+    ConfigTampered,
+    #[error("no way to unlock the volume was given")]
+    NoProvider,
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("cryptography: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// A master key that can seal the volume keyring into a keyslot and open it again.
+pub trait MasterKeyProvider: Send + Sync {
+    /// For messages: "key file /root/x.key", "passphrase".
+    fn describe(&self) -> String;
+
+    /// Seals `keyring` into a new keyslot with id `slot_id`.
+    fn create_slot(
+        &self,
+        slot_id: u32,
+        volume_id: &Id,
+        keyring: &[u8],
+    ) -> Result<ConfigKeyslot, KeyError>;
+
+    /// Opens `slot` if it is of this provider's kind: Ok(None) for another kind of slot,
+    /// Err(WrongKey) when this key is not the slot's key.
+    fn open_slot(
+        &self,
+        slot: &ConfigKeyslot,
+        volume_id: &Id,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError>;
+}
+
+/// What the header store needs from the key hierarchy: wrap a fresh data key for a new file,
+/// and recover it from a header.
+pub trait HeaderKeys: Send + Sync {
+    fn new_header(&self, file_id: &Id) -> Result<(FileHeader, DataKeyMaterial), KeyError>;
+    fn open_header(&self, header: &FileHeader) -> Result<DataKeyMaterial, KeyError>;
+}
