@@ -6,3 +6,4 @@ pub mod crypto;
 pub mod format;
 pub mod io;
 pub mod keys;
+pub mod volume;

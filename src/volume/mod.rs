@@ -1,0 +1,247 @@
+//! An opened volume: its config, its keys, its header store and fd-relative access to the
+//! cipher dir. Knows files, not FUSE: the mount, and later fsck and rewrap, share it.
+
+mod error;
+pub mod headers;
+pub mod names;
+
+pub use error::{Result, VolumeError};
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::Mode;
+use nix::unistd::linkat;
+
+use crate::crypto::random_array;
+use crate::format::block::{self, Layout, PREAMBLE_LEN};
+use crate::format::config::{CIPHER, CONFIG_FILE, KeyMode, MAX_CONFIG_LEN, VolumeConfig};
+use crate::format::name::BackingName;
+use crate::format::{FORMAT_VERSION, Id, id_to_hex};
+use crate::keys::{self, DataKeyMaterial, HeaderKeys, MasterKeyProvider, VolumeKeys};
+use headers::{HEADERS_DIR, HeaderStore};
+
+pub struct Volume {
+    pub path: PathBuf,
+    pub root: OwnedFd,
+    pub config: VolumeConfig,
+    pub keys: VolumeKeys,
+    pub layout: Layout,
+    pub headers: HeaderStore,
+    /// fsync each new header before it is renamed into place.
+    pub durable_headers: bool,
+}
+
+/// What `init` decides beyond the master key.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub block_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            block_size: block::DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+impl Volume {
+    /// Reads and structurally validates `sealfs.conf`, with errors a user can act on.
+    pub fn read_config(cipher_dir: &Path) -> Result<VolumeConfig> {
+        let path = cipher_dir.join(CONFIG_FILE);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if cipher_dir.is_dir() => VolumeError::Usage(format!(
+                "{} is not a sealfs volume (no {CONFIG_FILE}); create one with `sealfs init`",
+                cipher_dir.display()
+            )),
+            std::io::ErrorKind::NotFound => {
+                VolumeError::Usage(format!("{} does not exist", cipher_dir.display()))
+            }
+            _ => VolumeError::Usage(format!("cannot read {}: {e}", path.display())),
+        })?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_LEN as u64 + 1).read_to_end(&mut bytes)?;
+        VolumeConfig::parse(&bytes)
+            .map_err(|e| VolumeError::Usage(format!("{}: {e}", path.display())))
+    }
+
+    /// Creates a new volume in `cipher_dir` (created if missing, refused unless empty), with one
+    /// keyslot per provider.
+    pub fn init(
+        cipher_dir: &Path,
+        options: &InitOptions,
+        providers: &[Box<dyn MasterKeyProvider>],
+        volume_id: Id,
+    ) -> Result<VolumeConfig> {
+        block::validate_block_size(options.block_size)?;
+        if providers.is_empty() {
+            return Err(keys::KeyError::NoProvider.into());
+        }
+        if cipher_dir.join(CONFIG_FILE).exists() {
+            return Err(VolumeError::Usage(format!(
+                "{} is already a sealfs volume; refusing to overwrite it",
+                cipher_dir.display()
+            )));
+        }
+        match fs::read_dir(cipher_dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(VolumeError::Usage(format!(
+                        "{} is not empty; a new volume needs an empty directory",
+                        cipher_dir.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().recursive(true).create(cipher_dir)?
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let keyring = VolumeKeys::generate_keyring()?;
+        let keyring_bytes = keyring.encode();
+        let keyslots = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.create_slot(i as u32, &volume_id, &keyring_bytes))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut config = VolumeConfig {
+            format_version: FORMAT_VERSION.into(),
+            volume_id: id_to_hex(&volume_id),
+            block_size: options.block_size,
+            cipher: CIPHER.into(),
+            key_mode: KeyMode::Volume,
+            current_kek: 1,
+            keyslots,
+            mac: String::new(),
+        };
+        VolumeKeys::new(volume_id, keyring, 1)?.seal_config(&mut config);
+        fs::DirBuilder::new().create(cipher_dir.join(HEADERS_DIR))?;
+        write_config(cipher_dir, &config)?;
+        Ok(config)
+    }
+
+    /// Opens a volume with the first provider that unlocks one of its keyslots.
+    pub fn open(cipher_dir: &Path, providers: &[Box<dyn MasterKeyProvider>]) -> Result<Volume> {
+        let config = Self::read_config(cipher_dir)?;
+        let keys = keys::unlock(&config, providers)?;
+        let root = openat(
+            nix::fcntl::AT_FDCWD,
+            cipher_dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let headers = HeaderStore::open(root.as_fd())?;
+        Ok(Volume {
+            path: cipher_dir.to_path_buf(),
+            layout: Layout::new(config.block_size)?,
+            root,
+            config,
+            keys,
+            headers,
+            durable_headers: true,
+        })
+    }
+
+    /// Creates a regular data file named `name` in directory `dir`: its header first, then the
+    /// data file, which appears under its name only once it carries its file id.
+    pub fn create_data_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &BackingName,
+        mode: u32,
+    ) -> Result<(File, Id, DataKeyMaterial)> {
+        let file_id: Id = random_array().map_err(keys::KeyError::from)?;
+        let (header, material) = self.keys.new_header(&file_id)?;
+        self.headers.create(&header, self.durable_headers)?;
+        let created = self.link_new_data_file(dir, name, mode, &file_id);
+        if created.is_err() {
+            let _ = self.headers.remove(&file_id);
+        }
+        Ok((created?, file_id, material))
+    }
+
+    fn link_new_data_file(&self, dir: BorrowedFd<'_>, name: &BackingName, mode: u32, file_id: &Id) -> Result<File> {
+        names::write_long_sidecar(dir, name)?;
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        let preamble = block::encode_preamble(file_id);
+        // O_TMPFILE + linkat: the name appears atomically with its preamble in place.
+        let tmp = openat(dir, ".", OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC, perm);
+        let file = match tmp {
+            Ok(fd) => {
+                let file = File::from(fd);
+                file.write_all_at(&preamble, 0)?;
+                let proc_path = proc_fd_path(file.as_fd());
+                linkat(
+                    nix::fcntl::AT_FDCWD,
+                    proc_path.as_path(),
+                    dir,
+                    name.entry(),
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                )?;
+                file
+            }
+            Err(nix::Error::EOPNOTSUPP | nix::Error::EISDIR | nix::Error::EINVAL) => {
+                let fd = openat(
+                    dir,
+                    name.entry(),
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                    perm,
+                )?;
+                let file = File::from(fd);
+                file.write_all_at(&preamble, 0)?;
+                file
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(file)
+    }
+
+    /// The file id and content key of an open data file.
+    pub fn open_data_file(&self, file: &File) -> Result<(Id, DataKeyMaterial)> {
+        let mut preamble = [0u8; PREAMBLE_LEN as usize];
+        let mut got = 0;
+        while got < preamble.len() {
+            match file.read_at(&mut preamble[got..], got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let file_id = block::decode_preamble(&preamble[..got])
+            .map_err(|e| VolumeError::Corrupt(format!("data file preamble: {e}")))?;
+        let header = self.headers.load(&file_id)?;
+        let material = self.keys.open_header(&header).map_err(|e| VolumeError::Corrupt(e.to_string()))?;
+        Ok((file_id, material))
+    }
+
+    pub fn encrypt_name(&self, plain: &OsStr) -> Result<BackingName> {
+        names::encrypt_name(&self.keys, plain)
+    }
+}
+
+/// `/proc/self/fd/N`: reopens or links what an fd refers to, including files already unlinked.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Writes the config crash-safely: temp file, fsync, rename, fsync of the directory.
+pub fn write_config(cipher_dir: &Path, config: &VolumeConfig) -> Result<()> {
+    let tmp = cipher_dir.join(format!("{CONFIG_FILE}.tmp"));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o400)
+        .open(&tmp)?;
+    file.write_all(&config.to_pretty_json())?;
+    file.sync_all()?;
+    fs::rename(&tmp, cipher_dir.join(CONFIG_FILE))?;
+    File::open(cipher_dir)?.sync_all()?;
+    Ok(())
+}
