@@ -4,6 +4,7 @@
 
 pub mod crypto;
 pub mod format;
+pub mod fs;
 pub mod io;
 pub mod keys;
 pub mod volume;

@@ -56,10 +56,19 @@ impl Sealer {
         Ok(out)
     }
 
+    /// Deterministic sealing (all-zero nonce, not stored): ciphertext || tag. For names, where
+    /// equal plaintexts must give equal ciphertexts.
     pub fn seal_deterministic(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut out = vec![0u8; plaintext.len() + SEAL_OVERHEAD];
         self.seal_into_with_nonce(&[0u8; NONCE_LEN], aad, plaintext, &mut out)?;
+        out.drain(..NONCE_LEN);
         Ok(out)
+    }
+
+    pub fn open_deterministic(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut full = vec![0u8; NONCE_LEN];
+        full.extend_from_slice(sealed);
+        self.open(aad, &full)
     }
 
     /// Opens `sealed` into `out` (exactly `sealed.len() - SEAL_OVERHEAD` bytes). On failure `out`
@@ -119,10 +128,10 @@ mod tests {
     fn random_nonces_differ_deterministic_ones_repeat() {
         let s = sealer();
         assert_ne!(s.seal(b"", b"x").unwrap(), s.seal(b"", b"x").unwrap());
-        assert_eq!(
-            s.seal_deterministic(b"", b"x").unwrap(),
-            s.seal_deterministic(b"", b"x").unwrap()
-        );
+        let det = s.seal_deterministic(b"", b"x").unwrap();
+        assert_eq!(det, s.seal_deterministic(b"", b"x").unwrap());
+        assert_eq!(det.len(), 1 + TAG_LEN);
+        assert_eq!(s.open_deterministic(b"", &det).unwrap(), b"x");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn encrypt_name(keys: &VolumeKeys, plain: &OsStr) -> Result<BackingName> {
 fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
     let corrupt = || VolumeError::Corrupt(format!("encrypted name {encoded:.40} does not decrypt"));
     let sealed = name::decode_b64(encoded, "name").map_err(|_| corrupt())?;
-    let padded = keys.names.open(NAME_AAD, &sealed).map_err(|_| corrupt())?;
+    let padded = keys.names.open_deterministic(NAME_AAD, &sealed).map_err(|_| corrupt())?;
     let plain = name::unpad(&padded).map_err(|_| corrupt())?;
     if plain.is_empty() || plain.contains(&b'/') || plain.len() > MAX_PLAIN_NAME {
         return Err(corrupt());
@@ -142,7 +142,7 @@ pub fn encrypt_xattr_name(keys: &VolumeKeys, plain: &OsStr) -> Result<Vec<u8>> {
 pub fn decrypt_xattr_name(keys: &VolumeKeys, backing: &[u8]) -> Option<Vec<u8>> {
     let encoded = std::str::from_utf8(backing.strip_prefix(USER_XATTR_PREFIX)?).ok()?;
     let sealed = name::decode_b64(encoded, "xattr").ok()?;
-    let padded = keys.xattr_names.open(XATTR_NAME_AAD, &sealed).ok()?;
+    let padded = keys.xattr_names.open_deterministic(XATTR_NAME_AAD, &sealed).ok()?;
     name::unpad(&padded).ok().map(<[u8]>::to_vec)
 }
 

@@ -1,0 +1,221 @@
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use fuser::{Config, MountOption, SessionACL};
+
+use sealfs::fs::SealFs;
+use sealfs::volume::Volume;
+
+use super::logging;
+use super::unlock::UnlockArgs;
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    pub cipher_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+    /// Mount options, comma separated: ro, rw, allow_other, allow_root, default_permissions,
+    /// nonempty, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, sync, async, dirsync,
+    /// fsname=NAME. fstab-only options (defaults, noauto, auto, user, nofail, _netdev, x-*)
+    /// are accepted and ignored.
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Stay in the foreground (logs to stderr) instead of daemonizing once mounted.
+    #[arg(short, long)]
+    pub foreground: bool,
+}
+
+struct Parsed {
+    config: Config,
+    read_only: bool,
+    nonempty: bool,
+}
+
+fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
+    let mut config = Config::default();
+    let mut fsname = format!("sealfs:{}", cipher_dir.display());
+    let mut read_only = false;
+    let mut nonempty = false;
+    // The kernel enforces permissions from the attributes we report, as on ext4.
+    config.mount_options.push(MountOption::DefaultPermissions);
+    for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let mount_option = match option {
+            "ro" => {
+                read_only = true;
+                MountOption::RO
+            }
+            "rw" => MountOption::RW,
+            "allow_other" => {
+                config.acl = SessionACL::All;
+                continue;
+            }
+            "allow_root" => {
+                config.acl = SessionACL::RootAndOwner;
+                continue;
+            }
+            "nonempty" => {
+                nonempty = true;
+                continue;
+            }
+            "default_permissions" | "defaults" | "noauto" | "auto" | "user" | "nouser" | "nofail" | "_netdev" => continue,
+            x if x.starts_with("x-") || x.starts_with("comment=") => continue,
+            "noexec" => MountOption::NoExec,
+            "exec" => MountOption::Exec,
+            "nosuid" => MountOption::NoSuid,
+            "suid" => MountOption::Suid,
+            "nodev" => MountOption::NoDev,
+            "dev" => MountOption::Dev,
+            "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            x if x.starts_with("fsname=") => {
+                fsname = x["fsname=".len()..].to_string();
+                continue;
+            }
+            other => bail!("unknown mount option {other:?}"),
+        };
+        config.mount_options.push(mount_option);
+    }
+    config.mount_options.push(MountOption::FSName(fsname));
+    config.mount_options.push(MountOption::Subtype("sealfs".into()));
+    Ok(Parsed { config, read_only, nonempty })
+}
+
+fn is_mount_point(path: &Path) -> Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    Ok(mounts.lines().any(|line| line.split(' ').nth(4) == Some(target.as_str())))
+}
+
+fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("mount point {} does not exist", path.display()),
+        std::io::ErrorKind::NotConnected => anyhow::anyhow!(
+            "mount point {} is a dead FUSE mount; run `sealfs umount {}` first",
+            path.display(),
+            path.display()
+        ),
+        _ => anyhow::anyhow!("mount point {}: {e}", path.display()),
+    })?;
+    if !canonical.is_dir() {
+        bail!("mount point {} is not a directory", path.display());
+    }
+    if is_mount_point(&canonical)? {
+        bail!("mount point {} is busy: something is already mounted there", path.display());
+    }
+    if !nonempty && std::fs::read_dir(&canonical)?.next().is_some() {
+        bail!("mount point {} is not empty (use -o nonempty to mount over it anyway)", path.display());
+    }
+    Ok(canonical)
+}
+
+pub fn run(args: MountArgs) -> Result<()> {
+    let parsed = parse_options(&args.options, &args.cipher_dir)?;
+    let mountpoint = check_mountpoint(&args.mountpoint, parsed.nonempty)?;
+    let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
+        .with_context(|| format!("{} does not exist", args.cipher_dir.display()))?;
+    let config = Volume::read_config(&cipher_dir)?;
+    let providers = args.unlock.providers(&config.volume_id()?)?;
+    let volume = Volume::open(&cipher_dir, &providers)?;
+    drop(providers);
+
+    if args.foreground {
+        return serve(volume, &mountpoint, parsed, None);
+    }
+    // Daemonize before any thread exists; the child reports "mounted" or its error through a
+    // pipe so the parent exits with the right status and message.
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    match unsafe { nix::unistd::fork()? } {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            let mut message = String::new();
+            std::fs::File::from(read_end).read_to_string(&mut message)?;
+            if message == "ok" {
+                Ok(())
+            } else if message.is_empty() {
+                bail!("the mount daemon exited before mounting")
+            } else {
+                bail!("{message}")
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            nix::unistd::setsid()?;
+            logging::to_syslog();
+            if let Err(e) = serve(volume, &mountpoint, parsed, Some(write_end)) {
+                tracing::error!(error = %e, "mount daemon failed");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
+fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedFd>) -> Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    raise_fd_limit();
+    let fs = SealFs::new(volume, parsed.read_only)?;
+    let mut session = match fuser::Session::new(fs, mountpoint, &parsed.config) {
+        Ok(session) => session,
+        Err(e) => {
+            let message = format!("cannot mount on {}: {e}", mountpoint.display());
+            if let Some(fd) = ready {
+                let _ = std::fs::File::from(fd).write_all(message.as_bytes());
+            }
+            bail!(message);
+        }
+    };
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    if let Some(fd) = ready {
+        std::fs::File::from(fd).write_all(b"ok")?;
+        detach_stdio();
+    }
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "signal received; unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!(error = %e, "unmount on signal failed (busy?)");
+            }
+        }
+    });
+    session.run()?;
+    Ok(())
+}
+
+/// Every inode the kernel knows holds an O_PATH fd: allow as many as the hard limit permits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_unknown_ones_fail() {
+        let opts = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        let parsed = parse_options(&opts("ro,allow_other,noauto,x-systemd.automount"), Path::new("/v")).unwrap();
+        assert!(parsed.read_only);
+        assert_eq!(parsed.config.acl, SessionACL::All);
+        assert!(parse_options(&opts("bogus"), Path::new("/v")).is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! The `fuser::Filesystem` shell: each handler calls one `SealFs` method and replies once,
+//! errors going through `errno::report`.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+
+use super::core::{Caller, SealFs};
+use super::errno::report;
+
+/// One mount is the only writer of its cipher dir, so the kernel may cache for a while.
+const TTL: Duration = Duration::from_secs(1);
+const GENERATION: Generation = Generation(0);
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+macro_rules! reply_or_error {
+    ($op:literal, $result:expr, $reply:ident, |$ok:ident| $body:expr) => {
+        match $result {
+            Ok($ok) => $body,
+            Err(e) => $reply.error(report($op, &e)),
+        }
+    };
+}
+
+impl Filesystem for SealFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large requests are the biggest lever on FUSE throughput (see docs/ and bench/).
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        tracing::info!("unmounted; dropping keys");
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        SealFs::forget(self, ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_or_error!("getattr", SealFs::getattr(self, ino.0), reply, |attr| reply.attr(&TTL, &attr))
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = SealFs::setattr(self, ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0));
+        reply_or_error!("setattr", result, reply, |attr| reply.attr(&TTL, &attr))
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply_or_error!("readlink", SealFs::readlink(self, ino.0), reply, |target| reply.data(&target))
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+        let result = SealFs::mknod(self, parent.0, name, mode & !umask, caller(req));
+        reply_or_error!("mknod", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
+        reply_or_error!("mkdir", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_or_error!("unlink", SealFs::unlink(self, parent.0, name), reply, |_ok| reply.ok())
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_or_error!("rmdir", SealFs::rmdir(self, parent.0, name), reply, |_ok| reply.ok())
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
+        reply_or_error!("symlink", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = SealFs::rename(self, parent.0, name, newparent.0, newname, flags.bits());
+        reply_or_error!("rename", result, reply, |_ok| reply.ok())
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let result = SealFs::link(self, ino.0, newparent.0, newname);
+        reply_or_error!("link", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        reply_or_error!("open", SealFs::open(self, ino.0, flags.0), reply, |fh| reply
+            .opened(FileHandle(fh), FopenFlags::empty()))
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        reply_or_error!("read", SealFs::read(self, fh.0, offset, size), reply, |data| reply.data(&data))
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply_or_error!("write", SealFs::write(self, fh.0, offset, data), reply, |n| reply.written(n))
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Every write already reached the backing file; durability is fsync's job.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        SealFs::release(self, fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_or_error!("fsync", SealFs::fsync(self, fh.0, datasync), reply, |_ok| reply.ok())
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply_or_error!("opendir", SealFs::opendir(self, ino.0), reply, |fh| reply
+            .opened(FileHandle(fh), FopenFlags::empty()))
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.dir_entries(fh.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(report("readdir", &e)),
+        };
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        SealFs::releasedir(self, fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_or_error!("fsyncdir", SealFs::fsyncdir(self, ino.0), reply, |_ok| reply.ok())
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply_or_error!("statfs", SealFs::statfs(self), reply, |s| reply.statfs(
+            s.blocks(),
+            s.blocks_free(),
+            s.blocks_available(),
+            s.files(),
+            s.files_free(),
+            s.block_size() as u32,
+            255,
+            s.fragment_size() as u32,
+        ))
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_or_error!("setxattr", SealFs::setxattr(self, ino.0, name, value, flags), reply, |_ok| reply.ok())
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_or_error!("getxattr", SealFs::getxattr(self, ino.0, name), reply, |value| xattr_reply(reply, size, &value))
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_or_error!("listxattr", SealFs::listxattr(self, ino.0), reply, |list| xattr_reply(reply, size, &list))
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_or_error!("removexattr", SealFs::removexattr(self, ino.0, name), reply, |_ok| reply.ok())
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = SealFs::create(self, parent.0, name, mode & !umask, flags, caller(req));
+        reply_or_error!("create", result, reply, |created| reply.created(
+            &TTL,
+            &created.0,
+            GENERATION,
+            FileHandle(created.1),
+            FopenFlags::empty()
+        ))
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_or_error!("fallocate", SealFs::fallocate(self, fh.0, offset, length, mode), reply, |_ok| reply.ok())
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        reply_or_error!("lseek", SealFs::lseek(self, fh.0, offset, whence), reply, |pos| reply.offset(pos))
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,134 @@
+//! The inode table: one node per backing inode (so all hard links share one node id), each
+//! holding an O_PATH fd so that operations work relative to the inode, not a path. Nodes
+//! are dropped when the kernel forgets them.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use fuser::FileType;
+use nix::sys::stat::FileStat;
+
+use crate::format::Id;
+use crate::keys::DataKeyMaterial;
+
+pub const ROOT_INO: u64 = 1;
+
+/// The key material of a regular file, loaded from its header on first open.
+pub struct Content {
+    pub file_id: Id,
+    pub material: DataKeyMaterial,
+}
+
+pub struct Node {
+    pub ino: u64,
+    pub fd: OwnedFd,
+    pub kind: FileType,
+    lookups: AtomicU64,
+    pub content: OnceLock<Arc<Content>>,
+    /// Readers share, writers and truncates exclude: keeps read-modify-write of edge blocks
+    /// from interleaving.
+    pub io_lock: RwLock<()>,
+    pub open_handles: AtomicU32,
+    /// Set when the last link went away while the file was open: its header goes at the last
+    /// release.
+    pub orphaned_header: Mutex<Option<Id>>,
+}
+
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub struct InodeTable {
+    nodes: Mutex<HashMap<u64, Arc<Node>>>,
+    root_backing_ino: u64,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, root_stat: &FileStat) -> Self {
+        let root = Arc::new(Node {
+            ino: ROOT_INO,
+            fd: root_fd,
+            kind: FileType::Directory,
+            lookups: AtomicU64::new(1),
+            content: OnceLock::new(),
+            io_lock: RwLock::new(()),
+            open_handles: AtomicU32::new(0),
+            orphaned_header: Mutex::new(None),
+        });
+        InodeTable {
+            nodes: Mutex::new([(ROOT_INO, root)].into()),
+            root_backing_ino: root_stat.st_ino,
+        }
+    }
+
+    /// Node ids are backing inode numbers, so they are stable across remounts; the root's
+    /// backing number and 1 trade places.
+    pub fn node_id(&self, backing_ino: u64) -> u64 {
+        if backing_ino == self.root_backing_ino {
+            ROOT_INO
+        } else if backing_ino == ROOT_INO {
+            self.root_backing_ino
+        } else {
+            backing_ino
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.lock().unwrap().get(&ino).cloned()
+    }
+
+    pub fn peek_backing(&self, backing_ino: u64) -> Option<Arc<Node>> {
+        self.get(self.node_id(backing_ino))
+    }
+
+    /// Counts one kernel lookup of the inode `fd` refers to, reusing its node when known.
+    pub fn remember(&self, fd: OwnedFd, stat: &FileStat) -> Arc<Node> {
+        let ino = self.node_id(stat.st_ino);
+        let mut nodes = self.nodes.lock().unwrap();
+        let node = nodes.entry(ino).or_insert_with(|| {
+            Arc::new(Node {
+                ino,
+                fd,
+                kind: file_type(stat.st_mode),
+                lookups: AtomicU64::new(0),
+                content: OnceLock::new(),
+                io_lock: RwLock::new(()),
+                open_handles: AtomicU32::new(0),
+                orphaned_header: Mutex::new(None),
+            })
+        });
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        node.clone()
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(node) = nodes.get(&ino) {
+            let before = node.lookups.fetch_sub(count.min(node.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            if before <= count {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
