@@ -5,7 +5,9 @@ use clap::Args;
 
 use sealfs::crypto::random_array;
 use sealfs::format::Id;
-use sealfs::keys::{KeyfileProvider, MasterKeyProvider, PassphraseProvider, default_key_path, write_new_keyfile};
+use sealfs::keys::{
+    KeyfileProvider, MasterKeyProvider, PassphraseProvider, default_key_path, write_new_keyfile,
+};
 use sealfs::volume::{InitOptions, Volume};
 
 use super::unlock::UnlockArgs;
@@ -31,7 +33,8 @@ pub fn run(args: InitArgs) -> Result<()> {
     if args.unlock.keyfile.is_some() || providers.is_empty() {
         let path = match &args.unlock.keyfile {
             Some(path) => path.clone(),
-            None => default_key_path(&volume_id).context("no home directory for the default key file; use --keyfile")?,
+            None => default_key_path(&volume_id)
+                .context("no home directory for the default key file; use --keyfile")?,
         };
         if !path.exists() {
             write_new_keyfile(&path)?;
@@ -39,20 +42,29 @@ pub fn run(args: InitArgs) -> Result<()> {
         }
         providers.push(Box::new(KeyfileProvider::load(&path)?));
     }
-    let options = InitOptions { block_size: args.block_size };
+    let options = InitOptions {
+        block_size: args.block_size,
+    };
     let created = Volume::init(&args.cipher_dir, &options, &providers, volume_id);
-    if created.is_err() {
-        if let Some(path) = &new_keyfile {
-            let _ = std::fs::remove_file(path);
-        }
+    if created.is_err()
+        && let Some(path) = &new_keyfile
+    {
+        let _ = std::fs::remove_file(path);
     }
     let config = created?;
-    println!("created sealfs volume {} in {}", config.volume_id, args.cipher_dir.display());
+    println!(
+        "created sealfs volume {} in {}",
+        config.volume_id,
+        args.cipher_dir.display()
+    );
     for provider in &providers {
         println!("  keyslot: {}", provider.describe());
     }
     if let Some(path) = new_keyfile {
-        println!("master key written to {} (mode 0600): back it up; without it the data is lost", path.display());
+        println!(
+            "master key written to {} (mode 0600): back it up; without it the data is lost",
+            path.display()
+        );
     }
     Ok(())
 }

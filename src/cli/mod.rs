@@ -10,7 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sealfs", version, about = "A transparent encrypting filesystem (FUSE)")]
+#[command(
+    name = "sealfs",
+    version,
+    about = "A transparent encrypting filesystem (FUSE)"
+)]
 pub struct Cli {
     /// More log output (also: SEALFS_LOG=debug).
     #[arg(short, long, global = true)]

@@ -61,7 +61,14 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
                 nonempty = true;
                 continue;
             }
-            "default_permissions" | "defaults" | "noauto" | "auto" | "user" | "nouser" | "nofail" | "_netdev" => continue,
+            "default_permissions"
+            | "defaults"
+            | "noauto"
+            | "auto"
+            | "user"
+            | "nouser"
+            | "nofail"
+            | "_netdev" => continue,
             x if x.starts_with("x-") || x.starts_with("comment=") => continue,
             "noexec" => MountOption::NoExec,
             "exec" => MountOption::Exec,
@@ -83,19 +90,29 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         config.mount_options.push(mount_option);
     }
     config.mount_options.push(MountOption::FSName(fsname));
-    config.mount_options.push(MountOption::Subtype("sealfs".into()));
-    Ok(Parsed { config, read_only, nonempty })
+    config
+        .mount_options
+        .push(MountOption::Subtype("sealfs".into()));
+    Ok(Parsed {
+        config,
+        read_only,
+        nonempty,
+    })
 }
 
 fn is_mount_point(path: &Path) -> Result<bool> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     let target = path.to_string_lossy().replace(' ', "\\040");
-    Ok(mounts.lines().any(|line| line.split(' ').nth(4) == Some(target.as_str())))
+    Ok(mounts
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(target.as_str())))
 }
 
 fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
     let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!("mount point {} does not exist", path.display()),
+        std::io::ErrorKind::NotFound => {
+            anyhow::anyhow!("mount point {} does not exist", path.display())
+        }
         std::io::ErrorKind::NotConnected => anyhow::anyhow!(
             "mount point {} is a dead FUSE mount; run `sealfs umount {}` first",
             path.display(),
@@ -107,10 +124,16 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
         bail!("mount point {} is not a directory", path.display());
     }
     if is_mount_point(&canonical)? {
-        bail!("mount point {} is busy: something is already mounted there", path.display());
+        bail!(
+            "mount point {} is busy: something is already mounted there",
+            path.display()
+        );
     }
     if !nonempty && std::fs::read_dir(&canonical)?.next().is_some() {
-        bail!("mount point {} is not empty (use -o nonempty to mount over it anyway)", path.display());
+        bail!(
+            "mount point {} is not empty (use -o nonempty to mount over it anyway)",
+            path.display()
+        );
     }
     Ok(canonical)
 }
@@ -177,7 +200,8 @@ fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedF
         detach_stdio();
     }
     let mut unmounter = session.unmount_callable();
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             tracing::info!(signal, "signal received; unmounting");
@@ -199,7 +223,11 @@ fn raise_fd_limit() {
 }
 
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
@@ -213,7 +241,11 @@ mod tests {
     #[test]
     fn options_parse_and_unknown_ones_fail() {
         let opts = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
-        let parsed = parse_options(&opts("ro,allow_other,noauto,x-systemd.automount"), Path::new("/v")).unwrap();
+        let parsed = parse_options(
+            &opts("ro,allow_other,noauto,x-systemd.automount"),
+            Path::new("/v"),
+        )
+        .unwrap();
         assert!(parsed.read_only);
         assert_eq!(parsed.config.acl, SessionACL::All);
         assert!(parse_options(&opts("bogus"), Path::new("/v")).is_err());

@@ -14,10 +14,17 @@ pub struct UmountArgs {
 
 pub fn run(args: UmountArgs) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
-        let flags = if args.lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+        let flags = if args.lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
         return match nix::mount::umount2(&args.mountpoint, flags) {
             Ok(()) => Ok(()),
-            Err(nix::Error::EBUSY) => bail!("{} is busy (files open or a process inside it); try --lazy", args.mountpoint.display()),
+            Err(nix::Error::EBUSY) => bail!(
+                "{} is busy (files open or a process inside it); try --lazy",
+                args.mountpoint.display()
+            ),
             Err(nix::Error::EINVAL) => bail!("{} is not a mount point", args.mountpoint.display()),
             Err(e) => bail!("cannot unmount {}: {e}", args.mountpoint.display()),
         };

@@ -4,7 +4,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use sealfs::format::Id;
-use sealfs::keys::{KeyfileProvider, MasterKeyProvider, PassphraseProvider, PassphraseSource, default_key_path};
+use sealfs::keys::{
+    KeyfileProvider, MasterKeyProvider, PassphraseProvider, PassphraseSource, default_key_path,
+};
 
 /// How to reach the master key; the same options for every command that needs it.
 #[derive(Args, Debug, Clone, Default)]
@@ -48,7 +50,9 @@ impl UnlockArgs {
         }
         if providers.is_empty() {
             let Some(path) = default_key_path(volume_id) else {
-                bail!("no key given and no home directory to find the default key file in; use --keyfile or --passfile");
+                bail!(
+                    "no key given and no home directory to find the default key file in; use --keyfile or --passfile"
+                );
             };
             if !path.exists() {
                 bail!(

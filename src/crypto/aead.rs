@@ -22,7 +22,12 @@ impl Sealer {
 
     /// Seals `plaintext` into `out` (exactly `plaintext.len() + SEAL_OVERHEAD` bytes) with a fresh
     /// random nonce, reading the plaintext straight from the caller's buffer.
-    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) -> Result<(), CryptoError> {
+    pub fn seal_into(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
         self.seal_into_with_nonce(&random_array()?, aad, plaintext, out)
     }
 

@@ -75,6 +75,9 @@ mod tests {
 
     #[test]
     fn generated_keys_differ() {
-        assert_ne!(SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        assert_ne!(
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap()
+        );
     }
 }

@@ -89,7 +89,11 @@ impl Layout {
     pub fn backing_size(&self, plain_size: u64) -> u64 {
         let full = plain_size / self.block_size;
         let rest = plain_size % self.block_size;
-        let tail = if rest == 0 { 0 } else { rest + SEAL_OVERHEAD as u64 };
+        let tail = if rest == 0 {
+            0
+        } else {
+            rest + SEAL_OVERHEAD as u64
+        };
         PREAMBLE_LEN + full * self.sealed_block_size() + tail
     }
 

@@ -43,7 +43,8 @@ impl Argon2Params {
             && (1..=ARGON2_MAX_T).contains(&self.t)
             && (1..=ARGON2_MAX_P).contains(&self.p)
             && self.m_kib >= 8 * self.p;
-        ok.then_some(()).ok_or(FormatError::Invalid("argon2id parameters"))
+        ok.then_some(())
+            .ok_or(FormatError::Invalid("argon2id parameters"))
     }
 }
 
@@ -288,7 +289,8 @@ mod tests {
 
     #[test]
     fn invalid_fields_rejected() {
-        let cases: Vec<Box<dyn Fn(&mut VolumeConfig)>> = vec![
+        type Mutation = Box<dyn Fn(&mut VolumeConfig)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|c| c.block_size = 1000),
             Box::new(|c| c.cipher = "rot13".into()),
             Box::new(|c| c.volume_id = "xyz".into()),
@@ -298,7 +300,11 @@ mod tests {
             Box::new(|c| c.keyslots[0].key_check = "00".into()),
             Box::new(|c| {
                 c.keyslots[1].provider = SlotProvider::Passphrase {
-                    argon2id: Argon2Params { m_kib: u32::MAX, t: 3, p: 1 },
+                    argon2id: Argon2Params {
+                        m_kib: u32::MAX,
+                        t: 3,
+                        p: 1,
+                    },
                     salt: B64.encode([4; 16]),
                 }
             }),
@@ -306,7 +312,10 @@ mod tests {
         for (i, mutate) in cases.iter().enumerate() {
             let mut c = sample();
             mutate(&mut c);
-            assert!(VolumeConfig::parse(&serde_json::to_vec(&c).unwrap()).is_err(), "case {i}");
+            assert!(
+                VolumeConfig::parse(&serde_json::to_vec(&c).unwrap()).is_err(),
+                "case {i}"
+            );
         }
     }
 

@@ -64,7 +64,11 @@ mod tests {
     fn round_trip_and_rejects_duplicates() {
         let ring = Keyring {
             volume_secret: SecretKey::from_array([1; 32]),
-            keks: [(1, SecretKey::from_array([2; 32])), (2, SecretKey::from_array([3; 32]))].into(),
+            keks: [
+                (1, SecretKey::from_array([2; 32])),
+                (2, SecretKey::from_array([3; 32])),
+            ]
+            .into(),
         };
         let bytes = ring.encode();
         assert_eq!(Keyring::decode(&bytes).unwrap(), ring);

@@ -19,7 +19,9 @@ pub type Id = [u8; 16];
 pub enum FormatError {
     #[error("bad magic bytes in {0}")]
     BadMagic(&'static str),
-    #[error("{what} is format version {found}, newer than this sealfs supports ({supported}); upgrade sealfs")]
+    #[error(
+        "{what} is format version {found}, newer than this sealfs supports ({supported}); upgrade sealfs"
+    )]
     TooNew {
         what: &'static str,
         found: u32,

@@ -28,7 +28,10 @@ pub const XATTR_VALUE_AAD: &[u8] = b"sealfs.xattr-value.v1";
 pub enum BackingName {
     Short(String),
     /// `hashed` is the directory entry; `full` goes into the sidecar `hashed + ".name"`.
-    Long { hashed: String, full: String },
+    Long {
+        hashed: String,
+        full: String,
+    },
 }
 
 impl BackingName {
@@ -107,7 +110,7 @@ pub fn unpad(padded: &[u8]) -> Result<&[u8], FormatError> {
     let bad = FormatError::Invalid("name padding");
     let &last = padded.last().ok_or(bad.clone())?;
     let pad = last as usize;
-    if pad == 0 || pad > NAME_PAD || pad > padded.len() || padded.len() % NAME_PAD != 0 {
+    if pad == 0 || pad > NAME_PAD || pad > padded.len() || !padded.len().is_multiple_of(NAME_PAD) {
         return Err(bad);
     }
     let (name, padding) = padded.split_at(padded.len() - pad);
@@ -133,7 +136,10 @@ mod tests {
     fn classify() {
         assert_eq!(classify_entry("sealfs.conf"), EntryKind::Internal);
         assert_eq!(classify_entry("sealfs.headers"), EntryKind::Internal);
-        assert_eq!(classify_entry("sealfs.long.abc"), EntryKind::Long("sealfs.long.abc"));
+        assert_eq!(
+            classify_entry("sealfs.long.abc"),
+            EntryKind::Long("sealfs.long.abc")
+        );
         assert_eq!(classify_entry("sealfs.long.abc.name"), EntryKind::Internal);
         assert_eq!(classify_entry("QUJD"), EntryKind::Encrypted("QUJD"));
     }

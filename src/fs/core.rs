@@ -59,11 +59,20 @@ pub struct SealFs {
 }
 
 fn o_path(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
-    Ok(openat(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?)
+    Ok(openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat> {
-    Ok(fstatat(fd, "", AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW)?)
+    Ok(fstatat(
+        fd,
+        "",
+        AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
 }
 
 fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
@@ -177,7 +186,12 @@ impl SealFs {
             self.truncate(&node, size, fh)?;
         }
         if let Some(mode) = mode.filter(|_| node.kind != FileType::Symlink) {
-            fchmodat(AT_FDCWD, path.as_path(), Mode::from_bits_truncate(mode & 0o7777), FchmodatFlags::FollowSymlink)?;
+            fchmodat(
+                AT_FDCWD,
+                path.as_path(),
+                Mode::from_bits_truncate(mode & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )?;
         }
         if uid.is_some() || gid.is_some() {
             fchownat(
@@ -189,7 +203,13 @@ impl SealFs {
             )?;
         }
         if (atime.is_some() || mtime.is_some()) && node.kind != FileType::Symlink {
-            utimensat(AT_FDCWD, path.as_path(), &time_spec(atime), &time_spec(mtime), UtimensatFlags::FollowSymlink)?;
+            utimensat(
+                AT_FDCWD,
+                path.as_path(),
+                &time_spec(atime),
+                &time_spec(mtime),
+                UtimensatFlags::FollowSymlink,
+            )?;
         }
         self.getattr(ino)
     }
@@ -201,7 +221,9 @@ impl SealFs {
         let handle = fh.and_then(|fh| self.file_handle(fh).ok());
         let owned;
         let (file, content) = match &handle {
-            Some(h) if h.file.metadata().is_ok() && is_writable(&h.file) => (&h.file, h.content.clone()),
+            Some(h) if h.file.metadata().is_ok() && is_writable(&h.file) => {
+                (&h.file, h.content.clone())
+            }
             _ => {
                 owned = self.reopen(node, OFlag::O_RDWR)?;
                 let content = self.content_of(node, &owned)?;
@@ -215,7 +237,12 @@ impl SealFs {
 
     fn reopen(&self, node: &Node, access: OFlag) -> Result<File> {
         let path = proc_fd_path(node.fd.as_fd());
-        Ok(File::from(openat(AT_FDCWD, path.as_path(), access | OFlag::O_CLOEXEC, Mode::empty())?))
+        Ok(File::from(openat(
+            AT_FDCWD,
+            path.as_path(),
+            access | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?))
     }
 
     fn content_of(&self, node: &Node, file: &File) -> Result<Arc<Content>> {
@@ -223,7 +250,10 @@ impl SealFs {
             return Ok(content.clone());
         }
         let (file_id, material) = self.volume.open_data_file(file)?;
-        Ok(node.content.get_or_init(|| Arc::new(Content { file_id, material })).clone())
+        Ok(node
+            .content
+            .get_or_init(|| Arc::new(Content { file_id, material }))
+            .clone())
     }
 
     fn block_file<'a>(&'a self, file: &'a File, content: &'a Content) -> BlockFile<'a> {
@@ -255,7 +285,13 @@ impl SealFs {
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
-        mknodat(parent.fd.as_fd(), backing.entry(), kind, Mode::from_bits_truncate(mode & 0o7777), 0)?;
+        mknodat(
+            parent.fd.as_fd(),
+            backing.entry(),
+            kind,
+            Mode::from_bits_truncate(mode & 0o7777),
+            0,
+        )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         self.entry_of(parent.fd.as_fd(), backing.entry())
     }
@@ -265,12 +301,22 @@ impl SealFs {
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
-        mkdirat(parent.fd.as_fd(), backing.entry(), Mode::from_bits_truncate(mode & 0o7777))?;
+        mkdirat(
+            parent.fd.as_fd(),
+            backing.entry(),
+            Mode::from_bits_truncate(mode & 0o7777),
+        )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         self.entry_of(parent.fd.as_fd(), backing.entry())
     }
 
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: Caller) -> Result<FileAttr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
@@ -287,7 +333,13 @@ impl SealFs {
         if stat.st_mode & libc::S_IFMT != libc::S_IFREG || stat.st_nlink != 1 {
             return None;
         }
-        let fd = openat(dir, entry, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+        let fd = openat(
+            dir,
+            entry,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
         let mut preamble = [0u8; block::PREAMBLE_LEN as usize];
         nix::sys::uio::pread(&fd, &mut preamble, 0).ok()?;
         Some((stat.st_ino, block::decode_preamble(&preamble).ok()?))
@@ -295,11 +347,11 @@ impl SealFs {
 
     /// A header is removed only once its file's last link is gone and no handle is open.
     fn drop_header(&self, backing_ino: u64, file_id: crate::format::Id) {
-        if let Some(node) = self.inodes.peek_backing(backing_ino) {
-            if node.open_handles.load(Ordering::Acquire) > 0 {
-                *node.orphaned_header.lock().unwrap() = Some(file_id);
-                return;
-            }
+        if let Some(node) = self.inodes.peek_backing(backing_ino)
+            && node.open_handles.load(Ordering::Acquire) > 0
+        {
+            *node.orphaned_header.lock().unwrap() = Some(file_id);
+            return;
         }
         if let Err(e) = self.volume.headers.remove(&file_id) {
             tracing::warn!(error = %e, "could not remove header of deleted file");
@@ -311,7 +363,11 @@ impl SealFs {
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
         let last = self.last_link_id(parent.fd.as_fd(), backing.entry());
-        unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::NoRemoveDir)?;
+        unlinkat(
+            parent.fd.as_fd(),
+            backing.entry(),
+            UnlinkatFlags::NoRemoveDir,
+        )?;
         names::remove_long_sidecar(parent.fd.as_fd(), &backing);
         if let Some((ino, id)) = last {
             self.drop_header(ino, id);
@@ -328,13 +384,21 @@ impl SealFs {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         self.writable()?;
         let parent = self.node(parent)?;
         let new_parent_node = self.node(new_parent)?;
         let old = self.volume.encrypt_name(name)?;
         let new = self.volume.encrypt_name(new_name)?;
-        let flags = RenameFlags::from_bits(flags).ok_or(VolumeError::Unsupported("rename flags"))?;
+        let flags =
+            RenameFlags::from_bits(flags).ok_or(VolumeError::Unsupported("rename flags"))?;
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
         let same = parent.ino == new_parent_node.ino && old == new;
         let replaced = if exchange || same {
@@ -343,7 +407,13 @@ impl SealFs {
             self.last_link_id(new_parent_node.fd.as_fd(), new.entry())
         };
         names::write_long_sidecar(new_parent_node.fd.as_fd(), &new)?;
-        renameat2(parent.fd.as_fd(), old.entry(), new_parent_node.fd.as_fd(), new.entry(), flags)?;
+        renameat2(
+            parent.fd.as_fd(),
+            old.entry(),
+            new_parent_node.fd.as_fd(),
+            new.entry(),
+            flags,
+        )?;
         if !exchange && !same {
             names::remove_long_sidecar(parent.fd.as_fd(), &old);
         }
@@ -359,11 +429,23 @@ impl SealFs {
         let parent = self.node(new_parent)?;
         let backing = self.volume.encrypt_name(new_name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
-        let linked = linkat(node.fd.as_fd(), "", parent.fd.as_fd(), backing.entry(), AtFlags::AT_EMPTY_PATH);
+        let linked = linkat(
+            node.fd.as_fd(),
+            "",
+            parent.fd.as_fd(),
+            backing.entry(),
+            AtFlags::AT_EMPTY_PATH,
+        );
         if let Err(nix::Error::ENOENT | nix::Error::EPERM) = linked {
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for the unprivileged.
             let path = proc_fd_path(node.fd.as_fd());
-            linkat(AT_FDCWD, path.as_path(), parent.fd.as_fd(), backing.entry(), AtFlags::AT_SYMLINK_FOLLOW)?;
+            linkat(
+                AT_FDCWD,
+                path.as_path(),
+                parent.fd.as_fd(),
+                backing.entry(),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )?;
         } else {
             linked?;
         }
@@ -386,7 +468,11 @@ impl SealFs {
     fn open_file_handle(&self, node: Arc<Node>, file: File) -> Result<u64> {
         let content = self.content_of(&node, &file)?;
         node.open_handles.fetch_add(1, Ordering::AcqRel);
-        Ok(self.add_handle(Handle::File(Arc::new(FileHandle { node, file, content }))))
+        Ok(self.add_handle(Handle::File(Arc::new(FileHandle {
+            node,
+            file,
+            content,
+        }))))
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
@@ -398,25 +484,37 @@ impl SealFs {
         // Writes read their edge blocks back, so any writable open reads too. O_APPEND is the
         // kernel's to apply (pwrite on an O_APPEND fd would ignore our offsets); O_DIRECT's
         // alignment rules do not survive encryption.
-        let access = if write { OFlag::O_RDWR } else { OFlag::O_RDONLY };
-        let passed = OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
+        let access = if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        let passed =
+            OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
         let file = self.reopen(&node, access | passed)?;
         let truncate = flags & libc::O_TRUNC != 0 && write;
         let fh = self.open_file_handle(node.clone(), file)?;
-        if truncate {
-            if let Err(e) = self.truncate(&node, 0, Some(fh)) {
-                self.release(fh);
-                return Err(e);
-            }
+        if truncate && let Err(e) = self.truncate(&node, 0, Some(fh)) {
+            self.release(fh);
+            return Err(e);
         }
         Ok(fh)
     }
 
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, _flags: i32, caller: Caller) -> Result<(FileAttr, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _flags: i32,
+        caller: Caller,
+    ) -> Result<(FileAttr, u64)> {
         self.writable()?;
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
-        let (file, file_id, material) = self.volume.create_data_file(parent.fd.as_fd(), &backing, mode)?;
+        let (file, file_id, material) =
+            self.volume
+                .create_data_file(parent.fd.as_fd(), &backing, mode)?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         let fd = o_path(parent.fd.as_fd(), backing.entry())?;
         let stat = stat_fd(fd.as_fd())?;
@@ -429,14 +527,17 @@ impl SealFs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let handle = self.file_handle(fh)?;
         let _guard = handle.node.io_lock.read().unwrap();
-        Ok(self.block_file(&handle.file, &handle.content).read_at(offset, size as usize)?)
+        Ok(self
+            .block_file(&handle.file, &handle.content)
+            .read_at(offset, size as usize)?)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         self.writable()?;
         let handle = self.file_handle(fh)?;
         let _guard = handle.node.io_lock.write().unwrap();
-        self.block_file(&handle.file, &handle.content).write_at(offset, data)?;
+        self.block_file(&handle.file, &handle.content)
+            .write_at(offset, data)?;
         Ok(data.len() as u32)
     }
 
@@ -454,21 +555,33 @@ impl SealFs {
         let Some(Handle::File(handle)) = self.handles.lock().unwrap().remove(&fh) else {
             return;
         };
-        if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(id) = handle.node.orphaned_header.lock().unwrap().take() {
-                if let Err(e) = self.volume.headers.remove(&id) {
-                    tracing::warn!(error = %e, "could not remove header of deleted file");
-                }
-            }
+        if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(id) = handle.node.orphaned_header.lock().unwrap().take()
+            && let Err(e) = self.volume.headers.remove(&id)
+        {
+            tracing::warn!(error = %e, "could not remove header of deleted file");
         }
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
-        let fd = openat(node.fd.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = openat(
+            node.fd.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         let mut entries = vec![
-            DirEntry { ino: node.ino, kind: FileType::Directory, name: ".".into() },
-            DirEntry { ino: node.ino, kind: FileType::Directory, name: "..".into() },
+            DirEntry {
+                ino: node.ino,
+                kind: FileType::Directory,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: node.ino,
+                kind: FileType::Directory,
+                name: "..".into(),
+            },
         ];
         let mut dir = nix::dir::Dir::from_fd(fd)?;
         let dir_fd = unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) };
@@ -493,7 +606,11 @@ impl SealFs {
                     Err(_) => continue,
                 },
             };
-            entries.push(DirEntry { ino: self.inodes.node_id(entry.ino()), kind, name });
+            entries.push(DirEntry {
+                ino: self.inodes.node_id(entry.ino()),
+                kind,
+                name,
+            });
         }
         Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
     }
@@ -511,7 +628,12 @@ impl SealFs {
 
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         let node = self.node(ino)?;
-        let fd = openat(node.fd.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = openat(
+            node.fd.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         File::from(fd).sync_all()?;
         Ok(())
     }
@@ -536,7 +658,15 @@ impl SealFs {
         let backing = names::encrypt_xattr_name(&self.volume.keys, name)?;
         let sealed = names::seal_xattr_value(&self.volume.keys, &backing, value)?;
         let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
-        let rc = unsafe { libc::setxattr(path.as_ptr(), cname.as_ptr(), sealed.as_ptr().cast(), sealed.len(), flags) };
+        let rc = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                sealed.as_ptr().cast(),
+                sealed.len(),
+                flags,
+            )
+        };
         if rc != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
@@ -546,19 +676,28 @@ impl SealFs {
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         let (_node, path) = self.xattr_path(ino)?;
         let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
-            Err(VolumeError::Unsupported(_)) => return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into()),
+            Err(VolumeError::Unsupported(_)) => {
+                return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into());
+            }
             other => other?,
         };
         let cname = CString::new(backing.clone()).map_err(|_| VolumeError::InvalidName)?;
         let sealed = read_xattr(|buf| unsafe {
-            libc::getxattr(path.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            libc::getxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
         })?;
         names::open_xattr_value(&self.volume.keys, &backing, &sealed)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let (_node, path) = self.xattr_path(ino)?;
-        let raw = read_xattr(|buf| unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+        let raw = read_xattr(|buf| unsafe {
+            libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        })?;
         let mut out = Vec::new();
         for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if let Some(plain) = names::decrypt_xattr_name(&self.volume.keys, backing) {
@@ -573,7 +712,9 @@ impl SealFs {
         self.writable()?;
         let (_node, path) = self.xattr_path(ino)?;
         let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
-            Err(VolumeError::Unsupported(_)) => return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into()),
+            Err(VolumeError::Unsupported(_)) => {
+                return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into());
+            }
             other => other?,
         };
         let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
@@ -593,7 +734,9 @@ impl SealFs {
         let handle = self.file_handle(fh)?;
         let _guard = handle.node.io_lock.write().unwrap();
         let bf = self.block_file(&handle.file, &handle.content);
-        let end = offset.checked_add(length).ok_or(crate::io::IoError::TooLarge)?;
+        let end = offset
+            .checked_add(length)
+            .ok_or(crate::io::IoError::TooLarge)?;
         let layout = self.volume.layout;
         let start = layout.block_offset(layout.block_index(offset));
         let stop = layout.backing_size(end);
@@ -614,25 +757,44 @@ impl SealFs {
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let handle = self.file_handle(fh)?;
         let layout = self.volume.layout;
-        let size = self.block_file(&handle.file, &handle.content).plain_size()?;
-        let offset = u64::try_from(offset).map_err(|_| VolumeError::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let size = self
+            .block_file(&handle.file, &handle.content)
+            .plain_size()?;
+        let offset = u64::try_from(offset)
+            .map_err(|_| VolumeError::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
         if offset >= size {
             return Err(std::io::Error::from_raw_os_error(libc::ENXIO).into());
         }
         let bs = layout.block_size();
         let backing_at = layout.block_offset(offset / bs) as i64;
-        let to_block = |backing: i64| (backing as u64).saturating_sub(block::PREAMBLE_LEN) / layout.sealed_block_size();
+        let to_block = |backing: i64| {
+            (backing as u64).saturating_sub(block::PREAMBLE_LEN) / layout.sealed_block_size()
+        };
         match whence {
             libc::SEEK_DATA => {
-                match nix::unistd::lseek(handle.file.as_fd(), backing_at, nix::unistd::Whence::SeekData) {
+                match nix::unistd::lseek(
+                    handle.file.as_fd(),
+                    backing_at,
+                    nix::unistd::Whence::SeekData,
+                ) {
                     Ok(pos) => Ok((to_block(pos) * bs).max(offset).min(size) as i64),
-                    Err(nix::Error::ENXIO) => Err(std::io::Error::from_raw_os_error(libc::ENXIO).into()),
+                    Err(nix::Error::ENXIO) => {
+                        Err(std::io::Error::from_raw_os_error(libc::ENXIO).into())
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
             libc::SEEK_HOLE => {
-                let pos = nix::unistd::lseek(handle.file.as_fd(), backing_at, nix::unistd::Whence::SeekHole)?;
-                let block = to_block(pos) + u64::from((pos as u64 - block::PREAMBLE_LEN.min(pos as u64)) % layout.sealed_block_size() != 0);
+                let pos = nix::unistd::lseek(
+                    handle.file.as_fd(),
+                    backing_at,
+                    nix::unistd::Whence::SeekHole,
+                )?;
+                let block = to_block(pos)
+                    + u64::from(
+                        !(pos as u64 - block::PREAMBLE_LEN.min(pos as u64))
+                            .is_multiple_of(layout.sealed_block_size()),
+                    );
                 Ok((block * bs).max(offset).min(size) as i64)
             }
             _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL).into()),
@@ -679,4 +841,3 @@ fn read_xattr(call: impl Fn(&mut [u8]) -> isize) -> Result<Vec<u8>> {
         return Ok(buf);
     }
 }
-

@@ -54,7 +54,10 @@ mod tests {
         assert_eq!(errno_of(&io(libc::ENOTEMPTY)), Errno::ENOTEMPTY);
         assert_eq!(errno_of(&VolumeError::Corrupt("x".into())), Errno::EIO);
         assert_eq!(errno_of(&VolumeError::NameTooLong), Errno::ENAMETOOLONG);
-        let integrity = VolumeError::Block(IoError::Integrity { file: "f".into(), block: 1 });
+        let integrity = VolumeError::Block(IoError::Integrity {
+            file: "f".into(),
+            block: 1,
+        });
         assert_eq!(errno_of(&integrity), Errno::EIO);
     }
 }

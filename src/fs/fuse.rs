@@ -47,7 +47,8 @@ impl Filesystem for SealFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+        reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
+            .entry(&TTL, &attr, GENERATION))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -55,7 +56,8 @@ impl Filesystem for SealFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply_or_error!("getattr", SealFs::getattr(self, ino.0), reply, |attr| reply.attr(&TTL, &attr))
+        reply_or_error!("getattr", SealFs::getattr(self, ino.0), reply, |attr| reply
+            .attr(&TTL, &attr))
     }
 
     fn setattr(
@@ -76,35 +78,81 @@ impl Filesystem for SealFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let result = SealFs::setattr(self, ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0));
+        let result = SealFs::setattr(
+            self,
+            ino.0,
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh.map(|f| f.0),
+        );
         reply_or_error!("setattr", result, reply, |attr| reply.attr(&TTL, &attr))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        reply_or_error!("readlink", SealFs::readlink(self, ino.0), reply, |target| reply.data(&target))
+        reply_or_error!("readlink", SealFs::readlink(self, ino.0), reply, |target| {
+            reply.data(&target)
+        })
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let result = SealFs::mknod(self, parent.0, name, mode & !umask, caller(req));
-        reply_or_error!("mknod", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+        reply_or_error!("mknod", result, reply, |attr| reply
+            .entry(&TTL, &attr, GENERATION))
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
-        reply_or_error!("mkdir", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+        reply_or_error!("mkdir", result, reply, |attr| reply
+            .entry(&TTL, &attr, GENERATION))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_or_error!("unlink", SealFs::unlink(self, parent.0, name), reply, |_ok| reply.ok())
+        reply_or_error!(
+            "unlink",
+            SealFs::unlink(self, parent.0, name),
+            reply,
+            |_ok| reply.ok()
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_or_error!("rmdir", SealFs::rmdir(self, parent.0, name), reply, |_ok| reply.ok())
+        reply_or_error!("rmdir", SealFs::rmdir(self, parent.0, name), reply, |_ok| {
+            reply.ok()
+        })
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
-        reply_or_error!("symlink", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+        reply_or_error!("symlink", result, reply, |attr| reply
+            .entry(&TTL, &attr, GENERATION))
     }
 
     fn rename(
@@ -121,14 +169,23 @@ impl Filesystem for SealFs {
         reply_or_error!("rename", result, reply, |_ok| reply.ok())
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let result = SealFs::link(self, ino.0, newparent.0, newname);
-        reply_or_error!("link", result, reply, |attr| reply.entry(&TTL, &attr, GENERATION))
+        reply_or_error!("link", result, reply, |attr| reply
+            .entry(&TTL, &attr, GENERATION))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply_or_error!("open", SealFs::open(self, ino.0, flags.0), reply, |fh| reply
-            .opened(FileHandle(fh), FopenFlags::empty()))
+        reply_or_error!("open", SealFs::open(self, ino.0, flags.0), reply, |fh| {
+            reply.opened(FileHandle(fh), FopenFlags::empty())
+        })
     }
 
     fn read(
@@ -142,7 +199,12 @@ impl Filesystem for SealFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply_or_error!("read", SealFs::read(self, fh.0, offset, size), reply, |data| reply.data(&data))
+        reply_or_error!(
+            "read",
+            SealFs::read(self, fh.0, offset, size),
+            reply,
+            |data| reply.data(&data)
+        )
     }
 
     fn write(
@@ -157,10 +219,22 @@ impl Filesystem for SealFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply_or_error!("write", SealFs::write(self, fh.0, offset, data), reply, |n| reply.written(n))
+        reply_or_error!(
+            "write",
+            SealFs::write(self, fh.0, offset, data),
+            reply,
+            |n| reply.written(n)
+        )
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Every write already reached the backing file; durability is fsync's job.
         reply.ok();
     }
@@ -179,8 +253,17 @@ impl Filesystem for SealFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        reply_or_error!("fsync", SealFs::fsync(self, fh.0, datasync), reply, |_ok| reply.ok())
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_or_error!("fsync", SealFs::fsync(self, fh.0, datasync), reply, |_ok| {
+            reply.ok()
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -188,7 +271,14 @@ impl Filesystem for SealFs {
             .opened(FileHandle(fh), FopenFlags::empty()))
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.dir_entries(fh.0) {
             Ok(entries) => entries,
             Err(e) => return reply.error(report("readdir", &e)),
@@ -201,13 +291,29 @@ impl Filesystem for SealFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         SealFs::releasedir(self, fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply_or_error!("fsyncdir", SealFs::fsyncdir(self, ino.0), reply, |_ok| reply.ok())
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_or_error!("fsyncdir", SealFs::fsyncdir(self, ino.0), reply, |_ok| {
+            reply.ok()
+        })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -233,19 +339,36 @@ impl Filesystem for SealFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_or_error!("setxattr", SealFs::setxattr(self, ino.0, name, value, flags), reply, |_ok| reply.ok())
+        reply_or_error!(
+            "setxattr",
+            SealFs::setxattr(self, ino.0, name, value, flags),
+            reply,
+            |_ok| reply.ok()
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_or_error!("getxattr", SealFs::getxattr(self, ino.0, name), reply, |value| xattr_reply(reply, size, &value))
+        reply_or_error!(
+            "getxattr",
+            SealFs::getxattr(self, ino.0, name),
+            reply,
+            |value| xattr_reply(reply, size, &value)
+        )
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_or_error!("listxattr", SealFs::listxattr(self, ino.0), reply, |list| xattr_reply(reply, size, &list))
+        reply_or_error!("listxattr", SealFs::listxattr(self, ino.0), reply, |list| {
+            xattr_reply(reply, size, &list)
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_or_error!("removexattr", SealFs::removexattr(self, ino.0, name), reply, |_ok| reply.ok())
+        reply_or_error!(
+            "removexattr",
+            SealFs::removexattr(self, ino.0, name),
+            reply,
+            |_ok| reply.ok()
+        )
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -283,11 +406,29 @@ impl Filesystem for SealFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_or_error!("fallocate", SealFs::fallocate(self, fh.0, offset, length, mode), reply, |_ok| reply.ok())
+        reply_or_error!(
+            "fallocate",
+            SealFs::fallocate(self, fh.0, offset, length, mode),
+            reply,
+            |_ok| reply.ok()
+        )
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        reply_or_error!("lseek", SealFs::lseek(self, fh.0, offset, whence), reply, |pos| reply.offset(pos))
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        reply_or_error!(
+            "lseek",
+            SealFs::lseek(self, fh.0, offset, whence),
+            reply,
+            |pos| reply.offset(pos)
+        )
     }
 }
 

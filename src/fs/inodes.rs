@@ -117,7 +117,10 @@ impl InodeTable {
         }
         let mut nodes = self.nodes.lock().unwrap();
         if let Some(node) = nodes.get(&ino) {
-            let before = node.lookups.fetch_sub(count.min(node.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let before = node.lookups.fetch_sub(
+                count.min(node.lookups.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             if before <= count {
                 nodes.remove(&ino);
             }

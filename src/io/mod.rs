@@ -61,13 +61,21 @@ impl BlockFile<'_> {
 
     /// Decrypts blocks `first..=last` of a file of `size` bytes into `plain`, which holds
     /// exactly their plaintext lengths back to back.
-    fn read_blocks(&self, first: u64, last: u64, size: u64, plain: &mut [u8]) -> Result<(), IoError> {
+    fn read_blocks(
+        &self,
+        first: u64,
+        last: u64,
+        size: u64,
+        plain: &mut [u8],
+    ) -> Result<(), IoError> {
         let sealed_len = plain.len() + (last - first + 1) as usize * SEAL_OVERHEAD;
         let mut sealed = vec![0u8; sealed_len];
         let got = read_full_at(self.file, &mut sealed, self.layout.block_offset(first))?;
         if got < sealed_len {
             // The backing file shrank under us (a concurrent truncate): report, never guess.
-            return Err(self.integrity(first + (got / self.layout.sealed_block_size() as usize) as u64));
+            return Err(
+                self.integrity(first + (got / self.layout.sealed_block_size() as usize) as u64)
+            );
         }
         let bs = self.layout.block_size() as usize;
         let sealed_bs = bs + SEAL_OVERHEAD;
@@ -145,7 +153,7 @@ impl BlockFile<'_> {
         }
         let size = self.plain_size()?;
         let bs = self.layout.block_size();
-        if new_size < size && new_size % bs != 0 {
+        if new_size < size && !new_size.is_multiple_of(bs) {
             self.reseal_block(new_size / bs, size, new_size)?;
         } else if new_size > size && size % bs != 0 {
             self.reseal_block(size / bs, size, new_size)?;
@@ -274,7 +282,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u64..5000, proptest::collection::vec(any::<u8>(), 1..3000)).prop_map(|(o, d)| Op::Write(o, d)),
+            (0u64..5000, proptest::collection::vec(any::<u8>(), 1..3000))
+                .prop_map(|(o, d)| Op::Write(o, d)),
             (0u64..6000).prop_map(Op::Truncate),
         ]
     }
@@ -322,14 +331,24 @@ mod tests {
         let at = PREAMBLE_LEN + 600;
         fx.file.read_exact_at(&mut byte, at).unwrap();
         fx.file.write_all_at(&[byte[0] ^ 4], at).unwrap();
-        assert!(matches!(fx.bf().read_at(0, 2048), Err(IoError::Integrity { block: 1, .. })));
+        assert!(matches!(
+            fx.bf().read_at(0, 2048),
+            Err(IoError::Integrity { block: 1, .. })
+        ));
         assert!(fx.bf().read_at(0, 512).is_ok());
         // Copy block 2 over block 3: same key, wrong position.
         let sbs = fx.layout.sealed_block_size() as usize;
         let mut block = vec![0u8; sbs];
-        fx.file.read_exact_at(&mut block, fx.layout.block_offset(2)).unwrap();
-        fx.file.write_all_at(&block, fx.layout.block_offset(3)).unwrap();
-        assert!(matches!(fx.bf().read_at(1536, 512), Err(IoError::Integrity { block: 3, .. })));
+        fx.file
+            .read_exact_at(&mut block, fx.layout.block_offset(2))
+            .unwrap();
+        fx.file
+            .write_all_at(&block, fx.layout.block_offset(3))
+            .unwrap();
+        assert!(matches!(
+            fx.bf().read_at(1536, 512),
+            Err(IoError::Integrity { block: 3, .. })
+        ));
     }
 
     #[test]

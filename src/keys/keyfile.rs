@@ -53,7 +53,13 @@ impl MasterKeyProvider for KeyfileProvider {
         volume_id: &Id,
         keyring: &[u8],
     ) -> Result<ConfigKeyslot, KeyError> {
-        local::seal_slot(&self.key, SlotProvider::Keyfile, slot_id, volume_id, keyring)
+        local::seal_slot(
+            &self.key,
+            SlotProvider::Keyfile,
+            slot_id,
+            volume_id,
+            keyring,
+        )
     }
 
     fn open_slot(
@@ -144,11 +150,23 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         write_new_keyfile(&a).unwrap();
         write_new_keyfile(&b).unwrap();
-        let (a, b) = (KeyfileProvider::load(&a).unwrap(), KeyfileProvider::load(&b).unwrap());
+        let (a, b) = (
+            KeyfileProvider::load(&a).unwrap(),
+            KeyfileProvider::load(&b).unwrap(),
+        );
         let vid = [1; 16];
         let slot = a.create_slot(0, &vid, b"keyring bytes").unwrap();
-        assert_eq!(&a.open_slot(&slot, &vid).unwrap().unwrap()[..], b"keyring bytes");
-        assert!(matches!(b.open_slot(&slot, &vid), Err(KeyError::WrongKey(_))));
-        assert!(matches!(a.open_slot(&slot, &[2; 16]), Err(KeyError::SlotDamaged(0))));
+        assert_eq!(
+            &a.open_slot(&slot, &vid).unwrap().unwrap()[..],
+            b"keyring bytes"
+        );
+        assert!(matches!(
+            b.open_slot(&slot, &vid),
+            Err(KeyError::WrongKey(_))
+        ));
+        assert!(matches!(
+            a.open_slot(&slot, &[2; 16]),
+            Err(KeyError::SlotDamaged(0))
+        ));
     }
 }

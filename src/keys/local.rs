@@ -4,7 +4,7 @@
 use zeroize::Zeroizing;
 
 use super::KeyError;
-use crate::crypto::{Label, SecretKey, Sealer, constant_time_eq, derive_key};
+use crate::crypto::{Label, Sealer, SecretKey, constant_time_eq, derive_key};
 use crate::format::Id;
 use crate::format::config::{ConfigKeyslot, SlotProvider, keyslot_aad};
 

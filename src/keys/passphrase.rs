@@ -63,7 +63,10 @@ impl PassphraseProvider {
                     .map_err(|e| fail(format!("cannot run --extpass command: {e}")))?;
                 let stdout = Zeroizing::new(output.stdout);
                 if !output.status.success() {
-                    return Err(fail(format!("--extpass command failed ({})", output.status)));
+                    return Err(fail(format!(
+                        "--extpass command failed ({})",
+                        output.status
+                    )));
                 }
                 Zeroizing::new(
                     String::from_utf8(stdout.to_vec())
@@ -134,7 +137,11 @@ impl MasterKeyProvider for PassphraseProvider {
 mod tests {
     use super::*;
 
-    const FAST: Argon2Params = Argon2Params { m_kib: 64, t: 1, p: 1 };
+    const FAST: Argon2Params = Argon2Params {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
 
     fn provider(text: &str) -> PassphraseProvider {
         let dir = tempfile::tempdir().unwrap();
@@ -148,8 +155,13 @@ mod tests {
     #[test]
     fn passphrase_slot_round_trip_and_wrong_passphrase() {
         let vid = [5; 16];
-        let slot = provider("correct horse").create_slot(3, &vid, b"ring").unwrap();
-        let opened = provider("correct horse").open_slot(&slot, &vid).unwrap().unwrap();
+        let slot = provider("correct horse")
+            .create_slot(3, &vid, b"ring")
+            .unwrap();
+        let opened = provider("correct horse")
+            .open_slot(&slot, &vid)
+            .unwrap()
+            .unwrap();
         assert_eq!(&opened[..], b"ring");
         assert!(matches!(
             provider("wrong horse").open_slot(&slot, &vid),
@@ -159,10 +171,19 @@ mod tests {
 
     #[test]
     fn extpass_command_and_failures() {
-        let p = PassphraseProvider::from_source(&PassphraseSource::Command("echo s3cret".into()), false)
-            .unwrap();
+        let p = PassphraseProvider::from_source(
+            &PassphraseSource::Command("echo s3cret".into()),
+            false,
+        )
+        .unwrap();
         assert_eq!(&p.passphrase[..], b"s3cret");
-        assert!(PassphraseProvider::from_source(&PassphraseSource::Command("false".into()), false).is_err());
-        assert!(PassphraseProvider::from_source(&PassphraseSource::Command("true".into()), false).is_err());
+        assert!(
+            PassphraseProvider::from_source(&PassphraseSource::Command("false".into()), false)
+                .is_err()
+        );
+        assert!(
+            PassphraseProvider::from_source(&PassphraseSource::Command("true".into()), false)
+                .is_err()
+        );
     }
 }

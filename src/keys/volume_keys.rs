@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::{HeaderKeys, KeyError};
-use crate::crypto::{Label, SecretKey, Sealer, constant_time_eq, derive_key, mac};
+use crate::crypto::{Label, Sealer, SecretKey, constant_time_eq, derive_key, mac};
 use crate::format::config::VolumeConfig;
 use crate::format::header::{FileHeader, HeaderSlot, SlotKind, wrap_aad};
 use crate::format::keyring::Keyring;
@@ -44,7 +44,12 @@ impl VolumeKeys {
         let kek_sealers = keyring
             .keks
             .iter()
-            .map(|(v, k)| (*v, Sealer::new(&derive_key(Label::KekWrap, &[k.as_bytes()]))))
+            .map(|(v, k)| {
+                (
+                    *v,
+                    Sealer::new(&derive_key(Label::KekWrap, &[k.as_bytes()])),
+                )
+            })
             .collect();
         Ok(VolumeKeys {
             volume_id,
@@ -139,8 +144,10 @@ impl HeaderKeys for VolumeKeys {
                 reason = "keyslot holds a key of the wrong length";
                 continue;
             };
-            if !constant_time_eq(&self.commitment(&data_key, &header.file_id), &header.commitment)
-            {
+            if !constant_time_eq(
+                &self.commitment(&data_key, &header.file_id),
+                &header.commitment,
+            ) {
                 return Err(fail("key commitment mismatch"));
             }
             return Ok(DataKeyMaterial::from_data_key(&data_key, &header.file_id));
@@ -162,7 +169,9 @@ mod tests {
         let k = keys();
         let (header, material) = k.new_header(&[2; 16]).unwrap();
         let sealed = material.content.seal(b"a", b"data").unwrap();
-        let reopened = k.open_header(&FileHeader::decode(&header.encode().unwrap()).unwrap()).unwrap();
+        let reopened = k
+            .open_header(&FileHeader::decode(&header.encode().unwrap()).unwrap())
+            .unwrap();
         assert_eq!(reopened.content.open(b"a", &sealed).unwrap(), b"data");
     }
 
@@ -207,6 +216,9 @@ mod tests {
         k.seal_config(&mut config);
         k.verify_config(&config).unwrap();
         config.block_size = 8192;
-        assert!(matches!(k.verify_config(&config), Err(KeyError::ConfigTampered)));
+        assert!(matches!(
+            k.verify_config(&config),
+            Err(KeyError::ConfigTampered)
+        ));
     }
 }

@@ -66,7 +66,8 @@ impl Volume {
             _ => VolumeError::Usage(format!("cannot read {}: {e}", path.display())),
         })?;
         let mut bytes = Vec::new();
-        file.take(MAX_CONFIG_LEN as u64 + 1).read_to_end(&mut bytes)?;
+        file.take(MAX_CONFIG_LEN as u64 + 1)
+            .read_to_end(&mut bytes)?;
         VolumeConfig::parse(&bytes)
             .map_err(|e| VolumeError::Usage(format!("{}: {e}", path.display())))
     }
@@ -166,12 +167,23 @@ impl Volume {
         Ok((created?, file_id, material))
     }
 
-    fn link_new_data_file(&self, dir: BorrowedFd<'_>, name: &BackingName, mode: u32, file_id: &Id) -> Result<File> {
+    fn link_new_data_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &BackingName,
+        mode: u32,
+        file_id: &Id,
+    ) -> Result<File> {
         names::write_long_sidecar(dir, name)?;
         let perm = Mode::from_bits_truncate(mode & 0o7777);
         let preamble = block::encode_preamble(file_id);
         // O_TMPFILE + linkat: the name appears atomically with its preamble in place.
-        let tmp = openat(dir, ".", OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC, perm);
+        let tmp = openat(
+            dir,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            perm,
+        );
         let file = match tmp {
             Ok(fd) => {
                 let file = File::from(fd);
@@ -215,7 +227,10 @@ impl Volume {
         let file_id = block::decode_preamble(&preamble[..got])
             .map_err(|e| VolumeError::Corrupt(format!("data file preamble: {e}")))?;
         let header = self.headers.load(&file_id)?;
-        let material = self.keys.open_header(&header).map_err(|e| VolumeError::Corrupt(e.to_string()))?;
+        let material = self
+            .keys
+            .open_header(&header)
+            .map_err(|e| VolumeError::Corrupt(e.to_string()))?;
         Ok((file_id, material))
     }
 

@@ -40,7 +40,10 @@ pub fn encrypt_name(keys: &VolumeKeys, plain: &OsStr) -> Result<BackingName> {
 fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
     let corrupt = || VolumeError::Corrupt(format!("encrypted name {encoded:.40} does not decrypt"));
     let sealed = name::decode_b64(encoded, "name").map_err(|_| corrupt())?;
-    let padded = keys.names.open_deterministic(NAME_AAD, &sealed).map_err(|_| corrupt())?;
+    let padded = keys
+        .names
+        .open_deterministic(NAME_AAD, &sealed)
+        .map_err(|_| corrupt())?;
     let plain = name::unpad(&padded).map_err(|_| corrupt())?;
     if plain.is_empty() || plain.contains(&b'/') || plain.len() > MAX_PLAIN_NAME {
         return Err(corrupt());
@@ -49,7 +52,11 @@ fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
 }
 
 /// The plaintext name of a backing directory entry; None for sealfs's own files.
-pub fn decrypt_entry(keys: &VolumeKeys, dir: BorrowedFd<'_>, entry: &OsStr) -> Result<Option<OsString>> {
+pub fn decrypt_entry(
+    keys: &VolumeKeys,
+    dir: BorrowedFd<'_>,
+    entry: &OsStr,
+) -> Result<Option<OsString>> {
     let Some(entry) = entry.to_str() else {
         return Err(VolumeError::Corrupt("backing name is not ASCII".into()));
     };
@@ -59,7 +66,9 @@ pub fn decrypt_entry(keys: &VolumeKeys, dir: BorrowedFd<'_>, entry: &OsStr) -> R
         EntryKind::Long(hashed) => {
             let full = read_long_sidecar(dir, hashed)?;
             if name::long_entry_name(&full) != hashed {
-                return Err(VolumeError::Corrupt(format!("long-name sidecar of {hashed} does not match it")));
+                return Err(VolumeError::Corrupt(format!(
+                    "long-name sidecar of {hashed} does not match it"
+                )));
             }
             decrypt_encoded(keys, &full).map(Some)
         }
@@ -68,8 +77,13 @@ pub fn decrypt_entry(keys: &VolumeKeys, dir: BorrowedFd<'_>, entry: &OsStr) -> R
 
 fn read_long_sidecar(dir: BorrowedFd<'_>, hashed: &str) -> Result<String> {
     let sidecar = format!("{hashed}{}", name::LONG_NAME_SUFFIX);
-    let fd = openat(dir, sidecar.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
-        .map_err(|e| VolumeError::Corrupt(format!("long-name sidecar {sidecar}: {e}")))?;
+    let fd = openat(
+        dir,
+        sidecar.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| VolumeError::Corrupt(format!("long-name sidecar {sidecar}: {e}")))?;
     let mut text = String::new();
     File::from(fd)
         .take(MAX_LONG_ENCODING as u64)
@@ -95,10 +109,10 @@ pub fn write_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> Result<()>
 }
 
 pub fn remove_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) {
-    if let Some(sidecar) = name.sidecar() {
-        if let Err(e) = unlinkat(dir, sidecar.as_str(), UnlinkatFlags::NoRemoveDir) {
-            tracing::warn!(%sidecar, error = %e, "could not remove long-name sidecar");
-        }
+    if let Some(sidecar) = name.sidecar()
+        && let Err(e) = unlinkat(dir, sidecar.as_str(), UnlinkatFlags::NoRemoveDir)
+    {
+        tracing::warn!(%sidecar, error = %e, "could not remove long-name sidecar");
     }
 }
 
@@ -106,7 +120,10 @@ pub fn encrypt_symlink(keys: &VolumeKeys, target: &[u8]) -> Result<String> {
     if target.is_empty() {
         return Err(VolumeError::InvalidName);
     }
-    let sealed = keys.symlinks.seal(SYMLINK_AAD, target).map_err(|_| VolumeError::InvalidName)?;
+    let sealed = keys
+        .symlinks
+        .seal(SYMLINK_AAD, target)
+        .map_err(|_| VolumeError::InvalidName)?;
     let encoded = name::encode_b64(&sealed);
     if encoded.len() > MAX_BACKING_TARGET {
         return Err(VolumeError::NameTooLong);
@@ -118,7 +135,9 @@ pub fn decrypt_symlink(keys: &VolumeKeys, encoded: &OsStr) -> Result<Vec<u8>> {
     let corrupt = || VolumeError::Corrupt("symlink target does not decrypt".into());
     let text = encoded.to_str().ok_or_else(corrupt)?;
     let sealed = name::decode_b64(text, "symlink").map_err(|_| corrupt())?;
-    keys.symlinks.open(SYMLINK_AAD, &sealed).map_err(|_| corrupt())
+    keys.symlinks
+        .open(SYMLINK_AAD, &sealed)
+        .map_err(|_| corrupt())
 }
 
 /// Backing xattr name for a plaintext `user.*` name: `user.` + base64url(sealed name).
@@ -134,7 +153,9 @@ pub fn encrypt_xattr_name(keys: &VolumeKeys, plain: &OsStr) -> Result<Vec<u8>> {
     let mut out = USER_XATTR_PREFIX.to_vec();
     out.extend_from_slice(name::encode_b64(&sealed).as_bytes());
     if out.len() > 255 {
-        return Err(VolumeError::Io(std::io::Error::from_raw_os_error(libc::ERANGE)));
+        return Err(VolumeError::Io(std::io::Error::from_raw_os_error(
+            libc::ERANGE,
+        )));
     }
     Ok(out)
 }
@@ -142,13 +163,18 @@ pub fn encrypt_xattr_name(keys: &VolumeKeys, plain: &OsStr) -> Result<Vec<u8>> {
 pub fn decrypt_xattr_name(keys: &VolumeKeys, backing: &[u8]) -> Option<Vec<u8>> {
     let encoded = std::str::from_utf8(backing.strip_prefix(USER_XATTR_PREFIX)?).ok()?;
     let sealed = name::decode_b64(encoded, "xattr").ok()?;
-    let padded = keys.xattr_names.open_deterministic(XATTR_NAME_AAD, &sealed).ok()?;
+    let padded = keys
+        .xattr_names
+        .open_deterministic(XATTR_NAME_AAD, &sealed)
+        .ok()?;
     name::unpad(&padded).ok().map(<[u8]>::to_vec)
 }
 
 pub fn seal_xattr_value(keys: &VolumeKeys, backing_name: &[u8], value: &[u8]) -> Result<Vec<u8>> {
     let aad = [XATTR_VALUE_AAD, backing_name].concat();
-    keys.xattr_values.seal(&aad, value).map_err(|_| VolumeError::InvalidName)
+    keys.xattr_values
+        .seal(&aad, value)
+        .map_err(|_| VolumeError::InvalidName)
 }
 
 pub fn open_xattr_value(keys: &VolumeKeys, backing_name: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
@@ -157,7 +183,6 @@ pub fn open_xattr_value(keys: &VolumeKeys, backing_name: &[u8], sealed: &[u8]) -
         .open(&aad, sealed)
         .map_err(|_| VolumeError::Corrupt("extended attribute value does not decrypt".into()))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -173,14 +198,22 @@ mod tests {
         let k = keys();
         let dir = tempfile::tempdir().unwrap();
         let dirfd = File::open(dir.path()).unwrap();
-        for plain in ["a", "h\u{e9}llo w\u{f6}rld \u{1F600}", &"x".repeat(175), &"y".repeat(255)] {
+        for plain in [
+            "a",
+            "h\u{e9}llo w\u{f6}rld \u{1F600}",
+            &"x".repeat(175),
+            &"y".repeat(255),
+        ] {
             let backing = encrypt_name(&k, OsStr::new(plain)).unwrap();
             assert!(backing.entry().len() <= 255);
             write_long_sidecar(dirfd.as_fd(), &backing).unwrap();
             let back = decrypt_entry(&k, dirfd.as_fd(), OsStr::new(backing.entry())).unwrap();
             assert_eq!(back.unwrap(), OsStr::new(plain));
         }
-        assert!(matches!(encrypt_name(&k, OsStr::new(&"z".repeat(256))), Err(VolumeError::NameTooLong)));
+        assert!(matches!(
+            encrypt_name(&k, OsStr::new(&"z".repeat(256))),
+            Err(VolumeError::NameTooLong)
+        ));
         assert!(encrypt_name(&k, OsStr::new("a/b")).is_err());
     }
 
@@ -194,16 +227,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dirfd = File::open(dir.path()).unwrap();
         let bad = OsString::from_vec(bad);
-        assert!(matches!(decrypt_entry(&k, dirfd.as_fd(), &bad), Err(VolumeError::Corrupt(_))));
-        assert_eq!(decrypt_entry(&k, dirfd.as_fd(), OsStr::new("sealfs.conf")).unwrap(), None);
+        assert!(matches!(
+            decrypt_entry(&k, dirfd.as_fd(), &bad),
+            Err(VolumeError::Corrupt(_))
+        ));
+        assert_eq!(
+            decrypt_entry(&k, dirfd.as_fd(), OsStr::new("sealfs.conf")).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn symlink_targets_and_xattrs_round_trip() {
         let k = keys();
         let enc = encrypt_symlink(&k, b"../some/where").unwrap();
-        assert_eq!(decrypt_symlink(&k, OsStr::new(&enc)).unwrap(), b"../some/where");
-        assert!(matches!(encrypt_symlink(&k, &[b'a'; 3100]), Err(VolumeError::NameTooLong)));
+        assert_eq!(
+            decrypt_symlink(&k, OsStr::new(&enc)).unwrap(),
+            b"../some/where"
+        );
+        assert!(matches!(
+            encrypt_symlink(&k, &[b'a'; 3100]),
+            Err(VolumeError::NameTooLong)
+        ));
         let name = encrypt_xattr_name(&k, OsStr::new("user.comment")).unwrap();
         assert_eq!(decrypt_xattr_name(&k, &name).unwrap(), b"user.comment");
         let value = seal_xattr_value(&k, &name, b"v").unwrap();

@@ -1,0 +1,208 @@
+//! Real mounts for integration tests: a volume in a temp dir, mounted by the real binary in
+//! the foreground, always unmounted (also when a test panics).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sealfs");
+
+pub struct TestVolume {
+    pub dir: tempfile::TempDir,
+    pub cipher: PathBuf,
+    pub keys: PathBuf,
+    pub mnt: PathBuf,
+}
+
+pub fn sealfs(keys: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SEALFS_KEY_DIR", keys)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sealfs")
+}
+
+impl TestVolume {
+    pub fn new() -> Self {
+        Self::with_args(&[])
+    }
+
+    pub fn with_args(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = dir.path().join("cipher");
+        let keys = dir.path().join("keys");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut args = vec!["init", cipher.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = sealfs(&keys, &args);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestVolume {
+            dir,
+            cipher,
+            keys,
+            mnt,
+        }
+    }
+
+    /// A volume around an existing cipher dir (a fixture copy), with its key dir.
+    pub fn existing(dir: tempfile::TempDir, cipher: PathBuf, keys: PathBuf) -> Self {
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        TestVolume {
+            dir,
+            cipher,
+            keys,
+            mnt,
+        }
+    }
+
+    pub fn mount(&self) -> Mounted {
+        self.mount_with(&[])
+    }
+
+    pub fn mount_with(&self, extra: &[&str]) -> Mounted {
+        Mounted::start(self, extra)
+    }
+}
+
+pub struct Mounted {
+    pub path: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+impl Mounted {
+    fn start(vol: &TestVolume, extra: &[&str]) -> Mounted {
+        let log = vol.dir.path().join(format!(
+            "mount-{}.log",
+            std::process::id() as u128 + Instant::now().elapsed().as_nanos()
+        ));
+        let logfile = std::fs::File::create(&log).unwrap();
+        let path = std::fs::canonicalize(&vol.mnt).unwrap();
+        let child = Command::new(BIN)
+            .args(["mount", "--foreground"])
+            .arg(&vol.cipher)
+            .arg(&path)
+            .args(extra)
+            .env("SEALFS_KEY_DIR", &vol.keys)
+            .env("SEALFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .unwrap();
+        let mut mounted = Mounted {
+            path,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&mounted.path) {
+            if let Some(status) = mounted.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("mount exited with {status}: {}", mounted.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear: {}",
+                mounted.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mounted
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmounts and returns the daemon's log.
+    pub fn unmount(mut self) -> String {
+        self.stop();
+        self.log_text()
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if is_mounted(&self.path) {
+            let _ = Command::new(BIN).args(["umount"]).arg(&self.path).output();
+            if is_mounted(&self.path) {
+                let _ = Command::new(BIN)
+                    .args(["umount", "--lazy"])
+                    .arg(&self.path)
+                    .output();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A small deterministic generator, so failing seeds can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

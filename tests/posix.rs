@@ -1,0 +1,324 @@
+//! The POSIX surface through a real mount, and what the cipher dir reveals.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+use common::{TestVolume, files_under};
+
+#[test]
+fn files_dirs_links_and_symlinks() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    fs::write(m.p("a.txt"), b"hello sealfs").unwrap();
+    assert_eq!(fs::read(m.p("a.txt")).unwrap(), b"hello sealfs");
+    assert_eq!(fs::metadata(m.p("a.txt")).unwrap().len(), 12);
+    fs::create_dir_all(m.p("d/e/f")).unwrap();
+    fs::write(m.p("d/e/f/deep"), b"deep").unwrap();
+    std::os::unix::fs::symlink("../a.txt", m.p("d/sym")).unwrap();
+    assert_eq!(fs::read_link(m.p("d/sym")).unwrap().as_os_str(), "../a.txt");
+    assert_eq!(fs::symlink_metadata(m.p("d/sym")).unwrap().len(), 8);
+    assert_eq!(fs::read(m.p("d/sym")).unwrap(), b"hello sealfs");
+    fs::hard_link(m.p("a.txt"), m.p("d/hard")).unwrap();
+    let (a, h) = (
+        fs::metadata(m.p("a.txt")).unwrap(),
+        fs::metadata(m.p("d/hard")).unwrap(),
+    );
+    assert_eq!(a.ino(), h.ino());
+    assert_eq!(a.nlink(), 2);
+    fs::remove_file(m.p("a.txt")).unwrap();
+    assert_eq!(fs::read(m.p("d/hard")).unwrap(), b"hello sealfs");
+    let mut names: Vec<_> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["e", "hard", "sym"]);
+    assert!(
+        fs::remove_dir(m.p("d/e")).is_err(),
+        "rmdir of a non-empty dir must fail"
+    );
+    fs::remove_dir_all(m.p("d/e")).unwrap();
+    nix::unistd::mkfifo(
+        &m.p("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    assert!(
+        fs::symlink_metadata(m.p("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let ino_before = fs::metadata(m.p("d/hard")).unwrap().ino();
+    m.unmount();
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("d/hard")).unwrap(), b"hello sealfs");
+    assert_eq!(
+        fs::metadata(m.p("d/hard")).unwrap().ino(),
+        ino_before,
+        "inode numbers stable across remounts"
+    );
+    assert!(
+        fs::symlink_metadata(m.p("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+#[test]
+fn random_offsets_holes_and_truncate() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let path = m.p("sparse");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.seek(SeekFrom::Start(10_000)).unwrap();
+    f.write_all(b"middle").unwrap();
+    f.seek(SeekFrom::Start(3)).unwrap();
+    f.write_all(b"start").unwrap();
+    drop(f);
+    let data = fs::read(&path).unwrap();
+    assert_eq!(data.len(), 10_006);
+    assert_eq!(&data[3..8], b"start");
+    assert!(data[8..10_000].iter().all(|&b| b == 0));
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(5).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"\0\0\0st");
+    f.set_len(20_000).unwrap();
+    let data = fs::read(&path).unwrap();
+    assert_eq!(data.len(), 20_000);
+    assert_eq!(&data[..5], b"\0\0\0st");
+    assert!(data[5..].iter().all(|&b| b == 0));
+    // O_TRUNC on open, and append.
+    fs::write(&path, b"fresh").unwrap();
+    let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b" tail").unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"fresh tail");
+    // A big write crosses many blocks.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(m.p("big"), &big).unwrap();
+    let mut back = Vec::new();
+    fs::File::open(m.p("big"))
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == big);
+}
+
+#[test]
+fn rename_flags_modes_times_xattrs() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    fs::write(m.p("one"), b"1").unwrap();
+    fs::write(m.p("two"), b"2").unwrap();
+    let noreplace = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &m.p("one"),
+        nix::fcntl::AT_FDCWD,
+        &m.p("two"),
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    assert_eq!(noreplace, Err(nix::Error::EEXIST));
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &m.p("one"),
+        nix::fcntl::AT_FDCWD,
+        &m.p("two"),
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    assert_eq!(fs::read(m.p("one")).unwrap(), b"2");
+    assert_eq!(fs::read(m.p("two")).unwrap(), b"1");
+    fs::rename(m.p("one"), m.p("two")).unwrap();
+    assert_eq!(fs::read(m.p("two")).unwrap(), b"2");
+    assert!(!m.p("one").exists());
+    fs::set_permissions(m.p("two"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(m.p("two")).unwrap().mode() & 0o7777, 0o640);
+    let when = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &m.p("two"),
+        &when,
+        &when,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(m.p("two")).unwrap().mtime(), 1_000_000_000);
+    assert_eq!(fs::metadata(m.p("two")).unwrap().atime(), 1_000_000_000);
+    xattr_round_trip(&m.p("two"));
+    let st = nix::sys::statvfs::statvfs(&m.path).unwrap();
+    assert!(st.blocks() > 0);
+}
+
+fn xattr_round_trip(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = c"user.secret-label";
+    let value = b"top secret value";
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let mut buf = [0u8; 64];
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n as usize], value);
+    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..n as usize], b"user.secret-label\0");
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) }, 0);
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, -1);
+}
+
+#[test]
+fn long_and_unicode_names() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let names = [
+        "x".repeat(255),
+        "y".repeat(174),
+        "z".repeat(175),
+        "\u{65e5}\u{672c}\u{8a9e}\u{306e}\u{540d}\u{524d} \u{1F512}".to_string(),
+        "\u{e9}".repeat(127),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(m.p(name), format!("content {i}")).unwrap();
+    }
+    fs::create_dir(m.p(&"D".repeat(250))).unwrap();
+    fs::write(
+        m.p(&format!("{}/{}", "D".repeat(250), "w".repeat(240))),
+        b"nested",
+    )
+    .unwrap();
+    fs::rename(m.p(&names[0]), m.p(&"r".repeat(200))).unwrap();
+    assert!(
+        fs::write(m.p(&"n".repeat(256)), b"").is_err(),
+        "256-byte names are refused"
+    );
+    m.unmount();
+    let m = vol.mount();
+    for (i, name) in names.iter().enumerate().skip(1) {
+        assert_eq!(
+            fs::read(m.p(name)).unwrap(),
+            format!("content {i}").as_bytes()
+        );
+    }
+    assert_eq!(fs::read(m.p(&"r".repeat(200))).unwrap(), b"content 0");
+    assert!(!m.p(&names[0]).exists());
+    let listed: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed.len(), names.len() + 1);
+    assert!(listed.iter().all(|n| n.as_bytes().len() <= 255));
+    for entry in fs::read_dir(&vol.cipher).unwrap() {
+        assert!(entry.unwrap().file_name().len() <= 255);
+    }
+}
+
+#[test]
+fn cipher_dir_holds_no_plaintext() {
+    let vol = TestVolume::new();
+    let marker = "PLAINTEXTMARKER";
+    let m = vol.mount();
+    fs::create_dir(m.p(&format!("{marker}-dir"))).unwrap();
+    fs::write(
+        m.p(&format!("{marker}-dir/{marker}-file")),
+        marker.repeat(1000),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("/{marker}/target"), m.p(&format!("{marker}-link")))
+        .unwrap();
+    let c = std::ffi::CString::new(m.p(&format!("{marker}-dir")).as_os_str().as_bytes()).unwrap();
+    let xname = std::ffi::CString::new(format!("user.{marker}")).unwrap();
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            xname.as_ptr(),
+            marker.as_ptr().cast(),
+            marker.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0);
+    m.unmount();
+    let needle = marker.as_bytes();
+    let mut stack = vec![vol.cipher.clone()];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        assert!(
+            !p.as_os_str()
+                .as_bytes()
+                .windows(needle.len())
+                .any(|w| w == needle),
+            "name leaks: {p:?}"
+        );
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.file_type().is_symlink() {
+            let t = fs::read_link(&p).unwrap();
+            assert!(
+                !t.as_os_str()
+                    .as_bytes()
+                    .windows(needle.len())
+                    .any(|w| w == needle),
+                "symlink target leaks"
+            );
+        } else {
+            let data = fs::read(&p).unwrap();
+            assert!(
+                !data.windows(needle.len()).any(|w| w == needle),
+                "content leaks in {p:?}"
+            );
+        }
+        let mut xbuf = vec![0u8; 4096];
+        let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let n = unsafe { libc::llistxattr(cp.as_ptr(), xbuf.as_mut_ptr().cast(), xbuf.len()) };
+        if n > 0 {
+            assert!(
+                !xbuf[..n as usize]
+                    .windows(needle.len())
+                    .any(|w| w == needle),
+                "xattr name leaks"
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5);
+    assert!(
+        files_under(&vol.cipher)
+            .iter()
+            .any(|p| p.to_string_lossy().contains("sealfs.headers"))
+    );
+    let _ = OsStr::new("");
+}
