@@ -16,6 +16,7 @@ pub fn init(verbose: bool) {
         .with_env_filter(filter)
         .with_writer(Sink)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

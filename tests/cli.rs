@@ -1,0 +1,145 @@
+//! The command line as a user meets it: every failure a one-line error and a non-zero exit.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use common::{BIN, TestVolume, is_mounted, sealfs};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_one_line_failure(out: &std::process::Output, needle: &str) {
+    assert!(!out.status.success(), "should fail");
+    let err = stderr(out);
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+}
+
+#[test]
+fn init_writes_a_private_key_and_refuses_to_overwrite() {
+    let vol = TestVolume::new();
+    let keys: Vec<_> = fs::read_dir(&vol.keys).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(keys.len(), 1);
+    let meta = fs::metadata(&keys[0]).unwrap();
+    assert_eq!(meta.len(), 32);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(!keys[0].starts_with(&vol.cipher), "the key stays outside the cipher dir");
+    let again = sealfs(&vol.keys, &["init", vol.cipher.to_str().unwrap()]);
+    assert_one_line_failure(&again, "already a sealfs volume");
+    let busy = vol.dir.path().join("busy");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("x"), b"x").unwrap();
+    assert_one_line_failure(&sealfs(&vol.keys, &["init", busy.to_str().unwrap()]), "not empty");
+}
+
+#[test]
+fn mount_failures_are_one_line_errors() {
+    let vol = TestVolume::new();
+    let cipher = vol.cipher.to_str().unwrap();
+    let mnt = vol.mnt.to_str().unwrap();
+    let missing = vol.dir.path().join("nope");
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, missing.to_str().unwrap()]), "does not exist");
+    let empty_keys = vol.dir.path().join("nokeys");
+    assert_one_line_failure(&sealfs(&empty_keys, &["mount", cipher, mnt]), "no key file");
+    let wrong = vol.dir.path().join("wrong.key");
+    fs::write(&wrong, [7u8; 32]).unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt, "--keyfile", wrong.to_str().unwrap()]), "wrong key");
+    let short = vol.dir.path().join("short.key");
+    fs::write(&short, [7u8; 5]).unwrap();
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt, "--keyfile", short.to_str().unwrap()]), "exactly 32 bytes");
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", mnt, mnt]), "not a sealfs volume");
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt, "-o", "bogus"]), "unknown mount option");
+    // Busy: already mounted.
+    let m = vol.mount();
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt]), "busy");
+    m.unmount();
+    // A config from a newer sealfs.
+    let conf = vol.cipher.join("sealfs.conf");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&conf, text.replace("\"format_version\": 1", "\"format_version\": 7")).unwrap();
+    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt]), "newer than this sealfs supports");
+}
+
+#[test]
+fn daemon_mode_mounts_and_umount_unmounts() {
+    let vol = TestVolume::new();
+    let mnt = fs::canonicalize(&vol.mnt).unwrap();
+    let out = sealfs(&vol.keys, &["mount", vol.cipher.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(is_mounted(&mnt), "mounted when the command returns");
+    fs::write(mnt.join("f"), b"daemon").unwrap();
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"daemon");
+    let out = sealfs(&vol.keys, &["umount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..100 {
+        if !is_mounted(&mnt) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mnt));
+    assert_one_line_failure(&sealfs(&vol.keys, &["umount", mnt.to_str().unwrap()]), "not a mount point");
+}
+
+#[test]
+fn passphrase_keyslots_via_passfile_and_extpass() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    fs::write(&pass, "correct horse battery\n").unwrap();
+    let cipher = dir.path().join("c");
+    let mnt = dir.path().join("m");
+    fs::create_dir(&mnt).unwrap();
+    let keys = dir.path().join("keys");
+    let out = sealfs(&keys, &["init", cipher.to_str().unwrap(), "--passfile", pass.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!keys.exists(), "a passphrase volume writes no key file");
+    let vol = TestVolume::existing(dir, cipher.clone(), keys.clone());
+    let m = vol.mount_with(&["--extpass", "echo 'correct horse battery'"]);
+    fs::write(m.p("x"), b"by passphrase").unwrap();
+    m.unmount();
+    let m = vol.mount_with(&["--passfile", pass.to_str().unwrap()]);
+    assert_eq!(fs::read(m.p("x")).unwrap(), b"by passphrase");
+    m.unmount();
+    let out = sealfs(&keys, &["mount", cipher.to_str().unwrap(), mnt.to_str().unwrap(), "--extpass", "echo wrong"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
+}
+
+#[test]
+fn allow_other_gives_files_to_their_creator_and_enforces_modes() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let vol = TestVolume::new();
+    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = vol.mount_with(&["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(m.p("root-only"), b"secret").unwrap();
+    fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
+    let as_nobody = |script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+            .current_dir(&m.path)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody("echo mine > by-nobody && mkdir nobody-dir && cat by-nobody");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let meta = fs::metadata(m.p("by-nobody")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    assert_eq!(fs::metadata(m.p("nobody-dir")).unwrap().uid(), 65534);
+    let out = as_nobody("cat root-only");
+    assert!(!out.status.success(), "mode 0600 of another user must refuse");
+    assert!(stderr(&out).contains("Permission denied"));
+    let out = as_nobody("rm root-only");
+    assert!(!out.status.success(), "sticky directory protects other users' files");
+    m.unmount();
+    let _ = BIN;
+}
