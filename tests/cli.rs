@@ -22,18 +22,27 @@ fn assert_one_line_failure(out: &std::process::Output, needle: &str) {
 #[test]
 fn init_writes_a_private_key_and_refuses_to_overwrite() {
     let vol = TestVolume::new();
-    let keys: Vec<_> = fs::read_dir(&vol.keys).unwrap().map(|e| e.unwrap().path()).collect();
+    let keys: Vec<_> = fs::read_dir(&vol.keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(keys.len(), 1);
     let meta = fs::metadata(&keys[0]).unwrap();
     assert_eq!(meta.len(), 32);
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    assert!(!keys[0].starts_with(&vol.cipher), "the key stays outside the cipher dir");
+    assert!(
+        !keys[0].starts_with(&vol.cipher),
+        "the key stays outside the cipher dir"
+    );
     let again = sealfs(&vol.keys, &["init", vol.cipher.to_str().unwrap()]);
     assert_one_line_failure(&again, "already a sealfs volume");
     let busy = vol.dir.path().join("busy");
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("x"), b"x").unwrap();
-    assert_one_line_failure(&sealfs(&vol.keys, &["init", busy.to_str().unwrap()]), "not empty");
+    assert_one_line_failure(
+        &sealfs(&vol.keys, &["init", busy.to_str().unwrap()]),
+        "not empty",
+    );
 }
 
 #[test]
@@ -42,18 +51,39 @@ fn mount_failures_are_one_line_errors() {
     let cipher = vol.cipher.to_str().unwrap();
     let mnt = vol.mnt.to_str().unwrap();
     let missing = vol.dir.path().join("nope");
-    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, missing.to_str().unwrap()]), "does not exist");
+    assert_one_line_failure(
+        &sealfs(&vol.keys, &["mount", cipher, missing.to_str().unwrap()]),
+        "does not exist",
+    );
     let empty_keys = vol.dir.path().join("nokeys");
     assert_one_line_failure(&sealfs(&empty_keys, &["mount", cipher, mnt]), "no key file");
     let wrong = vol.dir.path().join("wrong.key");
     fs::write(&wrong, [7u8; 32]).unwrap();
     fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
-    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt, "--keyfile", wrong.to_str().unwrap()]), "wrong key");
+    assert_one_line_failure(
+        &sealfs(
+            &vol.keys,
+            &["mount", cipher, mnt, "--keyfile", wrong.to_str().unwrap()],
+        ),
+        "wrong key",
+    );
     let short = vol.dir.path().join("short.key");
     fs::write(&short, [7u8; 5]).unwrap();
-    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt, "--keyfile", short.to_str().unwrap()]), "exactly 32 bytes");
-    assert_one_line_failure(&sealfs(&vol.keys, &["mount", mnt, mnt]), "not a sealfs volume");
-    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt, "-o", "bogus"]), "unknown mount option");
+    assert_one_line_failure(
+        &sealfs(
+            &vol.keys,
+            &["mount", cipher, mnt, "--keyfile", short.to_str().unwrap()],
+        ),
+        "exactly 32 bytes",
+    );
+    assert_one_line_failure(
+        &sealfs(&vol.keys, &["mount", mnt, mnt]),
+        "not a sealfs volume",
+    );
+    assert_one_line_failure(
+        &sealfs(&vol.keys, &["mount", cipher, mnt, "-o", "bogus"]),
+        "unknown mount option",
+    );
     // Busy: already mounted.
     let m = vol.mount();
     assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt]), "busy");
@@ -62,15 +92,25 @@ fn mount_failures_are_one_line_errors() {
     let conf = vol.cipher.join("sealfs.conf");
     let text = fs::read_to_string(&conf).unwrap();
     fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
-    fs::write(&conf, text.replace("\"format_version\": 1", "\"format_version\": 7")).unwrap();
-    assert_one_line_failure(&sealfs(&vol.keys, &["mount", cipher, mnt]), "newer than this sealfs supports");
+    fs::write(
+        &conf,
+        text.replace("\"format_version\": 1", "\"format_version\": 7"),
+    )
+    .unwrap();
+    assert_one_line_failure(
+        &sealfs(&vol.keys, &["mount", cipher, mnt]),
+        "newer than this sealfs supports",
+    );
 }
 
 #[test]
 fn daemon_mode_mounts_and_umount_unmounts() {
     let vol = TestVolume::new();
     let mnt = fs::canonicalize(&vol.mnt).unwrap();
-    let out = sealfs(&vol.keys, &["mount", vol.cipher.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let out = sealfs(
+        &vol.keys,
+        &["mount", vol.cipher.to_str().unwrap(), mnt.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(is_mounted(&mnt), "mounted when the command returns");
     fs::write(mnt.join("f"), b"daemon").unwrap();
@@ -84,7 +124,10 @@ fn daemon_mode_mounts_and_umount_unmounts() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(!is_mounted(&mnt));
-    assert_one_line_failure(&sealfs(&vol.keys, &["umount", mnt.to_str().unwrap()]), "not a mount point");
+    assert_one_line_failure(
+        &sealfs(&vol.keys, &["umount", mnt.to_str().unwrap()]),
+        "not a mount point",
+    );
 }
 
 #[test]
@@ -96,7 +139,15 @@ fn passphrase_keyslots_via_passfile_and_extpass() {
     let mnt = dir.path().join("m");
     fs::create_dir(&mnt).unwrap();
     let keys = dir.path().join("keys");
-    let out = sealfs(&keys, &["init", cipher.to_str().unwrap(), "--passfile", pass.to_str().unwrap()]);
+    let out = sealfs(
+        &keys,
+        &[
+            "init",
+            cipher.to_str().unwrap(),
+            "--passfile",
+            pass.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!keys.exists(), "a passphrase volume writes no key file");
     let vol = TestVolume::existing(dir, cipher.clone(), keys.clone());
@@ -106,7 +157,16 @@ fn passphrase_keyslots_via_passfile_and_extpass() {
     let m = vol.mount_with(&["--passfile", pass.to_str().unwrap()]);
     assert_eq!(fs::read(m.p("x")).unwrap(), b"by passphrase");
     m.unmount();
-    let out = sealfs(&keys, &["mount", cipher.to_str().unwrap(), mnt.to_str().unwrap(), "--extpass", "echo wrong"]);
+    let out = sealfs(
+        &keys,
+        &[
+            "mount",
+            cipher.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--extpass",
+            "echo wrong",
+        ],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
 }
@@ -125,7 +185,14 @@ fn allow_other_gives_files_to_their_creator_and_enforces_modes() {
     fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
     let as_nobody = |script: &str| {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
             .current_dir(&m.path)
             .output()
             .unwrap()
@@ -136,10 +203,16 @@ fn allow_other_gives_files_to_their_creator_and_enforces_modes() {
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     assert_eq!(fs::metadata(m.p("nobody-dir")).unwrap().uid(), 65534);
     let out = as_nobody("cat root-only");
-    assert!(!out.status.success(), "mode 0600 of another user must refuse");
+    assert!(
+        !out.status.success(),
+        "mode 0600 of another user must refuse"
+    );
     assert!(stderr(&out).contains("Permission denied"));
     let out = as_nobody("rm root-only");
-    assert!(!out.status.success(), "sticky directory protects other users' files");
+    assert!(
+        !out.status.success(),
+        "sticky directory protects other users' files"
+    );
     m.unmount();
     let _ = BIN;
 }

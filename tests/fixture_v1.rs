@@ -43,35 +43,66 @@ fn fixture_v1_reads_through_a_mount() {
     copy_tree(&fixture(), dir.path());
     let key = dir.path().join("master.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let vol = TestVolume::existing(tempfile::tempdir().unwrap(), dir.path().join("cipher"), dir.path().join("keys"));
+    let vol = TestVolume::existing(
+        tempfile::tempdir().unwrap(),
+        dir.path().join("cipher"),
+        dir.path().join("keys"),
+    );
     let m = vol.mount_with(&["--keyfile", key.to_str().unwrap(), "-o", "ro"]);
-    assert_eq!(fs::read(m.p("hello.txt")).unwrap(), b"hello from sealfs format v1\n");
+    assert_eq!(
+        fs::read(m.p("hello.txt")).unwrap(),
+        b"hello from sealfs format v1\n"
+    );
     assert_eq!(fs::read(m.p("dir/nested.bin")).unwrap(), nested());
-    assert_eq!(fs::read_link(m.p("dir/link")).unwrap().as_os_str(), "../hello.txt");
-    assert_eq!(fs::read(m.p("dir/link")).unwrap(), b"hello from sealfs format v1\n");
+    assert_eq!(
+        fs::read_link(m.p("dir/link")).unwrap().as_os_str(),
+        "../hello.txt"
+    );
+    assert_eq!(
+        fs::read(m.p("dir/link")).unwrap(),
+        b"hello from sealfs format v1\n"
+    );
     assert_eq!(fs::read(m.p(&"L".repeat(200))).unwrap(), b"long name\n");
-    assert_eq!(fs::read(m.p("h\u{e9}llo-w\u{f6}rld")).unwrap(), b"unicode\n");
+    assert_eq!(
+        fs::read(m.p("h\u{e9}llo-w\u{f6}rld")).unwrap(),
+        b"unicode\n"
+    );
     let sparse = fs::read(m.p("sparse")).unwrap();
     assert_eq!(sparse.len(), 50003);
     assert!(sparse[..50000].iter().all(|&b| b == 0));
     assert_eq!(&sparse[50000..], b"end");
-    let mut names: Vec<_> = fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert_eq!(names.len(), 5);
-    assert!(fs::write(m.p("new"), b"x").is_err(), "ro mount refuses writes");
+    assert!(
+        fs::write(m.p("new"), b"x").is_err(),
+        "ro mount refuses writes"
+    );
 }
 
 #[test]
 fn fixture_v1_reads_through_the_library_without_a_mount() {
     let root = fixture();
-    let provider: Box<dyn MasterKeyProvider> = Box::new(KeyfileProvider::load(&root.join("master.key")).unwrap());
+    let provider: Box<dyn MasterKeyProvider> =
+        Box::new(KeyfileProvider::load(&root.join("master.key")).unwrap());
     let volume = Volume::open(&root.join("cipher"), &[provider]).unwrap();
     let dir_name = volume.encrypt_name(OsStr::new("dir")).unwrap();
     let file_name = volume.encrypt_name(OsStr::new("nested.bin")).unwrap();
-    let path = root.join("cipher").join(dir_name.entry()).join(file_name.entry());
+    let path = root
+        .join("cipher")
+        .join(dir_name.entry())
+        .join(file_name.entry());
     let file = fs::File::open(path).unwrap();
     let (file_id, material) = volume.open_data_file(&file).unwrap();
-    let bf = BlockFile { file: &file, layout: volume.layout, file_id: &file_id, sealer: &material.content };
+    let bf = BlockFile {
+        file: &file,
+        layout: volume.layout,
+        file_id: &file_id,
+        sealer: &material.content,
+    };
     assert_eq!(bf.plain_size().unwrap(), 10000);
     assert_eq!(bf.read_at(0, 20000).unwrap(), nested());
 }

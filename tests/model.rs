@@ -16,12 +16,25 @@ struct Model {
     inodes: Vec<Vec<u8>>,
 }
 
-const NAMES: [&str; 7] = ["f0", "f1", "f2", "sub/f3", "sub/f4", "long-\u{e9}-name-padding-to-go-past-the-short-encoding-limit-of-backing-entries-0123456789-0123456789-0123456789-0123456789-0123456789-01234567", "f6"];
+const NAMES: [&str; 7] = [
+    "f0",
+    "f1",
+    "f2",
+    "sub/f3",
+    "sub/f4",
+    "long-\u{e9}-name-padding-to-go-past-the-short-encoding-limit-of-backing-entries-0123456789-0123456789-0123456789-0123456789-0123456789-01234567",
+    "f6",
+];
 
 fn check(model: &Model, m: &common::Mounted, step: &str) {
     for (name, ino) in &model.names {
         let got = fs::read(m.p(name)).unwrap_or_else(|e| panic!("{step}: read {name}: {e}"));
-        assert!(got == model.inodes[*ino], "{step}: {name} differs (len {} vs {})", got.len(), model.inodes[*ino].len());
+        assert!(
+            got == model.inodes[*ino],
+            "{step}: {name} differs (len {} vs {})",
+            got.len(),
+            model.inodes[*ino].len()
+        );
     }
     for name in NAMES {
         if !model.names.contains_key(name) {
@@ -49,7 +62,12 @@ fn run(seed: u64, steps: usize) {
                     model.inodes.push(Vec::new());
                     model.inodes.len() - 1
                 });
-                let f = fs::OpenOptions::new().create(true).write(true).truncate(false).open(m.p(&name)).unwrap();
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(m.p(&name))
+                    .unwrap();
                 f.write_all_at(&data, offset).unwrap();
                 let content = &mut model.inodes[ino];
                 let end = offset as usize + len;
@@ -61,7 +79,12 @@ fn run(seed: u64, steps: usize) {
             5 => {
                 if let Some(&ino) = model.names.get(&name) {
                     let size = rng.below(25_000);
-                    fs::OpenOptions::new().write(true).open(m.p(&name)).unwrap().set_len(size).unwrap();
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(m.p(&name))
+                        .unwrap()
+                        .set_len(size)
+                        .unwrap();
                     model.inodes[ino].resize(size as usize, 0);
                 }
             }
@@ -79,7 +102,8 @@ fn run(seed: u64, steps: usize) {
             }
             7 => {
                 let to = NAMES[rng.below(NAMES.len() as u64) as usize].to_string();
-                if let (Some(&ino), false) = (model.names.get(&name), model.names.contains_key(&to)) {
+                if let (Some(&ino), false) = (model.names.get(&name), model.names.contains_key(&to))
+                {
                     fs::hard_link(m.p(&name), m.p(&to)).unwrap();
                     model.names.insert(to, ino);
                 }
@@ -99,7 +123,11 @@ fn run(seed: u64, steps: usize) {
                     let n = f.read_at(&mut buf, offset).unwrap();
                     let start = (offset as usize).min(content.len());
                     let expect = &content[start..(start + len).min(content.len())];
-                    assert_eq!(&buf[..n], expect, "{label}: read_at {offset}+{len} of {name}");
+                    assert_eq!(
+                        &buf[..n],
+                        expect,
+                        "{label}: read_at {offset}+{len} of {name}"
+                    );
                 }
             }
         }
@@ -112,14 +140,22 @@ fn run(seed: u64, steps: usize) {
     // Headers of deleted files are gone: one header per live inode.
     let live: std::collections::BTreeSet<_> = model.names.values().collect();
     let headers = common::files_under(&vol.cipher.join("sealfs.headers")).len();
-    assert_eq!(headers, live.len(), "seed {seed}: orphan or missing headers");
+    assert_eq!(
+        headers,
+        live.len(),
+        "seed {seed}: orphan or missing headers"
+    );
 }
 
 #[test]
 fn random_operations_match_the_model() {
     let mut seeds = vec![0x5eed_0001, 0x5eed_0002, 0x5eed_0003];
     if let Ok(extra) = std::env::var("SEALFS_MODEL_SEEDS") {
-        seeds.extend(extra.split(',').filter_map(|s| s.trim().parse::<u64>().ok()));
+        seeds.extend(
+            extra
+                .split(',')
+                .filter_map(|s| s.trim().parse::<u64>().ok()),
+        );
     }
     for seed in seeds {
         run(seed, 200);

@@ -34,7 +34,9 @@ fn data_file(vol: &TestVolume, plain_len: usize) -> PathBuf {
     let want = layout().backing_size(plain_len as u64);
     let found: Vec<_> = files_under(&vol.cipher)
         .into_iter()
-        .filter(|p| !p.to_string_lossy().contains("sealfs.") && fs::metadata(p).unwrap().len() == want)
+        .filter(|p| {
+            !p.to_string_lossy().contains("sealfs.") && fs::metadata(p).unwrap().len() == want
+        })
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");
     found[0].clone()
@@ -47,7 +49,11 @@ fn header_of(vol: &TestVolume, data: &Path) -> PathBuf {
 }
 
 fn flip(path: &Path, offset: u64) {
-    let f = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
     f.write_all_at(&[b[0] ^ 0x10], offset).unwrap();
@@ -69,7 +75,11 @@ fn flipped_bit_in_a_block() {
     flip(&data, layout().block_offset(1) + 100);
     let m = vol.mount();
     assert_eio(fs::read(m.p("a")));
-    assert_eq!(fs::read(m.p("b")).unwrap(), vec![b'b'; B_LEN], "other files unharmed");
+    assert_eq!(
+        fs::read(m.p("b")).unwrap(),
+        vec![b'b'; B_LEN],
+        "other files unharmed"
+    );
     assert_logged(&m.unmount());
 }
 
@@ -78,11 +88,21 @@ fn blocks_moved_within_and_between_files() {
     let vol = volume_with_two_files();
     let (a, b) = (data_file(&vol, A_LEN), data_file(&vol, B_LEN));
     let sbs = layout().sealed_block_size() as usize;
-    let fa = fs::OpenOptions::new().read(true).write(true).open(&a).unwrap();
-    let fb = fs::OpenOptions::new().read(true).write(true).open(&b).unwrap();
+    let fa = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&a)
+        .unwrap();
+    let fb = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&b)
+        .unwrap();
     let (mut block0, mut block1) = (vec![0u8; sbs], vec![0u8; sbs]);
-    fa.read_exact_at(&mut block0, layout().block_offset(0)).unwrap();
-    fa.read_exact_at(&mut block1, layout().block_offset(1)).unwrap();
+    fa.read_exact_at(&mut block0, layout().block_offset(0))
+        .unwrap();
+    fa.read_exact_at(&mut block1, layout().block_offset(1))
+        .unwrap();
     fa.write_all_at(&block1, layout().block_offset(0)).unwrap();
     fa.write_all_at(&block0, layout().block_offset(1)).unwrap();
     fb.write_all_at(&block0, layout().block_offset(2)).unwrap();
@@ -118,7 +138,12 @@ fn header_bit_flip_and_header_swap() {
     fs::write(&ha, &ca).unwrap();
     fs::write(&hb, &cb).unwrap();
     let b_preamble = fs::read(&b).unwrap()[..PREAMBLE_LEN as usize].to_vec();
-    fs::OpenOptions::new().write(true).open(&a).unwrap().write_all_at(&b_preamble, 0).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .write_all_at(&b_preamble, 0)
+        .unwrap();
     let m = vol.mount();
     assert_eio(fs::read(m.p("a")));
     assert_eq!(fs::read(m.p("b")).unwrap(), vec![b'b'; B_LEN]);
@@ -130,7 +155,12 @@ fn torn_tail_is_reported() {
     let vol = volume_with_two_files();
     let a = data_file(&vol, A_LEN);
     let len = fs::metadata(&a).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&a).unwrap().set_len(len - 50).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(len - 50)
+        .unwrap();
     let m = vol.mount();
     assert_eio(fs::read(m.p("a")));
     m.unmount();
@@ -155,13 +185,24 @@ fn tampered_names_and_symlink_targets() {
     std::os::unix::fs::symlink(String::from_utf8(bytes).unwrap(), &link).unwrap();
     // Tamper with the name of a's data file.
     let a = data_file(&vol, A_LEN);
-    let mut name = a.file_name().unwrap().to_string_lossy().into_owned().into_bytes();
+    let mut name = a
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+        .into_bytes();
     name[5] = if name[5] == b'A' { b'B' } else { b'A' };
     fs::rename(&a, a.with_file_name(String::from_utf8(name).unwrap())).unwrap();
     let m = vol.mount();
     assert_eio(fs::read_link(m.p("link")));
-    let listed: Vec<_> = fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!listed.iter().any(|n| n == "a"), "a name that fails authentication is not shown");
+    let listed: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !listed.iter().any(|n| n == "a"),
+        "a name that fails authentication is not shown"
+    );
     assert!(listed.iter().any(|n| n == "b"));
     assert_eq!(fs::read(m.p("a")).unwrap_err().kind(), ErrorKind::NotFound);
     let log = m.unmount();
@@ -177,8 +218,19 @@ fn tampered_config_refuses_to_mount() {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
     fs::set_permissions(&conf, perms).unwrap();
     // A field edit without the key: the MAC catches it.
-    fs::write(&conf, text.replace("\"block_size\": 4096", "\"block_size\": 8192")).unwrap();
-    let out = sealfs(&vol.keys, &["mount", vol.cipher.to_str().unwrap(), vol.mnt.to_str().unwrap()]);
+    fs::write(
+        &conf,
+        text.replace("\"block_size\": 4096", "\"block_size\": 8192"),
+    )
+    .unwrap();
+    let out = sealfs(
+        &vol.keys,
+        &[
+            "mount",
+            vol.cipher.to_str().unwrap(),
+            vol.mnt.to_str().unwrap(),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("modified by someone without its key"), "{err}");
@@ -189,7 +241,14 @@ fn tampered_config_refuses_to_mount() {
     let mut bytes = text.clone().into_bytes();
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     fs::write(&conf, &bytes).unwrap();
-    let out = sealfs(&vol.keys, &["mount", vol.cipher.to_str().unwrap(), vol.mnt.to_str().unwrap()]);
+    let out = sealfs(
+        &vol.keys,
+        &[
+            "mount",
+            vol.cipher.to_str().unwrap(),
+            vol.mnt.to_str().unwrap(),
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
 }
