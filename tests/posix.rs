@@ -322,3 +322,113 @@ fn cipher_dir_holds_no_plaintext() {
     );
     let _ = OsStr::new("");
 }
+
+#[test]
+fn open_unlinked_files_keep_working_until_closed() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(m.p("tmp"))
+        .unwrap();
+    f.write_all(b"before unlink").unwrap();
+    fs::remove_file(m.p("tmp")).unwrap();
+    f.write_all(b", after unlink").unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "before unlink, after unlink");
+    let headers = || files_under(&vol.cipher.join("sealfs.headers")).len();
+    assert_eq!(headers(), 1, "the header stays while the file is open");
+    drop(f);
+    // Release is asynchronous to close(2): give the daemon a moment.
+    for _ in 0..100 {
+        if headers() == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(headers(), 0, "the header goes with the last close");
+    m.unmount();
+}
+
+#[test]
+fn seek_data_and_hole_and_fallocate() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(m.p("s"))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"tail", 1 << 20).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert!(
+        hole >= 4 && hole <= 8192,
+        "first hole right after the head block: {hole}"
+    );
+    let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+    assert!(
+        data > hole && data <= 1 << 20,
+        "data again before the tail: {data}"
+    );
+    assert_eq!(
+        unsafe { libc::lseek(fd, (1 << 20) + 4, libc::SEEK_DATA) },
+        -1,
+        "ENXIO past the end"
+    );
+    // fallocate mode 0 extends with zeros; KEEP_SIZE keeps the size.
+    let rc = unsafe { libc::fallocate(fd, 0, 0, 3 << 20) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), 3 << 20);
+    let rc = unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, 8 << 20) };
+    assert_eq!(rc, 0);
+    assert_eq!(f.metadata().unwrap().len(), 3 << 20);
+    let mut buf = vec![1u8; 8];
+    f.read_exact_at(&mut buf, (2 << 20) + 5).unwrap();
+    assert_eq!(buf, [0; 8]);
+    f.read_exact_at(&mut buf[..4], 1 << 20).unwrap();
+    assert_eq!(&buf[..4], b"tail");
+    let rc = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        )
+    };
+    assert_eq!(rc, -1, "unsupported modes are refused, not faked");
+    drop(f);
+    m.unmount();
+}
+
+#[test]
+fn symlink_times_can_be_set() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    std::os::unix::fs::symlink("somewhere", m.p("l")).unwrap();
+    let when = nix::sys::time::TimeSpec::new(1_234_567_890, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &m.p("l"),
+        &when,
+        &when,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    assert_eq!(
+        fs::symlink_metadata(m.p("l")).unwrap().mtime(),
+        1_234_567_890
+    );
+    m.unmount();
+}

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use fuser::{FileAttr, FileType, TimeOrNow};
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat2};
 use nix::sys::stat::{
-    FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmodat, fstat, fstatat, mkdirat,
-    mknodat, utimensat,
+    FchmodatFlags, FileStat, Mode, SFlag, fchmodat, fstat, fstatat, mkdirat, mknodat,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
@@ -202,14 +201,8 @@ impl SealFs {
                 AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
             )?;
         }
-        if (atime.is_some() || mtime.is_some()) && node.kind != FileType::Symlink {
-            utimensat(
-                AT_FDCWD,
-                path.as_path(),
-                &time_spec(atime),
-                &time_spec(mtime),
-                UtimensatFlags::FollowSymlink,
-            )?;
+        if atime.is_some() || mtime.is_some() {
+            set_times(node.fd.as_fd(), time_spec(atime), time_spec(mtime))?;
         }
         self.getattr(ino)
     }
@@ -800,6 +793,19 @@ impl SealFs {
             _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL).into()),
         }
     }
+}
+
+/// Sets times on whatever an O_PATH fd refers to, symlinks included (utimensat with
+/// AT_EMPTY_PATH; nix has no flag for it).
+fn set_times(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> Result<()> {
+    let times = [*atime.as_ref(), *mtime.as_ref()];
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: a valid fd, a NUL-terminated empty path and two timespecs.
+    let rc = unsafe { libc::utimensat(fd.as_raw_fd(), c"".as_ptr(), times.as_ptr(), flags) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 fn is_writable(file: &File) -> bool {
