@@ -374,7 +374,7 @@ fn seek_data_and_hole_and_fallocate() {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
     let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
     assert!(
-        hole >= 4 && hole <= 8192,
+        (4..=8192).contains(&hole),
         "first hole right after the head block: {hole}"
     );
     let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
