@@ -1,23 +1,23 @@
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use sealfs::crypto::random_array;
 use sealfs::format::Id;
-use sealfs::keys::{
-    KeyfileProvider, MasterKeyProvider, PassphraseProvider, default_key_path, write_new_keyfile,
-};
 use sealfs::volume::{InitOptions, Volume};
 
-use super::unlock::UnlockArgs;
+use super::unlock::{NewKeyArgs, RemoteArgs, describe_created};
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Directory that will hold the ciphertext (created if missing; must be empty).
     pub cipher_dir: PathBuf,
+    /// The master keys, one keyslot each (default: a new key file under ~/.config/sealfs/keys).
     #[command(flatten)]
-    pub unlock: UnlockArgs,
+    pub keys: NewKeyArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Plaintext block size in bytes (power of two, 512 to 1 MiB).
     #[arg(long, default_value_t = 4096)]
     pub block_size: u32,
@@ -25,46 +25,27 @@ pub struct InitArgs {
 
 pub fn run(args: InitArgs) -> Result<()> {
     let volume_id: Id = random_array()?;
-    let mut providers: Vec<Box<dyn MasterKeyProvider>> = Vec::new();
-    let mut new_keyfile = None;
-    if let Some(source) = args.unlock.passphrase_source() {
-        providers.push(Box::new(PassphraseProvider::from_source(&source, true)?));
-    }
-    if args.unlock.keyfile.is_some() || providers.is_empty() {
-        let path = match &args.unlock.keyfile {
-            Some(path) => path.clone(),
-            None => default_key_path(&volume_id)
-                .context("no home directory for the default key file; use --keyfile")?,
-        };
-        if !path.exists() {
-            write_new_keyfile(&path)?;
-            new_keyfile = Some(path.clone());
-        }
-        providers.push(Box::new(KeyfileProvider::load(&path)?));
-    }
+    let new = args.keys.build(&args.remote, &volume_id, true)?;
     let options = InitOptions {
         block_size: args.block_size,
     };
-    let created = Volume::init(&args.cipher_dir, &options, &providers, volume_id);
-    if created.is_err()
-        && let Some(path) = &new_keyfile
-    {
-        let _ = std::fs::remove_file(path);
-    }
-    let config = created?;
+    let config = match Volume::init(&args.cipher_dir, &options, &new.providers, volume_id) {
+        Ok(config) => config,
+        Err(e) => {
+            new.discard_created();
+            return Err(e.into());
+        }
+    };
     println!(
         "created sealfs volume {} in {}",
         config.volume_id,
         args.cipher_dir.display()
     );
-    for provider in &providers {
+    for provider in &new.providers {
         println!("  keyslot: {}", provider.describe());
     }
-    if let Some(path) = new_keyfile {
-        println!(
-            "master key written to {} (mode 0600): back it up; without it the data is lost",
-            path.display()
-        );
+    if let Some(path) = &new.created_keyfile {
+        println!("{}", describe_created(path));
     }
     Ok(())
 }

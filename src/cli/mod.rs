@@ -1,6 +1,7 @@
 //! The command line: parse, call the library, print. Errors become one line and exit 1.
 
 mod init;
+mod key;
 mod logging;
 mod mount;
 mod umount;
@@ -31,6 +32,9 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a mounted volume.
     Umount(umount::UmountArgs),
+    /// Manage keyslots: the master keys that can unlock a volume.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 pub fn main() -> Result<()> {
@@ -40,5 +44,6 @@ pub fn main() -> Result<()> {
         Command::Init(args) => init::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
+        Command::Key(command) => key::run(command),
     }
 }

@@ -144,15 +144,17 @@ pub fn run(args: MountArgs) -> Result<()> {
     let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
         .with_context(|| format!("{} does not exist", args.cipher_dir.display()))?;
     let config = Volume::read_config(&cipher_dir)?;
-    let providers = args.unlock.providers(&config.volume_id()?)?;
-    let volume = Volume::open(&cipher_dir, &providers)?;
-    drop(providers);
+    // Local keys are read (and passphrases asked) here, on the terminal; KMS and PKCS#11
+    // connect on first use, which is after the fork: neither survives fork().
+    let providers = args.unlock.providers(&config)?;
 
     if args.foreground {
+        let volume = Volume::open(&cipher_dir, &providers)?;
+        drop(providers);
         return serve(volume, &mountpoint, parsed, None);
     }
-    // Daemonize before any thread exists; the child reports "mounted" or its error through a
-    // pipe so the parent exits with the right status and message.
+    // Daemonize before any thread exists; the child unlocks, mounts, and reports "ok" or its
+    // error through a pipe, so the parent exits with the right status and message.
     let (read_end, write_end) = nix::unistd::pipe()?;
     match unsafe { nix::unistd::fork()? } {
         nix::unistd::ForkResult::Parent { .. } => {
@@ -171,6 +173,14 @@ pub fn run(args: MountArgs) -> Result<()> {
             drop(read_end);
             nix::unistd::setsid()?;
             logging::to_syslog();
+            let volume = match Volume::open(&cipher_dir, &providers) {
+                Ok(volume) => volume,
+                Err(e) => {
+                    let _ = std::fs::File::from(write_end).write_all(e.to_string().as_bytes());
+                    std::process::exit(1);
+                }
+            };
+            drop(providers);
             if let Err(e) = serve(volume, &mountpoint, parsed, Some(write_end)) {
                 tracing::error!(error = %e, "mount daemon failed");
                 std::process::exit(1);

@@ -1,10 +1,12 @@
 //! Data files: a 24-byte preamble (magic, version, file id) followed by sealed blocks, each
 //! nonce || ciphertext || tag. Only the last block may be shorter than the block size.
 
-use super::{FORMAT_VERSION, FormatError, Id, Reader};
+use super::{FormatError, Id, Reader};
 use crate::crypto::SEAL_OVERHEAD;
 
 pub const DATA_MAGIC: &[u8; 7] = b"SEALDAT";
+/// Version of the data file layout (preamble and block sealing) this build writes and reads.
+pub const DATA_VERSION: u8 = 1;
 pub const PREAMBLE_LEN: u64 = 24;
 pub const MIN_BLOCK_SIZE: u32 = 512;
 pub const MAX_BLOCK_SIZE: u32 = 1 << 20;
@@ -13,7 +15,7 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
 pub fn encode_preamble(file_id: &Id) -> [u8; PREAMBLE_LEN as usize] {
     let mut out = [0u8; PREAMBLE_LEN as usize];
     out[..7].copy_from_slice(DATA_MAGIC);
-    out[7] = FORMAT_VERSION;
+    out[7] = DATA_VERSION;
     out[8..].copy_from_slice(file_id);
     out
 }
@@ -24,11 +26,11 @@ pub fn decode_preamble(bytes: &[u8]) -> Result<Id, FormatError> {
         return Err(FormatError::BadMagic("data file"));
     }
     let version = r.u8()?;
-    if version == 0 || version > FORMAT_VERSION {
+    if version == 0 || version > DATA_VERSION {
         return Err(FormatError::TooNew {
             what: "data file",
             found: version.into(),
-            supported: FORMAT_VERSION.into(),
+            supported: DATA_VERSION.into(),
         });
     }
     let id = r.array()?;
@@ -40,7 +42,7 @@ pub fn decode_preamble(bytes: &[u8]) -> Result<Id, FormatError> {
 /// block moved within or between files fails authentication.
 pub fn block_aad(file_id: &Id, index: u64) -> [u8; 25] {
     let mut aad = [0u8; 25];
-    aad[0] = FORMAT_VERSION;
+    aad[0] = DATA_VERSION;
     aad[1..17].copy_from_slice(file_id);
     aad[17..].copy_from_slice(&index.to_be_bytes());
     aad

@@ -5,9 +5,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
-use super::{FORMAT_VERSION, FormatError, Id, block, id_from_hex, id_to_hex};
+use super::{FormatError, Id, block, id_from_hex, id_to_hex};
 
 pub const CONFIG_FILE: &str = "sealfs.conf";
+/// Version 1: key-file and passphrase keyslots. Version 2 adds AWS KMS and PKCS#11 keyslots.
+/// A config is written with the lowest version that can express it, so volumes that use no
+/// version-2 feature stay readable by version-1 readers.
+pub const CONFIG_VERSION_MAX: u32 = 2;
 pub const CIPHER: &str = "aes-256-gcm-siv";
 /// Hostile configs must not make us allocate or hash without bound.
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
@@ -59,6 +63,43 @@ pub enum SlotProvider {
         /// base64, 16 bytes.
         salt: String,
     },
+    /// A random slot key encrypted by AWS KMS (version 2).
+    AwsKms {
+        /// The key as the user named it at creation (ARN, key id or alias).
+        key_id: String,
+        /// The key ARN KMS reported; Decrypt must name and answer with this one.
+        key_arn: String,
+        /// base64 of the KMS ciphertext blob of the slot key.
+        encrypted_slot_key: String,
+    },
+    /// A random slot key encrypted with AES-256-GCM by a key on a PKCS#11 token (version 2).
+    Pkcs11 {
+        token_label: String,
+        key_label: String,
+        /// Where the module was at creation; `--pkcs11-module` overrides it.
+        module: String,
+        /// base64 of iv (12) || ciphertext || tag (16).
+        encrypted_slot_key: String,
+    },
+}
+
+impl SlotProvider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SlotProvider::Keyfile => "keyfile",
+            SlotProvider::Passphrase { .. } => "passphrase",
+            SlotProvider::AwsKms { .. } => "aws-kms",
+            SlotProvider::Pkcs11 { .. } => "pkcs11",
+        }
+    }
+
+    /// The lowest config version that can hold this kind of slot.
+    pub fn min_version(&self) -> u32 {
+        match self {
+            SlotProvider::Keyfile | SlotProvider::Passphrase { .. } => 1,
+            SlotProvider::AwsKms { .. } | SlotProvider::Pkcs11 { .. } => 2,
+        }
+    }
 }
 
 // No deny_unknown_fields here: serde cannot combine it with `flatten`.
@@ -104,11 +145,11 @@ impl VolumeConfig {
         // config with unknown fields.
         let probe: VersionProbe =
             serde_json::from_slice(bytes).map_err(|_| FormatError::Invalid("config JSON"))?;
-        if probe.format_version == 0 || probe.format_version > FORMAT_VERSION.into() {
+        if probe.format_version == 0 || probe.format_version > CONFIG_VERSION_MAX {
             return Err(FormatError::TooNew {
                 what: "volume config",
                 found: probe.format_version,
-                supported: FORMAT_VERSION.into(),
+                supported: CONFIG_VERSION_MAX,
             });
         }
         let config: VolumeConfig =
@@ -135,8 +176,23 @@ impl VolumeConfig {
         if ids.len() != self.keyslots.len() {
             return Err(FormatError::Invalid("keyslot ids (duplicate)"));
         }
+        if self.format_version < self.required_version() {
+            return Err(FormatError::Invalid("keyslot kind for this config version"));
+        }
         for slot in &self.keyslots {
             slot.key_check()?;
+            if let SlotProvider::AwsKms {
+                encrypted_slot_key, ..
+            }
+            | SlotProvider::Pkcs11 {
+                encrypted_slot_key, ..
+            } = &slot.provider
+            {
+                slot.encrypted_slot_key()?;
+                if encrypted_slot_key.is_empty() {
+                    return Err(FormatError::Invalid("keyslot encrypted slot key"));
+                }
+            }
             slot.wrapped_keyring()?;
             if let SlotProvider::Passphrase { argon2id, .. } = &slot.provider {
                 argon2id.validate()?;
@@ -144,6 +200,19 @@ impl VolumeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The version this config must be written with.
+    pub fn required_version(&self) -> u32 {
+        self.keyslots
+            .iter()
+            .map(|s| s.provider.min_version())
+            .max()
+            .unwrap_or(1)
+    }
+
+    pub fn next_slot_id(&self) -> u32 {
+        self.keyslots.iter().map(|s| s.id + 1).max().unwrap_or(0)
     }
 
     pub fn volume_id(&self) -> Result<Id, FormatError> {
@@ -203,8 +272,27 @@ impl ConfigKeyslot {
                 }
                 Ok(bytes)
             }
-            SlotProvider::Keyfile => Err(FormatError::Invalid("keyslot salt")),
+            _ => Err(FormatError::Invalid("keyslot salt")),
         }
+    }
+
+    pub fn encrypted_slot_key(&self) -> Result<Vec<u8>, FormatError> {
+        let text = match &self.provider {
+            SlotProvider::AwsKms {
+                encrypted_slot_key, ..
+            }
+            | SlotProvider::Pkcs11 {
+                encrypted_slot_key, ..
+            } => encrypted_slot_key,
+            _ => return Err(FormatError::Invalid("keyslot encrypted slot key")),
+        };
+        let bytes = B64
+            .decode(text)
+            .map_err(|_| FormatError::Invalid("keyslot encrypted slot key"))?;
+        if bytes.len() > 8192 {
+            return Err(FormatError::Invalid("keyslot encrypted slot key"));
+        }
+        Ok(bytes)
     }
 
     pub fn encode_bytes(bytes: &[u8]) -> String {
@@ -282,9 +370,26 @@ mod tests {
     #[test]
     fn newer_version_is_named() {
         let mut c = sample();
-        c.format_version = 2;
+        c.format_version = CONFIG_VERSION_MAX + 1;
         let err = VolumeConfig::parse(&serde_json::to_vec(&c).unwrap()).unwrap_err();
         assert!(err.to_string().contains("newer than this sealfs supports"));
+    }
+
+    #[test]
+    fn remote_keyslots_need_version_2() {
+        let mut c = sample();
+        c.keyslots[0].provider = SlotProvider::AwsKms {
+            key_id: "alias/x".into(),
+            key_arn: "arn:aws:kms:us-east-1:1:key/x".into(),
+            encrypted_slot_key: B64.encode([1; 96]),
+        };
+        assert_eq!(c.required_version(), 2);
+        assert!(
+            VolumeConfig::parse(&c.to_pretty_json()).is_err(),
+            "a v1 config cannot hold a KMS slot"
+        );
+        c.format_version = 2;
+        assert_eq!(VolumeConfig::parse(&c.to_pretty_json()).unwrap(), c);
     }
 
     #[test]

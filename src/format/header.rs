@@ -1,9 +1,11 @@
 //! The sidecar header of a data file: its file id, a commitment to its data key, and one or
 //! more keyslots each holding the data key wrapped under some key-encryption key.
 
-use super::{FORMAT_VERSION, FormatError, Id, Reader};
+use super::{FormatError, Id, Reader};
 
 pub const HEADER_MAGIC: &[u8; 7] = b"SEALHDR";
+/// Version of the header layout this build writes; it reads every version up to it.
+pub const HEADER_VERSION: u8 = 1;
 pub const MAX_SLOTS: usize = 8;
 /// Larger than any wrap a provider produces today (KMS blobs run to a few hundred bytes).
 pub const MAX_WRAPPED_LEN: usize = 4096;
@@ -48,7 +50,7 @@ impl FileHeader {
         }
         let mut out = Vec::with_capacity(64 + self.slots.len() * 70);
         out.extend_from_slice(HEADER_MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(HEADER_VERSION);
         out.extend_from_slice(&self.file_id);
         out.extend_from_slice(&self.commitment);
         out.push(self.slots.len() as u8);
@@ -70,11 +72,11 @@ impl FileHeader {
             return Err(FormatError::BadMagic("file header"));
         }
         let version = r.u8()?;
-        if version == 0 || version > FORMAT_VERSION {
+        if version == 0 || version > HEADER_VERSION {
             return Err(FormatError::TooNew {
                 what: "file header",
                 found: version.into(),
-                supported: FORMAT_VERSION.into(),
+                supported: HEADER_VERSION.into(),
             });
         }
         let file_id = r.array()?;

@@ -9,8 +9,8 @@ pub mod name;
 
 use thiserror::Error;
 
-/// The format version this build writes. Readers accept every version up to it.
-pub const FORMAT_VERSION: u8 = 1;
+// Each encoding carries its own version (config, header, data file), so one can change
+// without the others; docs/FORMAT.md lists them.
 
 /// A volume or file identifier: 16 random bytes, immutable for the object's life.
 pub type Id = [u8; 16];

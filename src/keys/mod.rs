@@ -4,13 +4,18 @@
 //! `VolumeKeys` derives every working key.
 
 mod keyfile;
+mod kms;
 mod local;
 mod passphrase;
+mod pkcs11;
+mod remote;
 mod unlock;
 mod volume_keys;
 
 pub use keyfile::{KeyfileProvider, default_key_path, write_new_keyfile};
+pub use kms::KmsProvider;
 pub use passphrase::{PassphraseProvider, PassphraseSource};
+pub use pkcs11::{Pkcs11Provider, Pkcs11Settings};
 pub use unlock::unlock;
 pub use volume_keys::{DataKeyMaterial, VolumeKeys};
 
@@ -42,12 +47,29 @@ pub enum KeyError {
     UnknownKek(u32),
     #[error("the volume config has been modified by someone without its key (MAC mismatch)")]
     ConfigTampered,
+    #[error("{provider}: {reason}")]
+    Remote {
+        provider: String,
+        failure: RemoteFailure,
+        reason: String,
+    },
     #[error("no way to unlock the volume was given")]
     NoProvider,
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("cryptography: {0}")]
     Crypto(#[from] CryptoError),
+}
+
+/// Why a KMS or HSM call failed, for the errno a caller gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// Down, slow, throttling, unreachable: worth retrying later.
+    Unavailable,
+    /// The key is disabled or pending deletion.
+    KeyDisabled,
+    /// Refused: wrong key, wrong context, no permission, damaged ciphertext.
+    Denied,
 }
 
 /// A master key that can seal the volume keyring into a keyslot and open it again.

@@ -1,5 +1,5 @@
 use super::{KeyError, MasterKeyProvider, VolumeKeys};
-use crate::format::config::{SlotProvider, VolumeConfig};
+use crate::format::config::VolumeConfig;
 use crate::format::keyring::Keyring;
 
 /// Opens the first keyslot any provider can open, then checks the config's MAC with the
@@ -31,14 +31,7 @@ pub fn unlock(
         }
     }
     Err(first_error.unwrap_or_else(|| {
-        let kinds: Vec<&str> = config
-            .keyslots
-            .iter()
-            .map(|s| match s.provider {
-                SlotProvider::Keyfile => "keyfile",
-                SlotProvider::Passphrase { .. } => "passphrase",
-            })
-            .collect();
+        let kinds: Vec<&str> = config.keyslots.iter().map(|s| s.provider.kind()).collect();
         KeyError::NoSlotForProvider(
             providers
                 .iter()

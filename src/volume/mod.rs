@@ -3,6 +3,7 @@
 
 mod error;
 pub mod headers;
+pub mod keyslots;
 pub mod names;
 
 pub use error::{Result, VolumeError};
@@ -22,7 +23,7 @@ use crate::crypto::random_array;
 use crate::format::block::{self, Layout, PREAMBLE_LEN};
 use crate::format::config::{CIPHER, CONFIG_FILE, KeyMode, MAX_CONFIG_LEN, VolumeConfig};
 use crate::format::name::BackingName;
-use crate::format::{FORMAT_VERSION, Id, id_to_hex};
+use crate::format::{Id, id_to_hex};
 use crate::keys::{self, DataKeyMaterial, HeaderKeys, MasterKeyProvider, VolumeKeys};
 use headers::{HEADERS_DIR, HeaderStore};
 
@@ -112,7 +113,7 @@ impl Volume {
             .map(|(i, p)| p.create_slot(i as u32, &volume_id, &keyring_bytes))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut config = VolumeConfig {
-            format_version: FORMAT_VERSION.into(),
+            format_version: 1,
             volume_id: id_to_hex(&volume_id),
             block_size: options.block_size,
             cipher: CIPHER.into(),
@@ -121,6 +122,7 @@ impl Volume {
             keyslots,
             mac: String::new(),
         };
+        config.format_version = config.required_version();
         VolumeKeys::new(volume_id, keyring, 1)?.seal_config(&mut config);
         fs::DirBuilder::new().create(cipher_dir.join(HEADERS_DIR))?;
         write_config(cipher_dir, &config)?;
@@ -248,6 +250,8 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
 /// Writes the config crash-safely: temp file, fsync, rename, fsync of the directory.
 pub fn write_config(cipher_dir: &Path, config: &VolumeConfig) -> Result<()> {
     let tmp = cipher_dir.join(format!("{CONFIG_FILE}.tmp"));
+    // A leftover from a crash is read-only; start afresh.
+    let _ = fs::remove_file(&tmp);
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)

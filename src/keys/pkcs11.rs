@@ -1,0 +1,212 @@
+//! A PKCS#11 token (an HSM, or SoftHSM2) as a master-key provider: a sensitive,
+//! non-extractable AES-256 key on the token encrypts slot keys with CKM_AES_GCM, binding the
+//! keyslot context as associated data. The module is loaded and logged into on first use, so
+//! the provider can be made before the mount daemon forks (PKCS#11 state does not survive
+//! fork) and used after; one session is kept for the life of the process.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
+
+use super::remote::{self, SlotContext};
+use super::{KeyError, MasterKeyProvider, RemoteFailure};
+use crate::crypto::random_array;
+use crate::format::Id;
+use crate::format::config::{ConfigKeyslot, SlotProvider};
+
+const IV_LEN: usize = 12;
+const TAG_BITS: u64 = 128;
+
+pub struct Pkcs11Settings {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub key_label: String,
+    pub pin: Zeroizing<String>,
+}
+
+struct TokenSession {
+    session: Session,
+    key: ObjectHandle,
+    _context: Pkcs11,
+}
+
+pub struct Pkcs11Provider {
+    settings: Pkcs11Settings,
+    session: OnceLock<Result<Mutex<TokenSession>, String>>,
+}
+
+impl Pkcs11Provider {
+    pub fn new(settings: Pkcs11Settings) -> Self {
+        Pkcs11Provider {
+            settings,
+            session: OnceLock::new(),
+        }
+    }
+
+    fn open(&self) -> Result<TokenSession, String> {
+        let s = &self.settings;
+        let context = Pkcs11::new(&s.module)
+            .map_err(|e| format!("cannot load {}: {e}", s.module.display()))?;
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(e) => return Err(format!("C_Initialize: {e}")),
+        }
+        // Slot numbers change when tokens are added: find the token by its label.
+        let slot = context
+            .get_slots_with_token()
+            .map_err(|e| format!("listing slots: {e}"))?
+            .into_iter()
+            .find(|slot| {
+                context
+                    .get_token_info(*slot)
+                    .map(|info| info.label().trim_end() == s.token_label)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| format!("no token labelled {:?}", s.token_label))?;
+        let session = context
+            .open_ro_session(slot)
+            .map_err(|e| format!("opening a session: {e}"))?;
+        let pin = AuthPin::new(s.pin.as_str().into());
+        session
+            .login(UserType::User, Some(&pin))
+            .map_err(|e| format!("login to token {:?}: {e}", s.token_label))?;
+        let keys = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(s.key_label.as_bytes().to_vec()),
+            ])
+            .map_err(|e| format!("finding key {:?}: {e}", s.key_label))?;
+        let key = match keys.as_slice() {
+            [key] => *key,
+            [] => {
+                return Err(format!(
+                    "no secret key labelled {:?} on token {:?}",
+                    s.key_label, s.token_label
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "several keys labelled {:?}; labels must be unique",
+                    s.key_label
+                ));
+            }
+        };
+        Ok(TokenSession {
+            session,
+            key,
+            _context: context,
+        })
+    }
+
+    fn with_session<T>(
+        &self,
+        op: impl FnOnce(&TokenSession) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        let session = self.session.get_or_init(|| self.open().map(Mutex::new));
+        match session {
+            Ok(session) => op(&session.lock().unwrap_or_else(|p| p.into_inner())),
+            Err(reason) => Err(KeyError::Remote {
+                provider: self.describe(),
+                failure: RemoteFailure::Unavailable,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn failure(&self, op: &str, err: cryptoki::error::Error) -> KeyError {
+        KeyError::Remote {
+            provider: self.describe(),
+            // Integrity failures come back as CKR_GENERAL_ERROR or CKR_ENCRYPTED_DATA_INVALID.
+            failure: RemoteFailure::Denied,
+            reason: format!("{op}: {err}"),
+        }
+    }
+}
+
+impl MasterKeyProvider for Pkcs11Provider {
+    fn describe(&self) -> String {
+        format!(
+            "PKCS#11 key {:?} on token {:?}",
+            self.settings.key_label, self.settings.token_label
+        )
+    }
+
+    fn create_slot(
+        &self,
+        slot_id: u32,
+        volume_id: &Id,
+        keyring: &[u8],
+    ) -> Result<ConfigKeyslot, KeyError> {
+        remote::create_slot(slot_id, volume_id, keyring, |context, slot_key| {
+            let mut iv: [u8; IV_LEN] = random_array()?;
+            let iv_copy = iv;
+            let aad = context.aad();
+            let sealed = self.with_session(|t| {
+                let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
+                    .map_err(|e| self.failure("GCM parameters", e))?;
+                t.session
+                    .encrypt(&Mechanism::AesGcm(params), t.key, slot_key)
+                    .map_err(|e| self.failure("C_Encrypt", e))
+            })?;
+            let mut stored = iv_copy.to_vec();
+            stored.extend_from_slice(&sealed);
+            Ok(SlotProvider::Pkcs11 {
+                token_label: self.settings.token_label.clone(),
+                key_label: self.settings.key_label.clone(),
+                module: self.settings.module.to_string_lossy().into_owned(),
+                encrypted_slot_key: ConfigKeyslot::encode_bytes(&stored),
+            })
+        })
+    }
+
+    fn open_slot(
+        &self,
+        slot: &ConfigKeyslot,
+        volume_id: &Id,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+        let SlotProvider::Pkcs11 {
+            token_label,
+            key_label,
+            ..
+        } = &slot.provider
+        else {
+            return Ok(None);
+        };
+        if *token_label != self.settings.token_label || *key_label != self.settings.key_label {
+            return Ok(None);
+        }
+        remote::open_slot(
+            slot,
+            volume_id,
+            || self.describe(),
+            |context: &SlotContext, stored| {
+                if stored.len() < IV_LEN + 16 {
+                    return Err(KeyError::SlotDamaged(slot.id));
+                }
+                let (iv, sealed) = stored.split_at(IV_LEN);
+                let mut iv: [u8; IV_LEN] = iv.try_into().expect("split at IV_LEN");
+                let aad = context.aad();
+                self.with_session(|t| {
+                    let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
+                        .map_err(|e| self.failure("GCM parameters", e))?;
+                    t.session
+                        .decrypt(&Mechanism::AesGcm(params), t.key, sealed)
+                        .map(Zeroizing::new)
+                        .map_err(|e| self.failure("C_Decrypt", e))
+                })
+            },
+        )
+        .map(Some)
+    }
+}

@@ -1,0 +1,58 @@
+//! Adding and removing keyslots on an existing volume: unlock with any one slot, then reseal
+//! the same keyring for the new master key (or drop a slot), re-MAC and rewrite the config.
+//! File data and headers are untouched.
+
+use std::path::Path;
+
+use super::{Result, Volume, VolumeError, write_config};
+use crate::keys::{self, MasterKeyProvider};
+
+/// Adds one keyslot per provider in `new`; returns their ids.
+pub fn add_keyslots(
+    cipher_dir: &Path,
+    unlock: &[Box<dyn MasterKeyProvider>],
+    new: &[Box<dyn MasterKeyProvider>],
+) -> Result<Vec<u32>> {
+    let mut config = Volume::read_config(cipher_dir)?;
+    let keys = keys::unlock(&config, unlock)?;
+    let keyring = keys.keyring().encode();
+    let volume_id = config.volume_id()?;
+    let mut added = Vec::new();
+    for provider in new {
+        let id = config.next_slot_id();
+        config
+            .keyslots
+            .push(provider.create_slot(id, &volume_id, &keyring)?);
+        added.push(id);
+    }
+    config.format_version = config.required_version();
+    config.validate()?;
+    keys.seal_config(&mut config);
+    write_config(cipher_dir, &config)?;
+    Ok(added)
+}
+
+/// Removes keyslot `slot_id`; refuses to remove the last one.
+pub fn remove_keyslot(
+    cipher_dir: &Path,
+    unlock: &[Box<dyn MasterKeyProvider>],
+    slot_id: u32,
+) -> Result<()> {
+    let mut config = Volume::read_config(cipher_dir)?;
+    let keys = keys::unlock(&config, unlock)?;
+    if !config.keyslots.iter().any(|s| s.id == slot_id) {
+        return Err(VolumeError::Usage(format!(
+            "this volume has no keyslot {slot_id}"
+        )));
+    }
+    if config.keyslots.len() == 1 {
+        return Err(VolumeError::Usage(format!(
+            "keyslot {slot_id} is the last one; removing it would lock the volume forever"
+        )));
+    }
+    config.keyslots.retain(|s| s.id != slot_id);
+    config.format_version = config.required_version();
+    keys.seal_config(&mut config);
+    write_config(cipher_dir, &config)?;
+    Ok(())
+}
