@@ -8,17 +8,26 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sealfs");
 
+pub mod services;
+
 pub struct TestVolume {
     pub dir: tempfile::TempDir,
     pub cipher: PathBuf,
     pub keys: PathBuf,
     pub mnt: PathBuf,
+    /// Extra environment for every sealfs process of this volume (KMS credentials, PINs).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn sealfs(keys: &Path, args: &[&str]) -> Output {
+    sealfs_env(keys, &[], args)
+}
+
+pub fn sealfs_env(keys: &Path, env: &[(String, String)], args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("SEALFS_KEY_DIR", keys)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .expect("run sealfs")
@@ -30,6 +39,10 @@ impl TestVolume {
     }
 
     pub fn with_args(extra: &[&str]) -> Self {
+        Self::with_env(extra, Vec::new())
+    }
+
+    pub fn with_env(extra: &[&str], env: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cipher = dir.path().join("cipher");
         let keys = dir.path().join("keys");
@@ -37,7 +50,7 @@ impl TestVolume {
         std::fs::create_dir(&mnt).unwrap();
         let mut args = vec!["init", cipher.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let out = sealfs(&keys, &args);
+        let out = sealfs_env(&keys, &env, &args);
         assert!(
             out.status.success(),
             "init failed: {}",
@@ -48,7 +61,17 @@ impl TestVolume {
             cipher,
             keys,
             mnt,
+            env,
         }
+    }
+
+    /// Runs a sealfs command with this volume's environment.
+    pub fn run(&self, args: &[&str]) -> Output {
+        sealfs_env(&self.keys, &self.env, args)
+    }
+
+    pub fn cipher_str(&self) -> &str {
+        self.cipher.to_str().unwrap()
     }
 
     /// A volume around an existing cipher dir (a fixture copy), with its key dir.
@@ -60,6 +83,7 @@ impl TestVolume {
             cipher,
             keys,
             mnt,
+            env: Vec::new(),
         }
     }
 
@@ -101,6 +125,7 @@ impl Mounted {
             .args(extra)
             .env("SEALFS_KEY_DIR", &vol.keys)
             .env("SEALFS_LOG", "info")
+            .envs(vol.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logfile)

@@ -1,0 +1,376 @@
+//! Real key services for tests: moto's KMS server, a fault-injecting loopback proxy in front
+//! of it (moto neither throttles nor enforces key states), and a SoftHSM2 token.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+fn moto_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SEALFS_MOTO") {
+        return PathBuf::from(path);
+    }
+    let ci = Path::new("/opt/sealfs-ci/venv/bin/moto_server");
+    if ci.exists() {
+        return ci.to_path_buf();
+    }
+    panic!("moto_server not found: run `bash .ci/setup` (or set SEALFS_MOTO)");
+}
+
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let mut child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start moto_server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                    if let (Some(tx), Ok(port)) =
+                        (tx.take(), rest.trim().trim_end_matches('/').parse::<u16>())
+                    {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto_server did not start");
+        Moto { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a symmetric key; returns its ARN.
+    pub fn create_key(&self) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let config = aws_sdk_kms::Config::builder()
+                .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+                .endpoint_url(self.endpoint())
+                .region(aws_sdk_kms::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                    "testing", "testing", None, None, "test",
+                ))
+                .build();
+            let client = aws_sdk_kms::Client::from_conf(config);
+            let key = client.create_key().send().await.expect("CreateKey");
+            key.key_metadata().unwrap().arn().unwrap().to_string()
+        })
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the proxy does with the next requests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    Pass,
+    /// Connections are accepted and dropped at once: a KMS that is down.
+    Down,
+    /// Every request gets this HTTP status and KMS error code.
+    Error(u16, &'static str),
+}
+
+/// A loopback HTTP proxy to moto that can fail on command, and counts the requests it passes
+/// by their X-Amz-Target (TrentService.Decrypt, ...).
+pub struct FaultProxy {
+    pub port: u16,
+    fault: Arc<Mutex<Fault>>,
+    counts: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(Mutex::new(Fault::Pass));
+        let counts = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (f, c, n) = (fault.clone(), counts.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                n.fetch_add(1, Ordering::Relaxed);
+                let (f, c) = (f.clone(), c.clone());
+                std::thread::spawn(move || serve(client, upstream, &f, &c));
+            }
+        });
+        FaultProxy {
+            port,
+            fault,
+            counts,
+            connections,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    /// Requests passed to moto so far with this target, e.g. "Decrypt".
+    pub fn count(&self, op: &str) -> usize {
+        let target = format!("TrentService.{op}");
+        self.counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t == target)
+            .count()
+    }
+}
+
+/// Reads one HTTP/1.1 request (headers and Content-Length body).
+fn read_request(stream: &mut TcpStream) -> Option<(Vec<u8>, String)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let target = header("x-amz-target").unwrap_or_default();
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).ok()?;
+    buf.extend_from_slice(&body);
+    Some((buf, target))
+}
+
+fn read_response(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find(|l| l.starts_with("content-length:"))
+        .and_then(|l| l.split_once(':').unwrap().1.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).ok()?;
+    buf.extend_from_slice(&body);
+    Some(buf)
+}
+
+/// One request at a time, each checked against the current fault, so a fault takes effect
+/// on connections the client already holds.
+fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mutex<Vec<String>>) {
+    let mut server: Option<TcpStream> = None;
+    loop {
+        if *fault.lock().unwrap() == Fault::Down {
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+        let Some((request, target)) = read_request(&mut client) else {
+            return;
+        };
+        let current = fault.lock().unwrap().clone();
+        match current {
+            Fault::Down => {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            Fault::Error(status, code) => {
+                let body =
+                    format!("{{\"__type\":\"{code}\",\"message\":\"injected by the test proxy\"}}");
+                let response = format!(
+                    "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if client.write_all(response.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Fault::Pass => {
+                counts.lock().unwrap().push(target);
+                if server.is_none() {
+                    server = TcpStream::connect(("127.0.0.1", upstream)).ok();
+                }
+                let Some(up) = server.as_mut() else { return };
+                if up.write_all(&request).is_err() {
+                    return;
+                }
+                let Some(response) = read_response(up) else {
+                    return;
+                };
+                if client.write_all(&response).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Environment for sealfs processes talking to KMS through `endpoint`.
+pub fn kms_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL_KMS", endpoint),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const TOKEN: &str = "sealfs-test";
+pub const PIN: &str = "1234-test-pin";
+pub const KEYS: [&str; 2] = ["kek-a", "kek-b"];
+
+pub struct SoftHsm {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+}
+
+/// One token for the whole test binary (PKCS#11 state is per process), holding two
+/// sensitive, non-extractable AES-256 keys.
+pub fn softhsm() -> &'static SoftHsm {
+    static HSM: OnceLock<SoftHsm> = OnceLock::new();
+    HSM.get_or_init(|| {
+        assert!(
+            Path::new(SOFTHSM_MODULE).exists(),
+            "SoftHSM2 missing: run `bash .ci/setup`"
+        );
+        let dir = std::env::temp_dir().join(format!("sealfs-softhsm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tokens")).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.join("tokens").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                TOKEN,
+                "--pin",
+                PIN,
+                "--so-pin",
+                "5678-so-pin",
+            ])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env("SOFTHSM2_CONF", &conf)
+            .env("SEALFS_TEST_MAKE_HSM_KEYS", "1")
+            .args(["--exact", "make_hsm_keys_helper", "--nocapture"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "key generation: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        SoftHsm { dir, conf }
+    })
+}
+
+/// Generates the test keys on the token; runs in a child test process so that this
+/// process's PKCS#11 state stays untouched.
+pub fn make_hsm_keys() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    use cryptoki::session::UserType;
+    let ctx = Pkcs11::new(SOFTHSM_MODULE).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == TOKEN)
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(
+            UserType::User,
+            Some(&cryptoki::types::AuthPin::new(PIN.into())),
+        )
+        .unwrap();
+    for label in KEYS {
+        session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ],
+            )
+            .unwrap();
+    }
+}
+
+impl SoftHsm {
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "SOFTHSM2_CONF".into(),
+            self.conf.to_string_lossy().into_owned(),
+        )]
+    }
+}

@@ -1,0 +1,192 @@
+//! Volumes whose master key lives in AWS KMS, against moto's KMS server through a
+//! fault-injecting proxy. Nothing here mocks KMS.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::services::{Fault, FaultProxy, Moto, kms_env};
+use common::{TestVolume, files_under};
+
+struct Kms {
+    _moto: Moto,
+    proxy: FaultProxy,
+    key: String,
+}
+
+fn kms() -> Kms {
+    let moto = Moto::start();
+    let key = moto.create_key();
+    let proxy = FaultProxy::start(moto.port);
+    Kms {
+        _moto: moto,
+        proxy,
+        key,
+    }
+}
+
+fn kms_volume(kms: &Kms) -> TestVolume {
+    TestVolume::with_env(&["--kms", &kms.key], kms_env(&kms.proxy.endpoint()))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn kms_volume_round_trip_needs_no_local_key() {
+    let kms = kms();
+    let vol = kms_volume(&kms);
+    assert!(!vol.keys.exists(), "a KMS volume writes no key file");
+    let config = fs::read_to_string(vol.cipher.join("sealfs.conf")).unwrap();
+    assert!(
+        config.contains("\"provider\": \"aws-kms\"") && config.contains("\"format_version\": 2"),
+        "{config}"
+    );
+    assert!(config.contains(&kms.key), "the slot records the key ARN");
+    let m = vol.mount();
+    fs::write(m.p("backup.tar"), b"nightly backup").unwrap();
+    m.unmount();
+    let before = kms.proxy.count("Decrypt");
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("backup.tar")).unwrap(), b"nightly backup");
+    m.unmount();
+    assert_eq!(
+        kms.proxy.count("Decrypt") - before,
+        1,
+        "volume mode: one KMS call per mount"
+    );
+    let listed = vol.run(&["key", "list", vol.cipher_str()]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("aws-kms"));
+}
+
+#[test]
+fn kms_and_recovery_keyfile_each_mount_alone() {
+    let kms = kms();
+    let vol = kms_volume(&kms);
+    let recovery = vol.dir.path().join("recovery.key");
+    let out = vol.run(&[
+        "key",
+        "add",
+        vol.cipher_str(),
+        "--keyfile",
+        recovery.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = vol.mount();
+    fs::write(m.p("f"), b"both keys").unwrap();
+    m.unmount();
+    // KMS down: the recovery key still mounts.
+    kms.proxy.set(Fault::Down);
+    let m = vol.mount_with(&["--keyfile", recovery.to_str().unwrap()]);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"both keys");
+    m.unmount();
+    kms.proxy.set(Fault::Pass);
+    // Remove the KMS slot with the recovery key; the last slot cannot go.
+    let out = vol.run(&[
+        "key",
+        "remove",
+        vol.cipher_str(),
+        "0",
+        "--unlock-keyfile",
+        recovery.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = vol.run(&[
+        "key",
+        "remove",
+        vol.cipher_str(),
+        "1",
+        "--unlock-keyfile",
+        recovery.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("last one"), "{}", stderr(&out));
+    let config = fs::read_to_string(vol.cipher.join("sealfs.conf")).unwrap();
+    assert!(
+        config.contains("\"format_version\": 1"),
+        "without KMS slots the config is v1 again"
+    );
+}
+
+#[test]
+fn swapped_keyslots_and_foreign_contexts_are_refused() {
+    let kms = kms();
+    let a = kms_volume(&kms);
+    let b = kms_volume(&kms);
+    let slot_key = |vol: &TestVolume| {
+        let conf: serde_json::Value =
+            serde_json::from_slice(&fs::read(vol.cipher.join("sealfs.conf")).unwrap()).unwrap();
+        conf["keyslots"][0]["encrypted_slot_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // b's config with a's KMS blob: KMS refuses it under b's encryption context.
+    let conf_path = b.cipher.join("sealfs.conf");
+    let text = fs::read_to_string(&conf_path)
+        .unwrap()
+        .replace(&slot_key(&b), &slot_key(&a));
+    fs::remove_file(&conf_path).unwrap();
+    fs::write(&conf_path, text).unwrap();
+    let out = b.run(&["mount", b.cipher_str(), b.mnt.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Decrypt"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1);
+}
+
+#[test]
+fn kms_outage_keeps_a_mounted_volume_working_and_mounts_fail_promptly() {
+    let kms = kms();
+    let vol = kms_volume(&kms);
+    let m = vol.mount();
+    fs::write(m.p("before"), b"1").unwrap();
+    kms.proxy.set(Fault::Down);
+    fs::write(m.p("during"), b"2").unwrap();
+    assert_eq!(fs::read(m.p("before")).unwrap(), b"1");
+    // A second mount cannot unlock: a clear error, bounded in time.
+    let other = vol.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let started = Instant::now();
+    let out = vol.run(&["mount", vol.cipher_str(), other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stderr(&out).contains("AWS KMS key"), "{}", stderr(&out));
+    kms.proxy.set(Fault::Pass);
+    m.unmount();
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("during")).unwrap(), b"2");
+    m.unmount();
+}
+
+#[test]
+fn throttling_and_disabled_keys_give_clear_errors_and_recover() {
+    let kms = kms();
+    let vol = kms_volume(&kms);
+    for (fault, expect) in [
+        (
+            Fault::Error(400, "ThrottlingException"),
+            "ThrottlingException",
+        ),
+        (Fault::Error(400, "DisabledException"), "DisabledException"),
+        (
+            Fault::Error(503, "KMSInternalException"),
+            "KMSInternalException",
+        ),
+    ] {
+        kms.proxy.set(fault);
+        let out = vol.run(&["mount", vol.cipher_str(), vol.mnt.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(expect), "{expect}: {}", stderr(&out));
+    }
+    kms.proxy.set(Fault::Pass);
+    let m = vol.mount();
+    fs::write(m.p("ok"), b"recovered").unwrap();
+    m.unmount();
+    assert!(files_under(&vol.cipher).len() >= 2);
+}
