@@ -39,12 +39,11 @@ impl Moto {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
-                    if let (Some(tx), Ok(port)) =
+                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1)
+                    && let (Some(tx), Ok(port)) =
                         (tx.take(), rest.trim().trim_end_matches('/').parse::<u16>())
-                    {
-                        let _ = tx.send(port);
-                    }
+                {
+                    let _ = tx.send(port);
                 }
             }
         });
