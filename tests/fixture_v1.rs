@@ -88,7 +88,7 @@ fn fixture_v1_reads_through_the_library_without_a_mount() {
     let root = fixture();
     let provider: Box<dyn MasterKeyProvider> =
         Box::new(KeyfileProvider::load(&root.join("master.key")).unwrap());
-    let volume = Volume::open(&root.join("cipher"), &[provider]).unwrap();
+    let volume = Volume::open(&root.join("cipher"), vec![provider], Default::default()).unwrap();
     let dir_name = volume.encrypt_name(OsStr::new("dir")).unwrap();
     let file_name = volume.encrypt_name(OsStr::new("nested.bin")).unwrap();
     let path = root

@@ -7,6 +7,7 @@ use clap::Args;
 use fuser::{Config, MountOption, SessionACL};
 
 use sealfs::fs::SealFs;
+use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 
 use super::logging;
@@ -27,6 +28,27 @@ pub struct MountArgs {
     /// Stay in the foreground (logs to stderr) instead of daemonizing once mounted.
     #[arg(short, long)]
     pub foreground: bool,
+    /// Most unwrapped file keys kept in memory.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub key_cache_entries: usize,
+    /// Seconds an unwrapped file key may be used before it is unwrapped again; bounds how long
+    /// a key disabled in KMS keeps working for files opened anew.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub key_cache_max_age: u64,
+    /// Seconds an unused file key stays cached.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub key_cache_idle: u64,
+}
+
+impl MountArgs {
+    fn cache_limits(&self) -> Result<CacheLimits> {
+        Ok(CacheLimits {
+            entries: std::num::NonZeroUsize::new(self.key_cache_entries)
+                .context("--key-cache-entries must be at least 1")?,
+            max_age: std::time::Duration::from_secs(self.key_cache_max_age),
+            idle: std::time::Duration::from_secs(self.key_cache_idle),
+        })
+    }
 }
 
 struct Parsed {
@@ -147,10 +169,10 @@ pub fn run(args: MountArgs) -> Result<()> {
     // Local keys are read (and passphrases asked) here, on the terminal; KMS and PKCS#11
     // connect on first use, which is after the fork: neither survives fork().
     let providers = args.unlock.providers(&config)?;
+    let limits = args.cache_limits()?;
 
     if args.foreground {
-        let volume = Volume::open(&cipher_dir, &providers)?;
-        drop(providers);
+        let volume = Volume::open(&cipher_dir, providers, limits)?;
         return serve(volume, &mountpoint, parsed, None);
     }
     // Daemonize before any thread exists; the child unlocks, mounts, and reports "ok" or its
@@ -173,14 +195,13 @@ pub fn run(args: MountArgs) -> Result<()> {
             drop(read_end);
             nix::unistd::setsid()?;
             logging::to_syslog();
-            let volume = match Volume::open(&cipher_dir, &providers) {
+            let volume = match Volume::open(&cipher_dir, providers, limits) {
                 Ok(volume) => volume,
                 Err(e) => {
                     let _ = std::fs::File::from(write_end).write_all(e.to_string().as_bytes());
                     std::process::exit(1);
                 }
             };
-            drop(providers);
             if let Err(e) = serve(volume, &mountpoint, parsed, Some(write_end)) {
                 tracing::error!(error = %e, "mount daemon failed");
                 std::process::exit(1);

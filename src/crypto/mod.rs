@@ -11,7 +11,7 @@ pub use secret::{SecretKey, constant_time_eq, random_array, random_bytes};
 
 use thiserror::Error;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum CryptoError {
     /// Deliberately opaque: which object failed is the caller's to log.
     #[error("authentication failed")]

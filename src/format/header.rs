@@ -4,8 +4,10 @@
 use super::{FormatError, Id, Reader};
 
 pub const HEADER_MAGIC: &[u8; 7] = b"SEALHDR";
-/// Version of the header layout this build writes; it reads every version up to it.
-pub const HEADER_VERSION: u8 = 1;
+/// The newest header version this build reads. Version 1 holds only KEK-wrapped slots;
+/// version 2 adds slots wrapped directly by a master key (per-file key mode). A header is
+/// written with the lowest version that can hold its slots.
+pub const HEADER_VERSION: u8 = 2;
 pub const MAX_SLOTS: usize = 8;
 /// Larger than any wrap a provider produces today (KMS blobs run to a few hundred bytes).
 pub const MAX_WRAPPED_LEN: usize = 4096;
@@ -15,12 +17,16 @@ pub const MAX_WRAPPED_LEN: usize = 4096;
 pub enum SlotKind {
     /// The data key sealed under a version of the volume KEK.
     VolumeKek = 1,
+    /// The data key wrapped directly by the master key of a volume keyslot (KMS blob, or an
+    /// HSM's iv || ciphertext || tag); `key_version` is that keyslot's id. Header version 2.
+    MasterKey = 2,
 }
 
 impl SlotKind {
     fn from_byte(byte: u8) -> Result<Self, FormatError> {
         match byte {
             1 => Ok(SlotKind::VolumeKek),
+            2 => Ok(SlotKind::MasterKey),
             _ => Err(FormatError::Invalid("header keyslot kind")),
         }
     }
@@ -29,7 +35,7 @@ impl SlotKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderSlot {
     pub kind: SlotKind,
-    /// For `VolumeKek`, the KEK version that wrapped this slot.
+    /// For `VolumeKek`, the KEK version that wrapped this slot; for `MasterKey`, the keyslot.
     pub key_version: u32,
     pub wrapped: Vec<u8>,
 }
@@ -50,7 +56,7 @@ impl FileHeader {
         }
         let mut out = Vec::with_capacity(64 + self.slots.len() * 70);
         out.extend_from_slice(HEADER_MAGIC);
-        out.push(HEADER_VERSION);
+        out.push(self.version());
         out.extend_from_slice(&self.file_id);
         out.extend_from_slice(&self.commitment);
         out.push(self.slots.len() as u8);
@@ -64,6 +70,15 @@ impl FileHeader {
             out.extend_from_slice(&slot.wrapped);
         }
         Ok(out)
+    }
+
+    /// The lowest version that can hold these slots.
+    pub fn version(&self) -> u8 {
+        if self.slots.iter().any(|s| s.kind == SlotKind::MasterKey) {
+            2
+        } else {
+            1
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
@@ -88,6 +103,9 @@ impl FileHeader {
         let mut slots = Vec::with_capacity(count);
         for _ in 0..count {
             let kind = SlotKind::from_byte(r.u8()?)?;
+            if kind == SlotKind::MasterKey && version < 2 {
+                return Err(FormatError::Invalid("header keyslot kind for version 1"));
+            }
             let key_version = r.u32()?;
             let len = r.u16()? as usize;
             if len > MAX_WRAPPED_LEN {
@@ -107,6 +125,26 @@ impl FileHeader {
             slots,
         })
     }
+}
+
+/// The context a master key binds to a file's data key in per-file mode: as name/value pairs
+/// (KMS encryption context) and as fixed-size bytes (PKCS#11 GCM associated data).
+pub fn file_key_context(volume_id: &Id, file_id: &Id) -> (Vec<(String, String)>, Vec<u8>) {
+    let pairs = vec![
+        (
+            "sealfs:volume-id".to_string(),
+            crate::format::id_to_hex(volume_id),
+        ),
+        (
+            "sealfs:file-id".to_string(),
+            crate::format::id_to_hex(file_id),
+        ),
+        ("sealfs:purpose".to_string(), "file-key".to_string()),
+    ];
+    let mut aad = b"sealfs.file-key.v1".to_vec();
+    aad.extend_from_slice(volume_id);
+    aad.extend_from_slice(file_id);
+    (pairs, aad)
 }
 
 /// Associated data for wrapping a data key under KEK version `kek_version`: binds the wrap to
@@ -170,6 +208,18 @@ mod tests {
             FileHeader::decode(&long),
             Err(FormatError::Trailing("file header"))
         );
+    }
+
+    #[test]
+    fn master_key_slots_need_version_2() {
+        let mut h = sample();
+        assert_eq!(h.encode().unwrap()[7], 1, "KEK-only headers stay version 1");
+        h.slots[0].kind = SlotKind::MasterKey;
+        let mut bytes = h.encode().unwrap();
+        assert_eq!(bytes[7], 2);
+        assert_eq!(FileHeader::decode(&bytes).unwrap(), h);
+        bytes[7] = 1;
+        assert!(FileHeader::decode(&bytes).is_err());
     }
 
     #[test]

@@ -238,15 +238,18 @@ impl SealFs {
         )?))
     }
 
+    /// The key of a regular file, through the key cache on every open (so cache limits
+    /// apply); the file id, immutable, is read from the data file once per inode.
     fn content_of(&self, node: &Node, file: &File) -> Result<Arc<Content>> {
-        if let Some(content) = node.content.get() {
-            return Ok(content.clone());
-        }
-        let (file_id, material) = self.volume.open_data_file(file)?;
-        Ok(node
-            .content
-            .get_or_init(|| Arc::new(Content { file_id, material }))
-            .clone())
+        let file_id = match node.file_id.get() {
+            Some(id) => *id,
+            None => {
+                let id = Volume::data_file_id(file)?;
+                *node.file_id.get_or_init(|| id)
+            }
+        };
+        let material = self.volume.file_key(&file_id)?;
+        Ok(Arc::new(Content { file_id, material }))
     }
 
     fn block_file<'a>(&'a self, file: &'a File, content: &'a Content) -> BlockFile<'a> {
@@ -512,8 +515,14 @@ impl SealFs {
         let fd = o_path(parent.fd.as_fd(), backing.entry())?;
         let stat = stat_fd(fd.as_fd())?;
         let node = self.inodes.remember(fd, &stat);
-        let _ = node.content.set(Arc::new(Content { file_id, material }));
-        let fh = self.open_file_handle(node, file)?;
+        let _ = node.file_id.set(file_id);
+        node.open_handles.fetch_add(1, Ordering::AcqRel);
+        let content = Arc::new(Content { file_id, material });
+        let fh = self.add_handle(Handle::File(Arc::new(FileHandle {
+            node,
+            file,
+            content,
+        })));
         Ok((self.attr_of(&stat), fh))
     }
 

@@ -1,10 +1,14 @@
-//! The one place where errors become errno values. The match is exhaustive so that a new
+//! The one place where errors become errno values. The matches are exhaustive so that a new
 //! error variant forces a decision here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use fuser::Errno;
 
 use crate::io::IoError;
-use crate::keys::KeyError;
+use crate::keys::{KeyError, RemoteFailure};
 use crate::volume::VolumeError;
 
 pub fn errno_of(err: &VolumeError) -> Errno {
@@ -12,8 +16,8 @@ pub fn errno_of(err: &VolumeError) -> Errno {
         VolumeError::Io(e) | VolumeError::Block(IoError::Io(e)) => raw(e),
         VolumeError::Block(IoError::Integrity { .. }) => Errno::EIO,
         VolumeError::Block(IoError::TooLarge) => Errno::EFBIG,
-        VolumeError::Keys(KeyError::Crypto(_)) => Errno::EIO,
-        VolumeError::Keys(_) | VolumeError::Format(_) | VolumeError::Corrupt(_) => Errno::EIO,
+        VolumeError::Keys(key) => key_errno(key),
+        VolumeError::Format(_) | VolumeError::Corrupt(_) => Errno::EIO,
         VolumeError::NameTooLong => Errno::ENAMETOOLONG,
         VolumeError::InvalidName => Errno::EINVAL,
         VolumeError::Unsupported(_) => Errno::ENOTSUP,
@@ -21,25 +25,70 @@ pub fn errno_of(err: &VolumeError) -> Errno {
     }
 }
 
+fn key_errno(err: &KeyError) -> Errno {
+    match err {
+        KeyError::Remote { failure, .. } => match failure {
+            RemoteFailure::Unavailable => Errno::EIO,
+            RemoteFailure::KeyDisabled => Errno::from_i32(libc::EKEYREVOKED),
+            RemoteFailure::Denied => Errno::EACCES,
+            RemoteFailure::Rejected => Errno::EIO,
+        },
+        KeyError::WrongKey(_)
+        | KeyError::NoSlotForProvider(..)
+        | KeyError::SlotDamaged(_)
+        | KeyError::ConfigTampered
+        | KeyError::KeyFile { .. }
+        | KeyError::Passphrase(_)
+        | KeyError::Header { .. }
+        | KeyError::UnknownKek(_)
+        | KeyError::NoProvider
+        | KeyError::Format(_)
+        | KeyError::Crypto(_) => Errno::EIO,
+    }
+}
+
 fn raw(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Integrity failures are what an operator must see: they are logged at error level, with
-/// what failed (file id, block), never key material. Ordinary errnos are only traced.
+/// A KMS or HSM outage fails every request that needs it: say why once a minute per kind of
+/// failure, not once per request.
+const REMOTE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+fn remote_log_due(provider: &str, failure: RemoteFailure) -> bool {
+    static LAST: Mutex<Option<HashMap<(String, String), Instant>>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let map = last.get_or_insert_with(HashMap::new);
+    let key = (provider.to_string(), format!("{failure:?}"));
+    let now = Instant::now();
+    match map.get(&key) {
+        Some(at) if now.duration_since(*at) < REMOTE_LOG_INTERVAL => false,
+        _ => {
+            map.insert(key, now);
+            true
+        }
+    }
+}
+
+/// Integrity failures are what an operator must see: logged at error level, with what
+/// failed (file id, block), never key material. Ordinary errnos are only traced.
 pub fn report(op: &'static str, err: &VolumeError) -> Errno {
     let errno = errno_of(err);
-    let damage = matches!(
-        err,
+    match err {
+        VolumeError::Keys(KeyError::Remote {
+            provider, failure, ..
+        }) => {
+            if remote_log_due(provider, *failure) {
+                tracing::error!(op, error = %err, "key service failure (repeats are not logged for a minute)");
+            }
+        }
         VolumeError::Corrupt(_)
-            | VolumeError::Format(_)
-            | VolumeError::Keys(_)
-            | VolumeError::Block(IoError::Integrity { .. })
-    );
-    if damage {
-        tracing::error!(op, error = %err, "integrity failure; returning EIO");
-    } else {
-        tracing::debug!(op, error = %err, errno = errno.code(), "request failed");
+        | VolumeError::Format(_)
+        | VolumeError::Keys(_)
+        | VolumeError::Block(IoError::Integrity { .. }) => {
+            tracing::error!(op, error = %err, "integrity failure; returning EIO");
+        }
+        _ => tracing::debug!(op, error = %err, errno = errno.code(), "request failed"),
     }
     errno
 }
@@ -59,5 +108,25 @@ mod tests {
             block: 1,
         });
         assert_eq!(errno_of(&integrity), Errno::EIO);
+        let remote = |failure| {
+            VolumeError::Keys(KeyError::Remote {
+                provider: "kms".into(),
+                failure,
+                reason: String::new(),
+            })
+        };
+        assert_eq!(errno_of(&remote(RemoteFailure::Unavailable)), Errno::EIO);
+        assert_eq!(
+            errno_of(&remote(RemoteFailure::KeyDisabled)).code(),
+            libc::EKEYREVOKED
+        );
+        assert_eq!(errno_of(&remote(RemoteFailure::Denied)), Errno::EACCES);
+    }
+
+    #[test]
+    fn remote_failures_log_once_per_interval() {
+        assert!(remote_log_due("test-provider", RemoteFailure::Unavailable));
+        assert!(!remote_log_due("test-provider", RemoteFailure::Unavailable));
+        assert!(remote_log_due("test-provider", RemoteFailure::KeyDisabled));
     }
 }

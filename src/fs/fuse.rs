@@ -43,7 +43,8 @@ impl Filesystem for SealFs {
     }
 
     fn destroy(&mut self) {
-        tracing::info!("unmounted; dropping keys");
+        tracing::info!(key_cache = %self.volume.key_cache.stats, "unmounted; wiping cached keys");
+        self.volume.key_cache.clear();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

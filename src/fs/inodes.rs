@@ -15,10 +15,10 @@ use crate::keys::DataKeyMaterial;
 
 pub const ROOT_INO: u64 = 1;
 
-/// The key material of a regular file, loaded from its header on first open.
+/// The key material of an open regular file.
 pub struct Content {
     pub file_id: Id,
-    pub material: DataKeyMaterial,
+    pub material: Arc<DataKeyMaterial>,
 }
 
 pub struct Node {
@@ -26,7 +26,8 @@ pub struct Node {
     pub fd: OwnedFd,
     pub kind: FileType,
     lookups: AtomicU64,
-    pub content: OnceLock<Arc<Content>>,
+    /// The file id the data file carries; read once.
+    pub file_id: OnceLock<Id>,
     /// Readers share, writers and truncates exclude: keeps read-modify-write of edge blocks
     /// from interleaving.
     pub io_lock: RwLock<()>,
@@ -60,7 +61,7 @@ impl InodeTable {
             fd: root_fd,
             kind: FileType::Directory,
             lookups: AtomicU64::new(1),
-            content: OnceLock::new(),
+            file_id: OnceLock::new(),
             io_lock: RwLock::new(()),
             open_handles: AtomicU32::new(0),
             orphaned_header: Mutex::new(None),
@@ -101,7 +102,7 @@ impl InodeTable {
                 fd,
                 kind: file_type(stat.st_mode),
                 lookups: AtomicU64::new(0),
-                content: OnceLock::new(),
+                file_id: OnceLock::new(),
                 io_lock: RwLock::new(()),
                 open_handles: AtomicU32::new(0),
                 orphaned_header: Mutex::new(None),

@@ -14,9 +14,11 @@ use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
 use super::remote::{self, SlotContext};
-use super::{KeyError, MasterKeyProvider, RemoteFailure};
+use super::{FileKeyContext, KeyError, MasterKeyProvider, RemoteFailure};
+use crate::crypto::SecretKey;
 use crate::format::Id;
 use crate::format::config::{ConfigKeyslot, SlotProvider};
+use crate::format::header::file_key_context;
 
 /// Bounds every KMS call: a few attempts with backoff (the SDK's standard retry mode retries
 /// throttling, 5xx and connection errors), each attempt and the whole call time-limited.
@@ -87,13 +89,10 @@ impl KmsProvider {
             Some("DisabledException" | "KMSInvalidStateException" | "KeyUnavailableException") => {
                 RemoteFailure::KeyDisabled
             }
-            Some(
-                "AccessDeniedException"
-                | "IncorrectKeyException"
-                | "InvalidCiphertextException"
-                | "NotFoundException"
-                | "InvalidKeyUsageException",
-            ) => RemoteFailure::Denied,
+            Some("AccessDeniedException" | "NotFoundException" | "InvalidKeyUsageException") => {
+                RemoteFailure::Denied
+            }
+            Some("IncorrectKeyException" | "InvalidCiphertextException") => RemoteFailure::Rejected,
             _ => RemoteFailure::Unavailable,
         };
         KeyError::Remote {
@@ -101,6 +100,39 @@ impl KmsProvider {
             failure,
             reason: format!("{op}: {}", DisplayErrorContext(&err)),
         }
+    }
+
+    fn generate(&self, context: &[(String, String)]) -> Result<(SecretKey, Vec<u8>), KeyError> {
+        let conn = self.connection()?;
+        let mut request = conn
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .number_of_bytes(32);
+        for (k, v) in context {
+            request = request.encryption_context(k, v);
+        }
+        let response = conn
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| self.failure("GenerateDataKey", e))?;
+        if self.key_id.starts_with("arn:") && response.key_id() != Some(self.key_id.as_str()) {
+            return Err(self.malformed("GenerateDataKey answered with a different key"));
+        }
+        let blob = response
+            .ciphertext_blob()
+            .ok_or_else(|| self.malformed("GenerateDataKey returned no ciphertext"))?
+            .as_ref()
+            .to_vec();
+        let plaintext = Zeroizing::new(
+            response
+                .plaintext
+                .ok_or_else(|| self.malformed("GenerateDataKey returned no plaintext"))?
+                .into_inner(),
+        );
+        let key = SecretKey::from_slice(&plaintext)
+            .map_err(|_| self.malformed("GenerateDataKey returned a key of the wrong size"))?;
+        Ok((key, blob))
     }
 
     fn encrypt(
@@ -132,7 +164,7 @@ impl KmsProvider {
 
     fn decrypt(
         &self,
-        context: &SlotContext,
+        context: &[(String, String)],
         key_arn: &str,
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
@@ -142,7 +174,7 @@ impl KmsProvider {
             .decrypt()
             .key_id(key_arn)
             .ciphertext_blob(Blob::new(blob.to_vec()));
-        for (k, v) in context.pairs() {
+        for (k, v) in context {
             request = request.encryption_context(k, v);
         }
         let response = conn
@@ -164,7 +196,7 @@ impl KmsProvider {
     fn malformed(&self, reason: &str) -> KeyError {
         KeyError::Remote {
             provider: self.describe(),
-            failure: RemoteFailure::Denied,
+            failure: RemoteFailure::Rejected,
             reason: reason.into(),
         }
     }
@@ -209,8 +241,32 @@ impl MasterKeyProvider for KmsProvider {
             slot,
             volume_id,
             || self.describe(),
-            |context, blob| self.decrypt(context, key_arn, blob),
+            |context, blob| self.decrypt(&context.pairs(), key_arn, blob),
         )
         .map(Some)
+    }
+
+    fn serves(&self, slot: &ConfigKeyslot) -> bool {
+        matches!(&slot.provider, SlotProvider::AwsKms { key_id, key_arn, .. }
+            if self.key_id == *key_id || self.key_id == *key_arn)
+    }
+
+    fn generate_file_key(
+        &self,
+        context: &FileKeyContext,
+    ) -> Result<(SecretKey, Vec<u8>), KeyError> {
+        let (pairs, _) = file_key_context(&context.volume_id, &context.file_id);
+        self.generate(&pairs)
+    }
+
+    fn unwrap_file_key(
+        &self,
+        context: &FileKeyContext,
+        wrapped: &[u8],
+    ) -> Result<SecretKey, KeyError> {
+        let (pairs, _) = file_key_context(&context.volume_id, &context.file_id);
+        let plain = self.decrypt(&pairs, &self.key_id, wrapped)?;
+        SecretKey::from_slice(&plain)
+            .map_err(|_| self.malformed("Decrypt returned a key of the wrong size"))
     }
 }

@@ -3,15 +3,20 @@
 //! providers fit the same trait. Opening a keyslot yields the volume keyring, from which
 //! `VolumeKeys` derives every working key.
 
+mod cache;
+mod file_keys;
 mod keyfile;
 mod kms;
 mod local;
 mod passphrase;
 mod pkcs11;
+mod pool;
 mod remote;
 mod unlock;
 mod volume_keys;
 
+pub use cache::{CacheLimits, CacheStats, KeyCache};
+pub use file_keys::FileKeys;
 pub use keyfile::{KeyfileProvider, default_key_path, write_new_keyfile};
 pub use kms::KmsProvider;
 pub use passphrase::{PassphraseProvider, PassphraseSource};
@@ -24,12 +29,12 @@ use std::path::PathBuf;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::crypto::CryptoError;
+use crate::crypto::{CryptoError, SecretKey};
 use crate::format::FormatError;
 use crate::format::config::ConfigKeyslot;
 use crate::format::{Id, header::FileHeader};
 
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum KeyError {
     #[error("wrong key: {0} does not open any keyslot of this volume")]
     WrongKey(String),
@@ -42,7 +47,7 @@ pub enum KeyError {
     #[error("passphrase: {0}")]
     Passphrase(String),
     #[error("header of file {file}: {reason}")]
-    Header { file: String, reason: &'static str },
+    Header { file: String, reason: String },
     #[error("KEK version {0} is not in the keyring")]
     UnknownKek(u32),
     #[error("the volume config has been modified by someone without its key (MAC mismatch)")]
@@ -68,8 +73,16 @@ pub enum RemoteFailure {
     Unavailable,
     /// The key is disabled or pending deletion.
     KeyDisabled,
-    /// Refused: wrong key, wrong context, no permission, damaged ciphertext.
+    /// Refused for lack of permission.
     Denied,
+    /// The ciphertext, its context or the key it names does not match: damage or tampering.
+    Rejected,
+}
+
+/// The binding of a per-file data key: which volume, which file.
+pub struct FileKeyContext {
+    pub volume_id: Id,
+    pub file_id: Id,
 }
 
 /// A master key that can seal the volume keyring into a keyslot and open it again.
@@ -92,11 +105,33 @@ pub trait MasterKeyProvider: Send + Sync {
         slot: &ConfigKeyslot,
         volume_id: &Id,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError>;
+
+    /// Per-file mode: whether this provider holds the master key of `slot`.
+    fn serves(&self, _slot: &ConfigKeyslot) -> bool {
+        false
+    }
+
+    /// Per-file mode: a fresh data key and its wrap under this master key, bound to `context`.
+    fn generate_file_key(
+        &self,
+        _context: &FileKeyContext,
+    ) -> Result<(SecretKey, Vec<u8>), KeyError> {
+        Err(KeyError::NoProvider)
+    }
+
+    /// Per-file mode: the data key in `wrapped`, which must be bound to `context`.
+    fn unwrap_file_key(
+        &self,
+        _context: &FileKeyContext,
+        _wrapped: &[u8],
+    ) -> Result<SecretKey, KeyError> {
+        Err(KeyError::NoProvider)
+    }
 }
 
-/// What the header store needs from the key hierarchy: wrap a fresh data key for a new file,
-/// and recover it from a header.
+/// What the header store needs from the key hierarchy: a fresh file id and data key with its
+/// header, and the data key back from a header.
 pub trait HeaderKeys: Send + Sync {
-    fn new_header(&self, file_id: &Id) -> Result<(FileHeader, DataKeyMaterial), KeyError>;
+    fn new_header(&self) -> Result<(FileHeader, DataKeyMaterial), KeyError>;
     fn open_header(&self, header: &FileHeader) -> Result<DataKeyMaterial, KeyError>;
 }

@@ -16,10 +16,11 @@ use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
 use super::remote::{self, SlotContext};
-use super::{KeyError, MasterKeyProvider, RemoteFailure};
-use crate::crypto::random_array;
+use super::{FileKeyContext, KeyError, MasterKeyProvider, RemoteFailure};
+use crate::crypto::{SecretKey, random_array};
 use crate::format::Id;
 use crate::format::config::{ConfigKeyslot, SlotProvider};
+use crate::format::header::file_key_context;
 
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
@@ -50,7 +51,7 @@ impl Pkcs11Provider {
         }
     }
 
-    fn open(&self) -> Result<TokenSession, String> {
+    fn connect(&self) -> Result<TokenSession, String> {
         let s = &self.settings;
         let context = Pkcs11::new(&s.module)
             .map_err(|e| format!("cannot load {}: {e}", s.module.display()))?;
@@ -113,7 +114,7 @@ impl Pkcs11Provider {
         &self,
         op: impl FnOnce(&TokenSession) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
-        let session = self.session.get_or_init(|| self.open().map(Mutex::new));
+        let session = self.session.get_or_init(|| self.connect().map(Mutex::new));
         match session {
             Ok(session) => op(&session.lock().unwrap_or_else(|p| p.into_inner())),
             Err(reason) => Err(KeyError::Remote {
@@ -125,12 +126,66 @@ impl Pkcs11Provider {
     }
 
     fn failure(&self, op: &str, err: cryptoki::error::Error) -> KeyError {
+        use cryptoki::error::RvError;
+        let failure = match &err {
+            cryptoki::error::Error::Pkcs11(
+                RvError::DeviceError
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::SessionClosed,
+                _,
+            ) => RemoteFailure::Unavailable,
+            cryptoki::error::Error::Pkcs11(
+                RvError::KeyFunctionNotPermitted | RvError::UserNotLoggedIn,
+                _,
+            ) => RemoteFailure::Denied,
+            // Integrity failures come back as CKR_GENERAL_ERROR or CKR_ENCRYPTED_DATA_INVALID.
+            _ => RemoteFailure::Rejected,
+        };
         KeyError::Remote {
             provider: self.describe(),
-            // Integrity failures come back as CKR_GENERAL_ERROR or CKR_ENCRYPTED_DATA_INVALID.
-            failure: RemoteFailure::Denied,
+            failure,
             reason: format!("{op}: {err}"),
         }
+    }
+
+    fn rejected(&self, reason: &str) -> KeyError {
+        KeyError::Remote {
+            provider: self.describe(),
+            failure: RemoteFailure::Rejected,
+            reason: reason.into(),
+        }
+    }
+
+    /// AES-GCM under the token key, `aad` bound: iv (12) || ciphertext || tag (16).
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut iv: [u8; IV_LEN] = random_array()?;
+        let mut stored = iv.to_vec();
+        let sealed = self.with_session(|t| {
+            let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
+                .map_err(|e| self.failure("GCM parameters", e))?;
+            t.session
+                .encrypt(&Mechanism::AesGcm(params), t.key, plaintext)
+                .map_err(|e| self.failure("C_Encrypt", e))
+        })?;
+        stored.extend_from_slice(&sealed);
+        Ok(stored)
+    }
+
+    fn open(&self, aad: &[u8], stored: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if stored.len() < IV_LEN + 16 {
+            return Err(self.rejected("wrapped key too short"));
+        }
+        let (iv, sealed) = stored.split_at(IV_LEN);
+        let mut iv: [u8; IV_LEN] = iv.try_into().expect("split at IV_LEN");
+        self.with_session(|t| {
+            let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
+                .map_err(|e| self.failure("GCM parameters", e))?;
+            t.session
+                .decrypt(&Mechanism::AesGcm(params), t.key, sealed)
+                .map(Zeroizing::new)
+                .map_err(|e| self.failure("C_Decrypt", e))
+        })
     }
 }
 
@@ -149,18 +204,7 @@ impl MasterKeyProvider for Pkcs11Provider {
         keyring: &[u8],
     ) -> Result<ConfigKeyslot, KeyError> {
         remote::create_slot(slot_id, volume_id, keyring, |context, slot_key| {
-            let mut iv: [u8; IV_LEN] = random_array()?;
-            let iv_copy = iv;
-            let aad = context.aad();
-            let sealed = self.with_session(|t| {
-                let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
-                    .map_err(|e| self.failure("GCM parameters", e))?;
-                t.session
-                    .encrypt(&Mechanism::AesGcm(params), t.key, slot_key)
-                    .map_err(|e| self.failure("C_Encrypt", e))
-            })?;
-            let mut stored = iv_copy.to_vec();
-            stored.extend_from_slice(&sealed);
+            let stored = self.seal(&context.aad(), slot_key)?;
             Ok(SlotProvider::Pkcs11 {
                 token_label: self.settings.token_label.clone(),
                 key_label: self.settings.key_label.clone(),
@@ -175,38 +219,42 @@ impl MasterKeyProvider for Pkcs11Provider {
         slot: &ConfigKeyslot,
         volume_id: &Id,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
-        let SlotProvider::Pkcs11 {
-            token_label,
-            key_label,
-            ..
-        } = &slot.provider
-        else {
-            return Ok(None);
-        };
-        if *token_label != self.settings.token_label || *key_label != self.settings.key_label {
+        if !self.serves(slot) {
             return Ok(None);
         }
         remote::open_slot(
             slot,
             volume_id,
             || self.describe(),
-            |context: &SlotContext, stored| {
-                if stored.len() < IV_LEN + 16 {
-                    return Err(KeyError::SlotDamaged(slot.id));
-                }
-                let (iv, sealed) = stored.split_at(IV_LEN);
-                let mut iv: [u8; IV_LEN] = iv.try_into().expect("split at IV_LEN");
-                let aad = context.aad();
-                self.with_session(|t| {
-                    let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
-                        .map_err(|e| self.failure("GCM parameters", e))?;
-                    t.session
-                        .decrypt(&Mechanism::AesGcm(params), t.key, sealed)
-                        .map(Zeroizing::new)
-                        .map_err(|e| self.failure("C_Decrypt", e))
-                })
-            },
+            |context: &SlotContext, stored| self.open(&context.aad(), stored),
         )
         .map(Some)
+    }
+
+    fn serves(&self, slot: &ConfigKeyslot) -> bool {
+        matches!(&slot.provider, SlotProvider::Pkcs11 { token_label, key_label, .. }
+            if *token_label == self.settings.token_label && *key_label == self.settings.key_label)
+    }
+
+    /// The data key comes from the OS and is wrapped by the token: every file key is an HSM
+    /// operation, and the key never exists unwrapped outside this process.
+    fn generate_file_key(
+        &self,
+        context: &FileKeyContext,
+    ) -> Result<(SecretKey, Vec<u8>), KeyError> {
+        let key = SecretKey::generate()?;
+        let (_, aad) = file_key_context(&context.volume_id, &context.file_id);
+        let wrapped = self.seal(&aad, key.as_bytes())?;
+        Ok((key, wrapped))
+    }
+
+    fn unwrap_file_key(
+        &self,
+        context: &FileKeyContext,
+        wrapped: &[u8],
+    ) -> Result<SecretKey, KeyError> {
+        let (_, aad) = file_key_context(&context.volume_id, &context.file_id);
+        let plain = self.open(&aad, wrapped)?;
+        SecretKey::from_slice(&plain).map_err(|_| self.rejected("unwrapped key has the wrong size"))
     }
 }

@@ -1,11 +1,11 @@
 use std::collections::BTreeMap;
 
-use super::{HeaderKeys, KeyError};
+use super::KeyError;
 use crate::crypto::{Label, Sealer, SecretKey, constant_time_eq, derive_key, mac};
+use crate::format::Id;
 use crate::format::config::VolumeConfig;
 use crate::format::header::{FileHeader, HeaderSlot, SlotKind, wrap_aad};
 use crate::format::keyring::Keyring;
-use crate::format::{Id, id_to_hex};
 
 /// The content key of one file, ready to seal and open its blocks.
 pub struct DataKeyMaterial {
@@ -13,7 +13,7 @@ pub struct DataKeyMaterial {
 }
 
 impl DataKeyMaterial {
-    fn from_data_key(data_key: &SecretKey, file_id: &Id) -> Self {
+    pub(crate) fn from_data_key(data_key: &SecretKey, file_id: &Id) -> Self {
         let content = derive_key(Label::ContentKey, &[data_key.as_bytes(), file_id]);
         DataKeyMaterial {
             content: Sealer::new(&content),
@@ -104,55 +104,57 @@ impl VolumeKeys {
     }
 }
 
-impl HeaderKeys for VolumeKeys {
-    fn new_header(&self, file_id: &Id) -> Result<(FileHeader, DataKeyMaterial), KeyError> {
-        let data_key = SecretKey::generate()?;
+impl VolumeKeys {
+    /// A header keyslot holding `data_key` wrapped under the current KEK.
+    pub(crate) fn wrap_under_kek(
+        &self,
+        file_id: &Id,
+        data_key: &SecretKey,
+    ) -> Result<HeaderSlot, KeyError> {
         let kek = &self.kek_sealers[&self.current_kek];
         let wrapped = kek.seal(
             &wrap_aad(&self.volume_id, file_id, self.current_kek),
             data_key.as_bytes(),
         )?;
-        let header = FileHeader {
-            file_id: *file_id,
-            commitment: self.commitment(&data_key, file_id),
-            slots: vec![HeaderSlot {
-                kind: SlotKind::VolumeKek,
-                key_version: self.current_kek,
-                wrapped,
-            }],
-        };
-        Ok((header, DataKeyMaterial::from_data_key(&data_key, file_id)))
+        Ok(HeaderSlot {
+            kind: SlotKind::VolumeKek,
+            key_version: self.current_kek,
+            wrapped,
+        })
     }
 
-    fn open_header(&self, header: &FileHeader) -> Result<DataKeyMaterial, KeyError> {
-        let fail = |reason| KeyError::Header {
-            file: id_to_hex(&header.file_id),
-            reason,
+    /// The data key in a KEK keyslot; None when this volume does not hold that KEK version.
+    pub(crate) fn unwrap_kek_slot(
+        &self,
+        file_id: &Id,
+        slot: &HeaderSlot,
+    ) -> Option<Result<SecretKey, &'static str>> {
+        let kek = self.kek_sealers.get(&slot.key_version)?;
+        let aad = wrap_aad(&self.volume_id, file_id, slot.key_version);
+        let Ok(bytes) = kek.open(&aad, &slot.wrapped).map(zeroize::Zeroizing::new) else {
+            return Some(Err("keyslot fails authentication"));
         };
-        let mut reason = "no keyslot is wrapped under a KEK this volume holds";
-        for slot in &header.slots {
-            let SlotKind::VolumeKek = slot.kind;
-            let Some(kek) = self.kek_sealers.get(&slot.key_version) else {
-                continue;
-            };
-            let aad = wrap_aad(&self.volume_id, &header.file_id, slot.key_version);
-            let Ok(bytes) = kek.open(&aad, &slot.wrapped).map(zeroize::Zeroizing::new) else {
-                reason = "keyslot fails authentication";
-                continue;
-            };
-            let Ok(data_key) = SecretKey::from_slice(&bytes) else {
-                reason = "keyslot holds a key of the wrong length";
-                continue;
-            };
-            if !constant_time_eq(
-                &self.commitment(&data_key, &header.file_id),
-                &header.commitment,
-            ) {
-                return Err(fail("key commitment mismatch"));
-            }
-            return Ok(DataKeyMaterial::from_data_key(&data_key, &header.file_id));
+        Some(SecretKey::from_slice(&bytes).map_err(|_| "keyslot holds a key of the wrong length"))
+    }
+
+    pub(crate) fn check_commitment(&self, header: &FileHeader, data_key: &SecretKey) -> bool {
+        constant_time_eq(
+            &self.commitment(data_key, &header.file_id),
+            &header.commitment,
+        )
+    }
+
+    pub(crate) fn header_for(
+        &self,
+        file_id: &Id,
+        data_key: &SecretKey,
+        slots: Vec<HeaderSlot>,
+    ) -> FileHeader {
+        FileHeader {
+            file_id: *file_id,
+            commitment: self.commitment(data_key, file_id),
+            slots,
         }
-        Err(fail(reason))
     }
 }
 
@@ -160,14 +162,20 @@ impl HeaderKeys for VolumeKeys {
 mod tests {
     use super::*;
 
-    fn keys() -> VolumeKeys {
-        VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap()
+    use crate::format::id_to_hex;
+    use crate::keys::{FileKeys, HeaderKeys};
+    use std::sync::Arc;
+
+    fn keys() -> FileKeys {
+        FileKeys::volume_mode(Arc::new(
+            VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap(),
+        ))
     }
 
     #[test]
     fn header_round_trip_yields_same_content_key() {
         let k = keys();
-        let (header, material) = k.new_header(&[2; 16]).unwrap();
+        let (header, material) = k.new_header().unwrap();
         let sealed = material.content.seal(b"a", b"data").unwrap();
         let reopened = k
             .open_header(&FileHeader::decode(&header.encode().unwrap()).unwrap())
@@ -178,7 +186,7 @@ mod tests {
     #[test]
     fn every_bit_flip_in_a_header_is_rejected() {
         let k = keys();
-        let (header, _) = k.new_header(&[2; 16]).unwrap();
+        let (header, _) = k.new_header().unwrap();
         let bytes = header.encode().unwrap();
         for bit in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
@@ -193,8 +201,10 @@ mod tests {
     #[test]
     fn header_of_another_volume_or_file_rejected() {
         let k = keys();
-        let (mut header, _) = k.new_header(&[2; 16]).unwrap();
-        let other = VolumeKeys::new([9; 16], k.keyring().clone(), 1).unwrap();
+        let (mut header, _) = k.new_header().unwrap();
+        let other = FileKeys::volume_mode(Arc::new(
+            VolumeKeys::new([9; 16], k.volume().keyring().clone(), 1).unwrap(),
+        ));
         assert!(other.open_header(&header).is_err());
         header.file_id = [3; 16];
         assert!(k.open_header(&header).is_err());
@@ -202,7 +212,7 @@ mod tests {
 
     #[test]
     fn config_mac_detects_changes() {
-        let k = keys();
+        let k = VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap();
         let mut config = crate::format::config::VolumeConfig {
             format_version: 1,
             volume_id: id_to_hex(&[1; 16]),
@@ -210,6 +220,7 @@ mod tests {
             cipher: "aes-256-gcm-siv".into(),
             key_mode: crate::format::config::KeyMode::Volume,
             current_kek: 1,
+            file_key_slot: None,
             keyslots: vec![],
             mac: String::new(),
         };

@@ -14,24 +14,29 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::Mode;
 use nix::unistd::linkat;
 
-use crate::crypto::random_array;
 use crate::format::block::{self, Layout, PREAMBLE_LEN};
 use crate::format::config::{CIPHER, CONFIG_FILE, KeyMode, MAX_CONFIG_LEN, VolumeConfig};
 use crate::format::name::BackingName;
 use crate::format::{Id, id_to_hex};
-use crate::keys::{self, DataKeyMaterial, HeaderKeys, MasterKeyProvider, VolumeKeys};
+use crate::keys::{
+    self, CacheLimits, DataKeyMaterial, FileKeys, HeaderKeys, KeyCache, KeyError,
+    MasterKeyProvider, VolumeKeys,
+};
 use headers::{HEADERS_DIR, HeaderStore};
 
 pub struct Volume {
     pub path: PathBuf,
     pub root: OwnedFd,
     pub config: VolumeConfig,
-    pub keys: VolumeKeys,
+    pub keys: Arc<VolumeKeys>,
+    pub file_keys: FileKeys,
+    pub key_cache: KeyCache,
     pub layout: Layout,
     pub headers: HeaderStore,
     /// fsync each new header before it is renamed into place.
@@ -42,12 +47,14 @@ pub struct Volume {
 #[derive(Clone, Debug)]
 pub struct InitOptions {
     pub block_size: u32,
+    pub key_mode: KeyMode,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             block_size: block::DEFAULT_BLOCK_SIZE,
+            key_mode: KeyMode::Volume,
         }
     }
 }
@@ -117,11 +124,24 @@ impl Volume {
             volume_id: id_to_hex(&volume_id),
             block_size: options.block_size,
             cipher: CIPHER.into(),
-            key_mode: KeyMode::Volume,
+            key_mode: options.key_mode,
             current_kek: 1,
+            file_key_slot: None,
             keyslots,
             mac: String::new(),
         };
+        if options.key_mode == KeyMode::PerFile {
+            let remote = config
+                .keyslots
+                .iter()
+                .find(|s| s.provider.min_version() >= 2);
+            let Some(slot) = remote else {
+                return Err(VolumeError::Usage(
+                    "per-file key mode needs a KMS or PKCS#11 key (--kms or --pkcs11-token)".into(),
+                ));
+            };
+            config.file_key_slot = Some(slot.id);
+        }
         config.format_version = config.required_version();
         VolumeKeys::new(volume_id, keyring, 1)?.seal_config(&mut config);
         fs::DirBuilder::new().create(cipher_dir.join(HEADERS_DIR))?;
@@ -129,10 +149,28 @@ impl Volume {
         Ok(config)
     }
 
-    /// Opens a volume with the first provider that unlocks one of its keyslots.
-    pub fn open(cipher_dir: &Path, providers: &[Box<dyn MasterKeyProvider>]) -> Result<Volume> {
+    /// Opens a volume with the first provider that unlocks one of its keyslots. In per-file
+    /// mode the provider of the file-key slot is kept for the life of the volume.
+    pub fn open(
+        cipher_dir: &Path,
+        providers: Vec<Box<dyn MasterKeyProvider>>,
+        cache: CacheLimits,
+    ) -> Result<Volume> {
         let config = Self::read_config(cipher_dir)?;
-        let keys = keys::unlock(&config, providers)?;
+        let keys = Arc::new(keys::unlock(&config, &providers)?);
+        let file_keys = match config.file_key_slot() {
+            None => FileKeys::volume_mode(keys.clone()),
+            Some(slot) => {
+                let provider = providers.into_iter().find(|p| p.serves(slot)).ok_or_else(|| {
+                    VolumeError::Usage(format!(
+                        "this volume keeps file keys under keyslot {} ({}), and no key given reaches it",
+                        slot.id,
+                        slot.provider.kind()
+                    ))
+                })?;
+                FileKeys::per_file(keys.clone(), Arc::from(provider), slot.id)
+            }
+        };
         let root = openat(
             nix::fcntl::AT_FDCWD,
             cipher_dir,
@@ -146,6 +184,8 @@ impl Volume {
             root,
             config,
             keys,
+            file_keys,
+            key_cache: KeyCache::new(cache),
             headers,
             durable_headers: true,
         })
@@ -158,14 +198,16 @@ impl Volume {
         dir: BorrowedFd<'_>,
         name: &BackingName,
         mode: u32,
-    ) -> Result<(File, Id, DataKeyMaterial)> {
-        let file_id: Id = random_array().map_err(keys::KeyError::from)?;
-        let (header, material) = self.keys.new_header(&file_id)?;
+    ) -> Result<(File, Id, Arc<DataKeyMaterial>)> {
+        let (header, material) = self.file_keys.new_header()?;
+        let file_id = header.file_id;
         self.headers.create(&header, self.durable_headers)?;
         let created = self.link_new_data_file(dir, name, mode, &file_id);
         if created.is_err() {
             let _ = self.headers.remove(&file_id);
         }
+        let material = Arc::new(material);
+        self.key_cache.insert(file_id, material.clone());
         Ok((created?, file_id, material))
     }
 
@@ -216,8 +258,8 @@ impl Volume {
         Ok(file)
     }
 
-    /// The file id and content key of an open data file.
-    pub fn open_data_file(&self, file: &File) -> Result<(Id, DataKeyMaterial)> {
+    /// The file id a data file carries.
+    pub fn data_file_id(file: &File) -> Result<Id> {
         let mut preamble = [0u8; PREAMBLE_LEN as usize];
         let mut got = 0;
         while got < preamble.len() {
@@ -226,14 +268,25 @@ impl Volume {
                 n => got += n,
             }
         }
-        let file_id = block::decode_preamble(&preamble[..got])
-            .map_err(|e| VolumeError::Corrupt(format!("data file preamble: {e}")))?;
-        let header = self.headers.load(&file_id)?;
-        let material = self
-            .keys
-            .open_header(&header)
-            .map_err(|e| VolumeError::Corrupt(e.to_string()))?;
-        Ok((file_id, material))
+        block::decode_preamble(&preamble[..got])
+            .map_err(|e| VolumeError::Corrupt(format!("data file preamble: {e}")))
+    }
+
+    /// The content key of file `file_id`: from the key cache, or its header.
+    pub fn file_key(&self, file_id: &Id) -> Result<Arc<DataKeyMaterial>> {
+        Ok(self.key_cache.get_or_load(file_id, || {
+            let header = self.headers.load(file_id).map_err(|e| KeyError::Header {
+                file: id_to_hex(file_id),
+                reason: e.to_string(),
+            })?;
+            self.file_keys.open_header(&header)
+        })?)
+    }
+
+    /// The file id and content key of an open data file.
+    pub fn open_data_file(&self, file: &File) -> Result<(Id, Arc<DataKeyMaterial>)> {
+        let file_id = Self::data_file_id(file)?;
+        Ok((file_id, self.file_key(&file_id)?))
     }
 
     pub fn encrypt_name(&self, plain: &OsStr) -> Result<BackingName> {

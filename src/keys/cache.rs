@@ -1,0 +1,296 @@
+//! The cache of unwrapped file keys: bounded in entries, every entry dropped after a maximum
+//! age and after an idle time (these bound how long a key disabled in KMS stays usable here),
+//! one load in flight per file (many threads opening one cold file make one KMS call),
+//! failures never cached. Evicted keys are wiped as their last reference drops.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use super::{DataKeyMaterial, KeyError};
+use crate::format::Id;
+
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    pub entries: NonZeroUsize,
+    pub max_age: Duration,
+    pub idle: Duration,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            entries: NonZeroUsize::new(4096).expect("non-zero"),
+            max_age: Duration::from_secs(3600),
+            idle: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl std::fmt::Display for CacheStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        write!(
+            f,
+            "hits={} misses={} evictions={} expirations={} load_failures={}",
+            get(&self.hits),
+            get(&self.misses),
+            get(&self.evictions),
+            get(&self.expirations),
+            get(&self.failures)
+        )
+    }
+}
+
+struct Entry {
+    material: Arc<DataKeyMaterial>,
+    created: Instant,
+    used: Instant,
+}
+
+type Outcome = Result<Arc<DataKeyMaterial>, KeyError>;
+
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<Outcome>>,
+    done: Condvar,
+}
+
+pub struct KeyCache {
+    limits: CacheLimits,
+    entries: Mutex<LruCache<Id, Entry>>,
+    in_flight: Mutex<HashMap<Id, Arc<Flight>>>,
+    pub stats: CacheStats,
+}
+
+impl KeyCache {
+    pub fn new(limits: CacheLimits) -> Self {
+        KeyCache {
+            limits,
+            entries: Mutex::new(LruCache::new(limits.entries)),
+            in_flight: Mutex::new(HashMap::new()),
+            stats: CacheStats::default(),
+        }
+    }
+
+    fn expired(&self, entry: &Entry, now: Instant) -> bool {
+        now.duration_since(entry.created) >= self.limits.max_age
+            || now.duration_since(entry.used) >= self.limits.idle
+    }
+
+    fn lookup(&self, id: &Id) -> Option<Arc<DataKeyMaterial>> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap();
+        let expired = match entries.get_mut(id) {
+            None => return None,
+            Some(entry) if !self.expired(entry, now) => {
+                entry.used = now;
+                return Some(entry.material.clone());
+            }
+            Some(_) => true,
+        };
+        if expired {
+            entries.pop(id);
+            self.stats.expirations.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Drops every expired entry, so that keys do not outlive their limits in memory.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap();
+        let stale: Vec<Id> = entries
+            .iter()
+            .filter(|(_, e)| self.expired(e, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            entries.pop(&id);
+            self.stats.expirations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn insert(&self, id: Id, material: Arc<DataKeyMaterial>) {
+        let now = Instant::now();
+        let entry = Entry {
+            material,
+            created: now,
+            used: now,
+        };
+        if let Some((old_id, _)) = self.entries.lock().unwrap().push(id, entry) {
+            if old_id != id {
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The cached key of `id`, or the one `load` produces. Concurrent callers for the same id
+    /// share one load and its outcome; a failed load is not remembered.
+    pub fn get_or_load(
+        &self,
+        id: &Id,
+        load: impl FnOnce() -> Result<DataKeyMaterial, KeyError>,
+    ) -> Outcome {
+        if let Some(material) = self.lookup(id) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(material);
+        }
+        let (flight, leader) = {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            match in_flight.get(id) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Arc::new(Flight::default());
+                    in_flight.insert(*id, flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if !leader {
+            let mut outcome = flight.outcome.lock().unwrap();
+            while outcome.is_none() {
+                outcome = flight.done.wait(outcome).unwrap();
+            }
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return outcome.clone().expect("set before notify");
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.sweep();
+        // Re-check: a load may have finished between our lookup and taking the lead.
+        let outcome = match self.lookup(id) {
+            Some(material) => Ok(material),
+            None => load().map(Arc::new),
+        };
+        match &outcome {
+            Ok(material) => self.insert(*id, material.clone()),
+            Err(_) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.in_flight.lock().unwrap().remove(id);
+        *flight.outcome.lock().unwrap() = Some(outcome.clone());
+        flight.done.notify_all();
+        outcome
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every key now (unmount).
+    pub fn clear(&self) {
+        self.entries.lock().unwrap().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use std::sync::atomic::AtomicUsize;
+
+    fn material() -> DataKeyMaterial {
+        DataKeyMaterial::from_data_key(&SecretKey::from_array([1; 32]), &[0; 16])
+    }
+
+    fn limits(entries: usize, max_age: u64, idle: u64) -> CacheLimits {
+        CacheLimits {
+            entries: NonZeroUsize::new(entries).unwrap(),
+            max_age: Duration::from_millis(max_age),
+            idle: Duration::from_millis(idle),
+        }
+    }
+
+    #[test]
+    fn hits_misses_and_bounded_entries() {
+        let cache = KeyCache::new(limits(2, 60_000, 60_000));
+        let loads = AtomicUsize::new(0);
+        let load = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(material())
+        };
+        for id in [[1; 16], [1; 16], [2; 16], [3; 16], [1; 16]] {
+            cache.get_or_load(&id, load).unwrap();
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            4,
+            "1 hit, then 1 evicted by 3 and reloaded"
+        );
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.stats.evictions.load(Ordering::Relaxed), 2);
+        assert_eq!(cache.stats.hits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn max_age_and_idle_expire_entries() {
+        let cache = KeyCache::new(limits(8, 150, 60_000));
+        cache.get_or_load(&[1; 16], || Ok(material())).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut reloaded = false;
+        cache
+            .get_or_load(&[1; 16], || {
+                reloaded = true;
+                Ok(material())
+            })
+            .unwrap();
+        assert!(reloaded, "max age forces a reload");
+        let cache = KeyCache::new(limits(8, 60_000, 100));
+        cache.get_or_load(&[1; 16], || Ok(material())).unwrap();
+        cache.get_or_load(&[2; 16], || Ok(material())).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        cache.get_or_load(&[3; 16], || Ok(material())).unwrap();
+        assert_eq!(cache.len(), 1, "idle entries are swept on the next miss");
+    }
+
+    #[test]
+    fn failures_are_not_cached() {
+        let cache = KeyCache::new(limits(8, 60_000, 60_000));
+        let err = cache.get_or_load(&[1; 16], || Err(KeyError::NoProvider));
+        assert!(err.is_err());
+        assert!(cache.get_or_load(&[1; 16], || Ok(material())).is_ok());
+        assert_eq!(cache.stats.failures.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn concurrent_cold_opens_share_one_load() {
+        let cache = Arc::new(KeyCache::new(limits(8, 60_000, 60_000)));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                std::thread::spawn(move || {
+                    cache
+                        .get_or_load(&[9; 16], || {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(100));
+                            Ok(material())
+                        })
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,149 @@
+//! Which key wraps a file's data key, by key mode: the current volume KEK (volume mode), or
+//! the master key of the volume's file-key slot, drawing from a pre-generated pool (per-file
+//! mode). Either way every header carries a commitment to its one data key.
+
+use std::sync::Arc;
+
+use super::pool::{KeyPool, Pregenerated};
+use super::{DataKeyMaterial, FileKeyContext, HeaderKeys, KeyError, MasterKeyProvider, VolumeKeys};
+use crate::crypto::{SecretKey, random_array};
+use crate::format::header::{FileHeader, HeaderSlot, SlotKind};
+use crate::format::id_to_hex;
+
+/// Pre-generated per-file keys kept ready.
+const POOL_TARGET: usize = 16;
+
+struct PerFile {
+    provider: Arc<dyn MasterKeyProvider>,
+    slot_id: u32,
+    pool: KeyPool,
+}
+
+pub struct FileKeys {
+    volume: Arc<VolumeKeys>,
+    per_file: Option<PerFile>,
+}
+
+impl FileKeys {
+    pub fn volume_mode(volume: Arc<VolumeKeys>) -> Self {
+        FileKeys {
+            volume,
+            per_file: None,
+        }
+    }
+
+    /// Per-file mode with `provider`, the master key of keyslot `slot_id`.
+    pub fn per_file(
+        volume: Arc<VolumeKeys>,
+        provider: Arc<dyn MasterKeyProvider>,
+        slot_id: u32,
+    ) -> Self {
+        let (generator, volume_id) = (provider.clone(), *volume.volume_id());
+        let pool = KeyPool::new(
+            POOL_TARGET,
+            Box::new(move || {
+                let file_id = random_array()?;
+                let (data_key, wrapped) =
+                    generator.generate_file_key(&FileKeyContext { volume_id, file_id })?;
+                Ok(Pregenerated {
+                    file_id,
+                    data_key,
+                    wrapped,
+                })
+            }),
+        );
+        FileKeys {
+            volume,
+            per_file: Some(PerFile {
+                provider,
+                slot_id,
+                pool,
+            }),
+        }
+    }
+
+    pub fn volume(&self) -> &VolumeKeys {
+        &self.volume
+    }
+
+    fn open_slot(
+        &self,
+        header: &FileHeader,
+        slot: &HeaderSlot,
+    ) -> Option<Result<SecretKey, KeyError>> {
+        let fail = |reason: String| KeyError::Header {
+            file: id_to_hex(&header.file_id),
+            reason,
+        };
+        match slot.kind {
+            SlotKind::VolumeKek => self
+                .volume
+                .unwrap_kek_slot(&header.file_id, slot)
+                .map(|r| r.map_err(|reason| fail(reason.into()))),
+            SlotKind::MasterKey => {
+                let per_file = self
+                    .per_file
+                    .as_ref()
+                    .filter(|p| p.slot_id == slot.key_version);
+                let Some(per_file) = per_file else {
+                    return Some(Err(fail(format!(
+                        "its key is wrapped by keyslot {}, which this mount cannot reach",
+                        slot.key_version
+                    ))));
+                };
+                let context = FileKeyContext {
+                    volume_id: *self.volume.volume_id(),
+                    file_id: header.file_id,
+                };
+                Some(per_file.provider.unwrap_file_key(&context, &slot.wrapped))
+            }
+        }
+    }
+}
+
+impl HeaderKeys for FileKeys {
+    fn new_header(&self) -> Result<(FileHeader, DataKeyMaterial), KeyError> {
+        let (file_id, data_key, slot) = match &self.per_file {
+            None => {
+                let file_id = random_array()?;
+                let data_key = SecretKey::generate()?;
+                let slot = self.volume.wrap_under_kek(&file_id, &data_key)?;
+                (file_id, data_key, slot)
+            }
+            Some(per_file) => {
+                let key = per_file.pool.take()?;
+                let slot = HeaderSlot {
+                    kind: SlotKind::MasterKey,
+                    key_version: per_file.slot_id,
+                    wrapped: key.wrapped,
+                };
+                (key.file_id, key.data_key, slot)
+            }
+        };
+        let header = self.volume.header_for(&file_id, &data_key, vec![slot]);
+        Ok((header, DataKeyMaterial::from_data_key(&data_key, &file_id)))
+    }
+
+    fn open_header(&self, header: &FileHeader) -> Result<DataKeyMaterial, KeyError> {
+        let mut last_error = KeyError::Header {
+            file: id_to_hex(&header.file_id),
+            reason: "no keyslot is wrapped under a key this volume holds".into(),
+        };
+        for slot in &header.slots {
+            match self.open_slot(header, slot) {
+                None => continue,
+                Some(Err(e)) => last_error = e,
+                Some(Ok(data_key)) => {
+                    if !self.volume.check_commitment(header, &data_key) {
+                        return Err(KeyError::Header {
+                            file: id_to_hex(&header.file_id),
+                            reason: "key commitment mismatch".into(),
+                        });
+                    }
+                    return Ok(DataKeyMaterial::from_data_key(&data_key, &header.file_id));
+                }
+            }
+        }
+        Err(last_error)
+    }
+}
