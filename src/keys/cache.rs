@@ -131,10 +131,10 @@ impl KeyCache {
             created: now,
             used: now,
         };
-        if let Some((old_id, _)) = self.entries.lock().unwrap().push(id, entry) {
-            if old_id != id {
-                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some((old_id, _)) = self.entries.lock().unwrap().push(id, entry)
+            && old_id != id
+        {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
 
