@@ -5,7 +5,7 @@
 //! fork) and used after; one session is kept for the life of the process.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -40,14 +40,16 @@ struct TokenSession {
 
 pub struct Pkcs11Provider {
     settings: Pkcs11Settings,
-    session: OnceLock<Result<Mutex<TokenSession>, String>>,
+    /// Opened on first use; dropped when the token stops answering, so the next call
+    /// reconnects and an HSM outage heals by itself.
+    session: Mutex<Option<TokenSession>>,
 }
 
 impl Pkcs11Provider {
     pub fn new(settings: Pkcs11Settings) -> Self {
         Pkcs11Provider {
             settings,
-            session: OnceLock::new(),
+            session: Mutex::new(None),
         }
     }
 
@@ -114,15 +116,23 @@ impl Pkcs11Provider {
         &self,
         op: impl FnOnce(&TokenSession) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
-        let session = self.session.get_or_init(|| self.connect().map(Mutex::new));
-        match session {
-            Ok(session) => op(&session.lock().unwrap_or_else(|p| p.into_inner())),
-            Err(reason) => Err(KeyError::Remote {
+        let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(self.connect().map_err(|reason| KeyError::Remote {
                 provider: self.describe(),
                 failure: RemoteFailure::Unavailable,
-                reason: reason.clone(),
-            }),
+                reason,
+            })?);
         }
+        let result = op(guard.as_ref().expect("just connected"));
+        if let Err(KeyError::Remote {
+            failure: RemoteFailure::Unavailable,
+            ..
+        }) = &result
+        {
+            *guard = None;
+        }
+        result
     }
 
     fn failure(&self, op: &str, err: cryptoki::error::Error) -> KeyError {

@@ -94,6 +94,8 @@ pub enum Fault {
     Down,
     /// Every request gets this HTTP status and KMS error code.
     Error(u16, &'static str),
+    /// The next N requests get the error, then requests pass again.
+    ErrorTimes(usize, u16, &'static str),
 }
 
 /// A loopback HTTP proxy to moto that can fail on command, and counts the requests it passes
@@ -207,7 +209,20 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
         let Some((request, target)) = read_request(&mut client) else {
             return;
         };
-        let current = fault.lock().unwrap().clone();
+        let current = {
+            let mut fault = fault.lock().unwrap();
+            let current = fault.clone();
+            if let Fault::ErrorTimes(n, status, code) = current {
+                *fault = if n > 1 {
+                    Fault::ErrorTimes(n - 1, status, code)
+                } else {
+                    Fault::Pass
+                };
+                Fault::Error(status, code)
+            } else {
+                current
+            }
+        };
         match current {
             Fault::Down => {
                 let _ = client.shutdown(Shutdown::Both);
@@ -224,7 +239,7 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
                     return;
                 }
             }
-            Fault::Pass => {
+            Fault::Pass | Fault::ErrorTimes(..) => {
                 counts.lock().unwrap().push(target);
                 if server.is_none() {
                     server = TcpStream::connect(("127.0.0.1", upstream)).ok();
