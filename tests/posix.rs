@@ -360,7 +360,22 @@ fn open_unlinked_files_keep_working_until_closed() {
 #[test]
 fn seek_data_and_hole_and_fallocate() {
     let vol = TestVolume::new();
-    let m = vol.mount();
+    {
+        // With the writeback cache, lseek is the kernel's: right, if coarse.
+        let m = vol.mount();
+        let f = fs::File::create(m.p("w")).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"tail", 1 << 20).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert_eq!(
+            unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) },
+            (1 << 20) + 4
+        );
+        assert_eq!(unsafe { libc::lseek(fd, 5, libc::SEEK_DATA) }, 5);
+        drop(f);
+        m.unmount();
+    }
+    let m = vol.mount_with(&["--no-writeback-cache"]);
     let f = fs::OpenOptions::new()
         .create(true)
         .read(true)

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use fuser::{Config, MountOption, SessionACL};
 
-use sealfs::fs::SealFs;
+use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 
@@ -38,6 +38,15 @@ pub struct MountArgs {
     /// Seconds an unused file key stays cached.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub key_cache_idle: u64,
+    /// Threads serving FUSE requests (each with its own /dev/fuse fd).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+    /// Turn off the kernel's writeback cache (every write(2) reaches sealfs at once).
+    #[arg(long)]
+    pub no_writeback_cache: bool,
+    /// Kernel readahead for this mount, in KiB (written to the mount's bdi as root).
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    pub read_ahead_kb: u32,
 }
 
 impl MountArgs {
@@ -55,6 +64,8 @@ struct Parsed {
     config: Config,
     read_only: bool,
     nonempty: bool,
+    tuning: Tuning,
+    read_ahead_kb: u32,
 }
 
 fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
@@ -119,6 +130,8 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         config,
         read_only,
         nonempty,
+        tuning: Tuning::default(),
+        read_ahead_kb: 0,
     })
 }
 
@@ -161,7 +174,13 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
 }
 
 pub fn run(args: MountArgs) -> Result<()> {
-    let parsed = parse_options(&args.options, &args.cipher_dir)?;
+    let mut parsed = parse_options(&args.options, &args.cipher_dir)?;
+    parsed.config.n_threads = Some(args.threads.max(1));
+    parsed.config.clone_fd = true;
+    parsed.tuning = Tuning {
+        writeback_cache: !args.no_writeback_cache,
+    };
+    parsed.read_ahead_kb = args.read_ahead_kb;
     let mountpoint = check_mountpoint(&args.mountpoint, parsed.nonempty)?;
     let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
         .with_context(|| format!("{} does not exist", args.cipher_dir.display()))?;
@@ -214,7 +233,7 @@ pub fn run(args: MountArgs) -> Result<()> {
 fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedFd>) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
-    let fs = SealFs::new(volume, parsed.read_only)?;
+    let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let mut session = match fuser::Session::new(fs, mountpoint, &parsed.config) {
         Ok(session) => session,
         Err(e) => {
@@ -226,6 +245,7 @@ fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedF
         }
     };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    set_read_ahead(mountpoint, parsed.read_ahead_kb);
     if let Some(fd) = ready {
         std::fs::File::from(fd).write_all(b"ok")?;
         detach_stdio();
@@ -243,6 +263,34 @@ fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedF
     });
     session.run()?;
     Ok(())
+}
+
+/// The kernel offers FUSE only 128 KiB of readahead at INIT; as root the mount's bdi can be
+/// raised afterwards, which turns 128 KiB read requests into 1 MiB ones (bench/README.md).
+/// The device number comes from mountinfo: a stat of the mount point would be a FUSE request
+/// to this very process, which is not serving yet.
+fn set_read_ahead(mountpoint: &Path, kib: u32) {
+    if kib == 0 || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Some(dev) = mount_device(mountpoint) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, kib.to_string()) {
+        tracing::debug!(%path, error = %e, "could not raise readahead");
+    }
+}
+
+/// "major:minor" of what is mounted at `path`, the last such mount.
+fn mount_device(path: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some(target.as_str()))
+        .filter_map(|line| line.split(' ').nth(2).map(String::from))
+        .last()
 }
 
 /// Every inode the kernel knows holds an O_PATH fd: allow as many as the hard limit permits.

@@ -20,7 +20,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat
 use super::attr::to_attr;
 use super::inodes::{Content, InodeTable, Node};
 use crate::format::block;
-use crate::io::BlockFile;
+use crate::io::{BlockFile, range_lock};
 use crate::volume::{Result, Volume, VolumeError, names, proc_fd_path};
 
 /// Who asks: the caller's credentials, for ownership of what it creates.
@@ -47,8 +47,24 @@ enum Handle {
     Dir(Arc<Vec<DirEntry>>),
 }
 
+/// Kernel-facing knobs, chosen at mount.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE).
+    pub writeback_cache: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            writeback_cache: true,
+        }
+    }
+}
+
 pub struct SealFs {
     pub volume: Volume,
+    pub tuning: Tuning,
     pub inodes: InodeTable,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -86,7 +102,7 @@ fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
 }
 
 impl SealFs {
-    pub fn new(volume: Volume, read_only: bool) -> Result<Self> {
+    pub fn new(volume: Volume, read_only: bool, tuning: Tuning) -> Result<Self> {
         let root = openat(
             volume.root.as_fd(),
             ".",
@@ -97,6 +113,7 @@ impl SealFs {
         Ok(SealFs {
             inodes: InodeTable::new(root, &stat),
             volume,
+            tuning,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             read_only,
@@ -223,7 +240,7 @@ impl SealFs {
                 (&owned, content)
             }
         };
-        let _guard = node.io_lock.write().unwrap();
+        let _guard = node.ranges.write(0, range_lock::TO_END);
         self.block_file(file, &content).truncate(size)?;
         Ok(())
     }
@@ -471,7 +488,9 @@ impl SealFs {
         }))))
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+    /// Opens a file; the flag says whether the kernel may keep its cached pages (the backing
+    /// file is as the last close left it, and only this mount writes it).
+    pub fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool)> {
         let node = self.node(ino)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write {
@@ -488,13 +507,17 @@ impl SealFs {
         let passed =
             OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
         let file = self.reopen(&node, access | passed)?;
+        let keep_cache = {
+            let stamp = *node.closed_stamp.lock().unwrap();
+            stamp.is_some() && stamp == backing_stamp(&file)
+        };
         let truncate = flags & libc::O_TRUNC != 0 && write;
         let fh = self.open_file_handle(node.clone(), file)?;
         if truncate && let Err(e) = self.truncate(&node, 0, Some(fh)) {
             self.release(fh);
             return Err(e);
         }
-        Ok(fh)
+        Ok((fh, keep_cache && !truncate))
     }
 
     pub fn create(
@@ -528,19 +551,43 @@ impl SealFs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let handle = self.file_handle(fh)?;
-        let _guard = handle.node.io_lock.read().unwrap();
+        let bs = self.volume.layout.block_size();
+        let first = offset / bs;
+        let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
+        let _guard = handle.node.ranges.read(first, last + 1);
         Ok(self
             .block_file(&handle.file, &handle.content)
             .read_at(offset, size as usize)?)
     }
 
+    /// Writes inside the file lock only their blocks; a write that touches the block holding
+    /// the end of file (or lies past it) locks from there to the end, since it changes the
+    /// size and may re-seal that block.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         self.writable()?;
+        if data.is_empty() {
+            return Ok(0);
+        }
         let handle = self.file_handle(fh)?;
-        let _guard = handle.node.io_lock.write().unwrap();
-        self.block_file(&handle.file, &handle.content)
-            .write_at(offset, data)?;
-        Ok(data.len() as u32)
+        let bf = self.block_file(&handle.file, &handle.content);
+        let bs = self.volume.layout.block_size();
+        let first = offset / bs;
+        let last = offset.saturating_add(data.len() as u64 - 1) / bs;
+        let mut range = (first, last + 1);
+        loop {
+            let _guard = handle.node.ranges.write(range.0, range.1);
+            let tail = bf.plain_size()? / bs;
+            let needed = if last >= tail || first > tail {
+                (first.min(tail), range_lock::TO_END)
+            } else {
+                (first, last + 1)
+            };
+            if range.0 <= needed.0 && range.1 >= needed.1 {
+                bf.write_at(offset, data)?;
+                return Ok(data.len() as u32);
+            }
+            range = (needed.0.min(range.0), needed.1.max(range.1));
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
@@ -557,6 +604,7 @@ impl SealFs {
         let Some(Handle::File(handle)) = self.handles.lock().unwrap().remove(&fh) else {
             return;
         };
+        *handle.node.closed_stamp.lock().unwrap() = backing_stamp(&handle.file);
         if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) == 1
             && let Some(id) = handle.node.orphaned_header.lock().unwrap().take()
             && let Err(e) = self.volume.headers.remove(&id)
@@ -734,7 +782,7 @@ impl SealFs {
             return Err(VolumeError::Unsupported("fallocate mode"));
         }
         let handle = self.file_handle(fh)?;
-        let _guard = handle.node.io_lock.write().unwrap();
+        let _guard = handle.node.ranges.write(0, range_lock::TO_END);
         let bf = self.block_file(&handle.file, &handle.content);
         let end = offset
             .checked_add(length)
@@ -756,7 +804,15 @@ impl SealFs {
 
     /// SEEK_DATA and SEEK_HOLE, mapped through the block layout. Holes are reported at block
     /// granularity; POSIX allows reporting a hole as data, never the reverse.
+    ///
+    /// With the writeback cache the kernel forwards SEEK_DATA/SEEK_HOLE without flushing its
+    /// dirty pages, so the backing file can lag behind what the caller wrote: answer ENOSYS
+    /// and the kernel falls back to its generic lseek (all data up to its own i_size), which
+    /// is always right, only less precise.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        if self.tuning.writeback_cache {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS).into());
+        }
         let handle = self.file_handle(fh)?;
         let layout = self.volume.layout;
         let size = self
@@ -815,6 +871,11 @@ fn set_times(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> Result<()>
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
+}
+
+fn backing_stamp(file: &File) -> Option<(i64, i64, i64)> {
+    let st = fstat(file.as_fd()).ok()?;
+    Some((st.st_mtime, st.st_mtime_nsec, st.st_size))
 }
 
 fn is_writable(file: &File) -> bool {

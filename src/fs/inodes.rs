@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use fuser::FileType;
 use nix::sys::stat::FileStat;
 
 use crate::format::Id;
+use crate::io::range_lock::RangeLock;
 use crate::keys::DataKeyMaterial;
 
 pub const ROOT_INO: u64 = 1;
@@ -28,9 +29,12 @@ pub struct Node {
     lookups: AtomicU64,
     /// The file id the data file carries; read once.
     pub file_id: OnceLock<Id>,
-    /// Readers share, writers and truncates exclude: keeps read-modify-write of edge blocks
-    /// from interleaving.
-    pub io_lock: RwLock<()>,
+    /// Block-range lock: keeps read-modify-write of edge blocks and size changes from
+    /// interleaving, while I/O to disjoint blocks runs in parallel.
+    pub ranges: RangeLock,
+    /// Backing (mtime, size) when the last handle closed: unchanged at the next open means
+    /// the kernel may keep its page cache.
+    pub closed_stamp: Mutex<Option<(i64, i64, i64)>>,
     pub open_handles: AtomicU32,
     /// Set when the last link went away while the file was open: its header goes at the last
     /// release.
@@ -62,7 +66,8 @@ impl InodeTable {
             kind: FileType::Directory,
             lookups: AtomicU64::new(1),
             file_id: OnceLock::new(),
-            io_lock: RwLock::new(()),
+            ranges: RangeLock::default(),
+            closed_stamp: Mutex::new(None),
             open_handles: AtomicU32::new(0),
             orphaned_header: Mutex::new(None),
         });
@@ -103,7 +108,8 @@ impl InodeTable {
                 kind: file_type(stat.st_mode),
                 lookups: AtomicU64::new(0),
                 file_id: OnceLock::new(),
-                io_lock: RwLock::new(()),
+                ranges: RangeLock::default(),
+                closed_stamp: Mutex::new(None),
                 open_handles: AtomicU32::new(0),
                 orphaned_header: Mutex::new(None),
             })

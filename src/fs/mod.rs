@@ -7,4 +7,4 @@ pub mod errno;
 mod fuse;
 pub mod inodes;
 
-pub use self::core::SealFs;
+pub use self::core::{SealFs, Tuning};

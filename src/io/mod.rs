@@ -2,6 +2,8 @@
 //! edge blocks only, holes, truncation, and parallel sealing of large requests. The hot path
 //! lives here and nowhere else; callers serialize conflicting calls on one file.
 
+pub mod range_lock;
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
