@@ -290,7 +290,7 @@ fn mount_device(path: &Path) -> Option<String> {
         .lines()
         .filter(|line| line.split(' ').nth(4) == Some(target.as_str()))
         .filter_map(|line| line.split(' ').nth(2).map(String::from))
-        .last()
+        .next_back()
 }
 
 /// Every inode the kernel knows holds an O_PATH fd: allow as many as the hard limit permits.

@@ -48,10 +48,10 @@ impl Filesystem for SealFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_WRITEBACK_CACHE,
         ] {
-            if self.tuning.writeback_cache || flag != InitFlags::FUSE_WRITEBACK_CACHE {
-                if let Err(missing) = config.add_capabilities(flag) {
-                    tracing::info!(?missing, "kernel lacks a FUSE capability");
-                }
+            if (self.tuning.writeback_cache || flag != InitFlags::FUSE_WRITEBACK_CACHE)
+                && let Err(missing) = config.add_capabilities(flag)
+            {
+                tracing::info!(?missing, "kernel lacks a FUSE capability");
             }
         }
         Ok(())
