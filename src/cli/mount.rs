@@ -245,6 +245,9 @@ fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedF
         }
     };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    if sealfs::io::codec::IDENTITY_CODEC {
+        tracing::error!("BENCHMARK BUILD: file contents are NOT encrypted on this mount");
+    }
     set_read_ahead(mountpoint, parsed.read_ahead_kb);
     if let Some(fd) = ready {
         std::fs::File::from(fd).write_all(b"ok")?;

@@ -550,14 +550,27 @@ impl SealFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_with(fh, offset, size, <[u8]>::to_vec)
+    }
+
+    /// Reads and hands the plaintext to `reply` from the thread's reusable buffer.
+    pub fn read_with<T>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
         let handle = self.file_handle(fh)?;
         let bs = self.volume.layout.block_size();
         let first = offset / bs;
         let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
         let _guard = handle.node.ranges.read(first, last + 1);
-        Ok(self
-            .block_file(&handle.file, &handle.content)
-            .read_at(offset, size as usize)?)
+        Ok(self.block_file(&handle.file, &handle.content).read_with(
+            offset,
+            size as usize,
+            reply,
+        )?)
     }
 
     /// Writes inside the file lock only their blocks; a write that touches the block holding

@@ -225,12 +225,16 @@ impl Filesystem for SealFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply_or_error!(
-            "read",
-            SealFs::read(self, fh.0, offset, size),
-            reply,
-            |data| reply.data(&data)
-        )
+        // Replies from the decrypting thread's buffer: no copy into a fresh Vec.
+        let mut reply = Some(reply);
+        let sent = self.read_with(fh.0, offset, size, |data| {
+            if let Some(reply) = reply.take() {
+                reply.data(data);
+            }
+        });
+        if let (Err(e), Some(reply)) = (sent, reply) {
+            reply.error(report("read", &e));
+        }
     }
 
     fn write(

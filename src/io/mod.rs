@@ -1,9 +1,11 @@
 //! The block path: reads and writes at any offset of a data file, read-modify-write of the
 //! edge blocks only, holes, truncation, and parallel sealing of large requests. The hot path
-//! lives here and nowhere else; callers serialize conflicting calls on one file.
+//! lives here and nowhere else; callers serialize conflicting calls on one file (see
+//! `range_lock`).
 
 pub mod range_lock;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -11,9 +13,11 @@ use std::os::unix::fs::FileExt;
 use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::crypto::{SEAL_OVERHEAD, Sealer};
+use crate::crypto::{NONCE_LEN, SEAL_OVERHEAD, Sealer, random_bytes};
 use crate::format::Id;
 use crate::format::block::{Layout, block_aad};
+
+pub mod codec;
 
 /// Below this many blocks a request is sealed on the calling thread: measured on 2 cores,
 /// splitting smaller requests costs more in scheduling than it gains.
@@ -29,6 +33,28 @@ pub enum IoError {
     TooLarge,
 }
 
+/// Buffers reused by every request a thread serves, so the hot path allocates nothing
+/// block-sized once warm. They grow to the largest request seen (1 MiB with max_write).
+#[derive(Default)]
+struct Buffers {
+    sealed: Vec<u8>,
+    plain: Vec<u8>,
+    nonces: Vec<u8>,
+    edge_plain: Vec<u8>,
+    edge_sealed: Vec<u8>,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
 /// One open data file and the key that seals its blocks.
 pub struct BlockFile<'a> {
     pub file: &'a File,
@@ -42,45 +68,56 @@ impl BlockFile<'_> {
         Ok(self.layout.plain_size(self.file.metadata()?.len()))
     }
 
-    /// Reads up to `len` bytes at `offset`; shorter at end of file.
-    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
+    /// Reads up to `len` bytes at `offset` (shorter at end of file) and hands them to `reply`
+    /// straight from this thread's buffer.
+    pub fn read_with<T>(
+        &self,
+        offset: u64,
+        len: usize,
+        reply: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, IoError> {
         let size = self.plain_size()?;
         if offset >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(reply(&[]));
         }
         let end = size.min(offset.saturating_add(len as u64));
         let bs = self.layout.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
-        let span_end = size.min((last + 1) * bs);
-        let mut plain = vec![0u8; (span_end - first * bs) as usize];
-        self.read_blocks(first, last, size, &mut plain)?;
-        let start = (offset - first * bs) as usize;
-        plain.truncate((end - first * bs) as usize);
-        plain.drain(..start);
-        Ok(plain)
+        let span = (size.min((last + 1) * bs) - first * bs) as usize;
+        BUFFERS.with_borrow_mut(|b| {
+            let plain = sized(&mut b.plain, span);
+            self.read_blocks(first, last, size, plain, &mut b.sealed)?;
+            Ok(reply(
+                &plain[(offset - first * bs) as usize..(end - first * bs) as usize],
+            ))
+        })
+    }
+
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
+        self.read_with(offset, len, <[u8]>::to_vec)
     }
 
     /// Decrypts blocks `first..=last` of a file of `size` bytes into `plain`, which holds
-    /// exactly their plaintext lengths back to back.
+    /// exactly their plaintext lengths back to back; `scratch` holds the ciphertext.
     fn read_blocks(
         &self,
         first: u64,
         last: u64,
         size: u64,
         plain: &mut [u8],
+        scratch: &mut Vec<u8>,
     ) -> Result<(), IoError> {
         let sealed_len = plain.len() + (last - first + 1) as usize * SEAL_OVERHEAD;
-        let mut sealed = vec![0u8; sealed_len];
-        let got = read_full_at(self.file, &mut sealed, self.layout.block_offset(first))?;
+        let sealed = sized(scratch, sealed_len);
+        let got = read_full_at(self.file, sealed, self.layout.block_offset(first))?;
         if got < sealed_len {
-            // The backing file shrank under us (a concurrent truncate): report, never guess.
+            // The backing file is shorter than its size says (torn or cut): report, never guess.
             return Err(
                 self.integrity(first + (got / self.layout.sealed_block_size() as usize) as u64)
             );
         }
         let bs = self.layout.block_size() as usize;
-        let sealed_bs = bs + SEAL_OVERHEAD;
         let open_one = |(i, (plain, sealed)): (usize, (&mut [u8], &[u8]))| {
             let index = first + i as u64;
             debug_assert_eq!(plain.len() as u64, self.layout.block_len(index, size));
@@ -88,27 +125,28 @@ impl BlockFile<'_> {
                 plain.fill(0);
                 return Ok(());
             }
-            self.sealer
-                .open_into(&block_aad(self.file_id, index), sealed, plain)
+            codec::open_block(self.sealer, &block_aad(self.file_id, index), sealed, plain)
                 .map_err(|_| self.integrity(index))
         };
         let blocks = plain.len().div_ceil(bs);
         if blocks >= PARALLEL_MIN_BLOCKS {
             plain
                 .par_chunks_mut(bs)
-                .zip(sealed.par_chunks(sealed_bs))
+                .zip(sealed.par_chunks(bs + SEAL_OVERHEAD))
                 .enumerate()
                 .try_for_each(open_one)
         } else {
             plain
                 .chunks_mut(bs)
-                .zip(sealed.chunks(sealed_bs))
+                .zip(sealed.chunks(bs + SEAL_OVERHEAD))
                 .enumerate()
                 .try_for_each(open_one)
         }
     }
 
-    /// Writes `data` at `offset`, growing the file as needed; gaps become holes.
+    /// Writes `data` at `offset`, growing the file as needed; gaps become holes. Whole blocks
+    /// are sealed straight from `data`; only partly covered edge blocks are merged with their
+    /// old contents first.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
         if data.is_empty() {
             return Ok(());
@@ -126,26 +164,58 @@ impl BlockFile<'_> {
         if size % bs != 0 && size / bs < first {
             self.reseal_block(size / bs, size, (size / bs + 1) * bs)?;
         }
-        let span_start = first * bs;
-        let span_end = new_size.min((last + 1) * bs);
-        let mut plain = vec![0u8; (span_end - span_start) as usize];
-        // Edge blocks the write covers only partly keep their old bytes.
-        for index in [first, last] {
-            let block_start = index * bs;
-            let new_len = self.layout.block_len(index, new_size);
-            let covered = offset <= block_start && end >= block_start + new_len;
-            let old_len = self.layout.block_len(index, size);
-            if !covered && old_len > 0 {
-                let at = (block_start - span_start) as usize;
-                self.read_blocks(index, index, size, &mut plain[at..at + old_len as usize])?;
+        BUFFERS.with_borrow_mut(|b| {
+            let Buffers {
+                sealed,
+                nonces,
+                edge_plain,
+                edge_sealed,
+                ..
+            } = b;
+            // Merged plaintext of the (at most two) partly covered edge blocks.
+            let edges = sized(edge_plain, 2 * bs as usize);
+            let (head, tail) = edges.split_at_mut(bs as usize);
+            let mut partial = [None, None];
+            for (slot, index) in [first, last].into_iter().enumerate() {
+                if slot == 1 && first == last {
+                    break;
+                }
+                let block_start = index * bs;
+                let new_len = self.layout.block_len(index, new_size) as usize;
+                if offset <= block_start && end >= block_start + new_len as u64 {
+                    continue;
+                }
+                let buf = if slot == 0 {
+                    &mut head[..new_len]
+                } else {
+                    &mut tail[..new_len]
+                };
+                buf.fill(0);
+                let old_len = self.layout.block_len(index, size) as usize;
+                if old_len > 0 {
+                    self.read_blocks(index, index, size, &mut buf[..old_len], edge_sealed)?;
+                }
+                let from = offset.max(block_start);
+                let to = end.min(block_start + new_len as u64);
+                buf[(from - block_start) as usize..(to - block_start) as usize]
+                    .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+                partial[slot] = Some(index);
             }
-            if first == last {
-                break;
-            }
-        }
-        let at = (offset - span_start) as usize;
-        plain[at..at + data.len()].copy_from_slice(data);
-        self.seal_and_write(first, &plain)
+            let source = |index: u64| -> &[u8] {
+                let new_len = self.layout.block_len(index, new_size) as usize;
+                if partial[0] == Some(index) {
+                    &head[..new_len]
+                } else if partial[1] == Some(index) {
+                    &tail[..new_len]
+                } else {
+                    let at = (index * bs - offset) as usize;
+                    &data[at..at + new_len]
+                }
+            };
+            let blocks = (last - first + 1) as usize;
+            let span = (new_size.min((last + 1) * bs) - first * bs) as usize;
+            self.seal_blocks(first, blocks, span, source, sealed, nonces)
+        })
     }
 
     /// Sets the plaintext size, re-sealing the one block that changes length.
@@ -169,37 +239,65 @@ impl BlockFile<'_> {
     fn reseal_block(&self, index: u64, size: u64, new_size: u64) -> Result<(), IoError> {
         let old_len = self.layout.block_len(index, size) as usize;
         let new_len = self.layout.block_len(index, new_size) as usize;
-        let mut plain = vec![0u8; old_len.max(new_len)];
-        self.read_blocks(index, index, size, &mut plain[..old_len])?;
-        plain.truncate(new_len);
-        self.seal_and_write(index, &plain)
+        BUFFERS.with_borrow_mut(|b| {
+            let Buffers {
+                sealed,
+                nonces,
+                edge_plain,
+                edge_sealed,
+                ..
+            } = b;
+            let plain = sized(edge_plain, old_len.max(new_len));
+            plain.fill(0);
+            self.read_blocks(index, index, size, &mut plain[..old_len], edge_sealed)?;
+            let plain = &plain[..new_len];
+            self.seal_blocks(index, 1, new_len, |_| plain, sealed, nonces)
+        })
     }
 
-    /// Seals consecutive blocks starting at `first` and writes them with one pwrite.
-    fn seal_and_write(&self, first: u64, plain: &[u8]) -> Result<(), IoError> {
+    /// Seals `blocks` consecutive blocks from `first` (`span` plaintext bytes in all), each
+    /// read from `source(index)`, and writes them with one pwrite. All nonces come from one
+    /// call to the OS.
+    fn seal_blocks<'s>(
+        &self,
+        first: u64,
+        blocks: usize,
+        span: usize,
+        source: impl Fn(u64) -> &'s [u8] + Sync,
+        sealed: &mut Vec<u8>,
+        nonces: &mut Vec<u8>,
+    ) -> Result<(), IoError> {
         let bs = self.layout.block_size() as usize;
-        let blocks = plain.len().div_ceil(bs);
-        let mut sealed = vec![0u8; plain.len() + blocks * SEAL_OVERHEAD];
-        let seal_one = |(i, (out, plain)): (usize, (&mut [u8], &[u8]))| {
-            self.sealer
-                .seal_into(&block_aad(self.file_id, first + i as u64), plain, out)
-                .map_err(|e| IoError::Io(io::Error::other(e)))
+        let nonces = sized(nonces, blocks * NONCE_LEN);
+        random_bytes(nonces).map_err(|e| IoError::Io(io::Error::other(e)))?;
+        let sealed = sized(sealed, span + blocks * SEAL_OVERHEAD);
+        let seal_one = |(i, (out, nonce)): (usize, (&mut [u8], &[u8]))| {
+            let index = first + i as u64;
+            let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("NONCE_LEN chunks");
+            codec::seal_block(
+                self.sealer,
+                nonce,
+                &block_aad(self.file_id, index),
+                source(index),
+                out,
+            )
+            .map_err(|e| IoError::Io(io::Error::other(e)))
         };
         if blocks >= PARALLEL_MIN_BLOCKS {
             sealed
                 .par_chunks_mut(bs + SEAL_OVERHEAD)
-                .zip(plain.par_chunks(bs))
+                .zip(nonces.par_chunks(NONCE_LEN))
                 .enumerate()
                 .try_for_each(seal_one)?;
         } else {
             sealed
                 .chunks_mut(bs + SEAL_OVERHEAD)
-                .zip(plain.chunks(bs))
+                .zip(nonces.chunks(NONCE_LEN))
                 .enumerate()
                 .try_for_each(seal_one)?;
         }
         self.file
-            .write_all_at(&sealed, self.layout.block_offset(first))?;
+            .write_all_at(sealed, self.layout.block_offset(first))?;
         Ok(())
     }
 
