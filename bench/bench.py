@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""sealfs benchmark driver: runs the same jobs on every target, side by side in one run,
+and reports medians and ratios. Standard library only; fio does the I/O."""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+FIO_DIR = Path(__file__).parent / "fio"
+
+
+def sh(*args, env=None, check=True, quiet=False):
+    out = subprocess.run(args, env=env, text=True, capture_output=True)
+    if check and out.returncode != 0:
+        sys.exit(f"command failed: {' '.join(map(str, args))}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def drop_caches():
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+def is_mounted(path):
+    target = str(Path(path).resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == target for line in f)
+
+
+class Target:
+    """A directory to benchmark in, set up and torn down around the jobs."""
+
+    def __init__(self, name, work):
+        self.name = name
+        self.work = Path(work) / name
+        self.dir = None
+
+    def __enter__(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.dir = self.setup()
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def setup(self):
+        d = self.work / "plain"
+        d.mkdir()
+        return d
+
+    def teardown(self):
+        pass
+
+
+class SealfsTarget(Target):
+    def __init__(self, name, work, binary):
+        super().__init__(name, work)
+        self.binary = str(Path(binary).resolve())
+
+    def setup(self):
+        env = dict(os.environ, SEALFS_KEY_DIR=str(self.work / "keys"))
+        self.env = env
+        cipher, mnt = self.work / "cipher", self.work / "mnt"
+        mnt.mkdir()
+        sh(self.binary, "init", str(cipher), env=env)
+        sh(self.binary, "mount", str(cipher), str(mnt), env=env)
+        self.mnt = mnt
+        return mnt
+
+    def teardown(self):
+        if is_mounted(self.mnt):
+            sh(self.binary, "umount", str(self.mnt), env=self.env, check=False)
+        for _ in range(100):
+            if not is_mounted(self.mnt):
+                break
+            time.sleep(0.05)
+
+
+class GocryptfsTarget(Target):
+    def setup(self):
+        cipher, mnt = self.work / "cipher", self.work / "mnt"
+        cipher.mkdir()
+        mnt.mkdir()
+        sh("gocryptfs", "-init", "-q", "-extpass", "echo bench-pass", "-scryptn", "10", str(cipher))
+        sh("gocryptfs", "-q", "-extpass", "echo bench-pass", str(cipher), str(mnt))
+        self.mnt = mnt
+        return mnt
+
+    def teardown(self):
+        sh("umount", str(self.mnt), check=False)
+
+
+def fio(job, directory, size, runtime):
+    out = sh(
+        "fio", "--output-format=json", f"--directory={directory}",
+        f"--size={size}", f"--runtime={runtime}", str(FIO_DIR / f"{job}.fio"),
+    )
+    data = json.loads(out.stdout)
+    result = data["jobs"][0]
+    rw = "write" if result["write"]["bw_bytes"] > 0 and result["read"]["bw_bytes"] == 0 else "read"
+    mib = (result["read"]["bw_bytes"] + result["write"]["bw_bytes"]) / 2**20
+    iops = result["read"]["iops"] + result["write"]["iops"]
+    return {"mib_s": mib, "iops": iops, "dir": rw}
+
+
+def small_files(directory, count):
+    """Create, write and close `count` files of 4 KiB, then read them all back."""
+    d = Path(directory) / "small"
+    d.mkdir()
+    payload = os.urandom(4096)
+    start = time.perf_counter()
+    for i in range(count):
+        fd = os.open(d / f"f{i:05}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+    os.sync()
+    created = time.perf_counter() - start
+    drop_caches()
+    start = time.perf_counter()
+    for i in range(count):
+        with open(d / f"f{i:05}", "rb") as f:
+            assert len(f.read()) == 4096
+    read = time.perf_counter() - start
+    return (
+        {"files_s": count / created, "mib_s": count * 4096 / 2**20 / created},
+        {"files_s": count / read, "mib_s": count * 4096 / 2**20 / read},
+    )
+
+
+def make_tarball(path, files):
+    """A source tarball from the cargo registry's unpacked crates: real, varied files."""
+    roots = sorted(Path.home().glob(".cargo/registry/src/*"))
+    if not roots:
+        roots = [Path(__file__).resolve().parent.parent / "src"]
+    members = []
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.stat().st_size < 256 * 1024:
+                members.append(p)
+            if len(members) >= files:
+                break
+    with tarfile.open(path, "w") as tar:
+        for p in members:
+            tar.add(p, arcname=str(p.relative_to(p.parents[len(p.parents) - 2])))
+    return len(members), sum(p.stat().st_size for p in members)
+
+
+def untar(directory, tarball, count, size):
+    d = Path(directory) / "untar"
+    d.mkdir()
+    start = time.perf_counter()
+    sh("tar", "-xf", str(tarball), "-C", str(d))
+    os.sync()
+    took = time.perf_counter() - start
+    return {"files_s": count / took, "mib_s": size / 2**20 / took}
+
+
+JOBS = [
+    ("seq-write-1M", "MiB/s"), ("seq-read-1M", "MiB/s"),
+    ("rand-read-4k", "IOPS"), ("rand-write-4k", "IOPS"), ("mix-64k", "MiB/s"),
+    ("small-create-4k", "files/s"), ("small-read-4k", "files/s"), ("untar", "files/s"),
+]
+
+
+def run_target(target, args, tarball, tar_count, tar_size):
+    results = {}
+    with target as t:
+        d = t.dir
+        fio("seq-write-1M", d, args.seq_size, args.runtime)  # warm-up, not counted
+        r = fio("seq-write-1M", d, args.seq_size, args.runtime)
+        results["seq-write-1M"] = r["mib_s"]
+        drop_caches()
+        results["seq-read-1M"] = fio("seq-read-1M", d, args.seq_size, args.runtime)["mib_s"]
+        results["rand-read-4k"] = fio("rand-read-4k", d, args.rand_size, args.runtime)["iops"]
+        results["rand-write-4k"] = fio("rand-write-4k", d, args.rand_size, args.runtime)["iops"]
+        results["mix-64k"] = fio("mix-64k", d, args.rand_size, args.runtime)["mib_s"]
+        created, read = small_files(d, args.small_files)
+        results["small-create-4k"] = created["files_s"]
+        results["small-read-4k"] = read["files_s"]
+        results["untar"] = untar(d, tarball, tar_count, tar_size)["files_s"]
+    return results
+
+
+def svg_chart(table, targets, path):
+    """Grouped bars: each target's result relative to the passthrough (= 1.0), per job."""
+    base = "passthrough"
+    jobs = [j for j, _ in JOBS]
+    colors = {"raw": "#9e9e9e", "passthrough": "#607d8b", "sealfs": "#2e7d32", "gocryptfs": "#c62828"}
+    w, h, left, top, bottom = 900, 380, 60, 40, 80
+    group = (w - left - 20) / len(jobs)
+    bar = group / (len(targets) + 1)
+    vmax = max(
+        [table[t][j] / table[base][j] for t in targets for j in jobs if table[base][j] > 0] + [1.2]
+    )
+    vmax = min(vmax, 4.0)
+    y = lambda v: top + (h - top - bottom) * (1 - min(v, vmax) / vmax)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+        f'<text x="{left}" y="20" font-size="14">sealfs benchmark: throughput relative to the no-crypto passthrough (1.0)</text>',
+    ]
+    for v in [0.5, 1.0, 1.5, 2.0, 3.0, 4.0]:
+        if v <= vmax:
+            parts.append(f'<line x1="{left}" x2="{w-20}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
+            parts.append(f'<text x="{left-8}" y="{y(v)+4:.1f}" text-anchor="end">{v:.1f}x</text>')
+    for gi, job in enumerate(jobs):
+        x0 = left + gi * group + bar / 2
+        for ti, t in enumerate(targets):
+            v = table[t][job] / table[base][job] if table[base][job] else 0
+            parts.append(
+                f'<rect x="{x0+ti*bar:.1f}" y="{y(v):.1f}" width="{bar*0.9:.1f}" '
+                f'height="{y(0)-y(v):.1f}" fill="{colors.get(t, "#000")}"><title>{t} {job}: {v:.2f}x</title></rect>'
+            )
+        parts.append(f'<text x="{x0+group/2-bar/2:.1f}" y="{h-bottom+16}" text-anchor="middle">{job}</text>')
+    for ti, t in enumerate(targets):
+        parts.append(f'<rect x="{left+ti*130}" y="{h-30}" width="12" height="12" fill="{colors.get(t, "#000")}"/>')
+        parts.append(f'<text x="{left+ti*130+18}" y="{h-20}">{t}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
+
+
+def markdown(table, targets):
+    head = "| job | unit | " + " | ".join(targets) + " | sealfs / passthrough | sealfs / gocryptfs |"
+    lines = [head, "|" + "---|" * (len(targets) + 4)]
+    for job, unit in JOBS:
+        row = [f"{table[t][job]:,.0f}" for t in targets]
+        vs_pt = table["sealfs"][job] / table["passthrough"][job]
+        vs_go = (
+            f'{table["sealfs"][job] / table["gocryptfs"][job]:.2f}x' if "gocryptfs" in table else "n/a"
+        )
+        lines.append(f"| {job} | {unit} | " + " | ".join(row) + f" | {vs_pt:.2f}x | {vs_go} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--sealfs", required=True)
+    p.add_argument("--passthrough", required=True)
+    p.add_argument("--quick", action="store_true", help="short jobs, one run")
+    p.add_argument("--runs", type=int, default=None, help="runs per target (median taken)")
+    p.add_argument("--dir", default="/dev/shm/sealfs-bench", help="backing directory (tmpfs by default)")
+    p.add_argument("--out", default="target/bench-results")
+    p.add_argument("--no-gocryptfs", action="store_true")
+    args = p.parse_args()
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.seq_size = "64M" if args.quick else "1G"
+    args.rand_size = "32M" if args.quick else "256M"
+    args.runtime = 2 if args.quick else 10
+    args.small_files = 1000 if args.quick else 10000
+    tar_files = 500 if args.quick else 3000
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tarball = work / "source.tar"
+    tar_count, tar_size = make_tarball(tarball, tar_files)
+    names = ["raw", "passthrough", "sealfs"]
+    have_gocryptfs = shutil.which("gocryptfs") and not args.no_gocryptfs
+    if have_gocryptfs:
+        names.append("gocryptfs")
+
+    def make(name):
+        return {
+            "raw": lambda: Target("raw", work),
+            "passthrough": lambda: SealfsTarget("passthrough", work, args.passthrough),
+            "sealfs": lambda: SealfsTarget("sealfs", work, args.sealfs),
+            "gocryptfs": lambda: GocryptfsTarget("gocryptfs", work),
+        }[name]()
+
+    runs = {n: [] for n in names}
+    for i in range(args.runs):
+        # Interleave targets in every run, so drift on a shared machine hits all of them.
+        for n in names:
+            print(f"run {i+1}/{args.runs}: {n} ...", file=sys.stderr, flush=True)
+            runs[n].append(run_target(make(n), args, tarball, tar_count, tar_size))
+    table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in JOBS} for n in names}
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick, "runs": args.runs, "backing": str(work),
+        "kernel": os.uname().release, "cpus": os.cpu_count(),
+        "seq_size": args.seq_size, "rand_size": args.rand_size, "runtime_s": args.runtime,
+        "small_files": args.small_files, "untar_files": tar_count, "untar_bytes": tar_size,
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "median": table, "runs": runs}, indent=2) + "\n")
+    md = markdown(table, names)
+    (out / "results.md").write_text(md)
+    svg_chart(table, names, out / "chart.svg")
+    print(md)
+    print(f"results: {out}/results.json, results.md, chart.svg")
+    shutil.rmtree(work, ignore_errors=True)
+    bad = [f"{n}/{j}" for n in names for j, _ in JOBS if not table[n][j] > 0]
+    if bad:
+        sys.exit(f"benchmark produced no number for: {', '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()
