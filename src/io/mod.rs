@@ -19,9 +19,11 @@ use crate::format::block::{Layout, block_aad};
 
 pub mod codec;
 
-/// Below this many blocks a request is sealed on the calling thread: measured on 2 cores,
-/// splitting smaller requests costs more in scheduling than it gains.
-const PARALLEL_MIN_BLOCKS: usize = 32;
+/// Below this many blocks a request is sealed on the calling thread. Measured on 2 cores
+/// (bench/README.md): splitting a 1 MiB FUSE request over rayon made sequential reads slower
+/// (1.0-1.2 vs 1.1-1.3 GB/s), because the other FUSE threads already fill the cores. Only
+/// larger batches (offline tools, 4 KiB blocks x 512 = 2 MiB) are split.
+const PARALLEL_MIN_BLOCKS: usize = 512;
 
 #[derive(Debug, Error)]
 pub enum IoError {
