@@ -82,6 +82,16 @@ fn o_path(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
     )?)
 }
 
+/// A readable fd on a directory node (its own fd is O_PATH).
+fn open_dir(node: &Node) -> Result<OwnedFd> {
+    Ok(openat(
+        node.fd.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat> {
     Ok(fstatat(
         fd,
@@ -628,12 +638,7 @@ impl SealFs {
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
-        let fd = openat(
-            node.fd.as_fd(),
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = open_dir(&node)?;
         let mut entries = vec![
             DirEntry {
                 ino: node.ino,
@@ -691,12 +696,7 @@ impl SealFs {
 
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         let node = self.node(ino)?;
-        let fd = openat(
-            node.fd.as_fd(),
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = open_dir(&node)?;
         File::from(fd).sync_all()?;
         Ok(())
     }
