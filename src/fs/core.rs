@@ -615,6 +615,12 @@ impl SealFs {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let handle = self.file_handle(fh)?;
+        // Headers are written without fsync on create: the data is only as durable as the
+        // header that holds its key, so that goes to stable storage first.
+        if !handle.node.header_durable.load(Ordering::Acquire) {
+            self.volume.headers.sync(&handle.content.file_id)?;
+            handle.node.header_durable.store(true, Ordering::Release);
+        }
         if datasync {
             handle.file.sync_data()?;
         } else {

@@ -39,6 +39,9 @@ pub struct Node {
     /// Set when the last link went away while the file was open: its header goes at the last
     /// release.
     pub orphaned_header: Mutex<Option<Id>>,
+    /// Whether this file's header is known to be on stable storage (set by the first fsync;
+    /// headers written by an earlier mount were synced then or are as durable as they got).
+    pub header_durable: std::sync::atomic::AtomicBool,
 }
 
 pub fn file_type(mode: u32) -> FileType {
@@ -70,6 +73,7 @@ impl InodeTable {
             closed_stamp: Mutex::new(None),
             open_handles: AtomicU32::new(0),
             orphaned_header: Mutex::new(None),
+            header_durable: std::sync::atomic::AtomicBool::new(false),
         });
         InodeTable {
             nodes: Mutex::new([(ROOT_INO, root)].into()),
@@ -112,6 +116,7 @@ impl InodeTable {
                 closed_stamp: Mutex::new(None),
                 open_handles: AtomicU32::new(0),
                 orphaned_header: Mutex::new(None),
+                header_durable: std::sync::atomic::AtomicBool::new(false),
             })
         });
         node.lookups.fetch_add(1, Ordering::Relaxed);

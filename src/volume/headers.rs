@@ -80,6 +80,28 @@ impl HeaderStore {
         Ok(())
     }
 
+    /// Makes a header written without fsync durable: its data, then its directory entry.
+    pub fn sync(&self, file_id: &Id) -> Result<()> {
+        let (sub, name) = Self::location(file_id);
+        let dir = self.subdir(&sub, false)?;
+        let fd = openat(
+            dir.as_fd(),
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )?;
+        File::from(fd).sync_all()?;
+        let dir = openat(
+            self.dir.as_fd(),
+            sub.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        File::from(dir).sync_all()?;
+        File::from(self.dir.try_clone()?).sync_all()?;
+        Ok(())
+    }
+
     pub fn load(&self, file_id: &Id) -> Result<FileHeader> {
         let (sub, name) = Self::location(file_id);
         let missing = |e: nix::Error| {
