@@ -115,21 +115,7 @@ fn swapped_keyslots_and_foreign_contexts_are_refused() {
     let kms = kms();
     let a = kms_volume(&kms);
     let b = kms_volume(&kms);
-    let slot_key = |vol: &TestVolume| {
-        let conf: serde_json::Value =
-            serde_json::from_slice(&fs::read(vol.cipher.join("sealfs.conf")).unwrap()).unwrap();
-        conf["keyslots"][0]["encrypted_slot_key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    // b's config with a's KMS blob: KMS refuses it under b's encryption context.
-    let conf_path = b.cipher.join("sealfs.conf");
-    let text = fs::read_to_string(&conf_path)
-        .unwrap()
-        .replace(&slot_key(&b), &slot_key(&a));
-    fs::remove_file(&conf_path).unwrap();
-    fs::write(&conf_path, text).unwrap();
+    common::transplant_slot_key(&a, &b);
     let out = b.run(&["mount", b.cipher_str(), b.mnt.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("Decrypt"), "{}", stderr(&out));

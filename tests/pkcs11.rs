@@ -115,20 +115,7 @@ fn hsm_and_keyfile_slots_and_swapped_slots() {
     m.unmount();
     // Another volume's HSM slot key under this volume's context: the token refuses it.
     let (b, _) = hsm_volume(KEYS[0]);
-    let slot_key = |vol: &TestVolume| {
-        let conf: serde_json::Value =
-            serde_json::from_slice(&fs::read(vol.cipher.join("sealfs.conf")).unwrap()).unwrap();
-        conf["keyslots"][0]["encrypted_slot_key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let conf_path = b.cipher.join("sealfs.conf");
-    let text = fs::read_to_string(&conf_path)
-        .unwrap()
-        .replace(&slot_key(&b), &slot_key(&a));
-    fs::remove_file(&conf_path).unwrap();
-    fs::write(&conf_path, text).unwrap();
+    common::transplant_slot_key(&a, &b);
     let out = b.run(&[
         "mount",
         b.cipher_str(),

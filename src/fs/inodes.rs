@@ -138,12 +138,4 @@ impl InodeTable {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.nodes.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

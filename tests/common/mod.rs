@@ -199,6 +199,26 @@ impl Drop for Mounted {
     }
 }
 
+/// Puts `from`'s first keyslot's remotely encrypted slot key into `to`'s config: a keyslot
+/// swapped between volumes, which the KMS or token must refuse under `to`'s context.
+pub fn transplant_slot_key(from: &TestVolume, to: &TestVolume) {
+    let slot_key = |vol: &TestVolume| {
+        let conf: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(vol.cipher.join("sealfs.conf")).unwrap())
+                .unwrap();
+        conf["keyslots"][0]["encrypted_slot_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let conf_path = to.cipher.join("sealfs.conf");
+    let text = std::fs::read_to_string(&conf_path)
+        .unwrap()
+        .replace(&slot_key(to), &slot_key(from));
+    std::fs::remove_file(&conf_path).unwrap();
+    std::fs::write(&conf_path, text).unwrap();
+}
+
 /// Every regular file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

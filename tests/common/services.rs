@@ -150,8 +150,8 @@ impl FaultProxy {
     }
 }
 
-/// Reads one HTTP/1.1 request (headers and Content-Length body).
-fn read_request(stream: &mut TcpStream) -> Option<(Vec<u8>, String)> {
+/// Reads one HTTP/1.1 message (headers and Content-Length body), with its X-Amz-Target.
+fn read_message(stream: &mut TcpStream) -> Option<(Vec<u8>, String)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -176,27 +176,6 @@ fn read_request(stream: &mut TcpStream) -> Option<(Vec<u8>, String)> {
     Some((buf, target))
 }
 
-fn read_response(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find(|l| l.starts_with("content-length:"))
-        .and_then(|l| l.split_once(':').unwrap().1.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).ok()?;
-    buf.extend_from_slice(&body);
-    Some(buf)
-}
-
 /// One request at a time, each checked against the current fault, so a fault takes effect
 /// on connections the client already holds.
 fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mutex<Vec<String>>) {
@@ -206,7 +185,7 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
             let _ = client.shutdown(Shutdown::Both);
             return;
         }
-        let Some((request, target)) = read_request(&mut client) else {
+        let Some((request, target)) = read_message(&mut client) else {
             return;
         };
         let current = {
@@ -248,7 +227,7 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
                 if up.write_all(&request).is_err() {
                     return;
                 }
-                let Some(response) = read_response(up) else {
+                let Some((response, _)) = read_message(up) else {
                     return;
                 };
                 if client.write_all(&response).is_err() {
