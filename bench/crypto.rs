@@ -41,7 +41,7 @@ fn blocks(c: &mut Criterion) {
 }
 
 fn keys() -> Arc<VolumeKeys> {
-    Arc::new(VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap())
+    Arc::new(VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap())
 }
 
 fn headers(c: &mut Criterion) {

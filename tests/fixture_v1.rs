@@ -8,29 +8,13 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::TestVolume;
+use common::{TestVolume, copy_tree};
 use sealfs::io::BlockFile;
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
 use sealfs::volume::Volume;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            copy_tree(&src, &dst);
-        } else if t.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else {
-            fs::copy(&src, &dst).unwrap();
-        }
-    }
 }
 
 fn nested() -> Vec<u8> {

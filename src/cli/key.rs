@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use sealfs::format::config::SlotProvider;
 use sealfs::volume::{Volume, keyslots};
 
 use super::unlock::{NewKeyArgs, RemoteArgs, UnlockArgs, describe_created};
@@ -98,24 +97,7 @@ pub fn run(command: KeyCommand) -> Result<()> {
                 config.volume_id, config.format_version
             );
             for slot in &config.keyslots {
-                let detail = match &slot.provider {
-                    SlotProvider::Keyfile => String::new(),
-                    SlotProvider::Passphrase { argon2id, .. } => {
-                        format!(
-                            "argon2id m={}KiB t={} p={}",
-                            argon2id.m_kib, argon2id.t, argon2id.p
-                        )
-                    }
-                    SlotProvider::AwsKms { key_arn, .. } => key_arn.clone(),
-                    SlotProvider::Pkcs11 {
-                        token_label,
-                        key_label,
-                        module,
-                        ..
-                    } => {
-                        format!("token {token_label:?} key {key_label:?} module {module}")
-                    }
-                };
+                let detail = slot.provider.detail();
                 println!("{:>4}  {:<10}  {detail}", slot.id, slot.provider.kind());
             }
             Ok(())

@@ -1,9 +1,13 @@
 //! The command line: parse, call the library, print. Errors become one line and exit 1.
 
+mod info;
 mod init;
 mod key;
 mod logging;
 mod mount;
+mod progress;
+mod rewrap;
+mod rotate;
 mod umount;
 mod unlock;
 
@@ -35,6 +39,12 @@ enum Command {
     /// Manage keyslots: the master keys that can unlock a volume.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Make a new KEK version current; new files use it at once, also in running mounts.
+    Rotate(rotate::RotateArgs),
+    /// Re-wrap every file key under the current KEK (headers only; resumable).
+    Rewrap(rewrap::RewrapArgs),
+    /// Show format, key mode, keyslots and KEK use (no key needed).
+    Info(info::InfoArgs),
 }
 
 pub fn main() -> Result<()> {
@@ -45,5 +55,8 @@ pub fn main() -> Result<()> {
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
         Command::Key(command) => key::run(command),
+        Command::Rotate(args) => rotate::run(args),
+        Command::Rewrap(args) => rewrap::run(args),
+        Command::Info(args) => info::run(args),
     }
 }

@@ -12,6 +12,8 @@ pub enum Label {
     SymlinkKey,
     XattrNameKey,
     XattrValueKey,
+    KekSeal,
+    AuditMac,
 }
 
 impl Label {
@@ -27,6 +29,8 @@ impl Label {
             Label::SymlinkKey => "sealfs 2026-11 v1 symlink target key",
             Label::XattrNameKey => "sealfs 2026-11 v1 xattr name key",
             Label::XattrValueKey => "sealfs 2026-11 v1 xattr value key",
+            Label::KekSeal => "sealfs 2026-11 v3 rotated kek seal key",
+            Label::AuditMac => "sealfs 2026-11 v3 audit chain key",
         }
     }
 }

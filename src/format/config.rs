@@ -9,9 +9,9 @@ use super::{FormatError, Id, block, id_from_hex, id_to_hex};
 
 pub const CONFIG_FILE: &str = "sealfs.conf";
 /// Version 1: key-file and passphrase keyslots. Version 2 adds AWS KMS and PKCS#11 keyslots.
-/// A config is written with the lowest version that can express it, so volumes that use no
+/// Version 3 adds rotated KEKs sealed in the config and retired KEK versions. A config is written with the lowest version that can express it, so volumes that use no
 /// version-2 feature stay readable by version-1 readers.
-pub const CONFIG_VERSION_MAX: u32 = 2;
+pub const CONFIG_VERSION_MAX: u32 = 3;
 pub const CIPHER: &str = "aes-256-gcm-siv";
 /// Hostile configs must not make us allocate or hash without bound.
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
@@ -97,6 +97,24 @@ impl SlotProvider {
         }
     }
 
+    /// What identifies the key, for listings (nothing secret).
+    pub fn detail(&self) -> String {
+        match self {
+            SlotProvider::Keyfile => String::new(),
+            SlotProvider::Passphrase { argon2id, .. } => format!(
+                "argon2id m={}KiB t={} p={}",
+                argon2id.m_kib, argon2id.t, argon2id.p
+            ),
+            SlotProvider::AwsKms { key_arn, .. } => key_arn.clone(),
+            SlotProvider::Pkcs11 {
+                token_label,
+                key_label,
+                module,
+                ..
+            } => format!("token {token_label:?} key {key_label:?} module {module}"),
+        }
+    }
+
     /// The lowest config version that can hold this kind of slot.
     pub fn min_version(&self) -> u32 {
         match self {
@@ -132,9 +150,45 @@ pub struct VolumeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_key_slot: Option<u32>,
     pub keyslots: Vec<ConfigKeyslot>,
+    /// KEK versions made by `sealfs rotate` (version 3), each sealed under a key derived from
+    /// the volume secret, so every keyslot reaches them and a running mount can pick them up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keks: Vec<SealedKek>,
+    /// KEK versions no header uses any more, refused from then on (version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keks: Vec<u32>,
     /// hex, 32 bytes: keyed blake3 over the canonical encoding with this field empty.
     #[serde(default)]
     pub mac: String,
+}
+
+/// A KEK version added by rotation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedKek {
+    pub version: u32,
+    /// base64 of a sealed object: the 32-byte KEK under derive_key(KekSeal, volume secret).
+    pub sealed: String,
+}
+
+impl SealedKek {
+    pub fn sealed_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        let bytes = B64
+            .decode(&self.sealed)
+            .map_err(|_| FormatError::Invalid("sealed KEK"))?;
+        if bytes.len() != 12 + 32 + 16 {
+            return Err(FormatError::Invalid("sealed KEK"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Associated data sealing rotated KEK `version` of a volume into the config.
+pub fn kek_seal_aad(volume_id: &Id, version: u32) -> Vec<u8> {
+    let mut aad = b"sealfs.kek.v1".to_vec();
+    aad.extend_from_slice(volume_id);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
 }
 
 #[derive(Deserialize)]
@@ -171,8 +225,22 @@ impl VolumeConfig {
         if self.cipher != CIPHER {
             return Err(FormatError::Invalid("cipher suite"));
         }
-        if self.current_kek == 0 {
+        if self.current_kek == 0 || self.retired_keks.contains(&self.current_kek) {
             return Err(FormatError::Invalid("current KEK version"));
+        }
+        if self.keks.len() > super::keyring::MAX_KEKS
+            || self.retired_keks.len() > super::keyring::MAX_KEKS
+        {
+            return Err(FormatError::Invalid("KEK count"));
+        }
+        let mut versions: Vec<u32> = self.keks.iter().map(|k| k.version).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        if versions.len() != self.keks.len() || versions.first() == Some(&0) {
+            return Err(FormatError::Invalid("KEK versions (duplicate or zero)"));
+        }
+        for kek in &self.keks {
+            kek.sealed_bytes()?;
         }
         if self.keyslots.is_empty() || self.keyslots.len() > MAX_KEYSLOTS {
             return Err(FormatError::Invalid("keyslot count"));
@@ -226,7 +294,24 @@ impl VolumeConfig {
             KeyMode::Volume => 1,
             KeyMode::PerFile => 2,
         };
-        slots.max(mode)
+        let rotated = if self.keks.is_empty() && self.retired_keks.is_empty() {
+            1
+        } else {
+            3
+        };
+        slots.max(mode).max(rotated)
+    }
+
+    /// The highest KEK version this config names, sealed or retired (keyring versions are
+    /// checked by whoever opens the keyring).
+    pub fn highest_named_kek(&self) -> u32 {
+        self.keks
+            .iter()
+            .map(|k| k.version)
+            .chain(self.retired_keks.iter().copied())
+            .chain([self.current_kek])
+            .max()
+            .unwrap_or(1)
     }
 
     pub fn file_key_slot(&self) -> Option<&ConfigKeyslot> {
@@ -364,6 +449,8 @@ mod tests {
             key_mode: KeyMode::Volume,
             current_kek: 1,
             file_key_slot: None,
+            keks: vec![],
+            retired_keks: vec![],
             keyslots: vec![
                 ConfigKeyslot {
                     id: 0,
@@ -414,6 +501,40 @@ mod tests {
         );
         c.format_version = 2;
         assert_eq!(VolumeConfig::parse(&c.to_pretty_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn rotated_keks_need_version_3() {
+        let mut c = sample();
+        c.keks.push(SealedKek {
+            version: 2,
+            sealed: B64.encode([1; 60]),
+        });
+        c.current_kek = 2;
+        assert_eq!(c.required_version(), 3);
+        assert!(VolumeConfig::parse(&c.to_pretty_json()).is_err());
+        c.format_version = 3;
+        assert_eq!(VolumeConfig::parse(&c.to_pretty_json()).unwrap(), c);
+        c.retired_keks.push(1);
+        assert_eq!(VolumeConfig::parse(&c.to_pretty_json()).unwrap(), c);
+        assert_eq!(c.highest_named_kek(), 2);
+        c.retired_keks = vec![2];
+        assert!(
+            VolumeConfig::parse(&c.to_pretty_json()).is_err(),
+            "the current KEK cannot be retired"
+        );
+        c.retired_keks.clear();
+        c.keks.push(c.keks[0].clone());
+        assert!(
+            VolumeConfig::parse(&c.to_pretty_json()).is_err(),
+            "duplicate"
+        );
+        c.keks.pop();
+        c.keks[0].sealed = B64.encode([1; 10]);
+        assert!(
+            VolumeConfig::parse(&c.to_pretty_json()).is_err(),
+            "short seal"
+        );
     }
 
     #[test]

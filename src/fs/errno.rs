@@ -41,6 +41,7 @@ fn key_errno(err: &KeyError) -> Errno {
         | KeyError::Passphrase(_)
         | KeyError::Header { .. }
         | KeyError::UnknownKek(_)
+        | KeyError::InconsistentKek(_)
         | KeyError::NoProvider
         | KeyError::Format(_)
         | KeyError::Crypto(_) => Errno::EIO,

@@ -101,6 +101,61 @@ impl FileKeys {
     }
 }
 
+impl FileKeys {
+    /// The header re-wrapped under the current KEK, or None when it already is (every slot of
+    /// kind KEK at the current version) or when its key is held by a master key (per-file mode
+    /// headers stay under their keyslot). The data key, and so the file data, stay the same.
+    pub fn rewrap_header(&self, header: &FileHeader) -> Result<Option<FileHeader>, KeyError> {
+        let current = self.volume.current_kek();
+        let kek_slots = || {
+            header
+                .slots
+                .iter()
+                .filter(|s| s.kind == SlotKind::VolumeKek)
+        };
+        if kek_slots().next().is_none() || kek_slots().all(|s| s.key_version == current) {
+            return Ok(None);
+        }
+        let data_key = self.data_key(header)?;
+        let mut slots: Vec<HeaderSlot> = header
+            .slots
+            .iter()
+            .filter(|s| s.kind != SlotKind::VolumeKek)
+            .cloned()
+            .collect();
+        slots.insert(0, self.volume.wrap_under_kek(&header.file_id, &data_key)?);
+        Ok(Some(self.volume.header_for(
+            &header.file_id,
+            &data_key,
+            slots,
+        )))
+    }
+
+    /// The data key a header holds, checked against its commitment.
+    fn data_key(&self, header: &FileHeader) -> Result<SecretKey, KeyError> {
+        let mut last_error = KeyError::Header {
+            file: id_to_hex(&header.file_id),
+            reason: "no keyslot is wrapped under a key this volume holds".into(),
+        };
+        for slot in &header.slots {
+            match self.open_slot(header, slot) {
+                None => continue,
+                Some(Err(e)) => last_error = e,
+                Some(Ok(data_key)) => {
+                    if !self.volume.check_commitment(header, &data_key) {
+                        return Err(KeyError::Header {
+                            file: id_to_hex(&header.file_id),
+                            reason: "key commitment mismatch".into(),
+                        });
+                    }
+                    return Ok(data_key);
+                }
+            }
+        }
+        Err(last_error)
+    }
+}
+
 impl HeaderKeys for FileKeys {
     fn new_header(&self) -> Result<(FileHeader, DataKeyMaterial), KeyError> {
         let (file_id, data_key, slot) = match &self.per_file {
@@ -125,25 +180,7 @@ impl HeaderKeys for FileKeys {
     }
 
     fn open_header(&self, header: &FileHeader) -> Result<DataKeyMaterial, KeyError> {
-        let mut last_error = KeyError::Header {
-            file: id_to_hex(&header.file_id),
-            reason: "no keyslot is wrapped under a key this volume holds".into(),
-        };
-        for slot in &header.slots {
-            match self.open_slot(header, slot) {
-                None => continue,
-                Some(Err(e)) => last_error = e,
-                Some(Ok(data_key)) => {
-                    if !self.volume.check_commitment(header, &data_key) {
-                        return Err(KeyError::Header {
-                            file: id_to_hex(&header.file_id),
-                            reason: "key commitment mismatch".into(),
-                        });
-                    }
-                    return Ok(DataKeyMaterial::from_data_key(&data_key, &header.file_id));
-                }
-            }
-        }
-        Err(last_error)
+        let data_key = self.data_key(header)?;
+        Ok(DataKeyMaterial::from_data_key(&data_key, &header.file_id))
     }
 }

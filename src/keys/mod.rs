@@ -50,6 +50,8 @@ pub enum KeyError {
     Header { file: String, reason: String },
     #[error("KEK version {0} is not in the keyring")]
     UnknownKek(u32),
+    #[error("KEK version {0} differs between the keyring and the config")]
+    InconsistentKek(u32),
     #[error("the volume config has been modified by someone without its key (MAC mismatch)")]
     ConfigTampered,
     #[error("{provider}: {reason}")]

@@ -19,8 +19,8 @@ pub fn unlock(
                 Ok(None) => continue,
                 Ok(Some(bytes)) => {
                     let keyring = Keyring::decode(&bytes)?;
-                    let keys = VolumeKeys::new(volume_id, keyring, config.current_kek)?;
-                    keys.verify_config(config)?;
+                    let keys = VolumeKeys::from_keyring(volume_id, keyring)?;
+                    keys.apply_config(config)?;
                     return Ok(keys);
                 }
                 Err(err @ KeyError::SlotDamaged(_)) => first_error = Some(err),

@@ -1,9 +1,10 @@
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use super::KeyError;
 use crate::crypto::{Label, Sealer, SecretKey, constant_time_eq, derive_key, mac};
 use crate::format::Id;
-use crate::format::config::VolumeConfig;
+use crate::format::config::{ConfigKeyslot, SealedKek, VolumeConfig, kek_seal_aad};
 use crate::format::header::{FileHeader, HeaderSlot, SlotKind, wrap_aad};
 use crate::format::keyring::Keyring;
 
@@ -21,28 +22,20 @@ impl DataKeyMaterial {
     }
 }
 
-/// Every working key of an unlocked volume, derived once from its keyring.
-pub struct VolumeKeys {
-    volume_id: Id,
-    keyring: Keyring,
-    current_kek: u32,
-    kek_sealers: BTreeMap<u32, Sealer>,
-    config_mac_key: SecretKey,
-    pub names: Sealer,
-    pub symlinks: Sealer,
-    pub xattr_names: Sealer,
-    pub xattr_values: Sealer,
+/// The KEK versions a volume holds right now, and the one new files use. Replaced as a whole
+/// when a running mount picks up a rotation.
+struct KekSet {
+    current: u32,
+    keys: BTreeMap<u32, SecretKey>,
+    sealers: BTreeMap<u32, Sealer>,
 }
 
-impl VolumeKeys {
-    pub fn new(volume_id: Id, keyring: Keyring, current_kek: u32) -> Result<Self, KeyError> {
-        if !keyring.keks.contains_key(&current_kek) {
-            return Err(KeyError::UnknownKek(current_kek));
+impl KekSet {
+    fn new(current: u32, keys: BTreeMap<u32, SecretKey>) -> Result<Self, KeyError> {
+        if !keys.contains_key(&current) {
+            return Err(KeyError::UnknownKek(current));
         }
-        let secret = keyring.volume_secret.as_bytes();
-        let sealer = |label| Sealer::new(&derive_key(label, &[secret]));
-        let kek_sealers = keyring
-            .keks
+        let sealers = keys
             .iter()
             .map(|(v, k)| {
                 (
@@ -51,17 +44,87 @@ impl VolumeKeys {
                 )
             })
             .collect();
+        Ok(KekSet {
+            current,
+            keys,
+            sealers,
+        })
+    }
+}
+
+/// Every working key of an unlocked volume, derived once from its keyring; the KEK versions
+/// follow the config (rotation adds them there, sealed under the volume secret).
+pub struct VolumeKeys {
+    volume_id: Id,
+    volume_secret: SecretKey,
+    keyring_keks: BTreeMap<u32, SecretKey>,
+    keks: RwLock<Arc<KekSet>>,
+    kek_seal: Sealer,
+    config_mac_key: SecretKey,
+    audit_key: SecretKey,
+    pub names: Sealer,
+    pub symlinks: Sealer,
+    pub xattr_names: Sealer,
+    pub xattr_values: Sealer,
+}
+
+impl VolumeKeys {
+    /// Keys from an opened keyring, with its highest KEK current until a config is applied.
+    pub fn from_keyring(volume_id: Id, keyring: Keyring) -> Result<Self, KeyError> {
+        let secret = keyring.volume_secret.as_bytes();
+        let sealer = |label| Sealer::new(&derive_key(label, &[secret]));
+        let current = *keyring
+            .keks
+            .keys()
+            .next_back()
+            .ok_or(KeyError::UnknownKek(1))?;
         Ok(VolumeKeys {
             volume_id,
-            current_kek,
-            kek_sealers,
+            keks: RwLock::new(Arc::new(KekSet::new(current, keyring.keks.clone())?)),
+            kek_seal: sealer(Label::KekSeal),
             config_mac_key: derive_key(Label::ConfigMac, &[secret]),
+            audit_key: derive_key(Label::AuditMac, &[secret]),
             names: sealer(Label::NameKey),
             symlinks: sealer(Label::SymlinkKey),
             xattr_names: sealer(Label::XattrNameKey),
             xattr_values: sealer(Label::XattrValueKey),
-            keyring,
+            keyring_keks: keyring.keks,
+            volume_secret: keyring.volume_secret,
         })
+    }
+
+    /// Checks `config`'s MAC and takes its KEK versions: the keyring's and the rotated ones
+    /// sealed in the config, minus the retired ones, with its current version. A running mount
+    /// calls this again whenever the config changes.
+    pub fn apply_config(&self, config: &VolumeConfig) -> Result<(), KeyError> {
+        self.verify_config(config)?;
+        let mut keys = self.keyring_keks.clone();
+        for sealed in &config.keks {
+            let bytes = self
+                .kek_seal
+                .open(
+                    &kek_seal_aad(&self.volume_id, sealed.version),
+                    &sealed.sealed_bytes()?,
+                )
+                .map(zeroize::Zeroizing::new)?;
+            let key = SecretKey::from_slice(&bytes)?;
+            if let Some(existing) = keys.get(&sealed.version)
+                && *existing != key
+            {
+                return Err(KeyError::InconsistentKek(sealed.version));
+            }
+            keys.insert(sealed.version, key);
+        }
+        for retired in &config.retired_keks {
+            keys.remove(retired);
+        }
+        let set = KekSet::new(config.current_kek, keys)?;
+        *self.keks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+
+    fn kek_set(&self) -> Arc<KekSet> {
+        self.keks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A fresh keyring for a new volume: a random volume secret and KEK v1.
@@ -76,8 +139,40 @@ impl VolumeKeys {
         &self.volume_id
     }
 
-    pub fn keyring(&self) -> &Keyring {
-        &self.keyring
+    /// The keyring a new or resealed keyslot gets: the volume secret and every KEK version in
+    /// use now (retired ones are left out, so resealing a slot drops them for good).
+    pub fn current_keyring(&self) -> Keyring {
+        Keyring {
+            volume_secret: self.volume_secret.clone(),
+            keks: self.kek_set().keys.clone(),
+        }
+    }
+
+    /// The KEK version new files use.
+    pub fn current_kek(&self) -> u32 {
+        self.kek_set().current
+    }
+
+    /// Every KEK version this volume can unwrap with.
+    pub fn kek_versions(&self) -> Vec<u32> {
+        self.kek_set().keys.keys().copied().collect()
+    }
+
+    /// A new KEK, sealed for the config as version `version`.
+    pub fn seal_new_kek(&self, version: u32) -> Result<SealedKek, KeyError> {
+        let kek = SecretKey::generate()?;
+        let sealed = self
+            .kek_seal
+            .seal(&kek_seal_aad(&self.volume_id, version), kek.as_bytes())?;
+        Ok(SealedKek {
+            version,
+            sealed: ConfigKeyslot::encode_bytes(&sealed),
+        })
+    }
+
+    /// The key of the volume's audit chain.
+    pub fn audit_key(&self) -> &SecretKey {
+        &self.audit_key
     }
 
     pub fn seal_config(&self, config: &mut VolumeConfig) {
@@ -111,14 +206,14 @@ impl VolumeKeys {
         file_id: &Id,
         data_key: &SecretKey,
     ) -> Result<HeaderSlot, KeyError> {
-        let kek = &self.kek_sealers[&self.current_kek];
-        let wrapped = kek.seal(
-            &wrap_aad(&self.volume_id, file_id, self.current_kek),
+        let keks = self.kek_set();
+        let wrapped = keks.sealers[&keks.current].seal(
+            &wrap_aad(&self.volume_id, file_id, keks.current),
             data_key.as_bytes(),
         )?;
         Ok(HeaderSlot {
             kind: SlotKind::VolumeKek,
-            key_version: self.current_kek,
+            key_version: keks.current,
             wrapped,
         })
     }
@@ -129,7 +224,8 @@ impl VolumeKeys {
         file_id: &Id,
         slot: &HeaderSlot,
     ) -> Option<Result<SecretKey, &'static str>> {
-        let kek = self.kek_sealers.get(&slot.key_version)?;
+        let keks = self.kek_set();
+        let kek = keks.sealers.get(&slot.key_version)?;
         let aad = wrap_aad(&self.volume_id, file_id, slot.key_version);
         let Ok(bytes) = kek.open(&aad, &slot.wrapped).map(zeroize::Zeroizing::new) else {
             return Some(Err("keyslot fails authentication"));
@@ -168,7 +264,7 @@ mod tests {
 
     fn keys() -> FileKeys {
         FileKeys::volume_mode(Arc::new(
-            VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap(),
+            VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap(),
         ))
     }
 
@@ -203,7 +299,7 @@ mod tests {
         let k = keys();
         let (mut header, _) = k.new_header().unwrap();
         let other = FileKeys::volume_mode(Arc::new(
-            VolumeKeys::new([9; 16], k.volume().keyring().clone(), 1).unwrap(),
+            VolumeKeys::from_keyring([9; 16], k.volume().current_keyring()).unwrap(),
         ));
         assert!(other.open_header(&header).is_err());
         header.file_id = [3; 16];
@@ -211,8 +307,67 @@ mod tests {
     }
 
     #[test]
+    fn rotated_keks_come_from_the_config_and_retired_ones_are_refused() {
+        let keys =
+            VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap();
+        let file_keys = FileKeys::volume_mode(Arc::new(keys));
+        let keys = file_keys.volume();
+        let (old_header, _) = file_keys.new_header().unwrap();
+        let mut config = crate::format::config::VolumeConfig {
+            format_version: 3,
+            volume_id: id_to_hex(&[1; 16]),
+            block_size: 4096,
+            cipher: "aes-256-gcm-siv".into(),
+            key_mode: crate::format::config::KeyMode::Volume,
+            current_kek: 2,
+            file_key_slot: None,
+            keks: vec![keys.seal_new_kek(2).unwrap()],
+            retired_keks: vec![],
+            keyslots: vec![],
+            mac: String::new(),
+        };
+        keys.seal_config(&mut config);
+        keys.apply_config(&config).unwrap();
+        assert_eq!(keys.kek_versions(), vec![1, 2]);
+        let (new_header, _) = file_keys.new_header().unwrap();
+        assert_eq!(new_header.slots[0].key_version, 2);
+        let moved = file_keys.rewrap_header(&old_header).unwrap().unwrap();
+        assert_eq!(moved.slots[0].key_version, 2);
+        assert_eq!(moved.commitment, old_header.commitment, "same data key");
+        assert!(
+            file_keys.rewrap_header(&moved).unwrap().is_none(),
+            "already current"
+        );
+
+        // A sealed KEK moved to another version number does not open.
+        let mut swapped = config.clone();
+        swapped.keks[0].version = 3;
+        swapped.current_kek = 3;
+        keys.seal_config(&mut swapped);
+        assert!(keys.apply_config(&swapped).is_err());
+
+        config.retired_keks = vec![1];
+        keys.seal_config(&mut config);
+        keys.apply_config(&config).unwrap();
+        assert_eq!(keys.kek_versions(), vec![2]);
+        assert!(
+            file_keys.open_header(&old_header).is_err(),
+            "KEK 1 is refused"
+        );
+        assert!(file_keys.open_header(&moved).is_ok());
+        assert_eq!(
+            keys.current_keyring()
+                .keks
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+    }
+
+    #[test]
     fn config_mac_detects_changes() {
-        let k = VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap();
+        let k = VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap();
         let mut config = crate::format::config::VolumeConfig {
             format_version: 1,
             volume_id: id_to_hex(&[1; 16]),
@@ -221,6 +376,8 @@ mod tests {
             key_mode: crate::format::config::KeyMode::Volume,
             current_kek: 1,
             file_key_slot: None,
+            keks: vec![],
+            retired_keks: vec![],
             keyslots: vec![],
             mac: String::new(),
         };

@@ -12,10 +12,20 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::{Result, VolumeError};
 use crate::format::header::FileHeader;
-use crate::format::{Id, id_to_hex};
+use crate::format::{Id, id_from_hex, id_to_hex};
 
 pub const HEADERS_DIR: &str = "sealfs.headers";
 const MAX_HEADER_FILE: u64 = 64 * 1024;
+
+/// What `HeaderStore::list` found.
+#[derive(Debug, Default)]
+pub struct HeaderListing {
+    pub ids: Vec<Id>,
+    /// `hh/<id>.tmp`: a header write interrupted by a crash.
+    pub temps: Vec<String>,
+    /// Anything else, as `hh` or `hh/name`.
+    pub strays: Vec<String>,
+}
 
 pub struct HeaderStore {
     dir: OwnedFd,
@@ -80,6 +90,95 @@ impl HeaderStore {
         Ok(())
     }
 
+    /// Replaces an existing header crash-safely (temp, fsync, atomic exchange, then the old
+    /// copy is unlinked), for rewrap. `Ok(false)` when the header is gone: its file was deleted
+    /// meanwhile, and an exchange (unlike a rename) never brings a deleted header back. The
+    /// caller fsyncs the header directories once it is done (`sync_dirs`).
+    pub fn replace(&self, header: &FileHeader) -> Result<bool> {
+        let bytes = header.encode()?;
+        let (sub, name) = Self::location(&header.file_id);
+        let dir = self.subdir(&sub, false)?;
+        let tmp = format!("{name}.tmp");
+        let fd = openat(
+            dir.as_fd(),
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut file = File::from(fd);
+        file.write_all(&bytes)?;
+        file.sync_data()?;
+        drop(file);
+        let exchanged = renameat2(
+            dir.as_fd(),
+            tmp.as_str(),
+            dir.as_fd(),
+            name.as_str(),
+            RenameFlags::RENAME_EXCHANGE,
+        );
+        let result = match exchanged {
+            Ok(()) => Ok(true),
+            Err(nix::Error::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        };
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        result
+    }
+
+    /// Every header present, by file id, and what else lies in the header directories: temp
+    /// files left by a crash and names that are no header at all. Reads directories only.
+    pub fn list(&self) -> Result<HeaderListing> {
+        let mut listing = HeaderListing::default();
+        for sub in read_names(self.dir.as_fd())? {
+            let valid_sub = sub.len() == 2
+                && sub
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            let dir = match self.subdir(&sub, false) {
+                Ok(dir) if valid_sub => dir,
+                _ => {
+                    listing.strays.push(sub);
+                    continue;
+                }
+            };
+            for name in read_names(dir.as_fd())? {
+                let path = format!("{sub}/{name}");
+                if let Some(stem) = name.strip_suffix(".tmp")
+                    && id_from_hex(stem).is_ok()
+                {
+                    listing.temps.push(path);
+                    continue;
+                }
+                match id_from_hex(&name) {
+                    Ok(id) if name.starts_with(&sub) => listing.ids.push(id),
+                    _ => listing.strays.push(path),
+                }
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Removes `sub/name` found by `list` (a temp file or a stray). Never a directory.
+    pub fn remove_listed(&self, path: &str) -> Result<()> {
+        let (sub, name) = path
+            .split_once('/')
+            .ok_or_else(|| VolumeError::Usage(format!("not a header path: {path}")))?;
+        let dir = self.subdir(sub, false)?;
+        unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)?;
+        Ok(())
+    }
+
+    /// fsyncs every header directory, making replaced headers durable.
+    pub fn sync_dirs(&self) -> Result<()> {
+        for sub in read_names(self.dir.as_fd())? {
+            if let Ok(dir) = self.subdir(&sub, false) {
+                File::from(dir).sync_all()?;
+            }
+        }
+        File::from(self.dir.try_clone()?).sync_all()?;
+        Ok(())
+    }
+
     /// Makes a header written without fsync durable: its data, then its directory entry.
     pub fn sync(&self, file_id: &Id) -> Result<()> {
         let (sub, name) = Self::location(file_id);
@@ -100,6 +199,19 @@ impl HeaderStore {
         File::from(dir).sync_all()?;
         File::from(self.dir.try_clone()?).sync_all()?;
         Ok(())
+    }
+
+    /// Whether a header for `file_id` is present (whatever it holds).
+    pub fn exists(&self, file_id: &Id) -> bool {
+        let (sub, name) = Self::location(file_id);
+        self.subdir(&sub, false).is_ok_and(|dir| {
+            nix::sys::stat::fstatat(
+                dir.as_fd(),
+                name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+        })
     }
 
     pub fn load(&self, file_id: &Id) -> Result<FileHeader> {
@@ -158,4 +270,24 @@ impl HeaderStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The entry names in a directory, without `.` and `..`.
+fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
+    let fd = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    let mut listing = nix::dir::Dir::from_fd(fd)?;
+    for entry in listing.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }

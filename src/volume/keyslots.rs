@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{Result, Volume, VolumeError, write_config};
+use super::{Result, Volume, VolumeError, lock_config, write_config};
 use crate::keys::{self, MasterKeyProvider};
 
 /// Adds one keyslot per provider in `new`; returns their ids.
@@ -13,9 +13,10 @@ pub fn add_keyslots(
     unlock: &[Box<dyn MasterKeyProvider>],
     new: &[Box<dyn MasterKeyProvider>],
 ) -> Result<Vec<u32>> {
+    let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
     let keys = keys::unlock(&config, unlock)?;
-    let keyring = keys.keyring().encode();
+    let keyring = keys.current_keyring().encode();
     let volume_id = config.volume_id()?;
     let mut added = Vec::new();
     for provider in new {
@@ -38,6 +39,7 @@ pub fn remove_keyslot(
     unlock: &[Box<dyn MasterKeyProvider>],
     slot_id: u32,
 ) -> Result<()> {
+    let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
     let keys = keys::unlock(&config, unlock)?;
     if !config.keyslots.iter().any(|s| s.id == slot_id) {

@@ -1,10 +1,15 @@
 //! An opened volume: its config, its keys, its header store and fd-relative access to the
 //! cipher dir. Knows files, not FUSE: the mount, and later fsck and rewrap, share it.
 
+pub mod census;
 mod error;
 pub mod headers;
+pub mod info;
 pub mod keyslots;
 pub mod names;
+pub mod progress;
+pub mod rewrap;
+pub mod rotate;
 
 pub use error::{Result, VolumeError};
 
@@ -43,6 +48,18 @@ pub struct Volume {
     /// file costs no fsync, and fsync of the file makes its header durable first
     /// (`headers.sync`), so whatever the user made durable stays readable.
     pub durable_headers: bool,
+    /// What `sealfs.conf` looked like when its KEKs were last applied: a rotation by another
+    /// process changes it, and the next create picks the new KEK up.
+    config_stamp: std::sync::Mutex<ConfigStamp>,
+}
+
+/// Inode, change time and size of `sealfs.conf`: every rewrite (temp + rename) changes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ConfigStamp {
+    ino: u64,
+    ctime_sec: i64,
+    ctime_nsec: i64,
+    size: i64,
 }
 
 /// What `init` decides beyond the master key.
@@ -129,6 +146,8 @@ impl Volume {
             key_mode: options.key_mode,
             current_kek: 1,
             file_key_slot: None,
+            keks: vec![],
+            retired_keks: vec![],
             keyslots,
             mac: String::new(),
         };
@@ -145,7 +164,7 @@ impl Volume {
             config.file_key_slot = Some(slot.id);
         }
         config.format_version = config.required_version();
-        VolumeKeys::new(volume_id, keyring, 1)?.seal_config(&mut config);
+        VolumeKeys::from_keyring(volume_id, keyring)?.seal_config(&mut config);
         fs::DirBuilder::new().create(cipher_dir.join(HEADERS_DIR))?;
         write_config(cipher_dir, &config)?;
         Ok(config)
@@ -180,7 +199,9 @@ impl Volume {
             Mode::empty(),
         )?;
         let headers = HeaderStore::open(root.as_fd())?;
+        let config_stamp = std::sync::Mutex::new(config_stamp(root.as_fd()).unwrap_or_default());
         Ok(Volume {
+            config_stamp,
             path: cipher_dir.to_path_buf(),
             layout: Layout::new(config.block_size)?,
             root,
@@ -201,6 +222,7 @@ impl Volume {
         name: &BackingName,
         mode: u32,
     ) -> Result<(File, Id, Arc<DataKeyMaterial>)> {
+        self.follow_config();
         let (header, material) = self.file_keys.new_header()?;
         let file_id = header.file_id;
         self.headers.create(&header, self.durable_headers)?;
@@ -260,6 +282,32 @@ impl Volume {
         Ok(file)
     }
 
+    /// Picks up a config rewritten by another process (a rotation, a retired KEK): one fstatat
+    /// per call, and a reread only when the file changed. A config that does not verify is
+    /// logged and ignored; the keys in use stay.
+    pub fn follow_config(&self) {
+        let Ok(stamp) = config_stamp(self.root.as_fd()) else {
+            return;
+        };
+        let mut seen = self.config_stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == stamp {
+            return;
+        }
+        *seen = stamp;
+        let applied =
+            Self::read_config(&self.path).and_then(|config| Ok(self.keys.apply_config(&config)?));
+        match applied {
+            Ok(()) => tracing::info!(
+                current_kek = self.keys.current_kek(),
+                "volume config changed; new files use KEK version {}",
+                self.keys.current_kek()
+            ),
+            Err(e) => tracing::error!(
+                "volume config changed but cannot be used, keeping the keys in use: {e}"
+            ),
+        }
+    }
+
     /// The file id a data file carries.
     pub fn data_file_id(file: &File) -> Result<Id> {
         let mut preamble = [0u8; PREAMBLE_LEN as usize];
@@ -296,10 +344,34 @@ impl Volume {
     }
 }
 
+fn config_stamp(root: BorrowedFd<'_>) -> Result<ConfigStamp> {
+    let st = nix::sys::stat::fstatat(root, CONFIG_FILE, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(ConfigStamp {
+        ino: st.st_ino,
+        ctime_sec: st.st_ctime,
+        ctime_nsec: st.st_ctime_nsec,
+        size: st.st_size,
+    })
+}
+
 /// `/proc/self/fd/N`: reopens or links what an fd refers to, including files already unlinked.
 pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     use std::os::fd::AsRawFd;
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Held while a command reads, changes and rewrites the config, so two commands (two
+/// rotations, a rotation and a `key add`) never lose each other's change.
+pub struct ConfigLock {
+    _dir: nix::fcntl::Flock<File>,
+}
+
+/// Takes the volume's config lock (an exclusive flock on the cipher dir), waiting for it.
+pub fn lock_config(cipher_dir: &Path) -> Result<ConfigLock> {
+    let dir = File::open(cipher_dir)?;
+    let locked = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| VolumeError::from(e))?;
+    Ok(ConfigLock { _dir: locked })
 }
 
 /// Writes the config crash-safely: temp file, fsync, rename, fsync of the directory.

@@ -190,7 +190,7 @@ mod tests {
     use std::os::fd::AsFd as _;
 
     fn keys() -> VolumeKeys {
-        VolumeKeys::new([1; 16], VolumeKeys::generate_keyring().unwrap(), 1).unwrap()
+        VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap()
     }
 
     #[test]

@@ -1,0 +1,76 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use sealfs::volume::info::{VolumeInfo, info};
+use sealfs::volume::rotate::list;
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    pub cipher_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let info = info(&args.cipher_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print_text(&info);
+    }
+    Ok(())
+}
+
+fn print_text(info: &VolumeInfo) {
+    let mode = match info.key_mode {
+        sealfs::format::config::KeyMode::Volume => {
+            "volume (file keys under a volume KEK)".to_string()
+        }
+        sealfs::format::config::KeyMode::PerFile => format!(
+            "per-file (file keys under keyslot {})",
+            info.file_key_slot.unwrap_or_default()
+        ),
+    };
+    println!("volume        {}", info.path);
+    println!("id            {}", info.volume_id);
+    println!("format        config version {}", info.format_version);
+    println!(
+        "cipher        {}, {}-byte blocks",
+        info.cipher, info.block_size
+    );
+    println!("key mode      {mode}");
+    println!("current KEK   version {}", info.current_kek);
+    if !info.rotated_keks.is_empty() {
+        println!("rotated KEKs  {}", list(&info.rotated_keks));
+    }
+    if !info.retired_keks.is_empty() {
+        println!("retired KEKs  {}", list(&info.retired_keks));
+    }
+    println!("keyslots      {}", info.keyslots.len());
+    for slot in &info.keyslots {
+        println!("  {:>4}  {:<10}  {}", slot.id, slot.provider, slot.detail);
+    }
+    let files = &info.files;
+    println!("files         {} (one header each)", files.headers);
+    for (version, count) in &files.by_kek {
+        println!("  {count:>10}  under KEK version {version}");
+    }
+    for (slot, count) in &files.by_master_slot {
+        println!("  {count:>10}  under the master key of keyslot {slot}");
+    }
+    if files.unreadable > 0 {
+        println!(
+            "  {:>10}  unreadable headers (run sealfs fsck)",
+            files.unreadable
+        );
+    }
+    if files.temps + files.strays > 0 {
+        println!(
+            "  {:>10}  leftovers in sealfs.headers (run sealfs fsck --repair)",
+            files.temps + files.strays
+        );
+    }
+}

@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use sealfs::keys::CacheLimits;
+use sealfs::volume::{Volume, rewrap, rotate};
+
+use super::progress::Reporter;
+use super::unlock::UnlockArgs;
+
+#[derive(Args, Debug)]
+pub struct RewrapArgs {
+    pub cipher_dir: PathBuf,
+    /// Once every header is current, retire KEK version N (repeatable): it is dropped from the
+    /// volume and refused from then on.
+    #[arg(long, value_name = "N")]
+    pub retire_kek: Vec<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+}
+
+pub fn run(args: RewrapArgs) -> Result<()> {
+    let config = Volume::read_config(&args.cipher_dir)?;
+    let volume = Volume::open(
+        &args.cipher_dir,
+        args.unlock.providers(&config)?,
+        CacheLimits::default(),
+    )?;
+    let started = std::time::Instant::now();
+    let progress = Reporter::new("rewrap");
+    let report = rewrap::rewrap(&volume, &progress)?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} headers in {seconds:.1} s: {} re-wrapped under KEK version {}, {} already current, {} deleted meanwhile, {} failed",
+            report.headers,
+            report.rewrapped,
+            report.kek,
+            report.current,
+            report.gone,
+            report.failed.len()
+        );
+        for failure in &report.failed {
+            println!("  file {}: {}", failure.file_id, failure.reason);
+        }
+    }
+    if !report.failed.is_empty() {
+        bail!(
+            "{} header(s) could not be re-wrapped; run `sealfs fsck`",
+            report.failed.len()
+        );
+    }
+    if !args.retire_kek.is_empty() {
+        for version in &args.retire_kek {
+            rotate::retire_kek(&args.cipher_dir, &volume.keys, *version)?;
+            println!("retired KEK version {version}");
+        }
+    }
+    Ok(())
+}

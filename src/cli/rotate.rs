@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use sealfs::volume::{Volume, rotate};
+
+use super::unlock::UnlockArgs;
+
+#[derive(Args, Debug)]
+pub struct RotateArgs {
+    pub cipher_dir: PathBuf,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+}
+
+pub fn run(args: RotateArgs) -> Result<()> {
+    let config = Volume::read_config(&args.cipher_dir)?;
+    let keys = sealfs::keys::unlock(&config, &args.unlock.providers(&config)?)?;
+    let rotated = rotate::rotate(&args.cipher_dir, &keys)?;
+    println!(
+        "KEK version {} is current (was {}); new files use it now, also in running mounts. \
+         Run `sealfs rewrap` to move existing files to it.",
+        rotated.current, rotated.previous
+    );
+    Ok(())
+}

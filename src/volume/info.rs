@@ -1,0 +1,64 @@
+//! What a support engineer asks first about a volume, read without any key: the config is
+//! plaintext JSON and header slots name their KEK version in the clear.
+
+use std::fs::File;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::census::{HeaderCensus, census};
+use super::headers::HeaderStore;
+use super::{Result, Volume};
+use crate::format::config::KeyMode;
+
+#[derive(Debug, Serialize)]
+pub struct VolumeInfo {
+    pub path: String,
+    pub volume_id: String,
+    pub format_version: u32,
+    pub block_size: u32,
+    pub cipher: String,
+    pub key_mode: KeyMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_key_slot: Option<u32>,
+    pub current_kek: u32,
+    /// KEK versions added by rotation (version 1 and any in the keyring are not listed here).
+    pub rotated_keks: Vec<u32>,
+    pub retired_keks: Vec<u32>,
+    pub keyslots: Vec<SlotInfo>,
+    pub files: HeaderCensus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotInfo {
+    pub id: u32,
+    pub provider: &'static str,
+    pub detail: String,
+}
+
+pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
+    let config = Volume::read_config(cipher_dir)?;
+    let files = census(&HeaderStore::open(File::open(cipher_dir)?)?)?;
+    Ok(VolumeInfo {
+        path: cipher_dir.display().to_string(),
+        volume_id: config.volume_id.clone(),
+        format_version: config.format_version,
+        block_size: config.block_size,
+        cipher: config.cipher.clone(),
+        key_mode: config.key_mode,
+        file_key_slot: config.file_key_slot,
+        current_kek: config.current_kek,
+        rotated_keks: config.keks.iter().map(|k| k.version).collect(),
+        retired_keks: config.retired_keks.clone(),
+        keyslots: config
+            .keyslots
+            .iter()
+            .map(|s| SlotInfo {
+                id: s.id,
+                provider: s.provider.kind(),
+                detail: s.provider.detail(),
+            })
+            .collect(),
+        files,
+    })
+}
