@@ -1,5 +1,6 @@
 //! The command line: parse, call the library, print. Errors become one line and exit 1.
 
+mod fsck;
 mod info;
 mod init;
 mod key;
@@ -45,6 +46,8 @@ enum Command {
     Rewrap(rewrap::RewrapArgs),
     /// Show format, key mode, keyslots and KEK use (no key needed).
     Info(info::InfoArgs),
+    /// Check a volume; --repair fixes what it can. Exit codes as fsck(8).
+    Fsck(fsck::FsckArgs),
 }
 
 pub fn main() -> Result<()> {
@@ -58,5 +61,6 @@ pub fn main() -> Result<()> {
         Command::Rotate(args) => rotate::run(args),
         Command::Rewrap(args) => rewrap::run(args),
         Command::Info(args) => info::run(args),
+        Command::Fsck(args) => std::process::exit(fsck::run(args)?),
     }
 }

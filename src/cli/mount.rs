@@ -233,15 +233,30 @@ pub fn run(args: MountArgs) -> Result<()> {
 fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedFd>) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
+    let fail = |ready: Option<OwnedFd>, message: String| {
+        if let Some(fd) = ready {
+            let _ = std::fs::File::from(fd).write_all(message.as_bytes());
+        }
+        anyhow::anyhow!(message)
+    };
+    // Shared with other mounts, exclusive for `fsck --repair`: held until the process ends.
+    let _mounted = match volume.headers.lock_shared() {
+        Ok(lock) => lock,
+        Err(_) => {
+            return Err(fail(
+                ready,
+                "`sealfs fsck --repair` is running on this volume; mount it when it is done".into(),
+            ));
+        }
+    };
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let mut session = match fuser::Session::new(fs, mountpoint, &parsed.config) {
         Ok(session) => session,
         Err(e) => {
-            let message = format!("cannot mount on {}: {e}", mountpoint.display());
-            if let Some(fd) = ready {
-                let _ = std::fs::File::from(fd).write_all(message.as_bytes());
-            }
-            bail!(message);
+            return Err(fail(
+                ready,
+                format!("cannot mount on {}: {e}", mountpoint.display()),
+            ));
         }
     };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");

@@ -179,6 +179,27 @@ impl HeaderStore {
         Ok(())
     }
 
+    /// Held by a mount for its life (shared) and by `fsck --repair` (exclusive): only with no
+    /// mount can a header no data file claims be proven an orphan. Never waits.
+    pub fn lock_shared(&self) -> Result<nix::fcntl::Flock<File>> {
+        self.lock(nix::fcntl::FlockArg::LockSharedNonblock)
+    }
+
+    pub fn lock_exclusive(&self) -> Result<nix::fcntl::Flock<File>> {
+        self.lock(nix::fcntl::FlockArg::LockExclusiveNonblock)
+    }
+
+    fn lock(&self, how: nix::fcntl::FlockArg) -> Result<nix::fcntl::Flock<File>> {
+        // A fresh open file description: a dup would share (and on drop release) our lock.
+        let fd = openat(
+            self.dir.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        nix::fcntl::Flock::lock(File::from(fd), how).map_err(|(_, e)| e.into())
+    }
+
     /// Makes a header written without fsync durable: its data, then its directory entry.
     pub fn sync(&self, file_id: &Id) -> Result<()> {
         let (sub, name) = Self::location(file_id);

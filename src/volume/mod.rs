@@ -3,6 +3,7 @@
 
 pub mod census;
 mod error;
+pub mod fsck;
 pub mod headers;
 pub mod info;
 pub mod keyslots;

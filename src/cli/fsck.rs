@@ -1,0 +1,117 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use sealfs::keys::CacheLimits;
+use sealfs::volume::Volume;
+use sealfs::volume::fsck::{FsckOptions, FsckReport, fsck};
+
+use super::progress::Reporter;
+use super::unlock::UnlockArgs;
+
+/// fsck(8): operational error (the volume could not be checked at all).
+const EXIT_OPERATIONAL: i32 = 8;
+
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    pub cipher_dir: PathBuf,
+    /// Fix what can be fixed: remove crash leftovers and orphan headers, move unreadable
+    /// entries to /lost+found, give files that share an id their own. Needs the volume
+    /// unmounted.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+}
+
+/// Runs fsck and returns its exit code: 0 clean, 1 errors corrected, 4 errors left, 8 the
+/// volume could not be checked.
+pub fn run(args: FsckArgs) -> Result<i32> {
+    let volume = match open(&args) {
+        Ok(volume) => volume,
+        Err(e) => {
+            eprintln!("sealfs fsck: {e:#}");
+            return Ok(EXIT_OPERATIONAL);
+        }
+    };
+    let progress = Reporter::new("fsck");
+    let report = fsck(
+        &volume,
+        FsckOptions {
+            repair: args.repair,
+        },
+        &progress,
+    );
+    progress.finish();
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("sealfs fsck: {e}");
+            return Ok(EXIT_OPERATIONAL);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(report.exit_code())
+}
+
+fn open(args: &FsckArgs) -> Result<Volume> {
+    let config = Volume::read_config(&args.cipher_dir)?;
+    Ok(Volume::open(
+        &args.cipher_dir,
+        args.unlock.providers(&config)?,
+        CacheLimits::default(),
+    )?)
+}
+
+fn print_text(report: &FsckReport) {
+    for problem in &report.problems {
+        let repaired = problem
+            .repaired
+            .as_deref()
+            .map(|r| format!(" [repaired: {r}]"))
+            .unwrap_or_default();
+        println!(
+            "{}: {}: {}{repaired}",
+            serde_json::to_value(problem.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            problem.path,
+            problem.detail
+        );
+    }
+    let mib = report.bytes_checked as f64 / (1 << 20) as f64;
+    println!(
+        "{} files, {} directories, {} symlinks, {} other, {} headers; {mib:.1} MiB checked in {:.1} s ({:.0} files/s, {:.0} MiB/s); {} problem(s), {} repaired{}",
+        report.files,
+        report.dirs,
+        report.symlinks,
+        report.others,
+        report.headers,
+        report.seconds,
+        report.files as f64 / report.seconds.max(1e-9),
+        mib / report.seconds.max(1e-9),
+        report.problems.len(),
+        report
+            .problems
+            .iter()
+            .filter(|p| p.repaired.is_some())
+            .count(),
+        if report.quarantined > 0 {
+            format!(
+                "; {} entries in /lost+found (not checked)",
+                report.quarantined
+            )
+        } else {
+            String::new()
+        }
+    );
+}

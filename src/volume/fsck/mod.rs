@@ -1,0 +1,369 @@
+//! fsck: checks a volume end to end (config, every name, symlink target, data file preamble,
+//! header, key commitment and block tag, and the pairing of headers with data files) and, with
+//! `repair`, fixes what can be fixed without losing anything that might still be data: crash
+//! leftovers and orphan headers are removed, unreadable entries move to /lost+found, a file
+//! sharing another file's id gets its own id. Exit codes follow fsck(8).
+
+mod repair;
+mod walk;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::progress::Progress;
+use super::{Result, Volume, VolumeError};
+use crate::format::{Id, id_to_hex};
+use crate::io::{BlockFile, IoError};
+use crate::keys::{HeaderKeys, KeyError, RemoteFailure};
+pub use walk::{Entry, LOST_AND_FOUND};
+use walk::{RegularFile, WalkResult};
+
+/// What fsck reads at a time from a data file.
+const CHECK_CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// An entry name that does not decrypt, or a long name whose sidecar is missing or wrong.
+    BadName,
+    BadSymlink,
+    /// A data file without a valid preamble (no file id).
+    BadPreamble,
+    MissingHeader,
+    /// A header that does not parse, does not open, or fails its key commitment.
+    BadHeader,
+    /// The key service could not be reached: not damage, nothing is repaired.
+    KeyUnavailable,
+    BadBlock,
+    /// Bytes past the last whole block: a write torn by a crash.
+    TornTail,
+    /// Two distinct data files carrying the same file id (so sharing one header).
+    DuplicateFileId,
+    OrphanHeader,
+    /// A crash leftover: header or config temp file, long-name sidecar without its entry.
+    Leftover,
+    /// Something in the cipher dir sealfs did not write: reported, never touched.
+    Stray,
+}
+
+impl ProblemKind {
+    /// Strays are reported but are no error of the volume.
+    fn is_error(self) -> bool {
+        self != ProblemKind::Stray
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The plaintext path where it can be decrypted, else the backing path.
+    pub path: String,
+    pub detail: String,
+    /// What --repair did about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<String>,
+    #[serde(skip)]
+    entry: Option<Entry>,
+    #[serde(skip)]
+    header: Option<Id>,
+}
+
+impl Problem {
+    fn new(kind: ProblemKind, path: String, detail: impl Into<String>) -> Self {
+        Problem {
+            kind,
+            path,
+            detail: detail.into(),
+            repaired: None,
+            entry: None,
+            header: None,
+        }
+    }
+
+    fn leftover(backing_path: &str, detail: &str) -> Self {
+        Problem::new(ProblemKind::Leftover, backing_path.to_string(), detail)
+    }
+
+    fn at(mut self, entry: &Entry) -> Self {
+        self.entry = Some(entry.clone());
+        self
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub others: u64,
+    /// Entries already in /lost+found, not checked again.
+    pub quarantined: u64,
+    pub headers: u64,
+    /// Plaintext bytes whose blocks were checked.
+    pub bytes_checked: u64,
+    pub seconds: f64,
+    pub problems: Vec<Problem>,
+}
+
+impl FsckReport {
+    /// fsck(8): 0 no errors, 1 errors corrected, 4 errors left uncorrected.
+    pub fn exit_code(&self) -> i32 {
+        let errors: Vec<&Problem> = self.problems.iter().filter(|p| p.kind.is_error()).collect();
+        if errors.is_empty() {
+            0
+        } else if errors.iter().all(|p| p.repaired.is_some()) {
+            1
+        } else {
+            4
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsckOptions {
+    pub repair: bool,
+}
+
+pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> Result<FsckReport> {
+    let started = Instant::now();
+    // A mount creates headers before their data files and keeps headers of open, unlinked
+    // files: only with no mount can an unclaimed header be proven an orphan.
+    let _exclusive = if options.repair {
+        Some(volume.headers.lock_exclusive().map_err(|_| {
+            VolumeError::Usage(
+                "the volume is mounted (or another fsck runs); unmount it before fsck --repair"
+                    .into(),
+            )
+        })?)
+    } else {
+        None
+    };
+    let WalkResult {
+        files,
+        dirs,
+        symlinks,
+        others,
+        quarantined,
+        mut problems,
+    } = walk::walk(volume)?;
+    progress.set_total(files.len() as u64);
+    let checked: Vec<Checked> = files
+        .par_iter()
+        .map(|file| {
+            let checked = check_file(volume, file);
+            progress.advance(1);
+            checked
+        })
+        .collect();
+
+    let listing = volume.headers.list()?;
+    let mut owners: HashMap<Id, (u64, u64)> = HashMap::new();
+    let mut bytes_checked = 0;
+    let mut by_path: Vec<(&RegularFile, Checked)> = files.iter().zip(checked).collect();
+    by_path.sort_by(|a, b| a.0.entry.path.cmp(&b.0.entry.path));
+    for (file, checked) in by_path {
+        bytes_checked += checked.bytes;
+        problems.extend(checked.problems);
+        let Some(id) = checked.file_id else { continue };
+        let owner = *owners.entry(id).or_insert((file.dev, file.ino));
+        if owner != (file.dev, file.ino) && !file.entry.quarantined {
+            let mut problem = Problem::new(
+                ProblemKind::DuplicateFileId,
+                file.entry.path.clone(),
+                format!(
+                    "shares file id {} (and so its header) with another file",
+                    id_to_hex(&id)
+                ),
+            )
+            .at(&file.entry);
+            problem.header = Some(id);
+            problems.push(problem);
+        }
+    }
+    for id in &listing.ids {
+        if !owners.contains_key(id) {
+            let mut problem = Problem::new(
+                ProblemKind::OrphanHeader,
+                header_path(id),
+                "no data file carries this file id",
+            );
+            problem.header = Some(*id);
+            problems.push(problem);
+        }
+    }
+    for temp in &listing.temps {
+        problems.push(Problem::leftover(
+            &format!("{}/{temp}", super::headers::HEADERS_DIR),
+            "header write interrupted by a crash",
+        ));
+    }
+    for stray in &listing.strays {
+        problems.push(Problem::new(
+            ProblemKind::Stray,
+            format!("{}/{stray}", super::headers::HEADERS_DIR),
+            "not a header; left alone",
+        ));
+    }
+    if options.repair {
+        repair::repair(volume, &mut problems);
+    }
+    Ok(FsckReport {
+        files: files.len() as u64,
+        dirs,
+        symlinks,
+        others,
+        quarantined,
+        headers: listing.ids.len() as u64,
+        bytes_checked,
+        seconds: started.elapsed().as_secs_f64(),
+        problems,
+    })
+}
+
+fn header_path(id: &Id) -> String {
+    let hex = id_to_hex(id);
+    format!("{}/{}/{hex}", super::headers::HEADERS_DIR, &hex[..2])
+}
+
+struct Checked {
+    file_id: Option<Id>,
+    problems: Vec<Problem>,
+    bytes: u64,
+}
+
+fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
+    let entry = &file.entry;
+    let mut checked = Checked {
+        file_id: None,
+        problems: Vec::new(),
+        bytes: 0,
+    };
+    let problem = |kind, detail: String| Problem::new(kind, entry.path.clone(), detail).at(entry);
+    let opened = openat(
+        volume.root.as_fd(),
+        entry.backing_path().as_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    );
+    let data = match opened {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            checked.problems.push(problem(
+                ProblemKind::BadPreamble,
+                format!("cannot open: {e}"),
+            ));
+            return checked;
+        }
+    };
+    let file_id = match Volume::data_file_id(&data) {
+        Ok(id) => id,
+        Err(e) => {
+            if !entry.quarantined {
+                checked
+                    .problems
+                    .push(problem(ProblemKind::BadPreamble, e.to_string()));
+            }
+            return checked;
+        }
+    };
+    checked.file_id = Some(file_id);
+    if entry.quarantined {
+        return checked;
+    }
+    let header = match volume.headers.load(&file_id) {
+        Ok(header) => header,
+        Err(e) => {
+            let kind = if volume.headers.exists(&file_id) {
+                ProblemKind::BadHeader
+            } else {
+                ProblemKind::MissingHeader
+            };
+            checked.problems.push(problem(kind, e.to_string()));
+            return checked;
+        }
+    };
+    let material = match volume.file_keys.open_header(&header) {
+        Ok(material) => material,
+        Err(e) => {
+            let kind = match &e {
+                KeyError::Remote { failure, .. } if *failure != RemoteFailure::Rejected => {
+                    ProblemKind::KeyUnavailable
+                }
+                _ => ProblemKind::BadHeader,
+            };
+            checked.problems.push(problem(kind, e.to_string()));
+            return checked;
+        }
+    };
+    let blocks = BlockFile {
+        file: &data,
+        layout: volume.layout,
+        file_id: &file_id,
+        sealer: &material.content,
+    };
+    match check_blocks(&blocks) {
+        Ok((bytes, bad)) => {
+            checked.bytes = bytes;
+            if let Some((first, count)) = bad {
+                checked.problems.push(problem(
+                    ProblemKind::BadBlock,
+                    format!("{count} block(s) fail authentication, the first is block {first}"),
+                ));
+            }
+        }
+        Err(e) => checked
+            .problems
+            .push(problem(ProblemKind::BadBlock, format!("read error: {e}"))),
+    }
+    if let Ok(meta) = data.metadata() {
+        let plain = volume.layout.plain_size(meta.len());
+        if volume.layout.backing_size(plain) != meta.len() {
+            checked.problems.push(problem(
+                ProblemKind::TornTail,
+                format!(
+                    "{} byte(s) past the last whole block",
+                    meta.len() - volume.layout.backing_size(plain)
+                ),
+            ));
+        }
+    }
+    checked
+}
+
+/// Reads every block; returns the bytes checked and (first bad block, bad block count).
+fn check_blocks(blocks: &BlockFile<'_>) -> std::result::Result<(u64, Option<(u64, u64)>), IoError> {
+    let size = blocks.plain_size()?;
+    let block_size = blocks.layout.block_size();
+    let mut bad: Option<(u64, u64)> = None;
+    let mut offset = 0;
+    while offset < size {
+        match blocks.read_with(offset, CHECK_CHUNK, |_| ()) {
+            Ok(()) => {}
+            Err(IoError::Integrity { .. }) => {
+                // Find which blocks of this chunk fail, one by one.
+                let end = size.min(offset + CHECK_CHUNK as u64);
+                let mut at = offset;
+                while at < end {
+                    if let Err(IoError::Integrity { block, .. }) =
+                        blocks.read_with(at, block_size as usize, |_| ())
+                    {
+                        let (first, count) = bad.get_or_insert((block, 0));
+                        *first = (*first).min(block);
+                        *count += 1;
+                    }
+                    at += block_size;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        offset += CHECK_CHUNK as u64;
+    }
+    Ok((size, bad))
+}

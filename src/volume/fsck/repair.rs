@@ -1,0 +1,188 @@
+//! What `fsck --repair` does about each problem. Only what is proven garbage is deleted (crash
+//! leftovers, headers no data file claims); anything that may still hold data is moved to
+//! /lost+found, where fsck leaves it alone from then on.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use super::walk::{LOST_AND_FOUND, open_dir, quarantine_name};
+use super::{CHECK_CHUNK, Entry, Problem, ProblemKind};
+use crate::format::name::{BackingName, LONG_NAME_SUFFIX};
+use crate::format::{id_to_hex, name};
+use crate::io::BlockFile;
+use crate::keys::KeyError;
+use crate::volume::{Result, Volume, VolumeError, names};
+
+pub fn repair(volume: &Volume, problems: &mut [Problem]) {
+    let mut moved: HashSet<String> = HashSet::new();
+    for problem in problems.iter_mut() {
+        let outcome = match problem.kind {
+            ProblemKind::Leftover => unlinkat(
+                volume.root.as_fd(),
+                problem.path.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            )
+            .map(|()| "removed".to_string())
+            .map_err(VolumeError::from),
+            ProblemKind::OrphanHeader => match &problem.header {
+                Some(id) => volume.headers.remove(id).map(|()| "removed".to_string()),
+                None => continue,
+            },
+            ProblemKind::DuplicateFileId => match &problem.entry {
+                Some(entry) => give_own_file_id(volume, entry)
+                    .map(|id| format!("re-encrypted under a new file id {}", id_to_hex(&id))),
+                None => continue,
+            },
+            ProblemKind::BadName
+            | ProblemKind::BadSymlink
+            | ProblemKind::BadPreamble
+            | ProblemKind::MissingHeader
+            | ProblemKind::BadHeader
+            | ProblemKind::BadBlock
+            | ProblemKind::TornTail => match &problem.entry {
+                Some(entry) if moved.contains(&entry.backing_path()) => {
+                    Ok("moved to /lost+found with the problem above".to_string())
+                }
+                Some(entry) => quarantine(volume, entry).map(|to| {
+                    moved.insert(entry.backing_path());
+                    format!("moved to {to}")
+                }),
+                None => continue,
+            },
+            ProblemKind::KeyUnavailable | ProblemKind::Stray => continue,
+        };
+        match outcome {
+            Ok(done) => {
+                tracing::warn!(path = %problem.path, "fsck repair: {done}");
+                problem.repaired = Some(done);
+            }
+            Err(e) => tracing::error!(path = %problem.path, "fsck repair failed: {e}"),
+        }
+    }
+}
+
+/// Moves an entry into /lost+found under its own name (or `unnamed-…` when its name does not
+/// decrypt), with a numeric suffix when taken. Returns its new plaintext path.
+fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
+    let root = volume.root.as_fd();
+    let lost = volume.encrypt_name(OsStr::new(LOST_AND_FOUND))?;
+    match mkdirat(root, lost.entry(), Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let lost_dir = open_dir(root, lost.entry())?;
+    let source_dir = open_dir(root, &entry.dir)?;
+    let base = quarantine_name(entry);
+    for attempt in 0..1000u32 {
+        let mut candidate = base.clone();
+        if attempt > 0 {
+            candidate.push(format!(".{attempt}"));
+        }
+        let Ok(target) = volume.encrypt_name(&candidate) else {
+            continue;
+        };
+        if fstatat(
+            lost_dir.as_fd(),
+            target.entry(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+        {
+            continue;
+        }
+        names::write_long_sidecar(lost_dir.as_fd(), &target)?;
+        renameat2(
+            source_dir.as_fd(),
+            entry.backing.as_str(),
+            lost_dir.as_fd(),
+            target.entry(),
+            RenameFlags::RENAME_NOREPLACE,
+        )?;
+        if entry.backing.starts_with(name::LONG_PREFIX) {
+            let sidecar = format!("{}{LONG_NAME_SUFFIX}", entry.backing);
+            let _ = unlinkat(
+                source_dir.as_fd(),
+                sidecar.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        sync_dir(source_dir.as_fd());
+        sync_dir(lost_dir.as_fd());
+        return Ok(format!("/{LOST_AND_FOUND}/{}", candidate.to_string_lossy()));
+    }
+    Err(VolumeError::Usage("no free name in lost+found".into()))
+}
+
+/// Copies a file that shares its file id with another into a new data file with its own id
+/// and header, then puts it in place of the old name. Both files stay readable throughout.
+fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id> {
+    let dir = open_dir(volume.root.as_fd(), &entry.dir)?;
+    let old = std::fs::File::from(openat(
+        dir.as_fd(),
+        entry.backing.as_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
+    let st = fstat(old.as_fd())?;
+    let (old_id, old_key) = volume.open_data_file(&old)?;
+    let temp = BackingName::Short(format!(
+        "sealfs.fsck-copy.{}",
+        id_to_hex(&crate::crypto::random_array::<16>().map_err(KeyError::from)?)
+    ));
+    let (new, new_id, new_key) = volume.create_data_file(dir.as_fd(), &temp, st.st_mode)?;
+    let copied = (|| -> Result<()> {
+        let source = BlockFile {
+            file: &old,
+            layout: volume.layout,
+            file_id: &old_id,
+            sealer: &old_key.content,
+        };
+        let target = BlockFile {
+            file: &new,
+            layout: volume.layout,
+            file_id: &new_id,
+            sealer: &new_key.content,
+        };
+        let size = source.plain_size()?;
+        let mut offset = 0;
+        while offset < size {
+            let chunk = source.read_at(offset, CHECK_CHUNK)?;
+            target.write_at(offset, &chunk)?;
+            offset += chunk.len() as u64;
+        }
+        nix::unistd::fchown(new.as_fd(), Some(st.st_uid.into()), Some(st.st_gid.into()))?;
+        new.sync_all()?;
+        volume.headers.sync(&new_id)?;
+        nix::sys::stat::futimens(
+            new.as_fd(),
+            &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
+            &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        )?;
+        renameat2(
+            dir.as_fd(),
+            temp.entry(),
+            dir.as_fd(),
+            entry.backing.as_str(),
+            RenameFlags::empty(),
+        )?;
+        sync_dir(dir.as_fd());
+        Ok(())
+    })();
+    if let Err(e) = copied {
+        let _ = unlinkat(dir.as_fd(), temp.entry(), UnlinkatFlags::NoRemoveDir);
+        let _ = volume.headers.remove(&new_id);
+        return Err(e);
+    }
+    Ok(new_id)
+}
+
+fn sync_dir(dir: BorrowedFd<'_>) {
+    if let Ok(fd) = dir.try_clone_to_owned() {
+        let _ = std::fs::File::from(fd).sync_all();
+    }
+}

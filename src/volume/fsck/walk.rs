@@ -1,0 +1,234 @@
+//! The tree walk of fsck: every backing directory from the root, every name decrypted, long
+//! names matched with their sidecars, symlink targets opened. Regular files are collected for
+//! the parallel content check.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+
+use super::{Problem, ProblemKind};
+use crate::format::config::CONFIG_FILE;
+use crate::format::name::{self, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX};
+use crate::volume::headers::HEADERS_DIR;
+use crate::volume::{Result, Volume, names};
+
+/// The plaintext name of the quarantine directory at the volume root.
+pub const LOST_AND_FOUND: &str = "lost+found";
+
+/// A backing entry, by its path relative to the cipher dir, and what the user calls it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Backing directory relative to the cipher dir ("" for the root).
+    pub dir: String,
+    /// Backing entry name in that directory.
+    pub backing: String,
+    /// Plaintext path from the volume root ("/a/b"), or a best effort with `?<backing>` for
+    /// names that do not decrypt.
+    pub path: String,
+    /// In /lost+found: already quarantined, not checked again.
+    pub quarantined: bool,
+}
+
+impl Entry {
+    pub fn backing_path(&self) -> String {
+        if self.dir.is_empty() {
+            self.backing.clone()
+        } else {
+            format!("{}/{}", self.dir, self.backing)
+        }
+    }
+}
+
+pub struct RegularFile {
+    pub entry: Entry,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Default)]
+pub struct WalkResult {
+    pub files: Vec<RegularFile>,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub others: u64,
+    pub quarantined: u64,
+    pub problems: Vec<Problem>,
+}
+
+pub fn walk(volume: &Volume) -> Result<WalkResult> {
+    let mut out = WalkResult::default();
+    let lost_found = volume
+        .encrypt_name(OsStr::new(LOST_AND_FOUND))?
+        .entry()
+        .to_string();
+    let mut stack = vec![(String::new(), String::new(), false)];
+    while let Some((dir, plain_dir, quarantined)) = stack.pop() {
+        let fd = open_dir(volume.root.as_fd(), &dir)?;
+        let mut entries = Vec::new();
+        for item in Dir::from_fd(fd.try_clone()?)?.iter() {
+            let item = item?;
+            let name = item.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                entries.push(OsStr::from_bytes(name).to_os_string());
+            }
+        }
+        let present: HashSet<&OsStr> = entries.iter().map(|n| n.as_os_str()).collect();
+        for backing in &entries {
+            let Some(text) = backing.to_str() else {
+                out.problems.push(Problem::new(
+                    ProblemKind::BadName,
+                    format!("{plain_dir}/?{}", backing.to_string_lossy()),
+                    "backing name is not ASCII",
+                ));
+                continue;
+            };
+            if dir.is_empty() && is_root_internal(text) {
+                if text == "sealfs.conf.tmp" {
+                    out.problems.push(Problem::leftover(
+                        text,
+                        "config write interrupted by a crash",
+                    ));
+                }
+                continue;
+            }
+            match name::classify_entry(text) {
+                EntryKind::Internal => {
+                    if let Some(hashed) = text.strip_suffix(LONG_NAME_SUFFIX)
+                        && hashed.starts_with(LONG_PREFIX)
+                    {
+                        if !present.contains(OsStr::new(hashed)) {
+                            let path = join(&dir, text);
+                            out.problems.push(Problem::leftover(
+                                &path,
+                                "long-name sidecar without its entry",
+                            ));
+                        }
+                    } else {
+                        out.problems.push(Problem::new(
+                            ProblemKind::Stray,
+                            join(&dir, text),
+                            "unknown sealfs file; left alone",
+                        ));
+                    }
+                    continue;
+                }
+                EntryKind::Encrypted(_) | EntryKind::Long(_) => {}
+            }
+            let (path, bad_name) = match names::decrypt_entry(&volume.keys, fd.as_fd(), backing) {
+                Ok(Some(plain)) => (format!("{plain_dir}/{}", plain.to_string_lossy()), None),
+                Ok(None) => continue,
+                Err(e) => (format!("{plain_dir}/?{text}"), Some(e.to_string())),
+            };
+            let entry = Entry {
+                dir: dir.clone(),
+                backing: text.to_string(),
+                path: path.clone(),
+                quarantined,
+            };
+            if let Some(reason) = bad_name
+                && !quarantined
+            {
+                out.problems
+                    .push(Problem::new(ProblemKind::BadName, path.clone(), reason).at(&entry));
+            }
+            let st = fstatat(
+                fd.as_fd(),
+                backing.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+            match type_of(st.st_mode) {
+                Type::Directory => {
+                    out.dirs += 1;
+                    let in_quarantine =
+                        quarantined || (dir.is_empty() && text == lost_found.as_str());
+                    stack.push((join(&dir, text), path, in_quarantine));
+                }
+                Type::File => {
+                    if quarantined {
+                        out.quarantined += 1;
+                    }
+                    out.files.push(RegularFile {
+                        entry,
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    });
+                }
+                Type::Symlink => {
+                    out.symlinks += 1;
+                    if quarantined {
+                        out.quarantined += 1;
+                        continue;
+                    }
+                    let target = readlinkat(fd.as_fd(), backing.as_os_str())?;
+                    if let Err(e) = names::decrypt_symlink(&volume.keys, &target) {
+                        out.problems.push(
+                            Problem::new(ProblemKind::BadSymlink, path, e.to_string()).at(&entry),
+                        );
+                    }
+                }
+                _ => {
+                    out.others += 1;
+                    if quarantined {
+                        out.quarantined += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_root_internal(name: &str) -> bool {
+    name == CONFIG_FILE
+        || name == HEADERS_DIR
+        || name == "sealfs.conf.tmp"
+        || name == "sealfs.audit"
+}
+
+fn type_of(mode: u32) -> Type {
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFDIR => Type::Directory,
+        SFlag::S_IFREG => Type::File,
+        SFlag::S_IFLNK => Type::Symlink,
+        SFlag::S_IFIFO => Type::Fifo,
+        SFlag::S_IFSOCK => Type::Socket,
+        SFlag::S_IFCHR => Type::CharacterDevice,
+        _ => Type::BlockDevice,
+    }
+}
+
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Opens a backing directory (relative to the cipher dir; "" is the root) for reading.
+pub fn open_dir(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd> {
+    let rel = if rel.is_empty() { "." } else { rel };
+    Ok(openat(
+        root,
+        rel,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
+/// The plaintext name to give an entry moved to lost+found.
+pub fn quarantine_name(entry: &Entry) -> OsString {
+    let base = entry
+        .path
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.starts_with('?') && !n.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("unnamed-{}", &entry.backing[..entry.backing.len().min(16)]));
+    OsString::from(base)
+}
