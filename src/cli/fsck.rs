@@ -7,6 +7,9 @@ use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 use sealfs::volume::fsck::{FsckOptions, FsckReport, fsck};
 
+use serde_json::json;
+
+use super::audit;
 use super::progress::Reporter;
 use super::unlock::UnlockArgs;
 
@@ -38,6 +41,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
             return Ok(EXIT_OPERATIONAL);
         }
     };
+    let log = audit::open(&args.cipher_dir, &volume.keys, "fsck");
     let progress = Reporter::new("fsck");
     let report = fsck(
         &volume,
@@ -54,6 +58,15 @@ pub fn run(args: FsckArgs) -> Result<i32> {
             return Ok(EXIT_OPERATIONAL);
         }
     };
+    log.record(
+        if args.repair { "fsck-repair" } else { "fsck" },
+        json!({
+            "files": report.files,
+            "problems": report.problems.len(),
+            "repaired": report.problems.iter().filter(|p| p.repaired.is_some()).count(),
+            "exit": report.exit_code(),
+        }),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -5,6 +5,9 @@ use clap::{Args, Subcommand};
 
 use sealfs::volume::{Volume, keyslots};
 
+use serde_json::json;
+
+use super::audit;
 use super::unlock::{NewKeyArgs, RemoteArgs, UnlockArgs, describe_created};
 
 #[derive(Subcommand, Debug)]
@@ -73,11 +76,17 @@ pub fn run(command: KeyCommand) -> Result<()> {
         KeyCommand::Add(args) => {
             let config = Volume::read_config(&args.cipher_dir)?;
             let unlock = args.existing.with_remote(&args.remote).providers(&config)?;
+            let keys = sealfs::keys::unlock(&config, &unlock)?;
+            let log = audit::open(&args.cipher_dir, &keys, "key add");
             let new = args.new.build(&args.remote, &config.volume_id()?, false)?;
-            match keyslots::add_keyslots(&args.cipher_dir, &unlock, &new.providers) {
+            match keyslots::add_keyslots(&args.cipher_dir, &keys, &new.providers) {
                 Ok(ids) => {
                     for (id, provider) in ids.iter().zip(&new.providers) {
                         println!("added keyslot {id}: {}", provider.describe());
+                        log.record(
+                            "keyslot-add",
+                            json!({ "keyslot": id, "key": provider.describe() }),
+                        );
                     }
                     if let Some(path) = &new.created_keyfile {
                         println!("{}", describe_created(path));
@@ -105,7 +114,10 @@ pub fn run(command: KeyCommand) -> Result<()> {
         KeyCommand::Remove(args) => {
             let config = Volume::read_config(&args.cipher_dir)?;
             let unlock = args.existing.with_remote(&args.remote).providers(&config)?;
-            keyslots::remove_keyslot(&args.cipher_dir, &unlock, args.slot)?;
+            let keys = sealfs::keys::unlock(&config, &unlock)?;
+            let log = audit::open(&args.cipher_dir, &keys, "key remove");
+            keyslots::remove_keyslot(&args.cipher_dir, &keys, args.slot)?;
+            log.record("keyslot-remove", json!({ "keyslot": args.slot }));
             println!("removed keyslot {}", args.slot);
             Ok(())
         }

@@ -1,5 +1,6 @@
 //! The command line: parse, call the library, print. Errors become one line and exit 1.
 
+mod audit;
 mod fsck;
 mod info;
 mod init;
@@ -25,6 +26,8 @@ pub struct Cli {
     /// More log output (also: SEALFS_LOG=debug).
     #[arg(short, long, global = true)]
     verbose: bool,
+    #[command(flatten)]
+    audit: audit::AuditSettings,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,11 +51,15 @@ enum Command {
     Info(info::InfoArgs),
     /// Check a volume; --repair fixes what it can. Exit codes as fsck(8).
     Fsck(fsck::FsckArgs),
+    /// The volume's audit log of key events.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    audit::configure(cli.audit);
     match cli.command {
         Command::Init(args) => init::run(args),
         Command::Mount(args) => mount::run(args),
@@ -61,6 +68,7 @@ pub fn main() -> Result<()> {
         Command::Rotate(args) => rotate::run(args),
         Command::Rewrap(args) => rewrap::run(args),
         Command::Info(args) => info::run(args),
+        Command::Audit(command) => audit::run(command),
         Command::Fsck(args) => std::process::exit(fsck::run(args)?),
     }
 }

@@ -10,8 +10,8 @@ use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 
-use super::logging;
 use super::unlock::UnlockArgs;
+use super::{audit, logging};
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
@@ -230,7 +230,12 @@ pub fn run(args: MountArgs) -> Result<()> {
     }
 }
 
-fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedFd>) -> Result<()> {
+fn serve(
+    mut volume: Volume,
+    mountpoint: &Path,
+    parsed: Parsed,
+    ready: Option<OwnedFd>,
+) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
     let fail = |ready: Option<OwnedFd>, message: String| {
@@ -249,6 +254,13 @@ fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedF
             ));
         }
     };
+    volume.set_audit(audit::open(&volume.path, &volume.keys, "mount"));
+    let audit_log = volume.audit.clone();
+    let mounted_details = serde_json::json!({
+        "mountpoint": mountpoint.display().to_string(),
+        "read_only": parsed.read_only,
+        "key_mode": volume.config.key_mode,
+    });
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let mut session = match fuser::Session::new(fs, mountpoint, &parsed.config) {
         Ok(session) => session,
@@ -260,6 +272,9 @@ fn serve(volume: Volume, mountpoint: &Path, parsed: Parsed, ready: Option<OwnedF
         }
     };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    if let Some(log) = &audit_log {
+        log.record("mount", mounted_details);
+    }
     if sealfs::io::codec::IDENTITY_CODEC {
         tracing::error!("BENCHMARK BUILD: file contents are NOT encrypted on this mount");
     }

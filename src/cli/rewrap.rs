@@ -6,6 +6,9 @@ use clap::Args;
 use sealfs::keys::CacheLimits;
 use sealfs::volume::{Volume, rewrap, rotate};
 
+use serde_json::json;
+
+use super::audit;
 use super::progress::Reporter;
 use super::unlock::UnlockArgs;
 
@@ -30,11 +33,23 @@ pub fn run(args: RewrapArgs) -> Result<()> {
         args.unlock.providers(&config)?,
         CacheLimits::default(),
     )?;
+    let log = audit::open(&args.cipher_dir, &volume.keys, "rewrap");
     let started = std::time::Instant::now();
     let progress = Reporter::new("rewrap");
     let report = rewrap::rewrap(&volume, &progress)?;
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
+    log.record(
+        "rewrap",
+        json!({
+            "kek": report.kek,
+            "headers": report.headers,
+            "rewrapped": report.rewrapped,
+            "current": report.current,
+            "gone": report.gone,
+            "failed": report.failed.len(),
+        }),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -60,6 +75,7 @@ pub fn run(args: RewrapArgs) -> Result<()> {
     if !args.retire_kek.is_empty() {
         for version in &args.retire_kek {
             rotate::retire_kek(&args.cipher_dir, &volume.keys, *version)?;
+            log.record("kek-retire", json!({ "version": version }));
             println!("retired KEK version {version}");
         }
     }

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
-use super::{FormatError, Id, block, id_from_hex, id_to_hex};
+use super::{FormatError, Id, block, hex, hex32, id_from_hex, id_to_hex};
 
 pub const CONFIG_FILE: &str = "sealfs.conf";
 /// Version 1: key-file and passphrase keyslots. Version 2 adds AWS KMS and PKCS#11 keyslots.
@@ -418,21 +418,6 @@ pub fn keyslot_aad(volume_id: &Id, slot_id: u32) -> Vec<u8> {
     aad.extend_from_slice(volume_id);
     aad.extend_from_slice(&slot_id.to_be_bytes());
     aad
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! On-disk types and their encode/decode. Pure: no I/O and no keys held; docs/FORMAT.md
 //! describes every byte produced here.
 
+pub mod audit;
 pub mod block;
 pub mod config;
 pub mod header;
@@ -96,6 +97,23 @@ pub fn id_from_hex(text: &str) -> Result<Id, FormatError> {
             .map_err(|_| FormatError::Invalid("identifier"))?;
     }
     Ok(id)
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from 64 lowercase or uppercase hex digits.
+pub(crate) fn hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -19,8 +19,9 @@ pub fn unlock(
                 Ok(None) => continue,
                 Ok(Some(bytes)) => {
                     let keyring = Keyring::decode(&bytes)?;
-                    let keys = VolumeKeys::from_keyring(volume_id, keyring)?;
+                    let mut keys = VolumeKeys::from_keyring(volume_id, keyring)?;
                     keys.apply_config(config)?;
+                    keys.set_opened_by(slot.id, slot.provider.kind());
                     return Ok(keys);
                 }
                 Err(err @ KeyError::SlotDamaged(_)) => first_error = Some(err),

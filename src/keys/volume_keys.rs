@@ -62,6 +62,7 @@ pub struct VolumeKeys {
     kek_seal: Sealer,
     config_mac_key: SecretKey,
     audit_key: SecretKey,
+    opened_by: Option<(u32, &'static str)>,
     pub names: Sealer,
     pub symlinks: Sealer,
     pub xattr_names: Sealer,
@@ -84,6 +85,7 @@ impl VolumeKeys {
             kek_seal: sealer(Label::KekSeal),
             config_mac_key: derive_key(Label::ConfigMac, &[secret]),
             audit_key: derive_key(Label::AuditMac, &[secret]),
+            opened_by: None,
             names: sealer(Label::NameKey),
             symlinks: sealer(Label::SymlinkKey),
             xattr_names: sealer(Label::XattrNameKey),
@@ -168,6 +170,15 @@ impl VolumeKeys {
             version,
             sealed: ConfigKeyslot::encode_bytes(&sealed),
         })
+    }
+
+    /// The keyslot (id, provider kind) that unlocked these keys, for the audit log.
+    pub fn opened_by(&self) -> Option<(u32, &'static str)> {
+        self.opened_by
+    }
+
+    pub(crate) fn set_opened_by(&mut self, slot: u32, provider: &'static str) {
+        self.opened_by = Some((slot, provider));
     }
 
     /// The key of the volume's audit chain.

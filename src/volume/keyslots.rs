@@ -5,17 +5,17 @@
 use std::path::Path;
 
 use super::{Result, Volume, VolumeError, lock_config, write_config};
-use crate::keys::{self, MasterKeyProvider};
+use crate::keys::{MasterKeyProvider, VolumeKeys};
 
-/// Adds one keyslot per provider in `new`; returns their ids.
+/// Adds one keyslot per provider in `new`, sealing the keyring `keys` hold; returns their ids.
 pub fn add_keyslots(
     cipher_dir: &Path,
-    unlock: &[Box<dyn MasterKeyProvider>],
+    keys: &VolumeKeys,
     new: &[Box<dyn MasterKeyProvider>],
 ) -> Result<Vec<u32>> {
     let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
-    let keys = keys::unlock(&config, unlock)?;
+    keys.apply_config(&config)?;
     let keyring = keys.current_keyring().encode();
     let volume_id = config.volume_id()?;
     let mut added = Vec::new();
@@ -34,14 +34,10 @@ pub fn add_keyslots(
 }
 
 /// Removes keyslot `slot_id`; refuses to remove the last one.
-pub fn remove_keyslot(
-    cipher_dir: &Path,
-    unlock: &[Box<dyn MasterKeyProvider>],
-    slot_id: u32,
-) -> Result<()> {
+pub fn remove_keyslot(cipher_dir: &Path, keys: &VolumeKeys, slot_id: u32) -> Result<()> {
     let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
-    let keys = keys::unlock(&config, unlock)?;
+    keys.apply_config(&config)?;
     if !config.keyslots.iter().any(|s| s.id == slot_id) {
         return Err(VolumeError::Usage(format!(
             "this volume has no keyslot {slot_id}"

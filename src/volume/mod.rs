@@ -1,6 +1,7 @@
 //! An opened volume: its config, its keys, its header store and fd-relative access to the
 //! cipher dir. Knows files, not FUSE: the mount, and later fsck and rewrap, share it.
 
+pub mod audit;
 pub mod census;
 mod error;
 pub mod fsck;
@@ -52,6 +53,8 @@ pub struct Volume {
     /// What `sealfs.conf` looked like when its KEKs were last applied: a rotation by another
     /// process changes it, and the next create picks the new KEK up.
     config_stamp: std::sync::Mutex<ConfigStamp>,
+    /// Where key events go, once the caller has said where (`set_audit`).
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 /// Inode, change time and size of `sealfs.conf`: every rewrite (temp + rename) changes them.
@@ -202,6 +205,7 @@ impl Volume {
         let headers = HeaderStore::open(root.as_fd())?;
         let config_stamp = std::sync::Mutex::new(config_stamp(root.as_fd()).unwrap_or_default());
         Ok(Volume {
+            audit: None,
             config_stamp,
             path: cipher_dir.to_path_buf(),
             layout: Layout::new(config.block_size)?,
@@ -224,7 +228,10 @@ impl Volume {
         mode: u32,
     ) -> Result<(File, Id, Arc<DataKeyMaterial>)> {
         self.follow_config();
-        let (header, material) = self.file_keys.new_header()?;
+        let (header, material) = self
+            .file_keys
+            .new_header()
+            .inspect_err(|e| self.audit_key_failure(e))?;
         let file_id = header.file_id;
         self.headers.create(&header, self.durable_headers)?;
         let created = self.link_new_data_file(dir, name, mode, &file_id);
@@ -330,8 +337,27 @@ impl Volume {
                 file: id_to_hex(file_id),
                 reason: e.to_string(),
             })?;
-            self.file_keys.open_header(&header)
+            let opened = self.file_keys.open_header(&header);
+            match (&opened, &self.audit) {
+                (Err(e), _) => self.audit_key_failure(e),
+                (Ok(_), Some(audit)) if self.config.key_mode == KeyMode::PerFile => {
+                    audit.count_file_key_unwrap()
+                }
+                _ => {}
+            }
+            opened
         })?)
+    }
+
+    fn audit_key_failure(&self, err: &KeyError) {
+        if let Some(audit) = &self.audit {
+            audit.key_service_failure(err);
+        }
+    }
+
+    /// Sends key events of this volume to `log` from now on.
+    pub fn set_audit(&mut self, log: audit::AuditLog) {
+        self.audit = Some(Arc::new(log));
     }
 
     /// The file id and content key of an open data file.

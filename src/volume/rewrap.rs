@@ -42,7 +42,23 @@ enum Outcome {
 
 pub fn rewrap(volume: &Volume, progress: &dyn Progress) -> Result<RewrapReport> {
     volume.follow_config();
-    let ids = volume.headers.list()?.ids;
+    let listing = volume.headers.list()?;
+    // A rewrap killed between its exchange and its unlink leaves the old header as `<id>.tmp`
+    // beside the new one. A mount only writes `<id>.tmp` for an id that has no header yet, so a
+    // temp file beside its header is such a leftover and safe to remove.
+    for temp in &listing.temps {
+        let id = temp
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|hex| crate::format::id_from_hex(hex).ok());
+        if let Some(id) = id
+            && volume.headers.exists(&id)
+        {
+            let _ = volume.headers.remove_listed(temp);
+        }
+    }
+    let ids = listing.ids;
     progress.set_total(ids.len() as u64);
     let failed = Mutex::new(Vec::new());
     let (rewrapped, current, gone) = ids
