@@ -201,3 +201,88 @@ fn retiring_a_kek_still_in_use_or_current_is_refused() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     assert_eq!(fs::read(m.p("b")).unwrap(), b"under KEK 2");
 }
+
+fn opens_with(vol: &TestVolume, passfile: &std::path::Path) -> bool {
+    // fsck unlocks and checks; exit 8 means the volume could not be opened.
+    let out = vol.run(&[
+        "fsck",
+        vol.cipher_str(),
+        "--passfile",
+        passfile.to_str().unwrap(),
+    ]);
+    out.status.code() != Some(8)
+}
+
+#[test]
+fn passwd_survives_a_kill_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    let new = dir.path().join("new");
+    fs::write(&old, "correct horse battery staple\n").unwrap();
+    fs::write(&new, "a much newer passphrase\n").unwrap();
+    let vol = TestVolume::with_args(&["--passfile", old.to_str().unwrap()]);
+    let passwd = |crash_at: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["passwd", vol.cipher_str(), "--passfile"])
+            .arg(&old)
+            .arg("--new-passfile")
+            .arg(&new)
+            .env("SEALFS_KEY_DIR", &vol.keys)
+            .stdin(Stdio::null());
+        if let Some(point) = crash_at {
+            command.env("SEALFS_CRASH_AT", point);
+        }
+        command.output().unwrap()
+    };
+    for point in [
+        "passwd-unlocked",
+        "config-temp-written",
+        "config-temp-synced",
+        "config-renamed",
+        "config-dir-synced",
+    ] {
+        let out = passwd(Some(point));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "killed at {point}");
+        let (with_old, with_new) = (opens_with(&vol, &old), opens_with(&vol, &new));
+        assert!(
+            with_old || with_new,
+            "killed at {point}: neither passphrase works"
+        );
+        assert!(!(with_old && with_new), "killed at {point}: both work");
+        let renamed = matches!(point, "config-renamed" | "config-dir-synced");
+        assert_eq!(with_new, renamed, "killed at {point}");
+        if with_new {
+            // Put the old passphrase back for the next step.
+            let back = Command::new(BIN)
+                .args(["passwd", vol.cipher_str(), "--passfile"])
+                .arg(&new)
+                .arg("--new-passfile")
+                .arg(&old)
+                .env("SEALFS_KEY_DIR", &vol.keys)
+                .output()
+                .unwrap();
+            assert!(back.status.success());
+        }
+    }
+    let out = passwd(None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(opens_with(&vol, &new) && !opens_with(&vol, &old));
+    let wrong = vol.run(&[
+        "passwd",
+        vol.cipher_str(),
+        "--passfile",
+        old.to_str().unwrap(),
+        "--new-passfile",
+        new.to_str().unwrap(),
+    ]);
+    assert!(
+        !wrong.status.success(),
+        "the old passphrase no longer changes anything"
+    );
+}

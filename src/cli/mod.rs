@@ -7,6 +7,7 @@ mod init;
 mod key;
 mod logging;
 mod mount;
+mod passwd;
 mod progress;
 mod rewrap;
 mod rotate;
@@ -51,6 +52,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Check a volume; --repair fixes what it can. Exit codes as fsck(8).
     Fsck(fsck::FsckArgs),
+    /// Change the passphrase of a passphrase keyslot (atomically).
+    Passwd(passwd::PasswdArgs),
     /// The volume's audit log of key events.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -69,6 +72,7 @@ pub fn main() -> Result<()> {
         Command::Rewrap(args) => rewrap::run(args),
         Command::Info(args) => info::run(args),
         Command::Audit(command) => audit::run(command),
+        Command::Passwd(args) => passwd::run(args),
         Command::Fsck(args) => std::process::exit(fsck::run(args)?),
     }
 }

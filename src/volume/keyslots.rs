@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{Result, Volume, VolumeError, lock_config, write_config};
+use super::{Result, Volume, VolumeError, crash_point, lock_config, write_config};
 use crate::keys::{MasterKeyProvider, VolumeKeys};
 
 /// Adds one keyslot per provider in `new`, sealing the keyring `keys` hold; returns their ids.
@@ -53,4 +53,44 @@ pub fn remove_keyslot(cipher_dir: &Path, keys: &VolumeKeys, slot_id: u32) -> Res
     keys.seal_config(&mut config);
     write_config(cipher_dir, &config)?;
     Ok(())
+}
+
+/// Replaces the passphrase keyslot that opened `keys` (it must be `slot`, when given) with one
+/// for `new`, keeping its id, in one atomic rewrite of the config: a crash at any point leaves
+/// either the old passphrase or the new one working. Returns the slot id.
+pub fn change_passphrase(
+    cipher_dir: &Path,
+    keys: &VolumeKeys,
+    new: &dyn MasterKeyProvider,
+    slot: Option<u32>,
+) -> Result<u32> {
+    let _lock = lock_config(cipher_dir)?;
+    let mut config = Volume::read_config(cipher_dir)?;
+    keys.apply_config(&config)?;
+    let Some((opened, "passphrase")) = keys.opened_by() else {
+        return Err(VolumeError::Usage(
+            "the key given does not open a passphrase keyslot".into(),
+        ));
+    };
+    if let Some(wanted) = slot
+        && wanted != opened
+    {
+        return Err(VolumeError::Usage(format!(
+            "the current passphrase opens keyslot {opened}, not keyslot {wanted}"
+        )));
+    }
+    crash_point("passwd-unlocked");
+    let replacement = new.create_slot(
+        opened,
+        &config.volume_id()?,
+        &keys.current_keyring().encode(),
+    )?;
+    for existing in config.keyslots.iter_mut().filter(|s| s.id == opened) {
+        *existing = replacement.clone();
+    }
+    config.format_version = config.required_version();
+    config.validate()?;
+    keys.seal_config(&mut config);
+    write_config(cipher_dir, &config)?;
+    Ok(opened)
 }

@@ -413,8 +413,23 @@ pub fn write_config(cipher_dir: &Path, config: &VolumeConfig) -> Result<()> {
         .mode(0o400)
         .open(&tmp)?;
     file.write_all(&config.to_pretty_json())?;
+    crash_point("config-temp-written");
     file.sync_all()?;
+    crash_point("config-temp-synced");
     fs::rename(&tmp, cipher_dir.join(CONFIG_FILE))?;
+    crash_point("config-renamed");
     File::open(cipher_dir)?.sync_all()?;
+    crash_point("config-dir-synced");
     Ok(())
+}
+
+/// Debug builds only, for crash tests: `SEALFS_CRASH_AT=<point>` kills this process with
+/// SIGKILL at that point, exactly as `kill -9` would. Compiled out of release builds.
+pub fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("SEALFS_CRASH_AT").is_some_and(|v| v == point) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
