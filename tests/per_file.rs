@@ -192,6 +192,70 @@ fn cache_bounds_and_expiry_force_new_unwraps() {
 }
 
 #[test]
+fn rewrap_reencrypts_every_file_key_inside_kms_and_unwraps_are_audited() {
+    let (kms, vol) = per_file_kms();
+    const FILES: usize = 20;
+    {
+        let m = vol.mount();
+        for i in 0..FILES {
+            fs::write(m.p(&format!("f{i}")), format!("file {i}")).unwrap();
+        }
+    }
+    let header_bytes = |vol: &TestVolume| {
+        let mut all: Vec<(std::path::PathBuf, Vec<u8>)> =
+            files_under(&vol.cipher.join("sealfs.headers"))
+                .into_iter()
+                .map(|p| (p.clone(), fs::read(p).unwrap()))
+                .collect();
+        all.sort();
+        all
+    };
+    let before = header_bytes(&vol);
+    let (reencrypts, decrypts) = (kms.proxy.count("ReEncrypt"), kms.proxy.count("Decrypt"));
+    let out = vol.run(&["rewrap", vol.cipher_str(), "--reencrypt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{FILES} re-wrapped")));
+    assert_eq!(
+        kms.proxy.count("ReEncrypt") - reencrypts,
+        FILES,
+        "one ReEncrypt per file"
+    );
+    // Each new wrap is checked against the header's key commitment: one Decrypt per file, plus
+    // the keyslot.
+    assert_eq!(kms.proxy.count("Decrypt") - decrypts, FILES + 1);
+    let after = header_bytes(&vol);
+    assert_eq!(before.len(), after.len());
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(b, a)| b.0 == a.0 && b.1 != a.1)
+    );
+    {
+        let m = vol.mount();
+        for i in 0..FILES {
+            assert_eq!(
+                fs::read(m.p(&format!("f{i}"))).unwrap(),
+                format!("file {i}").as_bytes()
+            );
+        }
+    }
+    let audit = fs::read_to_string(vol.cipher.join("sealfs.audit")).unwrap();
+    let unwraps: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "file-key-unwraps")
+        .collect();
+    assert_eq!(unwraps.last().unwrap()["details"]["count"], FILES as u64);
+    let verified = vol.run(&["audit", "verify", vol.cipher_str()]);
+    assert!(verified.status.success());
+}
+
+#[test]
 fn per_file_mode_on_a_pkcs11_token() {
     let hsm = softhsm();
     let dir = tempfile::tempdir().unwrap();
@@ -216,6 +280,18 @@ fn per_file_mode_on_a_pkcs11_token() {
     let m = vol.mount_with(&["--pin-file", pin]);
     fs::write(m.p("h"), b"per-file on the token").unwrap();
     m.unmount();
+    let m = vol.mount_with(&["--pin-file", pin]);
+    assert_eq!(fs::read(m.p("h")).unwrap(), b"per-file on the token");
+    m.unmount();
+    let before = fs::read(&files_under(&vol.cipher.join("sealfs.headers"))[0]).unwrap();
+    let out = vol.run(&["rewrap", vol.cipher_str(), "--reencrypt", "--pin-file", pin]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = fs::read(&files_under(&vol.cipher.join("sealfs.headers"))[0]).unwrap();
+    assert_ne!(before, after, "wrapped afresh on the token");
     let m = vol.mount_with(&["--pin-file", pin]);
     assert_eq!(fs::read(m.p("h")).unwrap(), b"per-file on the token");
     m.unmount();

@@ -327,8 +327,18 @@ fn mount_device(path: &Path) -> Option<String> {
 }
 
 /// Every inode the kernel knows holds an O_PATH fd: allow as many as the hard limit permits.
+/// As root the hard limit itself is raised, up to the kernel's fs.nr_open: a 20,000-fd
+/// default runs out after 20,000 files the kernel keeps cached.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(max) = nr_open
+        && setrlimit(Resource::RLIMIT_NOFILE, max, max).is_ok()
+    {
+        return;
+    }
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }

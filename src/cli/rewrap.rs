@@ -19,6 +19,10 @@ pub struct RewrapArgs {
     /// volume and refused from then on.
     #[arg(long, value_name = "N")]
     pub retire_kek: Vec<u32>,
+    /// Per-file key mode: wrap every file key afresh under its KMS or HSM key (KMS ReEncrypt;
+    /// the key never leaves KMS), e.g. after KMS rotated the key's backing material.
+    #[arg(long)]
+    pub reencrypt: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -36,7 +40,13 @@ pub fn run(args: RewrapArgs) -> Result<()> {
     let log = audit::open(&args.cipher_dir, &volume.keys, "rewrap");
     let started = std::time::Instant::now();
     let progress = Reporter::new("rewrap");
-    let report = rewrap::rewrap(&volume, &progress)?;
+    let report = rewrap::rewrap(
+        &volume,
+        rewrap::RewrapOptions {
+            reencrypt: args.reencrypt,
+        },
+        &progress,
+    )?;
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     log.record(
@@ -48,6 +58,7 @@ pub fn run(args: RewrapArgs) -> Result<()> {
             "current": report.current,
             "gone": report.gone,
             "failed": report.failed.len(),
+            "reencrypt": args.reencrypt,
         }),
     );
     if args.json {

@@ -102,6 +102,31 @@ impl FileKeys {
 }
 
 impl FileKeys {
+    /// Per-file mode: the header with its master-key slot wrapped afresh by the file-key slot's
+    /// master key (KMS ReEncrypt), checked to still hold the committed data key. None for a
+    /// header with no slot of that keyslot, or in volume mode.
+    pub fn reencrypt_header(&self, header: &FileHeader) -> Result<Option<FileHeader>, KeyError> {
+        let Some(per_file) = &self.per_file else {
+            return Ok(None);
+        };
+        let is_ours =
+            |s: &HeaderSlot| s.kind == SlotKind::MasterKey && s.key_version == per_file.slot_id;
+        if !header.slots.iter().any(is_ours) {
+            return Ok(None);
+        }
+        let context = FileKeyContext {
+            volume_id: *self.volume.volume_id(),
+            file_id: header.file_id,
+        };
+        let mut new = header.clone();
+        for slot in new.slots.iter_mut().filter(|s| is_ours(s)) {
+            slot.wrapped = per_file.provider.rewrap_file_key(&context, &slot.wrapped)?;
+        }
+        // The new wrap must yield the committed key before it replaces the old one.
+        self.data_key(&new)?;
+        Ok(Some(new))
+    }
+
     /// The header re-wrapped under the current KEK, or None when it already is (every slot of
     /// kind KEK at the current version) or when its key is held by a master key (per-file mode
     /// headers stay under their keyslot). The data key, and so the file data, stay the same.

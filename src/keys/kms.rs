@@ -193,6 +193,38 @@ impl KmsProvider {
         Ok(Zeroizing::new(plaintext.into_inner()))
     }
 
+    /// ReEncrypt under the same key: KMS decrypts and encrypts inside the service, under the
+    /// key's current backing version (after KMS key rotation), with the same context.
+    fn reencrypt(&self, context: &[(String, String)], blob: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let conn = self.connection()?;
+        let mut request = conn
+            .client
+            .re_encrypt()
+            .source_key_id(&self.key_id)
+            .destination_key_id(&self.key_id)
+            .ciphertext_blob(Blob::new(blob.to_vec()));
+        for (k, v) in context {
+            request = request
+                .source_encryption_context(k, v)
+                .destination_encryption_context(k, v);
+        }
+        let response = conn
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| self.failure("ReEncrypt", e))?;
+        if self.key_id.starts_with("arn:")
+            && (response.key_id() != Some(self.key_id.as_str())
+                || response.source_key_id() != Some(self.key_id.as_str()))
+        {
+            return Err(self.malformed("ReEncrypt answered with a different key"));
+        }
+        Ok(response
+            .ciphertext_blob()
+            .ok_or_else(|| self.malformed("ReEncrypt returned no ciphertext"))?
+            .as_ref()
+            .to_vec())
+    }
+
     fn malformed(&self, reason: &str) -> KeyError {
         KeyError::Remote {
             provider: self.describe(),
@@ -268,5 +300,14 @@ impl MasterKeyProvider for KmsProvider {
         let plain = self.decrypt(&pairs, &self.key_id, wrapped)?;
         SecretKey::from_slice(&plain)
             .map_err(|_| self.malformed("Decrypt returned a key of the wrong size"))
+    }
+
+    fn rewrap_file_key(
+        &self,
+        context: &FileKeyContext,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        let (pairs, _) = file_key_context(&context.volume_id, &context.file_id);
+        self.reencrypt(&pairs, wrapped)
     }
 }

@@ -129,6 +129,16 @@ pub trait MasterKeyProvider: Send + Sync {
     ) -> Result<SecretKey, KeyError> {
         Err(KeyError::NoProvider)
     }
+
+    /// Per-file mode: `wrapped` wrapped afresh under this master key's current version, bound
+    /// to the same context (KMS ReEncrypt: the data key never leaves KMS).
+    fn rewrap_file_key(
+        &self,
+        _context: &FileKeyContext,
+        _wrapped: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        Err(KeyError::NoProvider)
+    }
 }
 
 /// What the header store needs from the key hierarchy: a fresh file id and data key with its

@@ -267,4 +267,16 @@ impl MasterKeyProvider for Pkcs11Provider {
         let plain = self.open(&aad, wrapped)?;
         SecretKey::from_slice(&plain).map_err(|_| self.rejected("unwrapped key has the wrong size"))
     }
+
+    /// A token has no re-encrypt operation: unwrap and wrap again under a fresh IV (and, after
+    /// a key change on the token, under the key the label now names).
+    fn rewrap_file_key(
+        &self,
+        context: &FileKeyContext,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        let key = self.unwrap_file_key(context, wrapped)?;
+        let (_, aad) = file_key_context(&context.volume_id, &context.file_id);
+        self.seal(&aad, key.as_bytes())
+    }
 }

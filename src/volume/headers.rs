@@ -90,25 +90,38 @@ impl HeaderStore {
         Ok(())
     }
 
-    /// Replaces an existing header crash-safely (temp, fsync, atomic exchange, then the old
-    /// copy is unlinked), for rewrap. `Ok(false)` when the header is gone: its file was deleted
-    /// meanwhile, and an exchange (unlike a rename) never brings a deleted header back. The
-    /// caller fsyncs the header directories once it is done (`sync_dirs`).
-    pub fn replace(&self, header: &FileHeader) -> Result<bool> {
+    /// Writes `header` to `<id>.tmp` beside the header it will replace, without fsync: a
+    /// batch of staged headers is made durable at once (`sync_staged`) before any replaces its
+    /// header (`commit_staged`).
+    pub fn stage(&self, header: &FileHeader) -> Result<()> {
         let bytes = header.encode()?;
         let (sub, name) = Self::location(&header.file_id);
         let dir = self.subdir(&sub, false)?;
-        let tmp = format!("{name}.tmp");
         let fd = openat(
             dir.as_fd(),
-            tmp.as_str(),
+            format!("{name}.tmp").as_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
-        let mut file = File::from(fd);
-        file.write_all(&bytes)?;
-        file.sync_data()?;
-        drop(file);
+        File::from(fd).write_all(&bytes)?;
+        Ok(())
+    }
+
+    /// Makes every staged header durable: one syncfs for a whole batch instead of one fsync
+    /// per header.
+    pub fn sync_staged(&self) -> Result<()> {
+        nix::unistd::syncfs(self.dir.as_fd())?;
+        Ok(())
+    }
+
+    /// Puts a staged (and synced) header in place with an atomic exchange, then unlinks the
+    /// old copy. `Ok(false)` when the header is gone: its file was deleted meanwhile, and an
+    /// exchange (unlike a rename) never brings a deleted header back. The caller fsyncs the
+    /// header directories once it is done (`sync_dirs`).
+    pub fn commit_staged(&self, file_id: &Id) -> Result<bool> {
+        let (sub, name) = Self::location(file_id);
+        let dir = self.subdir(&sub, false)?;
+        let tmp = format!("{name}.tmp");
         let exchanged = renameat2(
             dir.as_fd(),
             tmp.as_str(),

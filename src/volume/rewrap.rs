@@ -1,6 +1,8 @@
 //! Rewrap: every header whose data key is wrapped under an older KEK is re-wrapped under the
-//! current one. Only headers change (file data never moves), each crash-safely (temp, fsync,
-//! atomic exchange), so an interrupted rewrap is simply run again: what is current is skipped.
+//! current one. Only headers change (file data never moves), crash-safely: a batch of new
+//! headers is written beside the old ones, made durable with one syncfs, then each is swapped
+//! in with an atomic exchange; an interrupted rewrap is simply run again, skipping what is
+//! current.
 //! A mounted volume may be rewrapped: open files keep their cached keys, and a file deleted
 //! meanwhile keeps its header deleted.
 
@@ -34,13 +36,30 @@ pub struct RewrapFailure {
     pub reason: String,
 }
 
-enum Outcome {
-    Rewrapped,
-    Current,
-    Gone,
+/// What to re-wrap.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RewrapOptions {
+    /// Per-file mode: also wrap every file key afresh under the file-key slot's master key
+    /// (KMS ReEncrypt, or unwrap and wrap on an HSM), e.g. after the KMS key rotated its
+    /// backing key. One KMS or HSM call per file; a re-run does them all again.
+    pub reencrypt: bool,
 }
 
-pub fn rewrap(volume: &Volume, progress: &dyn Progress) -> Result<RewrapReport> {
+/// Headers staged per syncfs.
+const BATCH: usize = 2048;
+
+enum Staged {
+    Ready,
+    Current,
+    Gone,
+    Failed(String),
+}
+
+pub fn rewrap(
+    volume: &Volume,
+    options: RewrapOptions,
+    progress: &dyn Progress,
+) -> Result<RewrapReport> {
     volume.follow_config();
     let listing = volume.headers.list()?;
     // A rewrap killed between its exchange and its unlink leaves the old header as `<id>.tmp`
@@ -61,29 +80,51 @@ pub fn rewrap(volume: &Volume, progress: &dyn Progress) -> Result<RewrapReport> 
     let ids = listing.ids;
     progress.set_total(ids.len() as u64);
     let failed = Mutex::new(Vec::new());
-    let (rewrapped, current, gone) = ids
-        .par_iter()
-        .map(|id| {
-            let outcome = rewrap_one(volume, id);
-            progress.advance(1);
-            match outcome {
-                Ok(Outcome::Rewrapped) => (1, 0, 0),
-                Ok(Outcome::Current) => (0, 1, 0),
-                Ok(Outcome::Gone) => (0, 0, 1),
-                Err(reason) => {
-                    tracing::error!(file = %id_to_hex(id), "rewrap: {reason}");
-                    failed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(RewrapFailure {
-                            file_id: id_to_hex(id),
-                            reason,
-                        });
+    let fail = |id: &Id, reason: String| {
+        tracing::error!(file = %id_to_hex(id), "rewrap: {reason}");
+        failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(RewrapFailure {
+                file_id: id_to_hex(id),
+                reason,
+            });
+    };
+    let (mut rewrapped, mut current, mut gone) = (0, 0, 0);
+    for batch in ids.chunks(BATCH) {
+        // Stage the new headers of a batch in parallel, make them durable with one syncfs,
+        // then swap each into place.
+        let staged: Vec<(&Id, Staged)> = batch
+            .par_iter()
+            .map(|id| (id, stage_one(volume, id, options)))
+            .collect();
+        if staged.iter().any(|(_, s)| matches!(s, Staged::Ready)) {
+            volume.headers.sync_staged()?;
+        }
+        let counts = staged
+            .into_par_iter()
+            .map(|(id, outcome)| match outcome {
+                Staged::Ready => match volume.headers.commit_staged(id) {
+                    Ok(true) => (1, 0, 0),
+                    Ok(false) => (0, 0, 1),
+                    Err(e) => {
+                        fail(id, e.to_string());
+                        (0, 0, 0)
+                    }
+                },
+                Staged::Current => (0, 1, 0),
+                Staged::Gone => (0, 0, 1),
+                Staged::Failed(reason) => {
+                    fail(id, reason);
                     (0, 0, 0)
                 }
-            }
-        })
-        .reduce(|| (0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+            })
+            .reduce(|| (0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+        rewrapped += counts.0;
+        current += counts.1;
+        gone += counts.2;
+        progress.advance(batch.len() as u64);
+    }
     volume.headers.sync_dirs()?;
     Ok(RewrapReport {
         headers: ids.len() as u64,
@@ -95,22 +136,23 @@ pub fn rewrap(volume: &Volume, progress: &dyn Progress) -> Result<RewrapReport> 
     })
 }
 
-fn rewrap_one(volume: &Volume, id: &Id) -> std::result::Result<Outcome, String> {
+fn stage_one(volume: &Volume, id: &Id, options: RewrapOptions) -> Staged {
     let header = match volume.headers.load(id) {
         Ok(header) => header,
-        Err(e) if volume.headers.exists(id) => return Err(e.to_string()),
-        Err(_) => return Ok(Outcome::Gone),
+        Err(e) if volume.headers.exists(id) => return Staged::Failed(e.to_string()),
+        Err(_) => return Staged::Gone,
     };
-    let Some(new) = volume
-        .file_keys
-        .rewrap_header(&header)
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(Outcome::Current);
+    let rewrapped = if options.reencrypt {
+        volume.file_keys.reencrypt_header(&header)
+    } else {
+        volume.file_keys.rewrap_header(&header)
     };
-    match volume.headers.replace(&new) {
-        Ok(true) => Ok(Outcome::Rewrapped),
-        Ok(false) => Ok(Outcome::Gone),
-        Err(e) => Err(e.to_string()),
+    match rewrapped {
+        Ok(None) => Staged::Current,
+        Ok(Some(new)) => match volume.headers.stage(&new) {
+            Ok(()) => Staged::Ready,
+            Err(e) => Staged::Failed(e.to_string()),
+        },
+        Err(e) => Staged::Failed(e.to_string()),
     }
 }
