@@ -49,6 +49,7 @@ enum Command {
     /// Re-wrap every file key under the current KEK (headers only; resumable).
     Rewrap(rewrap::RewrapArgs),
     /// Show format, key mode, keyslots and KEK use (no key needed).
+    #[command(alias = "status")]
     Info(info::InfoArgs),
     /// Check a volume; --repair fixes what it can. Exit codes as fsck(8).
     Fsck(fsck::FsckArgs),
