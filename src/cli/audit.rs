@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -22,14 +22,28 @@ pub struct AuditSettings {
     pub audit_syslog: bool,
 }
 
-static SETTINGS: OnceLock<AuditSettings> = OnceLock::new();
+static SETTINGS: Mutex<Option<AuditSettings>> = Mutex::new(None);
 
 pub fn configure(settings: AuditSettings) {
-    let _ = SETTINGS.set(settings);
+    *SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+}
+
+/// Settings-file values, used where the command line and environment said nothing.
+pub fn default_to(log: Option<PathBuf>, syslog: bool) {
+    let mut settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let current = settings.get_or_insert_with(AuditSettings::default);
+    if current.audit_log.is_none() {
+        current.audit_log = log;
+    }
+    current.audit_syslog |= syslog;
 }
 
 fn settings() -> AuditSettings {
-    SETTINGS.get().cloned().unwrap_or_default()
+    SETTINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
 }
 
 fn path_for(cipher_dir: &Path) -> PathBuf {

@@ -1,16 +1,20 @@
 //! The command line: parse, call the library, print. Errors become one line and exit 1.
 
 mod audit;
+mod docs;
 mod fsck;
+mod helper;
 mod info;
 mod init;
 mod key;
 mod logging;
 mod mount;
+mod notify;
 mod passwd;
 mod progress;
 mod rewrap;
 mod rotate;
+mod settings;
 mod umount;
 mod unlock;
 
@@ -38,6 +42,7 @@ enum Command {
     /// Create a new volume in an empty directory.
     Init(init::InitArgs),
     /// Mount a volume; daemonizes once mounted unless --foreground.
+    #[command(after_long_help = MOUNT_HELP)]
     Mount(mount::MountArgs),
     /// Unmount a mounted volume.
     Umount(umount::UmountArgs),
@@ -58,10 +63,39 @@ enum Command {
     /// The volume's audit log of key events.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// mount(8) helper: what /sbin/mount.fuse.sealfs runs (see `man sealfs-mount`).
+    #[command(hide = true)]
+    MountHelper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        man_dir: std::path::PathBuf,
+        completions_dir: std::path::PathBuf,
+    },
 }
 
+const MOUNT_HELP: &str = "\
+Settings file and precedence: command line > --config FILE (TOML: cipher_dir, mountpoint, \
+options, threads, writeback_cache, read_ahead_kb, [keys], [cache], [audit]; see \
+/usr/share/doc/sealfs/examples/example.toml) > systemd credentials (keyfile, passphrase, pin \
+in $CREDENTIALS_DIRECTORY) > defaults.
+
+mount(8) and /etc/fstab: mount -t fuse.sealfs CIPHERDIR MOUNTPOINT -o OPTIONS, or a line \
+`CIPHERDIR MOUNTPOINT fuse.sealfs OPTIONS 0 0`. Options keyfile=, passfile=, pin_file=, \
+kms_endpoint=, pkcs11_module=, config=, threads=, key_cache_entries=, key_cache_max_age=, \
+key_cache_idle=, read_ahead_kb=, audit_log=, no_writeback_cache and audit_syslog become the \
+matching flags; noauto, nofail, _netdev and x-systemd.* are for mount(8) and systemd.
+
+systemd: sealfs@NAME.service and sealfs-kms@NAME.service mount /etc/sealfs/NAME.toml at boot.";
+
 pub fn main() -> Result<()> {
-    let cli = Cli::parse();
+    run(Cli::parse())
+}
+
+fn run(cli: Cli) -> Result<()> {
     logging::init(cli.verbose);
     audit::configure(cli.audit);
     match cli.command {
@@ -74,6 +108,14 @@ pub fn main() -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Passwd(args) => passwd::run(args),
+        Command::MountHelper { args } => match helper::translate(&args)? {
+            Some(command_line) => run(Cli::try_parse_from(command_line)?),
+            None => Ok(()),
+        },
+        Command::GenerateDocs {
+            man_dir,
+            completions_dir,
+        } => docs::generate(&man_dir, &completions_dir),
         Command::Fsck(args) => std::process::exit(fsck::run(args)?),
     }
 }

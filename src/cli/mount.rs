@@ -1,6 +1,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -10,13 +11,22 @@ use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 
+use super::notify;
+use super::settings::{self, SettingsFile};
 use super::unlock::UnlockArgs;
 use super::{audit, logging};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct MountArgs {
-    pub cipher_dir: PathBuf,
-    pub mountpoint: PathBuf,
+    /// The cipher dir (or `cipher_dir` in the settings file).
+    #[arg(required_unless_present = "config")]
+    pub cipher_dir: Option<PathBuf>,
+    /// Where to mount it (or `mountpoint` in the settings file).
+    #[arg(required_unless_present = "config")]
+    pub mountpoint: Option<PathBuf>,
+    /// Settings file (TOML, see packaging/example.toml); options given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub unlock: UnlockArgs,
     /// Mount options, comma separated: ro, rw, allow_other, allow_root, default_permissions,
@@ -28,34 +38,99 @@ pub struct MountArgs {
     /// Stay in the foreground (logs to stderr) instead of daemonizing once mounted.
     #[arg(short, long)]
     pub foreground: bool,
-    /// Most unwrapped file keys kept in memory.
-    #[arg(long, default_value_t = 4096, value_name = "N")]
-    pub key_cache_entries: usize,
+    /// Most unwrapped file keys kept in memory [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub key_cache_entries: Option<usize>,
     /// Seconds an unwrapped file key may be used before it is unwrapped again; bounds how long
-    /// a key disabled in KMS keeps working for files opened anew.
-    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
-    pub key_cache_max_age: u64,
-    /// Seconds an unused file key stays cached.
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
-    pub key_cache_idle: u64,
-    /// Threads serving FUSE requests (each with its own /dev/fuse fd).
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub threads: usize,
+    /// a key disabled in KMS keeps working for files opened anew [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub key_cache_max_age: Option<u64>,
+    /// Seconds an unused file key stays cached [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub key_cache_idle: Option<u64>,
+    /// Threads serving FUSE requests, each with its own /dev/fuse fd [default: 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Turn off the kernel's writeback cache (every write(2) reaches sealfs at once).
     #[arg(long)]
     pub no_writeback_cache: bool,
-    /// Kernel readahead for this mount, in KiB (written to the mount's bdi as root).
-    #[arg(long, default_value_t = 1024, value_name = "KIB")]
-    pub read_ahead_kb: u32,
+    /// Kernel readahead for this mount, in KiB, written to the mount's bdi as root
+    /// [default: 1024].
+    #[arg(long, value_name = "KIB")]
+    pub read_ahead_kb: Option<u32>,
+}
+
+/// Everything a mount needs, after the command line, the settings file, systemd credentials
+/// and defaults have been merged, in that order of precedence.
+struct Resolved {
+    cipher_dir: PathBuf,
+    mountpoint: PathBuf,
+    unlock: UnlockArgs,
+    options: Vec<String>,
+    foreground: bool,
+    cache: CacheLimits,
+    threads: usize,
+    writeback_cache: bool,
+    read_ahead_kb: u32,
 }
 
 impl MountArgs {
-    fn cache_limits(&self) -> Result<CacheLimits> {
-        Ok(CacheLimits {
-            entries: std::num::NonZeroUsize::new(self.key_cache_entries)
-                .context("--key-cache-entries must be at least 1")?,
-            max_age: std::time::Duration::from_secs(self.key_cache_max_age),
-            idle: std::time::Duration::from_secs(self.key_cache_idle),
+    fn resolve(self) -> Result<Resolved> {
+        let file = match &self.config {
+            Some(path) => SettingsFile::load(path)?,
+            None => SettingsFile::default(),
+        };
+        let cipher_dir = self.cipher_dir.or(file.cipher_dir).context(
+            "no cipher dir: give it on the command line or as cipher_dir in the settings file",
+        )?;
+        let mountpoint = self.mountpoint.or(file.mountpoint).context(
+            "no mount point: give it on the command line or as mountpoint in the settings file",
+        )?;
+        let keys = file.keys;
+        let mut unlock = self.unlock;
+        let given = unlock.keyfile.is_some()
+            || unlock.passphrase
+            || unlock.passfile.is_some()
+            || unlock.extpass.is_some();
+        if !given {
+            unlock.keyfile = keys.keyfile.or_else(|| settings::credential("keyfile"));
+            unlock.passfile = keys.passfile.or_else(|| settings::credential("passphrase"));
+            unlock.extpass = keys.extpass;
+        }
+        let remote = &mut unlock.remote;
+        remote.kms_endpoint = remote.kms_endpoint.take().or(keys.kms_endpoint);
+        remote.pkcs11_module = remote.pkcs11_module.take().or(keys.pkcs11_module);
+        remote.pin_file = remote
+            .pin_file
+            .take()
+            .or(keys.pin_file)
+            .or_else(|| settings::credential("pin"));
+        audit::default_to(file.audit.log, file.audit.syslog.unwrap_or(false));
+        let entries = self
+            .key_cache_entries
+            .or(file.cache.entries)
+            .unwrap_or(4096);
+        Ok(Resolved {
+            cipher_dir,
+            mountpoint,
+            unlock,
+            options: file.options.into_iter().chain(self.options).collect(),
+            foreground: self.foreground,
+            cache: CacheLimits {
+                entries: std::num::NonZeroUsize::new(entries)
+                    .context("the key cache needs at least 1 entry")?,
+                max_age: Duration::from_secs(
+                    self.key_cache_max_age
+                        .or(file.cache.max_age_secs)
+                        .unwrap_or(3600),
+                ),
+                idle: Duration::from_secs(
+                    self.key_cache_idle.or(file.cache.idle_secs).unwrap_or(600),
+                ),
+            },
+            threads: self.threads.or(file.threads).unwrap_or(4).max(1),
+            writeback_cache: !self.no_writeback_cache && file.writeback_cache.unwrap_or(true),
+            read_ahead_kb: self.read_ahead_kb.or(file.read_ahead_kb).unwrap_or(1024),
         })
     }
 }
@@ -174,11 +249,12 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
 }
 
 pub fn run(args: MountArgs) -> Result<()> {
+    let args = args.resolve()?;
     let mut parsed = parse_options(&args.options, &args.cipher_dir)?;
-    parsed.config.n_threads = Some(args.threads.max(1));
+    parsed.config.n_threads = Some(args.threads);
     parsed.config.clone_fd = true;
     parsed.tuning = Tuning {
-        writeback_cache: !args.no_writeback_cache,
+        writeback_cache: args.writeback_cache,
     };
     parsed.read_ahead_kb = args.read_ahead_kb;
     let mountpoint = check_mountpoint(&args.mountpoint, parsed.nonempty)?;
@@ -188,7 +264,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     // Local keys are read (and passphrases asked) here, on the terminal; KMS and PKCS#11
     // connect on first use, which is after the fork: neither survives fork().
     let providers = args.unlock.providers(&config)?;
-    let limits = args.cache_limits()?;
+    let limits = args.cache;
 
     if args.foreground {
         let volume = Volume::open(&cipher_dir, providers, limits)?;
@@ -279,6 +355,7 @@ fn serve(
         tracing::error!("BENCHMARK BUILD: file contents are NOT encrypted on this mount");
     }
     set_read_ahead(mountpoint, parsed.read_ahead_kb);
+    notify::notify("READY=1");
     if let Some(fd) = ready {
         std::fs::File::from(fd).write_all(b"ok")?;
         detach_stdio();

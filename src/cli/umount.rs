@@ -1,18 +1,41 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use super::settings::SettingsFile;
+
+struct Unmount {
+    mountpoint: PathBuf,
+    lazy: bool,
+}
 
 #[derive(Args, Debug)]
 pub struct UmountArgs {
-    pub mountpoint: PathBuf,
+    /// The mount point (or `mountpoint` in the settings file).
+    #[arg(required_unless_present = "config")]
+    pub mountpoint: Option<PathBuf>,
+    /// Settings file naming the mount point (as for `sealfs mount --config`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Detach now, clean up when no longer busy (umount -l).
     #[arg(long)]
     pub lazy: bool,
 }
 
 pub fn run(args: UmountArgs) -> Result<()> {
+    let mountpoint = match (&args.mountpoint, &args.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(config)) => SettingsFile::load(config)?
+            .mountpoint
+            .with_context(|| format!("{} names no mountpoint", config.display()))?,
+        (None, None) => bail!("no mount point given"),
+    };
+    let args = Unmount {
+        mountpoint,
+        lazy: args.lazy,
+    };
     if nix::unistd::geteuid().is_root() {
         let flags = if args.lazy {
             nix::mount::MntFlags::MNT_DETACH
