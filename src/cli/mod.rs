@@ -3,6 +3,7 @@
 mod audit;
 mod docs;
 mod fsck;
+mod hardening;
 mod helper;
 mod info;
 mod init;
@@ -98,6 +99,9 @@ pub fn main() -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     logging::init(cli.verbose);
     audit::configure(cli.audit);
+    if !matches!(cli.command, Command::GenerateDocs { .. } | Command::Info(_)) {
+        hardening::protect_process();
+    }
     match cli.command {
         Command::Init(args) => init::run(args),
         Command::Mount(args) => mount::run(args),

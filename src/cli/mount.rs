@@ -11,10 +11,10 @@ use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 
-use super::notify;
 use super::settings::{self, SettingsFile};
 use super::unlock::UnlockArgs;
 use super::{audit, logging};
+use super::{hardening, notify};
 
 #[derive(Args, Debug, Default)]
 pub struct MountArgs {
@@ -290,6 +290,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             drop(read_end);
             nix::unistd::setsid()?;
             logging::to_syslog();
+            hardening::lock_memory();
             let volume = match Volume::open(&cipher_dir, providers, limits) {
                 Ok(volume) => volume,
                 Err(e) => {

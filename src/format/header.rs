@@ -119,11 +119,17 @@ impl FileHeader {
             });
         }
         r.finish()?;
-        Ok(FileHeader {
+        let header = FileHeader {
             file_id,
             commitment,
             slots,
-        })
+        };
+        // One encoding per header: a version-2 header must need version 2 (found by fuzzing:
+        // a v2 header of KEK slots only decoded, and re-encoded as v1).
+        if header.version() != version {
+            return Err(FormatError::Invalid("header version for its keyslots"));
+        }
+        Ok(header)
     }
 }
 
@@ -220,6 +226,17 @@ mod tests {
         assert_eq!(FileHeader::decode(&bytes).unwrap(), h);
         bytes[7] = 1;
         assert!(FileHeader::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn one_encoding_per_header() {
+        // Found by cargo fuzz: a version-2 header of KEK slots only re-encoded as version 1.
+        let mut bytes = sample().encode().unwrap();
+        bytes[7] = 2;
+        assert_eq!(
+            FileHeader::decode(&bytes),
+            Err(FormatError::Invalid("header version for its keyslots"))
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ impl Keyring {
         for _ in 0..count {
             let version = r.u32()?;
             let key = SecretKey::from_array(r.array()?);
-            if version == 0 || keks.insert(version, key).is_some() {
+            // Ascending, as written: one encoding per keyring (found by cargo fuzz).
+            let ascending = keks.keys().next_back().is_none_or(|last| version > *last);
+            if version == 0 || !ascending || keks.insert(version, key).is_some() {
                 return Err(FormatError::Invalid("keyring KEK version"));
             }
         }
@@ -76,5 +78,9 @@ mod tests {
         dup[35..39].copy_from_slice(&2u32.to_be_bytes());
         assert!(Keyring::decode(&dup).is_err());
         assert!(Keyring::decode(&bytes[..40]).is_err());
+        // Descending order is another encoding of the same keyring: refused.
+        let mut swapped = bytes.to_vec();
+        swapped[35..39].copy_from_slice(&3u32.to_be_bytes());
+        assert!(Keyring::decode(&swapped).is_err());
     }
 }

@@ -157,13 +157,23 @@ impl BlockFile<'_> {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64 / 2)
             .ok_or(IoError::TooLarge)?;
-        let size = self.plain_size()?;
+        let backing = self.file.metadata()?.len();
+        let size = self.layout.plain_size(backing);
         let new_size = size.max(end);
         let bs = self.layout.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
         // A partial tail block before the written range becomes an inner block: widen it.
-        if size % bs != 0 && size / bs < first {
+        let tail_widens = !size.is_multiple_of(bs) && size / bs < first;
+        if tail_widens {
+            self.reserve(backing, self.layout.block_offset(size / bs + 1))?;
+        }
+        // Only what will be written: a write far past the end leaves a hole, not an allocation.
+        self.reserve(
+            backing.max(self.layout.block_offset(first)),
+            self.layout.backing_size(new_size),
+        )?;
+        if tail_widens {
             self.reseal_block(size / bs, size, (size / bs + 1) * bs)?;
         }
         BUFFERS.with_borrow_mut(|b| {
@@ -218,6 +228,26 @@ impl BlockFile<'_> {
             let span = (new_size.min((last + 1) * bs) - first * bs) as usize;
             self.seal_blocks(first, blocks, span, source, sealed, nonces)
         })
+    }
+
+    /// Allocates the backing bytes a growing write will need before anything is written, so a
+    /// full disk fails the write cleanly with ENOSPC instead of leaving a block half written
+    /// (which would read as a torn, unauthenticated tail). Filesystems without fallocate
+    /// skip this.
+    fn reserve(&self, from: u64, to: u64) -> Result<(), IoError> {
+        if to <= from {
+            return Ok(());
+        }
+        let reserved = nix::fcntl::fallocate(
+            self.file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            from as i64,
+            (to - from) as i64,
+        );
+        match reserved {
+            Ok(()) | Err(nix::Error::EOPNOTSUPP) | Err(nix::Error::ENOSYS) => Ok(()),
+            Err(e) => Err(IoError::Io(e.into())),
+        }
     }
 
     /// Sets the plaintext size, re-sealing the one block that changes length.

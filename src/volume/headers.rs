@@ -62,32 +62,39 @@ impl HeaderStore {
         )?)
     }
 
-    /// Writes a new header durably. `durable` = fsync before the rename.
+    /// Writes a new header durably. `durable` = fsync before the rename. On failure (a full
+    /// disk) nothing is left behind.
     pub fn create(&self, header: &FileHeader, durable: bool) -> Result<()> {
         let bytes = header.encode()?;
         let (sub, name) = Self::location(&header.file_id);
         let dir = self.subdir(&sub, true)?;
         let tmp = format!("{name}.tmp");
-        let fd = openat(
-            dir.as_fd(),
-            tmp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )?;
-        let mut file = File::from(fd);
-        file.write_all(&bytes)?;
-        if durable {
-            file.sync_data()?;
+        let written = (|| -> Result<()> {
+            let fd = openat(
+                dir.as_fd(),
+                tmp.as_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )?;
+            let mut file = File::from(fd);
+            file.write_all(&bytes)?;
+            if durable {
+                file.sync_data()?;
+            }
+            drop(file);
+            renameat2(
+                dir.as_fd(),
+                tmp.as_str(),
+                dir.as_fd(),
+                name.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            )?;
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         }
-        drop(file);
-        renameat2(
-            dir.as_fd(),
-            tmp.as_str(),
-            dir.as_fd(),
-            name.as_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        )?;
-        Ok(())
+        written
     }
 
     /// Writes `header` to `<id>.tmp` beside the header it will replace, without fsync: a
@@ -97,14 +104,18 @@ impl HeaderStore {
         let bytes = header.encode()?;
         let (sub, name) = Self::location(&header.file_id);
         let dir = self.subdir(&sub, false)?;
+        let tmp = format!("{name}.tmp");
         let fd = openat(
             dir.as_fd(),
-            format!("{name}.tmp").as_str(),
+            tmp.as_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
-        File::from(fd).write_all(&bytes)?;
-        Ok(())
+        let written = File::from(fd).write_all(&bytes);
+        if written.is_err() {
+            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        Ok(written?)
     }
 
     /// Makes every staged header durable: one syncfs for a whole batch instead of one fsync

@@ -19,6 +19,15 @@ pub struct TestVolume {
     pub env: Vec<(String, String)>,
 }
 
+/// A temp dir for a test volume: under SEALFS_TEST_DIR when set (to run the suite with the
+/// cipher dir on tmpfs, an overlay or a bind mount), else the system temp dir.
+pub fn test_dir() -> tempfile::TempDir {
+    match std::env::var_os("SEALFS_TEST_DIR") {
+        Some(base) => tempfile::tempdir_in(base).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
 pub fn sealfs(keys: &Path, args: &[&str]) -> Output {
     sealfs_env(keys, &[], args)
 }
@@ -43,7 +52,7 @@ impl TestVolume {
     }
 
     pub fn with_env(extra: &[&str], env: Vec<(String, String)>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let cipher = dir.path().join("cipher");
         let keys = dir.path().join("keys");
         let mnt = dir.path().join("mnt");
@@ -149,6 +158,11 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(20));
         }
         mounted
+    }
+
+    /// The mount daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn log_text(&self) -> String {
