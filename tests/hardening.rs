@@ -191,3 +191,87 @@ fn full_backing_disk_gives_enospc_and_keeps_other_files() {
     );
     let _ = fs::set_permissions(&cipher, fs::Permissions::from_mode(0o755));
 }
+
+#[test]
+fn fd_use_stays_bounded_on_a_tree_bigger_than_the_fd_limit() {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 1024;
+    const FILES: usize = 4000;
+    let vol = TestVolume::new();
+    let mnt = fs::canonicalize(&vol.mnt).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["mount", "--foreground"])
+        .arg(&vol.cipher)
+        .arg(&mnt)
+        .env("SEALFS_KEY_DIR", &vol.keys)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = command.spawn().unwrap();
+    struct Stop<'a>(&'a std::path::Path, &'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(BIN).arg("umount").arg(self.0).output();
+            if common::is_mounted(self.0) {
+                let _ = Command::new(BIN)
+                    .args(["umount", "--lazy"])
+                    .arg(self.0)
+                    .output();
+            }
+            let _ = self.1.wait();
+        }
+    }
+    let pid = daemon.id();
+    let _stop = Stop(&mnt, &mut daemon);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !common::is_mounted(&mnt) {
+        assert!(std::time::Instant::now() < deadline, "mount did not appear");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let fds = || fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let mut most = 0;
+    for d in 0..10 {
+        fs::create_dir(mnt.join(format!("d{d}"))).unwrap();
+    }
+    for i in 0..FILES {
+        fs::write(mnt.join(format!("d{}/f{i}", i % 10)), i.to_string())
+            .unwrap_or_else(|e| panic!("file {i} of {FILES} (fd limit {soft}): {e}"));
+        if i % 100 == 0 {
+            most = most.max(fds());
+        }
+    }
+    // A second walk: lookups of everything, with the kernel's cache full.
+    for i in 0..FILES {
+        assert_eq!(
+            fs::read_to_string(mnt.join(format!("d{}/f{i}", i % 10))).unwrap(),
+            i.to_string()
+        );
+    }
+    most = most.max(fds());
+    assert!(
+        (most as u64) < soft,
+        "the daemon held {most} fds with a limit of {soft}"
+    );
+    eprintln!("fd limit {soft}, {FILES} files: at most {most} fds held");
+}

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use fuser::{Config, MountOption, SessionACL};
 
+use sealfs::fs::pruner::{self, PruneLimits};
 use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
@@ -339,6 +340,7 @@ fn serve(
         "key_mode": volume.config.key_mode,
     });
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
+    let inodes = fs.inodes.clone();
     let mut session = match fuser::Session::new(fs, mountpoint, &parsed.config) {
         Ok(session) => session,
         Err(e) => {
@@ -349,6 +351,7 @@ fn serve(
         }
     };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    pruner::spawn(inodes, session.notifier(), PruneLimits::from_fd_limit());
     if let Some(log) = &audit_log {
         log.record("mount", mounted_details);
     }

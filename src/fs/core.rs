@@ -65,7 +65,7 @@ impl Default for Tuning {
 pub struct SealFs {
     pub volume: Volume,
     pub tuning: Tuning,
-    pub inodes: InodeTable,
+    pub inodes: Arc<InodeTable>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
     read_only: bool,
@@ -121,7 +121,7 @@ impl SealFs {
         )?;
         let stat = fstat(root.as_fd())?;
         Ok(SealFs {
-            inodes: InodeTable::new(root, &stat),
+            inodes: Arc::new(InodeTable::new(root, &stat)),
             volume,
             tuning,
             handles: Mutex::new(HashMap::new()),
@@ -149,17 +149,18 @@ impl SealFs {
         to_attr(stat, &self.inodes, &self.volume.layout)
     }
 
-    fn entry_of(&self, dir: BorrowedFd<'_>, entry: &str) -> Result<FileAttr> {
-        let fd = o_path(dir, entry)?;
+    /// Looks up `entry` in `parent`, the backing name of `name`, and counts a kernel lookup.
+    fn entry_of(&self, parent: &Node, name: &OsStr, entry: &str) -> Result<FileAttr> {
+        let fd = o_path(parent.fd.as_fd(), entry)?;
         let stat = stat_fd(fd.as_fd())?;
-        self.inodes.remember(fd, &stat);
+        self.inodes.remember(fd, &stat, parent.ino, name);
         Ok(self.attr_of(&stat))
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
-        self.entry_of(parent.fd.as_fd(), backing.entry())
+        self.entry_of(&parent, name, backing.entry())
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
@@ -316,7 +317,7 @@ impl SealFs {
             0,
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
-        self.entry_of(parent.fd.as_fd(), backing.entry())
+        self.entry_of(&parent, name, backing.entry())
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
@@ -330,7 +331,7 @@ impl SealFs {
             Mode::from_bits_truncate(mode & 0o7777),
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
-        self.entry_of(parent.fd.as_fd(), backing.entry())
+        self.entry_of(&parent, name, backing.entry())
     }
 
     pub fn symlink(
@@ -347,7 +348,7 @@ impl SealFs {
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         symlinkat(encoded.as_str(), parent.fd.as_fd(), backing.entry())?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
-        self.entry_of(parent.fd.as_fd(), backing.entry())
+        self.entry_of(&parent, name, backing.entry())
     }
 
     /// The file id of a regular file about to lose its last link, if it is one.
@@ -472,7 +473,7 @@ impl SealFs {
         } else {
             linked?;
         }
-        self.entry_of(parent.fd.as_fd(), backing.entry())
+        self.entry_of(&parent, new_name, backing.entry())
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
@@ -547,7 +548,7 @@ impl SealFs {
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         let fd = o_path(parent.fd.as_fd(), backing.entry())?;
         let stat = stat_fd(fd.as_fd())?;
-        let node = self.inodes.remember(fd, &stat);
+        let node = self.inodes.remember(fd, &stat, parent.ino, name);
         let _ = node.file_id.set(file_id);
         node.open_handles.fetch_add(1, Ordering::AcqRel);
         let content = Arc::new(Content { file_id, material });

@@ -1,8 +1,11 @@
 //! The inode table: one node per backing inode (so all hard links share one node id), each
 //! holding an O_PATH fd so that operations work relative to the inode, not a path. Nodes
-//! are dropped when the kernel forgets them.
+//! are dropped when the kernel forgets them. The kernel forgets only under memory pressure, so
+//! the table also remembers where each node was last looked up and when it was last used:
+//! `prune_candidates` names the idle ones to ask the kernel to forget (see fs/pruner.rs).
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,6 +45,30 @@ pub struct Node {
     /// Whether this file's header is known to be on stable storage (set by the first fsync;
     /// headers written by an earlier mount were synced then or are as durable as they got).
     pub header_durable: std::sync::atomic::AtomicBool,
+    /// Parent node and plaintext name of the last lookup: what the kernel can be asked to
+    /// forget.
+    origin: Mutex<Option<(u64, OsString)>>,
+    /// The table's use counter when this node was last used.
+    last_used: AtomicU64,
+}
+
+impl Node {
+    fn new(ino: u64, fd: OwnedFd, kind: FileType) -> Node {
+        Node {
+            ino,
+            fd,
+            kind,
+            lookups: AtomicU64::new(0),
+            file_id: OnceLock::new(),
+            ranges: RangeLock::default(),
+            closed_stamp: Mutex::new(None),
+            open_handles: AtomicU32::new(0),
+            orphaned_header: Mutex::new(None),
+            header_durable: std::sync::atomic::AtomicBool::new(false),
+            origin: Mutex::new(None),
+            last_used: AtomicU64::new(0),
+        }
+    }
 }
 
 pub fn file_type(mode: u32) -> FileType {
@@ -59,25 +86,18 @@ pub fn file_type(mode: u32) -> FileType {
 pub struct InodeTable {
     nodes: Mutex<HashMap<u64, Arc<Node>>>,
     root_backing_ino: u64,
+    /// Ticks on every node access; a node's `last_used` is the tick of its last access.
+    clock: AtomicU64,
 }
 
 impl InodeTable {
     pub fn new(root_fd: OwnedFd, root_stat: &FileStat) -> Self {
-        let root = Arc::new(Node {
-            ino: ROOT_INO,
-            fd: root_fd,
-            kind: FileType::Directory,
-            lookups: AtomicU64::new(1),
-            file_id: OnceLock::new(),
-            ranges: RangeLock::default(),
-            closed_stamp: Mutex::new(None),
-            open_handles: AtomicU32::new(0),
-            orphaned_header: Mutex::new(None),
-            header_durable: std::sync::atomic::AtomicBool::new(false),
-        });
+        let root = Arc::new(Node::new(ROOT_INO, root_fd, FileType::Directory));
+        root.lookups.store(1, Ordering::Relaxed);
         InodeTable {
             nodes: Mutex::new([(ROOT_INO, root)].into()),
             root_backing_ino: root_stat.st_ino,
+            clock: AtomicU64::new(0),
         }
     }
 
@@ -94,33 +114,59 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.nodes.lock().unwrap().get(&ino).cloned()
+        let node = self.nodes.lock().unwrap().get(&ino).cloned()?;
+        self.touch(&node);
+        Some(node)
+    }
+
+    fn touch(&self, node: &Node) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        node.last_used.store(now, Ordering::Relaxed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `count` nodes nobody has open, least recently used first, with where they were
+    /// looked up: the kernel may be asked to forget them.
+    pub fn prune_candidates(&self, count: usize) -> Vec<(u64, OsString)> {
+        let nodes: Vec<Arc<Node>> = self.nodes.lock().unwrap().values().cloned().collect();
+        let mut idle: Vec<(u64, Arc<Node>)> = nodes
+            .into_iter()
+            .filter(|n| n.ino != ROOT_INO && n.open_handles.load(Ordering::Acquire) == 0)
+            .map(|n| (n.last_used.load(Ordering::Relaxed), n))
+            .collect();
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        idle.into_iter()
+            .filter_map(|(_, n)| n.origin.lock().unwrap().clone())
+            .take(count)
+            .collect()
     }
 
     pub fn peek_backing(&self, backing_ino: u64) -> Option<Arc<Node>> {
         self.get(self.node_id(backing_ino))
     }
 
-    /// Counts one kernel lookup of the inode `fd` refers to, reusing its node when known.
-    pub fn remember(&self, fd: OwnedFd, stat: &FileStat) -> Arc<Node> {
+    /// Counts one kernel lookup of the inode `fd` refers to, found as `name` in `parent`,
+    /// reusing its node when known.
+    pub fn remember(&self, fd: OwnedFd, stat: &FileStat, parent: u64, name: &OsStr) -> Arc<Node> {
         let ino = self.node_id(stat.st_ino);
-        let mut nodes = self.nodes.lock().unwrap();
-        let node = nodes.entry(ino).or_insert_with(|| {
-            Arc::new(Node {
-                ino,
-                fd,
-                kind: file_type(stat.st_mode),
-                lookups: AtomicU64::new(0),
-                file_id: OnceLock::new(),
-                ranges: RangeLock::default(),
-                closed_stamp: Mutex::new(None),
-                open_handles: AtomicU32::new(0),
-                orphaned_header: Mutex::new(None),
-                header_durable: std::sync::atomic::AtomicBool::new(false),
-            })
-        });
-        node.lookups.fetch_add(1, Ordering::Relaxed);
-        node.clone()
+        let node = {
+            let mut nodes = self.nodes.lock().unwrap();
+            let node = nodes
+                .entry(ino)
+                .or_insert_with(|| Arc::new(Node::new(ino, fd, file_type(stat.st_mode))));
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+            node.clone()
+        };
+        *node.origin.lock().unwrap() = Some((parent, name.to_os_string()));
+        self.touch(&node);
+        node
     }
 
     pub fn forget(&self, ino: u64, count: u64) {

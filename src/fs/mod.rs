@@ -6,5 +6,6 @@ pub mod core;
 pub mod errno;
 mod fuse;
 pub mod inodes;
+pub mod pruner;
 
 pub use self::core::{SealFs, Tuning};

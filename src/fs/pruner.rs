@@ -1,0 +1,99 @@
+//! Keeps the inode table, one O_PATH fd per node, under the process's fd limit. The kernel
+//! forgets inodes only under memory pressure, so on a machine with memory to spare a walk of a
+//! big tree would hold an fd for every file it met and run into EMFILE. Past a high mark, the
+//! least recently used idle entries are invalidated (FUSE notify inval_entry); the kernel then
+//! sends FORGET for the inodes nothing holds, which closes their fds. Open files, current
+//! directories and the like stay: the kernel keeps what is in use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{INodeNo, Notifier};
+use nix::sys::resource::{Resource, getrlimit};
+
+use super::inodes::InodeTable;
+
+/// How often the table size is checked.
+const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneLimits {
+    /// Start pruning when the table holds more nodes than this.
+    pub high: usize,
+    /// ...and ask the kernel to forget enough to come down to this.
+    pub low: usize,
+}
+
+impl PruneLimits {
+    /// Marks at 1/2 and 1/4 of the soft RLIMIT_NOFILE: the other half is headroom for open
+    /// files, the FUSE channels, the key services, and for new lookups while a round of
+    /// invalidations waits on directory locks held by busy creators.
+    pub fn from_fd_limit() -> Self {
+        let soft = getrlimit(Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024)
+            .min(usize::MAX as u64) as usize;
+        Self::for_limit(soft)
+    }
+
+    pub fn for_limit(fd_limit: usize) -> Self {
+        let high = (fd_limit / 2).max(64);
+        PruneLimits {
+            high,
+            low: (fd_limit / 4).max(32).min(high),
+        }
+    }
+}
+
+/// Runs for the life of the process.
+pub fn spawn(inodes: Arc<InodeTable>, notifier: Notifier, limits: PruneLimits) {
+    let spawned = std::thread::Builder::new()
+        .name("sealfs-pruner".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(CHECK_INTERVAL);
+                let nodes = inodes.len();
+                if nodes <= limits.high {
+                    continue;
+                }
+                let candidates = inodes.prune_candidates(nodes - limits.low);
+                tracing::debug!(
+                    nodes,
+                    asked = candidates.len(),
+                    "asking the kernel to forget idle inodes"
+                );
+                for (parent, name) in candidates {
+                    // ENOENT: the kernel no longer has that entry (renamed, already gone).
+                    if let Err(e) = notifier.inval_entry(INodeNo(parent), &name)
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        tracing::debug!(error = %e, "inval_entry failed");
+                        if e.raw_os_error() == Some(libc::ENODEV) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the inode pruner, fds are not bounded: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_scale_with_the_limit() {
+        assert_eq!(
+            PruneLimits::for_limit(20_000),
+            PruneLimits {
+                high: 10_000,
+                low: 5_000
+            }
+        );
+        let tiny = PruneLimits::for_limit(10);
+        assert!(tiny.low <= tiny.high && tiny.high >= 64);
+    }
+}
