@@ -5,17 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::TestVolume;
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{TestVolume, ok};
 
 fn events(log: &str) -> Vec<String> {
     log.lines()

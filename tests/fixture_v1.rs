@@ -5,10 +5,9 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{TestVolume, copy_tree};
+use common::mount_fixture;
 use sealfs::io::BlockFile;
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
 use sealfs::volume::Volume;
@@ -23,16 +22,7 @@ fn nested() -> Vec<u8> {
 
 #[test]
 fn fixture_v1_reads_through_a_mount() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(&fixture(), dir.path());
-    let key = dir.path().join("master.key");
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let vol = TestVolume::existing(
-        tempfile::tempdir().unwrap(),
-        dir.path().join("cipher"),
-        dir.path().join("keys"),
-    );
-    let m = vol.mount_with(&["--keyfile", key.to_str().unwrap(), "-o", "ro"]);
+    let (_dir, _vol, m) = mount_fixture("v1");
     assert_eq!(
         fs::read(m.p("hello.txt")).unwrap(),
         b"hello from sealfs format v1\n"

@@ -9,17 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{BIN, TestVolume};
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{BIN, TestVolume, ok};
 
 fn info(vol: &TestVolume) -> serde_json::Value {
     serde_json::from_str(&ok(vol.run(&["info", vol.cipher_str(), "--json"]))).unwrap()

@@ -5,10 +5,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, TestVolume, is_mounted};
+use common::{BIN, TestVolume, is_mounted, ok};
 
 /// Unmounts a daemonized mount when dropped, also when the test fails.
 struct Unmount(PathBuf);
@@ -25,16 +25,6 @@ impl Drop for Unmount {
                 .output();
         }
     }
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn key_of(vol: &TestVolume) -> PathBuf {

@@ -70,18 +70,7 @@ impl HeaderStore {
         let dir = self.subdir(&sub, true)?;
         let tmp = format!("{name}.tmp");
         let written = (|| -> Result<()> {
-            let fd = openat(
-                dir.as_fd(),
-                tmp.as_str(),
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )?;
-            let mut file = File::from(fd);
-            file.write_all(&bytes)?;
-            if durable {
-                file.sync_data()?;
-            }
-            drop(file);
+            write_temp(&dir, &tmp, &bytes, durable)?;
             renameat2(
                 dir.as_fd(),
                 tmp.as_str(),
@@ -105,17 +94,7 @@ impl HeaderStore {
         let (sub, name) = Self::location(&header.file_id);
         let dir = self.subdir(&sub, false)?;
         let tmp = format!("{name}.tmp");
-        let fd = openat(
-            dir.as_fd(),
-            tmp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )?;
-        let written = File::from(fd).write_all(&bytes);
-        if written.is_err() {
-            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        }
-        Ok(written?)
+        write_temp(&dir, &tmp, &bytes, false)
     }
 
     /// Makes every staged header durable: one syncfs for a whole batch instead of one fsync
@@ -315,6 +294,29 @@ impl HeaderStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Writes `bytes` to the temp file `tmp` in `dir` (mode 0600, fsynced when `durable`); on
+/// failure (a full disk) removes it again.
+fn write_temp(dir: &OwnedFd, tmp: &str, bytes: &[u8], durable: bool) -> Result<()> {
+    let written = (|| -> Result<()> {
+        let fd = openat(
+            dir.as_fd(),
+            tmp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut file = File::from(fd);
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_data()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = unlinkat(dir.as_fd(), tmp, UnlinkatFlags::NoRemoveDir);
+    }
+    written
 }
 
 /// The entry names in a directory, without `.` and `..`.

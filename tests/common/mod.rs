@@ -19,6 +19,36 @@ pub struct TestVolume {
     pub env: Vec<(String, String)>,
 }
 
+/// The stdout of a command that must succeed; its output in the panic message otherwise.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A copy of the frozen fixture volume tests/fixtures/NAME mounted read-only with its key.
+pub fn mount_fixture(name: &str) -> (tempfile::TempDir, TestVolume, Mounted) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture, dir.path());
+    let key = dir.path().join("master.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let vol = TestVolume::existing(
+        tempfile::tempdir().unwrap(),
+        dir.path().join("cipher"),
+        dir.path().join("keys"),
+    );
+    let m = vol.mount_with(&["--keyfile", key.to_str().unwrap(), "-o", "ro"]);
+    (dir, vol, m)
+}
+
 /// A temp dir for a test volume: under SEALFS_TEST_DIR when set (to run the suite with the
 /// cipher dir on tmpfs, an overlay or a bind mount), else the system temp dir.
 pub fn test_dir() -> tempfile::TempDir {
