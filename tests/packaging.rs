@@ -185,11 +185,17 @@ fn settings_file_with_command_line_precedence_and_systemd_credentials() {
     assert_eq!(&buf[..n], b"READY=1");
     assert!(is_mounted(&mnt), "ready means mounted");
     assert_eq!(fs::read(mnt.join("a")).unwrap(), b"settings");
-    ok(sealfs(&[
-        "umount",
-        "--config",
-        no_key_settings.to_str().unwrap(),
-    ]));
+    // The kernel may still hold the file just read for a moment (seen once in CI as EBUSY).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = sealfs(&["umount", "--config", no_key_settings.to_str().unwrap()]);
+        if out.status.success() {
+            break;
+        }
+        let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+        assert!(busy && Instant::now() < deadline, "umount: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the daemon exits after umount");
