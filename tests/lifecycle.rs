@@ -276,3 +276,26 @@ fn passwd_survives_a_kill_at_every_step() {
         "the old passphrase no longer changes anything"
     );
 }
+
+#[test]
+fn an_idle_mount_reads_files_rewrapped_under_a_new_kek_by_another_process() {
+    let vol = TestVolume::new();
+    {
+        let m = vol.mount();
+        for i in 0..20 {
+            fs::write(m.p(&format!("f{i}")), content(i)).unwrap();
+        }
+    }
+    // A fresh mount: no file key cached. Rotation, rewrap and retirement happen outside it.
+    let m = vol.mount();
+    ok(vol.run(&["rotate", vol.cipher_str()]));
+    ok(vol.run(&["rewrap", vol.cipher_str(), "--retire-kek", "1"]));
+    for i in 0..20 {
+        assert_eq!(fs::read(m.p(&format!("f{i}"))).unwrap(), content(i), "f{i}");
+    }
+    fs::write(m.p("new"), b"after retirement").unwrap();
+    drop(m);
+    assert_eq!(by_kek(&vol, 1), 0, "the mount created nothing under the retired KEK");
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("new")).unwrap(), b"after retirement");
+}

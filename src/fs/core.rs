@@ -444,6 +444,14 @@ impl SealFs {
         if let Some((ino, id)) = replaced {
             self.drop_header(ino, id);
         }
+        // The moved node is now known to the kernel under its new name.
+        if let Ok(st) = fstatat(
+            new_parent_node.fd.as_fd(),
+            new.entry(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            self.inodes.moved(st.st_ino, new_parent_node.ino, new_name);
+        }
         Ok(())
     }
 

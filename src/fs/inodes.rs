@@ -138,7 +138,12 @@ impl InodeTable {
         let nodes: Vec<Arc<Node>> = self.nodes.lock().unwrap().values().cloned().collect();
         let mut idle: Vec<(u64, Arc<Node>)> = nodes
             .into_iter()
-            .filter(|n| n.ino != ROOT_INO && n.open_handles.load(Ordering::Acquire) == 0)
+            // Directories stay: invalidating one could be a shell's cwd or a mount point.
+            .filter(|n| {
+                n.ino != ROOT_INO
+                    && n.kind != FileType::Directory
+                    && n.open_handles.load(Ordering::Acquire) == 0
+            })
             .map(|n| (n.last_used.load(Ordering::Relaxed), n))
             .collect();
         idle.sort_unstable_by_key(|(used, _)| *used);
@@ -167,6 +172,13 @@ impl InodeTable {
         *node.origin.lock().unwrap() = Some((parent, name.to_os_string()));
         self.touch(&node);
         node
+    }
+
+    /// A rename moved the node of `backing_ino` to `name` in `parent`.
+    pub fn moved(&self, backing_ino: u64, parent: u64, name: &OsStr) {
+        if let Some(node) = self.peek_backing(backing_ino) {
+            *node.origin.lock().unwrap() = Some((parent, name.to_os_string()));
+        }
     }
 
     pub fn forget(&self, ino: u64, count: u64) {

@@ -20,6 +20,9 @@ use crate::format::audit::{AuditRecord, ChainBreak, GENESIS, MAX_RECORD_LEN, ver
 use crate::keys::{KeyError, VolumeKeys};
 
 pub const AUDIT_FILE: &str = "sealfs.audit";
+/// `audit verify` reads at most this much (years of key events); a hostile huge file cannot
+/// exhaust memory.
+const MAX_VERIFIED_LOG: u64 = 1 << 30;
 /// Per-file key unwraps are summarized, not logged one by one: at most one record this often.
 const UNWRAP_SUMMARY_INTERVAL: Duration = Duration::from_secs(600);
 /// A key service failing the same way is recorded at most once this often.
@@ -70,7 +73,12 @@ impl AuditLog {
             .append(true)
             .create(true)
             .mode(0o600)
+            // A symlink planted in the cipher dir must not redirect root's appends.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file").into());
+        }
         let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| std::io::Error::from(e))?;
         let (prev, seq, torn) = last_link(&file)?;
@@ -201,7 +209,9 @@ impl AuditVerification {
 /// Checks that the log at `path` is one unbroken chain under this volume's audit key.
 pub fn verify(path: &Path, keys: &VolumeKeys) -> Result<AuditVerification> {
     let mut text = String::new();
-    File::open(path)?.read_to_string(&mut text)?;
+    File::open(path)?
+        .take(MAX_VERIFIED_LOG)
+        .read_to_string(&mut text)?;
     let key = keys.audit_key();
     let (records, breaks) = verify_chain(&text, |bytes| mac(key, bytes));
     let torn = breaks

@@ -300,10 +300,12 @@ impl HeaderStore {
 /// failure (a full disk) removes it again.
 fn write_temp(dir: &OwnedFd, tmp: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let written = (|| -> Result<()> {
+        // O_EXCL | O_NOFOLLOW: never write through a planted symlink, never into another
+        // writer's temp file (a concurrent rewrap then fails that header, harmlessly).
         let fd = openat(
             dir.as_fd(),
             tmp,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
         let mut file = File::from(fd);
@@ -313,8 +315,12 @@ fn write_temp(dir: &OwnedFd, tmp: &str, bytes: &[u8], durable: bool) -> Result<(
         }
         Ok(())
     })();
-    if written.is_err() {
-        let _ = unlinkat(dir.as_fd(), tmp, UnlinkatFlags::NoRemoveDir);
+    match &written {
+        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(_) => {
+            let _ = unlinkat(dir.as_fd(), tmp, UnlinkatFlags::NoRemoveDir);
+        }
+        Ok(()) => {}
     }
     written
 }

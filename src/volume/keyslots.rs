@@ -48,8 +48,14 @@ pub fn remove_keyslot(cipher_dir: &Path, keys: &VolumeKeys, slot_id: u32) -> Res
             "keyslot {slot_id} is the last one; removing it would lock the volume forever"
         )));
     }
+    if config.file_key_slot == Some(slot_id) {
+        return Err(VolumeError::Usage(format!(
+            "keyslot {slot_id} holds every file key of this per-file volume; it cannot be removed"
+        )));
+    }
     config.keyslots.retain(|s| s.id != slot_id);
     config.format_version = config.required_version();
+    config.validate()?;
     keys.seal_config(&mut config);
     write_config(cipher_dir, &config)?;
     Ok(())

@@ -203,7 +203,9 @@ impl Volume {
             Mode::empty(),
         )?;
         let headers = HeaderStore::open(root.as_fd())?;
-        let config_stamp = std::sync::Mutex::new(config_stamp(root.as_fd()).unwrap_or_default());
+        // No stamp yet: the first create or cold open rereads the config, so a rotation that
+        // landed while this volume was being unlocked is not missed.
+        let config_stamp = std::sync::Mutex::new(ConfigStamp::default());
         Ok(Volume {
             audit: None,
             config_stamp,
@@ -333,6 +335,9 @@ impl Volume {
     /// The content key of file `file_id`: from the key cache, or its header.
     pub fn file_key(&self, file_id: &Id) -> Result<Arc<DataKeyMaterial>> {
         Ok(self.key_cache.get_or_load(file_id, || {
+            // A rewrap by another process may have moved this header to a KEK rotated in
+            // since this mount last looked: follow the config before unwrapping.
+            self.follow_config();
             let header = self.headers.load(file_id).map_err(|e| KeyError::Header {
                 file: id_to_hex(file_id),
                 reason: e.to_string(),

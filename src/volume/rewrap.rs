@@ -60,6 +60,11 @@ pub fn rewrap(
     options: RewrapOptions,
     progress: &dyn Progress,
 ) -> Result<RewrapReport> {
+    // Shared with mounts; `fsck --repair` (exclusive) must not quarantine headers this run is
+    // moving to a KEK it has not seen yet.
+    let _no_repair = volume.headers.lock_shared().map_err(|_| {
+        super::VolumeError::Usage("`sealfs fsck --repair` is running on this volume".into())
+    })?;
     volume.follow_config();
     let listing = volume.headers.list()?;
     // A rewrap killed between its exchange and its unlink leaves the old header as `<id>.tmp`

@@ -77,10 +77,11 @@ pub struct Problem {
 
 impl Problem {
     fn new(kind: ProblemKind, path: String, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
         Problem {
             kind,
             path,
-            detail: detail.into(),
+            detail,
             repaired: None,
             entry: None,
             header: None,
@@ -164,6 +165,13 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
         .collect();
 
     let listing = volume.headers.list()?;
+    // A data file that could not be opened or read, or a name that could not be walked, may
+    // carry any file id: then no header can be proven an orphan.
+    let unseen = checked.iter().filter(|c| c.file_id.is_none()).count()
+        + problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::BadName && p.entry.is_none())
+            .count();
     let mut owners: HashMap<Id, (u64, u64)> = HashMap::new();
     let mut bytes_checked = 0;
     let mut by_path: Vec<(&RegularFile, Checked)> = files.iter().zip(checked).collect();
@@ -192,9 +200,17 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
             let mut problem = Problem::new(
                 ProblemKind::OrphanHeader,
                 header_path(id),
-                "no data file carries this file id",
+                if unseen == 0 {
+                    "no data file carries this file id".to_string()
+                } else {
+                    format!(
+                        "no data file read carries this file id; kept, since {unseen} data file(s) could not be read"
+                    )
+                },
             );
-            problem.header = Some(*id);
+            if unseen == 0 {
+                problem.header = Some(*id);
+            }
             problems.push(problem);
         }
     }

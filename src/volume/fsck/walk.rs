@@ -229,6 +229,9 @@ pub fn quarantine_name(entry: &Entry) -> OsString {
         .next()
         .filter(|n| !n.starts_with('?') && !n.is_empty())
         .map(str::to_string)
-        .unwrap_or_else(|| format!("unnamed-{}", &entry.backing[..entry.backing.len().min(16)]));
+        .unwrap_or_else(|| {
+            let prefix: String = entry.backing.chars().take(16).collect();
+            format!("unnamed-{prefix}")
+        });
     OsString::from(base)
 }
