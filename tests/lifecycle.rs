@@ -295,7 +295,11 @@ fn an_idle_mount_reads_files_rewrapped_under_a_new_kek_by_another_process() {
     }
     fs::write(m.p("new"), b"after retirement").unwrap();
     drop(m);
-    assert_eq!(by_kek(&vol, 1), 0, "the mount created nothing under the retired KEK");
+    assert_eq!(
+        by_kek(&vol, 1),
+        0,
+        "the mount created nothing under the retired KEK"
+    );
     let m = vol.mount();
     assert_eq!(fs::read(m.p("new")).unwrap(), b"after retirement");
 }
