@@ -7,4 +7,5 @@ pub mod format;
 pub mod fs;
 pub mod io;
 pub mod keys;
+pub mod reverse;
 pub mod volume;

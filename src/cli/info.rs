@@ -49,11 +49,19 @@ fn print_text(info: &VolumeInfo) {
     if !info.retired_keks.is_empty() {
         println!("retired KEKs  {}", list(&info.retired_keks));
     }
+    if info.reverse {
+        println!(
+            "reverse       yes: a plaintext tree, encrypted on read by `sealfs mount --reverse`"
+        );
+    }
     println!("keyslots      {}", info.keyslots.len());
     for slot in &info.keyslots {
         println!("  {:>4}  {:<10}  {}", slot.id, slot.provider, slot.detail);
     }
     let files = &info.files;
+    if info.reverse {
+        return;
+    }
     println!("files         {} (one header each)", files.headers);
     for (version, count) in &files.by_kek {
         println!("  {count:>10}  under KEK version {version}");

@@ -12,8 +12,14 @@ use super::unlock::{NewKeyArgs, RemoteArgs, describe_created};
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Directory that will hold the ciphertext (created if missing; must be empty).
+    /// Directory that will hold the ciphertext (created if missing; must be empty). With
+    /// --reverse: the existing plaintext directory to encrypt on read.
     pub cipher_dir: PathBuf,
+    /// Reverse mode: keep the config in the plaintext directory (as .sealfs.reverse.conf,
+    /// hidden from the view) and serve an encrypted, read-only view of it with
+    /// `sealfs mount --reverse`, for backups to storage that is not trusted.
+    #[arg(long)]
+    pub reverse: bool,
     /// The master keys, one keyslot each (default: a new key file under ~/.config/sealfs/keys).
     #[command(flatten)]
     pub keys: NewKeyArgs,
@@ -45,18 +51,31 @@ pub fn run(args: InitArgs) -> Result<()> {
             KeyModeArg::PerFile => KeyMode::PerFile,
         },
     };
-    let config = match Volume::init(&args.cipher_dir, &options, &new.providers, volume_id) {
+    let created = if args.reverse {
+        Volume::init_reverse(&args.cipher_dir, &options, &new.providers, volume_id)
+    } else {
+        Volume::init(&args.cipher_dir, &options, &new.providers, volume_id)
+    };
+    let config = match created {
         Ok(config) => config,
         Err(e) => {
             new.discard_created();
             return Err(e.into());
         }
     };
-    println!(
-        "created sealfs volume {} in {}",
-        config.volume_id,
-        args.cipher_dir.display()
-    );
+    if args.reverse {
+        println!(
+            "created reverse sealfs volume {} for {} (mount its encrypted view with `sealfs mount --reverse`)",
+            config.volume_id,
+            args.cipher_dir.display()
+        );
+    } else {
+        println!(
+            "created sealfs volume {} in {}",
+            config.volume_id,
+            args.cipher_dir.display()
+        );
+    }
     for provider in &new.providers {
         println!("  keyslot: {}", provider.describe());
     }

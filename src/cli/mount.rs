@@ -10,7 +10,8 @@ use fuser::{Config, MountOption, SessionACL};
 use sealfs::fs::pruner::{self, PruneLimits};
 use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
-use sealfs::volume::Volume;
+use sealfs::reverse::{Excludes, ReverseView};
+use sealfs::volume::{self, Volume};
 
 use super::settings::{self, SettingsFile};
 use super::unlock::UnlockArgs;
@@ -59,6 +60,16 @@ pub struct MountArgs {
     /// [default: 1024].
     #[arg(long, value_name = "KIB")]
     pub read_ahead_kb: Option<u32>,
+    /// Reverse mode: CIPHER_DIR is a plaintext directory made with `sealfs init --reverse`;
+    /// mount a read-only, deterministic encrypted view of it (for rsync/restic/borg to
+    /// storage that is not trusted). A forward mount of a copy of the view reads the files.
+    #[arg(long)]
+    pub reverse: bool,
+    /// Reverse mode: leave paths matching PATTERN out of the view (gitignore syntax:
+    /// `*.tmp`, `/cache` only at the top, `build/` only directories, `!keep.tmp`).
+    /// Repeatable.
+    #[arg(long, value_name = "PATTERN", requires = "reverse")]
+    pub exclude: Vec<String>,
 }
 
 /// Everything a mount needs, after the command line, the settings file, systemd credentials
@@ -73,6 +84,8 @@ struct Resolved {
     threads: usize,
     writeback_cache: bool,
     read_ahead_kb: u32,
+    reverse: bool,
+    exclude: Vec<String>,
 }
 
 impl MountArgs {
@@ -132,6 +145,8 @@ impl MountArgs {
             threads: self.threads.or(file.threads).unwrap_or(4).max(1),
             writeback_cache: !self.no_writeback_cache && file.writeback_cache.unwrap_or(true),
             read_ahead_kb: self.read_ahead_kb.or(file.read_ahead_kb).unwrap_or(1024),
+            reverse: self.reverse || file.reverse.unwrap_or(false),
+            exclude: file.exclude.into_iter().chain(self.exclude).collect(),
         })
     }
 }
@@ -261,18 +276,75 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mountpoint = check_mountpoint(&args.mountpoint, parsed.nonempty)?;
     let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
         .with_context(|| format!("{} does not exist", args.cipher_dir.display()))?;
+    let reverse = args.reverse;
+    if reverse {
+        if !volume::is_reverse(&cipher_dir) {
+            bail!(
+                "{} holds no reverse volume; create one with `sealfs init --reverse {}`",
+                cipher_dir.display(),
+                cipher_dir.display()
+            );
+        }
+        // The view of a tree that holds the view would hold itself.
+        if mountpoint.starts_with(&cipher_dir) {
+            bail!(
+                "mount point {} is inside the plaintext dir {}; mount the view elsewhere",
+                mountpoint.display(),
+                cipher_dir.display()
+            );
+        }
+        parsed.read_only = true;
+        parsed.config.mount_options.push(MountOption::RO);
+    } else if volume::is_reverse(&cipher_dir) {
+        bail!(
+            "{} is the plaintext dir of a reverse volume: mount its encrypted view with `sealfs mount --reverse`",
+            cipher_dir.display()
+        );
+    }
+    let excludes = Excludes::new(&args.exclude)?;
     let config = Volume::read_config(&cipher_dir)?;
     // Local keys are read (and passphrases asked) here, on the terminal; KMS and PKCS#11
     // connect on first use, which is after the fork: neither survives fork().
     let providers = args.unlock.providers(&config)?;
     let limits = args.cache;
+    launch(args.foreground, move |ready| {
+        if reverse {
+            let keys = sealfs::keys::unlock(&config, &providers)?;
+            serve_reverse(keys, &cipher_dir, excludes, &mountpoint, parsed, ready)
+        } else {
+            let volume = Volume::open(&cipher_dir, providers, limits)?;
+            serve(volume, &mountpoint, parsed, ready)
+        }
+    })
+}
 
-    if args.foreground {
-        let volume = Volume::open(&cipher_dir, providers, limits)?;
-        return serve(volume, &mountpoint, parsed, None);
+/// The daemon's way to tell the waiting parent that the volume is mounted, or why not.
+struct Ready(Option<OwnedFd>);
+
+impl Ready {
+    fn mounted(&mut self) -> Result<()> {
+        notify::notify("READY=1");
+        if let Some(fd) = self.0.take() {
+            std::fs::File::from(fd).write_all(b"ok")?;
+            detach_stdio();
+        }
+        Ok(())
     }
-    // Daemonize before any thread exists; the child unlocks, mounts, and reports "ok" or its
-    // error through a pipe, so the parent exits with the right status and message.
+
+    fn failed(&mut self, message: &str) {
+        if let Some(fd) = self.0.take() {
+            let _ = std::fs::File::from(fd).write_all(message.as_bytes());
+        }
+    }
+}
+
+/// Runs `start` in the foreground, or daemonized: forked before any thread exists, the
+/// child unlocks and mounts and reports "ok" or its error through a pipe, so the parent
+/// exits with the right status and message.
+fn launch(foreground: bool, start: impl FnOnce(&mut Ready) -> Result<()>) -> Result<()> {
+    if foreground {
+        return start(&mut Ready(None));
+    }
     let (read_end, write_end) = nix::unistd::pipe()?;
     match unsafe { nix::unistd::fork()? } {
         nix::unistd::ForkResult::Parent { .. } => {
@@ -292,45 +364,25 @@ pub fn run(args: MountArgs) -> Result<()> {
             nix::unistd::setsid()?;
             logging::to_syslog();
             hardening::lock_memory();
-            let volume = match Volume::open(&cipher_dir, providers, limits) {
-                Ok(volume) => volume,
+            let mut ready = Ready(Some(write_end));
+            match start(&mut ready) {
+                Ok(()) => std::process::exit(0),
                 Err(e) => {
-                    let _ = std::fs::File::from(write_end).write_all(e.to_string().as_bytes());
+                    ready.failed(&format!("{e:#}"));
+                    tracing::error!(error = %e, "mount daemon failed");
                     std::process::exit(1);
                 }
-            };
-            if let Err(e) = serve(volume, &mountpoint, parsed, Some(write_end)) {
-                tracing::error!(error = %e, "mount daemon failed");
-                std::process::exit(1);
             }
-            std::process::exit(0);
         }
     }
 }
 
-fn serve(
-    mut volume: Volume,
-    mountpoint: &Path,
-    parsed: Parsed,
-    ready: Option<OwnedFd>,
-) -> Result<()> {
+fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Ready) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
-    let fail = |ready: Option<OwnedFd>, message: String| {
-        if let Some(fd) = ready {
-            let _ = std::fs::File::from(fd).write_all(message.as_bytes());
-        }
-        anyhow::anyhow!(message)
-    };
     // Shared with other mounts, exclusive for `fsck --repair`: held until the process ends.
-    let _mounted = match volume.headers.lock_shared() {
-        Ok(lock) => lock,
-        Err(_) => {
-            return Err(fail(
-                ready,
-                "`sealfs fsck --repair` is running on this volume; mount it when it is done".into(),
-            ));
-        }
+    let Ok(_mounted) = volume.headers.lock_shared() else {
+        bail!("`sealfs fsck --repair` is running on this volume; mount it when it is done");
     };
     volume.set_audit(audit::open(&volume.path, &volume.keys, "mount"));
     let audit_log = volume.audit.clone();
@@ -341,15 +393,8 @@ fn serve(
     });
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let inodes = fs.inodes.clone();
-    let mut session = match fuser::Session::new(fs, mountpoint, &parsed.config) {
-        Ok(session) => session,
-        Err(e) => {
-            return Err(fail(
-                ready,
-                format!("cannot mount on {}: {e}", mountpoint.display()),
-            ));
-        }
-    };
+    let session = fuser::Session::new(fs, mountpoint, &parsed.config)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     pruner::spawn(inodes, session.notifier(), PruneLimits::from_fd_limit());
     if let Some(log) = &audit_log {
@@ -359,11 +404,40 @@ fn serve(
         tracing::error!("BENCHMARK BUILD: file contents are NOT encrypted on this mount");
     }
     set_read_ahead(mountpoint, parsed.read_ahead_kb);
-    notify::notify("READY=1");
-    if let Some(fd) = ready {
-        std::fs::File::from(fd).write_all(b"ok")?;
-        detach_stdio();
-    }
+    ready.mounted()?;
+    run_until_unmounted(session)
+}
+
+fn serve_reverse(
+    keys: sealfs::keys::VolumeKeys,
+    plain_dir: &Path,
+    excludes: Excludes,
+    mountpoint: &Path,
+    parsed: Parsed,
+    ready: &mut Ready,
+) -> Result<()> {
+    let audit_log = audit::open(plain_dir, &keys, "mount --reverse");
+    let view = ReverseView::new(plain_dir, std::sync::Arc::new(keys), excludes)?;
+    let session = fuser::Session::new(view, mountpoint, &parsed.config)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), plain_dir = %plain_dir.display(), "reverse view mounted");
+    audit_log.record(
+        "mount",
+        serde_json::json!({
+            "mountpoint": mountpoint.display().to_string(),
+            "read_only": true,
+            "reverse": true,
+        }),
+    );
+    set_read_ahead(mountpoint, parsed.read_ahead_kb);
+    ready.mounted()?;
+    let result = run_until_unmounted(session);
+    audit_log.record("unmount", serde_json::json!({ "reverse": true }));
+    result
+}
+
+/// Serves until unmounted, unmounting on SIGTERM, SIGINT or SIGHUP.
+fn run_until_unmounted<FS: fuser::Filesystem>(mut session: fuser::Session<FS>) -> Result<()> {
     let mut unmounter = session.unmount_callable();
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;

@@ -18,6 +18,11 @@ pub struct SettingsFile {
     pub threads: Option<usize>,
     pub writeback_cache: Option<bool>,
     pub read_ahead_kb: Option<u32>,
+    /// Mount the encrypted view of a plaintext dir (`sealfs mount --reverse`).
+    pub reverse: Option<bool>,
+    /// Reverse mode: gitignore-style patterns left out of the view.
+    #[serde(default)]
+    pub exclude: Vec<String>,
     #[serde(default)]
     pub keys: KeySettings,
     #[serde(default)]

@@ -14,6 +14,8 @@ pub enum Label {
     XattrValueKey,
     KekSeal,
     AuditMac,
+    ReverseFileId,
+    ReverseDataKey,
 }
 
 impl Label {
@@ -31,6 +33,8 @@ impl Label {
             Label::XattrValueKey => "sealfs 2026-11 v1 xattr value key",
             Label::KekSeal => "sealfs 2026-11 v3 rotated kek seal key",
             Label::AuditMac => "sealfs 2026-11 v3 audit chain key",
+            Label::ReverseFileId => "sealfs 2026-11 v3 reverse file id",
+            Label::ReverseDataKey => "sealfs 2026-11 v3 reverse data key",
         }
     }
 }

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::{FormatError, Id, block, hex, hex32, id_from_hex, id_to_hex};
 
 pub const CONFIG_FILE: &str = "sealfs.conf";
+/// A reverse volume's config, kept in its plaintext dir and shown in the view as `sealfs.conf`.
+pub const REVERSE_CONFIG_FILE: &str = ".sealfs.reverse.conf";
+/// Root entries of a reverse volume's plaintext dir that start with this never enter the view.
+pub const REVERSE_PRIVATE_PREFIX: &str = ".sealfs.reverse.";
 /// Version 1: key-file and passphrase keyslots. Version 2 adds AWS KMS and PKCS#11 keyslots.
 /// Version 3 adds rotated KEKs sealed in the config and retired KEK versions. A config is written with the lowest version that can express it, so volumes that use no
 /// version-2 feature stay readable by version-1 readers.

@@ -229,6 +229,38 @@ impl VolumeKeys {
         })
     }
 
+    /// Reverse mode: `data_key` wrapped under the current KEK with the fixed all-zero nonce, so
+    /// the same file gives the same header bytes on every mount. GCM-SIV keeps this safe: each
+    /// file id has its own data key, and the file id is in the associated data.
+    pub(crate) fn wrap_under_kek_deterministic(
+        &self,
+        file_id: &Id,
+        data_key: &SecretKey,
+    ) -> Result<HeaderSlot, KeyError> {
+        let keks = self.kek_set();
+        let plain = data_key.as_bytes();
+        let mut wrapped = vec![0u8; plain.len() + crate::crypto::SEAL_OVERHEAD];
+        keks.sealers[&keks.current].seal_into_with_nonce(
+            &[0u8; crate::crypto::NONCE_LEN],
+            &wrap_aad(&self.volume_id, file_id, keks.current),
+            plain,
+            &mut wrapped,
+        )?;
+        Ok(HeaderSlot {
+            kind: SlotKind::VolumeKek,
+            key_version: keks.current,
+            wrapped,
+        })
+    }
+
+    /// A key derived from the volume secret under `label` (reverse mode's file ids and data
+    /// keys, which must be the same on every mount).
+    pub(crate) fn derive_from_secret(&self, label: Label, parts: &[&[u8]]) -> SecretKey {
+        let mut material: Vec<&[u8]> = vec![self.volume_secret.as_bytes()];
+        material.extend_from_slice(parts);
+        derive_key(label, &material)
+    }
+
     /// The data key in a KEK keyslot; None when this volume does not hold that KEK version.
     pub(crate) fn unwrap_kek_slot(
         &self,

@@ -20,6 +20,7 @@ use crate::format::audit::{AuditRecord, ChainBreak, GENESIS, MAX_RECORD_LEN, ver
 use crate::keys::{KeyError, VolumeKeys};
 
 pub const AUDIT_FILE: &str = "sealfs.audit";
+pub const REVERSE_AUDIT_FILE: &str = ".sealfs.reverse.audit";
 /// `audit verify` reads at most this much (years of key events); a hostile huge file cannot
 /// exhaust memory.
 const MAX_VERIFIED_LOG: u64 = 1 << 30;
@@ -51,8 +52,14 @@ impl AuditLog {
         }
     }
 
+    /// `sealfs.audit` in a cipher dir; `.sealfs.reverse.audit` (hidden from the view) in the
+    /// plaintext dir of a reverse volume.
     pub fn default_path(cipher_dir: &Path) -> PathBuf {
-        cipher_dir.join(AUDIT_FILE)
+        if super::is_reverse(cipher_dir) {
+            cipher_dir.join(REVERSE_AUDIT_FILE)
+        } else {
+            cipher_dir.join(AUDIT_FILE)
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -26,6 +26,8 @@ pub struct VolumeInfo {
     pub rotated_keks: Vec<u32>,
     pub retired_keks: Vec<u32>,
     pub keyslots: Vec<SlotInfo>,
+    /// A reverse volume (plaintext dir, encrypted view): its headers exist only in the view.
+    pub reverse: bool,
     pub files: HeaderCensus,
 }
 
@@ -38,7 +40,12 @@ pub struct SlotInfo {
 
 pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
     let config = Volume::read_config(cipher_dir)?;
-    let files = census(&HeaderStore::open(File::open(cipher_dir)?)?)?;
+    let reverse = super::is_reverse(cipher_dir);
+    let files = if reverse {
+        HeaderCensus::default()
+    } else {
+        census(&HeaderStore::open(File::open(cipher_dir)?)?)?
+    };
     Ok(VolumeInfo {
         path: cipher_dir.display().to_string(),
         volume_id: config.volume_id.clone(),
@@ -59,6 +66,7 @@ pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
                 detail: s.provider.detail(),
             })
             .collect(),
+        reverse,
         files,
     })
 }

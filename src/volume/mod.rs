@@ -28,7 +28,9 @@ use nix::sys::stat::Mode;
 use nix::unistd::linkat;
 
 use crate::format::block::{self, Layout, PREAMBLE_LEN};
-use crate::format::config::{CIPHER, CONFIG_FILE, KeyMode, MAX_CONFIG_LEN, VolumeConfig};
+use crate::format::config::{
+    CIPHER, CONFIG_FILE, KeyMode, MAX_CONFIG_LEN, REVERSE_CONFIG_FILE, VolumeConfig,
+};
 use crate::format::name::BackingName;
 use crate::format::{Id, id_to_hex};
 use crate::keys::{
@@ -85,7 +87,7 @@ impl Default for InitOptions {
 impl Volume {
     /// Reads and structurally validates `sealfs.conf`, with errors a user can act on.
     pub fn read_config(cipher_dir: &Path) -> Result<VolumeConfig> {
-        let path = cipher_dir.join(CONFIG_FILE);
+        let path = config_file(cipher_dir);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound if cipher_dir.is_dir() => VolumeError::Usage(format!(
                 "{} is not a sealfs volume (no {CONFIG_FILE}); create one with `sealfs init`",
@@ -111,11 +113,7 @@ impl Volume {
         providers: &[Box<dyn MasterKeyProvider>],
         volume_id: Id,
     ) -> Result<VolumeConfig> {
-        block::validate_block_size(options.block_size)?;
-        if providers.is_empty() {
-            return Err(keys::KeyError::NoProvider.into());
-        }
-        if cipher_dir.join(CONFIG_FILE).exists() {
+        if config_file(cipher_dir).exists() {
             return Err(VolumeError::Usage(format!(
                 "{} is already a sealfs volume; refusing to overwrite it",
                 cipher_dir.display()
@@ -135,42 +133,45 @@ impl Volume {
             }
             Err(e) => return Err(e.into()),
         }
-        let keyring = VolumeKeys::generate_keyring()?;
-        let keyring_bytes = keyring.encode();
-        let keyslots = providers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| p.create_slot(i as u32, &volume_id, &keyring_bytes))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut config = VolumeConfig {
-            format_version: 1,
-            volume_id: id_to_hex(&volume_id),
-            block_size: options.block_size,
-            cipher: CIPHER.into(),
-            key_mode: options.key_mode,
-            current_kek: 1,
-            file_key_slot: None,
-            keks: vec![],
-            retired_keks: vec![],
-            keyslots,
-            mac: String::new(),
-        };
-        if options.key_mode == KeyMode::PerFile {
-            let remote = config
-                .keyslots
-                .iter()
-                .find(|s| s.provider.min_version() >= 2);
-            let Some(slot) = remote else {
-                return Err(VolumeError::Usage(
-                    "per-file key mode needs a KMS or PKCS#11 key (--kms or --pkcs11-token)".into(),
-                ));
-            };
-            config.file_key_slot = Some(slot.id);
-        }
-        config.format_version = config.required_version();
-        VolumeKeys::from_keyring(volume_id, keyring)?.seal_config(&mut config);
+        let config = new_config(options, providers, volume_id)?;
         fs::DirBuilder::new().create(cipher_dir.join(HEADERS_DIR))?;
         write_config(cipher_dir, &config)?;
+        Ok(config)
+    }
+
+    /// Makes `plain_dir`, an existing plaintext tree, the source of a reverse volume: its
+    /// config goes into `plain_dir/.sealfs.reverse.conf`, and nothing else is written.
+    pub fn init_reverse(
+        plain_dir: &Path,
+        options: &InitOptions,
+        providers: &[Box<dyn MasterKeyProvider>],
+        volume_id: Id,
+    ) -> Result<VolumeConfig> {
+        if !plain_dir.is_dir() {
+            return Err(VolumeError::Usage(format!(
+                "{} is not a directory; reverse mode encrypts an existing plaintext tree",
+                plain_dir.display()
+            )));
+        }
+        if plain_dir.join(REVERSE_CONFIG_FILE).exists() {
+            return Err(VolumeError::Usage(format!(
+                "{} already has a reverse volume ({REVERSE_CONFIG_FILE}); refusing to overwrite it",
+                plain_dir.display()
+            )));
+        }
+        if plain_dir.join(CONFIG_FILE).exists() {
+            return Err(VolumeError::Usage(format!(
+                "{} is a sealfs cipher dir, not a plaintext tree",
+                plain_dir.display()
+            )));
+        }
+        if options.key_mode == KeyMode::PerFile {
+            return Err(VolumeError::Usage(
+                "reverse mode derives file keys from the volume secret; per-file key mode does not apply".into(),
+            ));
+        }
+        let config = new_config(options, providers, volume_id)?;
+        write_config_file(&plain_dir.join(REVERSE_CONFIG_FILE), &config)?;
         Ok(config)
     }
 
@@ -181,6 +182,12 @@ impl Volume {
         providers: Vec<Box<dyn MasterKeyProvider>>,
         cache: CacheLimits,
     ) -> Result<Volume> {
+        if is_reverse(cipher_dir) {
+            return Err(VolumeError::Usage(format!(
+                "{} is the plaintext dir of a reverse volume: mount it with `sealfs mount --reverse`",
+                cipher_dir.display()
+            )));
+        }
         let config = Self::read_config(cipher_dir)?;
         let keys = Arc::new(keys::unlock(&config, &providers)?);
         let file_keys = match config.file_key_slot() {
@@ -386,6 +393,69 @@ fn config_stamp(root: BorrowedFd<'_>) -> Result<ConfigStamp> {
     })
 }
 
+/// A new volume's config: a fresh keyring sealed into one keyslot per provider, MACed.
+fn new_config(
+    options: &InitOptions,
+    providers: &[Box<dyn MasterKeyProvider>],
+    volume_id: Id,
+) -> Result<VolumeConfig> {
+    block::validate_block_size(options.block_size)?;
+    if providers.is_empty() {
+        return Err(keys::KeyError::NoProvider.into());
+    }
+    let keyring = VolumeKeys::generate_keyring()?;
+    let keyring_bytes = keyring.encode();
+    let keyslots = providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.create_slot(i as u32, &volume_id, &keyring_bytes))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut config = VolumeConfig {
+        format_version: 1,
+        volume_id: id_to_hex(&volume_id),
+        block_size: options.block_size,
+        cipher: CIPHER.into(),
+        key_mode: options.key_mode,
+        current_kek: 1,
+        file_key_slot: None,
+        keks: vec![],
+        retired_keks: vec![],
+        keyslots,
+        mac: String::new(),
+    };
+    if options.key_mode == KeyMode::PerFile {
+        let remote = config
+            .keyslots
+            .iter()
+            .find(|s| s.provider.min_version() >= 2);
+        let Some(slot) = remote else {
+            return Err(VolumeError::Usage(
+                "per-file key mode needs a KMS or PKCS#11 key (--kms or --pkcs11-token)".into(),
+            ));
+        };
+        config.file_key_slot = Some(slot.id);
+    }
+    config.format_version = config.required_version();
+    VolumeKeys::from_keyring(volume_id, keyring)?.seal_config(&mut config);
+    Ok(config)
+}
+
+/// The config file of the volume in `dir`: `sealfs.conf` in a cipher dir, or
+/// `.sealfs.reverse.conf` in the plaintext dir of a reverse volume. Key commands (key add,
+/// rotate, passwd, info, audit) work on either.
+pub fn config_file(dir: &Path) -> PathBuf {
+    if is_reverse(dir) {
+        dir.join(REVERSE_CONFIG_FILE)
+    } else {
+        dir.join(CONFIG_FILE)
+    }
+}
+
+/// Whether `dir` is the plaintext dir of a reverse volume (and not a cipher dir).
+pub fn is_reverse(dir: &Path) -> bool {
+    !dir.join(CONFIG_FILE).exists() && dir.join(REVERSE_CONFIG_FILE).exists()
+}
+
 /// `/proc/self/fd/N`: reopens or links what an fd refers to, including files already unlinked.
 pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     use std::os::fd::AsRawFd;
@@ -407,8 +477,16 @@ pub fn lock_config(cipher_dir: &Path) -> Result<ConfigLock> {
 }
 
 /// Writes the config crash-safely: temp file, fsync, rename, fsync of the directory.
-pub fn write_config(cipher_dir: &Path, config: &VolumeConfig) -> Result<()> {
-    let tmp = cipher_dir.join(format!("{CONFIG_FILE}.tmp"));
+pub fn write_config(dir: &Path, config: &VolumeConfig) -> Result<()> {
+    write_config_file(&config_file(dir), config)
+}
+
+/// `write_config` to a named config file (a new reverse volume's, before it exists).
+fn write_config_file(target: &Path, config: &VolumeConfig) -> Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let mut tmp = target.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     // A leftover from a crash is read-only; start afresh.
     let _ = fs::remove_file(&tmp);
     let mut file = fs::OpenOptions::new()
@@ -421,9 +499,9 @@ pub fn write_config(cipher_dir: &Path, config: &VolumeConfig) -> Result<()> {
     crash_point("config-temp-written");
     file.sync_all()?;
     crash_point("config-temp-synced");
-    fs::rename(&tmp, cipher_dir.join(CONFIG_FILE))?;
+    fs::rename(&tmp, target)?;
     crash_point("config-renamed");
-    File::open(cipher_dir)?.sync_all()?;
+    File::open(dir)?.sync_all()?;
     crash_point("config-dir-synced");
     Ok(())
 }

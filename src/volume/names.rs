@@ -37,7 +37,8 @@ pub fn encrypt_name(keys: &VolumeKeys, plain: &OsStr) -> Result<BackingName> {
     Ok(BackingName::from_sealed(&sealed))
 }
 
-fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
+/// The plaintext of an encrypted (short-form) backing name.
+pub fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
     let corrupt = || VolumeError::Corrupt(format!("encrypted name {encoded:.40} does not decrypt"));
     let sealed = name::decode_b64(encoded, "name").map_err(|_| corrupt())?;
     let padded = keys

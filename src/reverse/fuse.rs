@@ -1,0 +1,159 @@
+//! The `fuser::Filesystem` shell of the reverse view: each handler calls one `ReverseView`
+//! method and replies once. The mount is read-only (MS_RDONLY), so the kernel answers every
+//! write, create and rename with EROFS before it reaches us.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, Request,
+};
+
+use super::view::ReverseView;
+use crate::fs::errno::report;
+
+/// The plaintext tree changes under the view at any time; a short TTL makes changes show
+/// within a second while keeping a backup tool's stat-then-open pairs cheap.
+const TTL: Duration = Duration::from_secs(1);
+const GENERATION: Generation = Generation(0);
+
+macro_rules! reply_or_error {
+    ($op:literal, $result:expr, $reply:ident, |$ok:ident| $body:expr) => {
+        match $result {
+            Ok($ok) => $body,
+            Err(e) => $reply.error(report($op, &e)),
+        }
+    };
+}
+
+impl Filesystem for ReverseView {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_background(64);
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
+            tracing::info!(?missing, "kernel lacks a FUSE capability");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
+            .entry(&TTL, &attr, GENERATION))
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        ReverseView::forget(self, ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_or_error!("getattr", self.getattr(ino.0), reply, |attr| reply
+            .attr(&TTL, &attr))
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply_or_error!("readlink", ReverseView::readlink(self, ino.0), reply, |t| {
+            reply.data(&t)
+        })
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // No FOPEN_KEEP_CACHE: each open reads what the plaintext holds now.
+        reply_or_error!(
+            "open",
+            ReverseView::open(self, ino.0, flags.0),
+            reply,
+            |fh| { reply.opened(FileHandle(fh), FopenFlags::empty()) }
+        )
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        reply_or_error!(
+            "read",
+            ReverseView::read(self, fh.0, offset, size),
+            reply,
+            |d| { reply.data(&d) }
+        )
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        ReverseView::release(self, fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply_or_error!("opendir", ReverseView::opendir(self, ino.0), reply, |fh| {
+            reply.opened(FileHandle(fh), FopenFlags::empty())
+        })
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.dir_entries(fh.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(report("readdir", &e)),
+        };
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        ReverseView::release(self, fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply_or_error!("statfs", ReverseView::statfs(self), reply, |s| reply
+            .statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                255,
+                s.fragment_size() as u32,
+            ))
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+}
