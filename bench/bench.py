@@ -194,6 +194,125 @@ def run_target(target, args, tarball, tar_count, tar_size):
     return results
 
 
+def read_tree(root):
+    """Reads every regular file under `root` (1 MiB reads), as a backup tool would: returns
+    (bytes, files, seconds)."""
+    total = files = 0
+    start = time.perf_counter()
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            with open(path, "rb", buffering=0) as f:
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+            files += 1
+    return total, files, time.perf_counter() - start
+
+
+def make_plain_trees(work, seq_bytes, small_count):
+    """Two plaintext trees: `large` (4 files of seq_bytes/4) and `small` (4 KiB files in 20
+    directories). Incompressible contents."""
+    large, small = work / "large", work / "small"
+    large.mkdir(parents=True)
+    block = os.urandom(1 << 20)
+    for i in range(4):
+        with open(large / f"big{i}", "wb") as f:
+            for _ in range(max(1, seq_bytes // 4 // len(block))):
+                f.write(block)
+    for i in range(small_count):
+        d = small / f"d{i % 20:02}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05}").write_bytes(os.urandom(4096))
+    return {"large": large, "small": small}
+
+
+class ReverseView:
+    """A reverse view of a plaintext tree (sealfs or gocryptfs -reverse), mounted read-only."""
+
+    def __init__(self, kind, plain, mnt, binary=None):
+        self.kind, self.plain, self.mnt, self.binary = kind, plain, mnt, binary
+        self.env = dict(os.environ, SEALFS_KEY_DIR=str(mnt.parent / "keys"))
+
+    def __enter__(self):
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        if self.kind == "sealfs-reverse":
+            if not (self.plain / ".sealfs.reverse.conf").exists():
+                sh(self.binary, "init", "--reverse", str(self.plain), env=self.env)
+            sh(self.binary, "mount", "--reverse", str(self.plain), str(self.mnt), env=self.env)
+        else:
+            if not (self.plain / ".gocryptfs.reverse.conf").exists():
+                sh("gocryptfs", "-init", "-reverse", "-q", "-extpass", "echo bench-pass",
+                   "-scryptn", "10", str(self.plain))
+            sh("gocryptfs", "-reverse", "-q", "-extpass", "echo bench-pass", str(self.plain), str(self.mnt))
+        return self.mnt
+
+    def __exit__(self, *exc):
+        sh("umount", str(self.mnt), check=False)
+        for _ in range(100):
+            if not is_mounted(self.mnt):
+                break
+            time.sleep(0.05)
+
+
+REVERSE_JOBS = [("read-large", "MiB/s"), ("read-small", "files/s")]
+
+
+def reverse_bench(args, work, sealfs_binary):
+    """Reading a plaintext tree directly against reading its reverse view (what a backup tool
+    does), caches dropped before each read. Throughput is in plaintext terms: the same bytes
+    and files, so the ratio is a ratio of times."""
+    base = work / "reverse"
+    shutil.rmtree(base, ignore_errors=True)
+    trees = make_plain_trees(base / "plain", int(args.seq_size[:-1]) << 20 if args.seq_size.endswith("M")
+                             else int(args.seq_size[:-1]) << 30, args.small_files)
+    names = ["plain", "sealfs-reverse"]
+    if shutil.which("gocryptfs") and not args.no_gocryptfs:
+        names.append("gocryptfs-reverse")
+    runs = {n: [] for n in names}
+    for i in range(args.runs):
+        for n in names:
+            print(f"reverse run {i+1}/{args.runs}: {n} ...", file=sys.stderr, flush=True)
+            result = {}
+            for tree, plain in trees.items():
+                job = "read-large" if tree == "large" else "read-small"
+                files = [p for p in plain.rglob("*") if p.is_file() and not p.name.startswith(".")]
+                size, count = sum(p.stat().st_size for p in files), len(files)
+                if n == "plain":
+                    drop_caches()
+                    _, _, took = read_tree(plain)
+                else:
+                    with ReverseView(n, plain, base / n / tree, sealfs_binary) as view:
+                        drop_caches()
+                        _, _, took = read_tree(view)
+                result[job] = size / 2**20 / took if job == "read-large" else count / took
+            runs[n].append(result)
+    table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in REVERSE_JOBS} for n in names}
+    for plain in trees.values():
+        for conf in [".sealfs.reverse.conf", ".gocryptfs.reverse.conf"]:
+            (plain / conf).unlink(missing_ok=True)
+    shutil.rmtree(base, ignore_errors=True)
+    return table, runs, names
+
+
+def reverse_markdown(table, names):
+    head = "| job | unit | " + " | ".join(names) + " | sealfs-reverse / plain | sealfs-reverse / gocryptfs-reverse |"
+    lines = [head, "|" + "---|" * (len(names) + 4)]
+    for job, unit in REVERSE_JOBS:
+        row = [f"{table[n][job]:,.0f}" for n in names]
+        vs_plain = table["sealfs-reverse"][job] / table["plain"][job]
+        vs_go = (
+            f'{table["sealfs-reverse"][job] / table["gocryptfs-reverse"][job]:.2f}x'
+            if "gocryptfs-reverse" in table else "n/a"
+        )
+        lines.append(f"| {job} | {unit} | " + " | ".join(row) + f" | {vs_plain:.2f}x | {vs_go} |")
+    return "\n".join(lines) + "\n"
+
+
 def svg_chart(table, targets, path):
     """Grouped bars: each target's result relative to the passthrough (= 1.0), per job."""
     base = "passthrough"
@@ -253,6 +372,7 @@ def main():
     p.add_argument("--dir", default="/dev/shm/sealfs-bench", help="backing directory (tmpfs by default)")
     p.add_argument("--out", default="target/bench-results")
     p.add_argument("--no-gocryptfs", action="store_true")
+    p.add_argument("--reverse-only", action="store_true", help="only the reverse-mode benchmark")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.seq_size = "64M" if args.quick else "1G"
@@ -279,11 +399,22 @@ def main():
         }[name]()
 
     runs = {n: [] for n in names}
-    for i in range(args.runs):
+    for i in range(0 if args.reverse_only else args.runs):
         # Interleave targets in every run, so drift on a shared machine hits all of them.
         for n in names:
             print(f"run {i+1}/{args.runs}: {n} ...", file=sys.stderr, flush=True)
             runs[n].append(run_target(make(n), args, tarball, tar_count, tar_size))
+    reverse_table, reverse_runs, reverse_names = reverse_bench(args, work, args.sealfs)
+    rmd = "## Reverse mode: reading the view against reading the plaintext tree\n\n" + reverse_markdown(
+        reverse_table, reverse_names)
+    if args.reverse_only:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reverse.json").write_text(json.dumps({"median": reverse_table, "runs": reverse_runs}, indent=2) + "\n")
+        (out / "reverse.md").write_text(rmd)
+        print(rmd)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in JOBS} for n in names}
 
     out = Path(args.out)
@@ -295,14 +426,18 @@ def main():
         "seq_size": args.seq_size, "rand_size": args.rand_size, "runtime_s": args.runtime,
         "small_files": args.small_files, "untar_files": tar_count, "untar_bytes": tar_size,
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "median": table, "runs": runs}, indent=2) + "\n")
-    md = markdown(table, names)
+    (out / "results.json").write_text(json.dumps({
+        "meta": meta, "median": table, "runs": runs,
+        "reverse": {"median": reverse_table, "runs": reverse_runs},
+    }, indent=2) + "\n")
+    md = markdown(table, names) + "\n" + rmd
     (out / "results.md").write_text(md)
     svg_chart(table, names, out / "chart.svg")
     print(md)
     print(f"results: {out}/results.json, results.md, chart.svg")
     shutil.rmtree(work, ignore_errors=True)
     bad = [f"{n}/{j}" for n in names for j, _ in JOBS if not table[n][j] > 0]
+    bad += [f"{n}/{j}" for n in reverse_names for j, _ in REVERSE_JOBS if not reverse_table[n][j] > 0]
     if bad:
         sys.exit(f"benchmark produced no number for: {', '.join(bad)}")
 
