@@ -122,6 +122,15 @@ fn populate(plain: &Path) {
     .unwrap();
     let socket = std::os::unix::net::UnixListener::bind(plain.join("socket")).unwrap();
     drop(socket);
+    if nix::unistd::geteuid().is_root() {
+        nix::sys::stat::mknod(
+            &plain.join("null-device"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+    }
     fs::set_permissions(plain.join("docs/big"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(plain.join("empty"), fs::Permissions::from_mode(0o4755)).unwrap();
     let old = nix::sys::time::TimeSpec::new(1_500_000_000, 0);
@@ -151,6 +160,7 @@ fn assert_same_tree(plain: &Path, restored: &Path) {
             assert_eq!(a.mtime(), b.mtime(), "mtime of {path:?}");
         }
         assert_eq!(a.nlink(), b.nlink(), "links of {path:?}");
+        assert_eq!(a.rdev(), b.rdev(), "device number of {path:?}");
     }
     let (a, b) = (
         fs::metadata(restored.join("hello.txt")).unwrap(),
@@ -594,6 +604,17 @@ fn misuse_is_refused_with_a_clear_error() {
     let forward = TestVolume::new();
     assert!(err(&["mount", "--reverse", forward.cipher_str(), mnt]).contains("init --reverse"));
     let other = test_dir();
+    fs::create_dir(other.path().join("tree")).unwrap();
+    assert!(
+        err(&[
+            "init",
+            "--reverse",
+            other.path().join("tree").to_str().unwrap(),
+            "--key-mode",
+            "per-file"
+        ])
+        .contains("per-file")
+    );
     assert!(
         err(&["init", "--reverse", forward.cipher_str()]).contains("cipher dir"),
         "a cipher dir is not a plaintext tree"

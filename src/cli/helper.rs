@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use anyhow::{Result, bail};
 
 /// sealfs settings accepted as `name=value` mount options, and the flag each becomes.
-const VALUE_OPTIONS: [(&str, &str); 12] = [
+const VALUE_OPTIONS: [(&str, &str); 13] = [
     ("keyfile", "--keyfile"),
     ("passfile", "--passfile"),
     ("pin_file", "--pin-file"),
@@ -21,10 +21,12 @@ const VALUE_OPTIONS: [(&str, &str); 12] = [
     ("key_cache_idle", "--key-cache-idle"),
     ("read_ahead_kb", "--read-ahead-kb"),
     ("audit_log", "--audit-log"),
+    ("exclude", "--exclude"),
 ];
-const FLAG_OPTIONS: [(&str, &str); 2] = [
+const FLAG_OPTIONS: [(&str, &str); 3] = [
     ("no_writeback_cache", "--no-writeback-cache"),
     ("audit_syslog", "--audit-syslog"),
+    ("reverse", "--reverse"),
 ];
 
 /// The `sealfs mount ...` command line for what mount(8) passed; None for a fake mount (-f).
@@ -119,6 +121,34 @@ mod tests {
                 "--audit-syslog",
                 "-o",
                 "rw,noauto,_netdev,allow_other,x-systemd.requires=network-online.target",
+            ])
+        );
+    }
+
+    #[test]
+    fn reverse_views_mount_from_fstab() {
+        let got = translate(&strings(&[
+            "/home/alice",
+            "/mnt/alice.enc",
+            "-o",
+            "reverse,exclude=*.tmp,exclude=/cache,allow_other",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            got,
+            strings(&[
+                "sealfs",
+                "mount",
+                "/home/alice",
+                "/mnt/alice.enc",
+                "--reverse",
+                "--exclude",
+                "*.tmp",
+                "--exclude",
+                "/cache",
+                "-o",
+                "allow_other",
             ])
         );
     }

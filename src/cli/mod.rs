@@ -87,8 +87,8 @@ in $CREDENTIALS_DIRECTORY) > defaults.
 mount(8) and /etc/fstab: mount -t fuse.sealfs CIPHERDIR MOUNTPOINT -o OPTIONS, or a line \
 `CIPHERDIR MOUNTPOINT fuse.sealfs OPTIONS 0 0`. Options keyfile=, passfile=, pin_file=, \
 kms_endpoint=, pkcs11_module=, config=, threads=, key_cache_entries=, key_cache_max_age=, \
-key_cache_idle=, read_ahead_kb=, audit_log=, no_writeback_cache and audit_syslog become the \
-matching flags; noauto, nofail, _netdev and x-systemd.* are for mount(8) and systemd.
+key_cache_idle=, read_ahead_kb=, audit_log=, exclude=, no_writeback_cache, audit_syslog and \
+reverse become the matching flags; noauto, nofail, _netdev and x-systemd.* are for mount(8) and systemd.
 
 systemd: sealfs@NAME.service and sealfs-kms@NAME.service mount /etc/sealfs/NAME.toml at boot.";
 
