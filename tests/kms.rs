@@ -176,3 +176,62 @@ fn throttling_and_disabled_keys_give_clear_errors_and_recover() {
     m.unmount();
     assert!(files_under(&vol.cipher).len() >= 2);
 }
+
+/// A backup server's day: the plaintext tree's key in KMS, its encrypted view copied off, and
+/// restored from the copy by KMS alone. One KMS call per mount of the view; a KMS outage at
+/// mount time is a clear error and the next mount works once KMS is back.
+#[test]
+fn reverse_view_with_a_kms_key() {
+    let kms = kms();
+    let dir = common::test_dir();
+    let plain = dir.path().join("plain");
+    fs::create_dir_all(plain.join("etc")).unwrap();
+    fs::write(plain.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
+    let env = kms_env(&kms.proxy.endpoint());
+    let keys = dir.path().join("keys");
+    let init = common::sealfs_env(
+        &keys,
+        &env,
+        &[
+            "init",
+            "--reverse",
+            plain.to_str().unwrap(),
+            "--kms",
+            &kms.key,
+        ],
+    );
+    assert!(init.status.success(), "{}", stderr(&init));
+    let mut vol = TestVolume::existing(dir, plain, keys);
+    vol.env = env;
+
+    kms.proxy.set(Fault::Down);
+    let mnt = vol.mnt.to_str().unwrap().to_string();
+    let down = vol.run(&["mount", "--reverse", vol.cipher_str(), &mnt]);
+    assert!(!down.status.success(), "mounted without KMS");
+    kms.proxy.set(Fault::Pass);
+
+    let before = kms.proxy.count("Decrypt");
+    let view = vol.mount_with(&["--reverse"]);
+    let copy = vol.dir.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", view.path.display()))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    drop(view);
+    assert_eq!(
+        kms.proxy.count("Decrypt") - before,
+        1,
+        "one KMS call per view mount"
+    );
+
+    let mut restore = TestVolume::existing(common::test_dir(), copy, vol.keys.clone());
+    restore.env = vol.env.clone();
+    let m = restore.mount();
+    assert_eq!(
+        fs::read(m.p("etc/hosts")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+}
