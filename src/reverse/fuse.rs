@@ -7,11 +7,31 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
 use super::view::ReverseView;
+
+fn placeholder(ino: u64, kind: fuser::FileType) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
 use crate::fs::errno::report;
 
 /// The plaintext tree changes under the view at any time; a short TTL makes changes show
@@ -31,8 +51,15 @@ macro_rules! reply_or_error {
 impl Filesystem for ReverseView {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_background(64);
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
-            tracing::info!(?missing, "kernel lacks a FUSE capability");
+        // readdirplus hands the kernel each entry's attributes with the listing, saving a
+        // LOOKUP per file of a backup walk (bench/README.md).
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
+            if let Err(missing) = config.add_capabilities(flag) {
+                tracing::info!(?missing, "kernel lacks a FUSE capability");
+            }
         }
         Ok(())
     }
@@ -121,6 +148,43 @@ impl Filesystem for ReverseView {
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
                 break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.dir_entries(fh.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(report("readdirplus", &e)),
+        };
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            // "." and "..", and entries gone since the listing, carry no attributes the
+            // kernel may keep (zero TTL).
+            let (attr, ttl) = match self.entry_attr(entry) {
+                Some(attr) => (attr, TTL),
+                None => (placeholder(entry.ino, entry.kind), Duration::ZERO),
+            };
+            if reply.add(
+                INodeNo(entry.ino),
+                i as u64 + 1,
+                &entry.name,
+                &ttl,
+                &attr,
+                GENERATION,
+            ) {
+                break;
+            }
+            // Counted only once sent: the kernel takes every sent entry as a lookup.
+            if !ttl.is_zero() {
+                self.remember_entry(entry);
             }
         }
         reply.ok();

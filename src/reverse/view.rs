@@ -70,6 +70,8 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: FileType,
     pub name: OsString,
+    /// What the entry is, for readdirplus; None for "." and "..".
+    target: Option<(NodeKind, PathBuf)>,
 }
 
 /// An open file of the view.
@@ -636,11 +638,13 @@ impl ReverseView {
                 ino: node,
                 kind: FileType::Directory,
                 name: ".".into(),
+                target: None,
             },
             DirEntry {
                 ino: node,
                 kind: FileType::Directory,
                 name: "..".into(),
+                target: None,
             },
         ];
         match kind {
@@ -653,6 +657,7 @@ impl ReverseView {
                         ino: virtual_node(&[b"hdir", &[prefix][..]].concat()),
                         kind: FileType::Directory,
                         name: format!("{prefix:02x}").into(),
+                        target: Some((NodeKind::HeaderDir(prefix), PathBuf::new())),
                     });
                 }
             }
@@ -663,6 +668,7 @@ impl ReverseView {
                         ino: virtual_node(&[&b"header"[..], id].concat()),
                         kind: FileType::RegularFile,
                         name: id_to_hex(id).into(),
+                        target: Some((NodeKind::Header(*id), PathBuf::new())),
                     });
                 }
             }
@@ -677,11 +683,13 @@ impl ReverseView {
                 ino: virtual_node(b"config"),
                 kind: FileType::RegularFile,
                 name: CONFIG_FILE.into(),
+                target: Some((NodeKind::Config, PathBuf::new())),
             });
             entries.push(DirEntry {
                 ino: virtual_node(b"headers"),
                 kind: FileType::Directory,
                 name: HEADERS_DIR.into(),
+                target: Some((NodeKind::HeadersRoot, PathBuf::new())),
             });
         }
         for (name, kind, ino) in self.list_plain(dir)? {
@@ -692,21 +700,37 @@ impl ReverseView {
                     continue;
                 }
             };
+            let path = dir.join(&name);
             if let Some(sidecar) = encrypted.sidecar() {
-                let path = dir.join(&name);
                 entries.push(DirEntry {
                     ino: virtual_node(&[b"sidecar\0", path.as_os_str().as_bytes()].concat()),
                     kind: FileType::RegularFile,
                     name: sidecar.into(),
+                    target: Some((NodeKind::LongSidecar, path.clone())),
                 });
             }
             entries.push(DirEntry {
                 ino: self.plain_node(ino),
                 kind,
                 name: encrypted.entry().into(),
+                target: Some((NodeKind::Plain, path)),
             });
         }
         Ok(())
+    }
+
+    /// The attributes of a listed entry, for readdirplus; None for "." and "..", and for an
+    /// entry gone or replaced since the listing.
+    pub fn entry_attr(&self, entry: &DirEntry) -> Option<FileAttr> {
+        let (kind, path) = entry.target.as_ref()?;
+        self.attr_of(entry.ino, kind, path).ok()
+    }
+
+    /// Counts a lookup of a listed entry whose attributes readdirplus handed to the kernel.
+    pub fn remember_entry(&self, entry: &DirEntry) {
+        if let Some((kind, path)) = &entry.target {
+            self.remember(entry.ino, kind.clone(), path.clone());
+        }
     }
 
     pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
