@@ -1,5 +1,6 @@
 //! Crash consistency: the mount daemon is killed with SIGKILL (or cut off with a lazy unmount)
-//! at random points of a workload of creates, writes, appends, truncates, renames and unlinks.
+//! at random points of a workload of creates, writes, appends, truncates, renames, hard links
+//! and unlinks.
 //! After every crash: fsck finds nothing worse than orphan headers and crash leftovers, every
 //! file fsynced (and unchanged since) reads back exactly, and no file reads back a byte that was
 //! never written to it. Rounds: SEALFS_CRASH_ROUNDS (default 6 per mode); seed:
@@ -25,6 +26,9 @@ struct FileModel {
     possible: Vec<u8>,
     /// True once fsynced and not changed since: must survive exactly.
     durable: bool,
+    /// Names with the same group are hard links of one file: a write through one is a write
+    /// to all.
+    group: u64,
 }
 
 impl FileModel {
@@ -43,24 +47,47 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|_| (rng.next() % 255 + 1) as u8).collect()
 }
 
-/// Records the change a write in flight makes, before it is made.
-fn begin(model: &Model, name: &str, change: impl FnOnce(&mut Vec<u8>)) {
+/// Group ids of files the workload creates; groups after a crash are inode numbers.
+const NEW_GROUP: u64 = 1 << 62;
+
+/// Every name linked with `name` (itself included).
+fn linked(m: &mut BTreeMap<String, FileModel>, name: &str) -> Vec<String> {
+    let group = m[name].group;
+    m.iter()
+        .filter(|(_, f)| f.group == group)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Records the change a write in flight makes, before it is made, on every link of the file.
+fn begin(model: &Model, name: &str, serial: u64, change: impl Fn(&mut Vec<u8>)) {
     let mut m = model.lock().unwrap();
-    let file = m.entry(name.to_string()).or_default();
-    file.durable = false;
-    file.possible = file.intended.clone();
-    change(&mut file.possible);
+    m.entry(name.to_string()).or_insert_with(|| FileModel {
+        group: NEW_GROUP | serial,
+        ..Default::default()
+    });
+    for name in linked(&mut m, name) {
+        let file = m.get_mut(&name).unwrap();
+        file.durable = false;
+        file.possible = file.intended.clone();
+        change(&mut file.possible);
+    }
 }
 
 /// The write in flight returned: it happened.
 fn commit(model: &Model, name: &str) {
     let mut m = model.lock().unwrap();
-    let file = m.get_mut(name).unwrap();
-    file.intended = file.possible.clone();
+    for name in linked(&mut m, name) {
+        let file = m.get_mut(&name).unwrap();
+        file.intended = file.possible.clone();
+    }
 }
 
 fn synced(model: &Model, name: &str) {
-    model.lock().unwrap().get_mut(name).unwrap().durable = true;
+    let mut m = model.lock().unwrap();
+    for name in linked(&mut m, name) {
+        m.get_mut(&name).unwrap().durable = true;
+    }
 }
 
 /// One step of the workload; the model always allows for the operation in flight.
@@ -68,14 +95,15 @@ fn step(root: &Path, rng: &mut Rng, model: &Model, serial: &mut u64) -> std::io:
     let names: Vec<String> = model.lock().unwrap().keys().cloned().collect();
     let pick = |rng: &mut Rng| names[rng.below(names.len() as u64) as usize].clone();
     *serial += 1;
-    match rng.below(10) {
+    let serial_now = *serial;
+    match rng.below(11) {
         0..=3 => {
             let name = format!("f{serial}");
             let data = pattern(rng.next(), rng.below(300_000) as usize + 1);
-            begin(model, &name, |_| {});
+            begin(model, &name, serial_now, |_| {});
             let mut f = fs::File::create(root.join(&name))?;
             for chunk in data.chunks(rng.below(100_000) as usize + 1) {
-                begin(model, &name, |p| p.extend_from_slice(chunk));
+                begin(model, &name, serial_now, |p| p.extend_from_slice(chunk));
                 f.write_all(chunk)?;
                 commit(model, &name);
             }
@@ -88,7 +116,7 @@ fn step(root: &Path, rng: &mut Rng, model: &Model, serial: &mut u64) -> std::io:
             let name = pick(rng);
             let extra = pattern(rng.next(), rng.below(50_000) as usize + 1);
             let mut f = fs::OpenOptions::new().append(true).open(root.join(&name))?;
-            begin(model, &name, |p| p.extend_from_slice(&extra));
+            begin(model, &name, serial_now, |p| p.extend_from_slice(&extra));
             f.write_all(&extra)?;
             commit(model, &name);
             if rng.below(2) == 0 {
@@ -101,7 +129,7 @@ fn step(root: &Path, rng: &mut Rng, model: &Model, serial: &mut u64) -> std::io:
             let f = fs::OpenOptions::new().write(true).open(root.join(&name))?;
             let len = model.lock().unwrap()[&name].intended.len();
             let new_len = rng.below(len as u64 + 10_000) as usize;
-            begin(model, &name, |p| p.resize(new_len, 0));
+            begin(model, &name, serial_now, |p| p.resize(new_len, 0));
             f.set_len(new_len as u64)?;
             commit(model, &name);
         }
@@ -118,6 +146,14 @@ fn step(root: &Path, rng: &mut Rng, model: &Model, serial: &mut u64) -> std::io:
             let name = pick(rng);
             fs::remove_file(root.join(&name))?;
             model.lock().unwrap().remove(&name);
+        }
+        9 if !names.is_empty() => {
+            let from = pick(rng);
+            let to = format!("l{serial}");
+            fs::hard_link(root.join(&from), root.join(&to))?;
+            let mut m = model.lock().unwrap();
+            let file = m[&from].clone();
+            m.insert(to, file);
         }
         _ => {}
     }
@@ -218,9 +254,19 @@ fn run_rounds(crash: Crash, salt: u64) {
         // disk for names, and hold every file's bytes to what was written to it.
         let mut by_content: Vec<FileModel> = model.values().cloned().collect();
         let mut next: BTreeMap<String, FileModel> = BTreeMap::new();
+        let mut inode_of_group: BTreeMap<u64, u64> = BTreeMap::new();
         for name in &present {
             let data = fs::read(m.p(name))
                 .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {name}: {e}"));
+            let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.p(name)).unwrap());
+            if let Some(file) = model.get(name) {
+                // Hard links made before the crash are links still.
+                let first = *inode_of_group.entry(file.group).or_insert(inode);
+                assert_eq!(
+                    first, inode,
+                    "round {round} (seed {seed}): {name} is no longer linked with its group"
+                );
+            }
             let file = match model.get(name) {
                 Some(file) => file.clone(),
                 None => {
@@ -246,6 +292,7 @@ fn run_rounds(crash: Crash, salt: u64) {
                     intended: data.clone(),
                     possible: data,
                     durable: true,
+                    group: inode,
                 },
             );
         }

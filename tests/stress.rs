@@ -196,3 +196,63 @@ fn a_hundred_open_writers_keep_memory_and_descriptors_bounded() {
     // One O_PATH node fd and one data-file fd per open file, plus a fixed few.
     assert!(fds < 2 * 100 + 64, "{fds} fds for 100 open files");
 }
+
+/// A walk through more files than the inode cache holds: memory and descriptors stay bounded
+/// by `--inode-cache`, not by the tree. SEALFS_WALK_FILES (default 10,000) and
+/// SEALFS_WALK_INODE_CACHE (default 1,000) scale it up for a soak.
+#[test]
+fn a_walk_of_many_files_keeps_memory_and_descriptors_bounded() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let files = env("SEALFS_WALK_FILES", 10_000);
+    let cache = env("SEALFS_WALK_INODE_CACHE", 1_000);
+    let vol = TestVolume::new();
+    let m = vol.mount_with(&["--inode-cache", &cache.to_string()]);
+    let pid = m.pid();
+    let root = m.path.clone();
+    let (rss, fds, walked) = bounded(Duration::from_secs(3600), move || {
+        let dirs = files.div_ceil(1000).max(1);
+        let fd_count = || fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let mut most = 0;
+        for d in 0..dirs {
+            fs::create_dir(root.join(format!("d{d}"))).unwrap();
+        }
+        for i in 0..files {
+            fs::write(root.join(format!("d{}/f{i}", i % dirs)), i.to_string()).unwrap();
+            if i % 1000 == 0 {
+                most = most.max(fd_count());
+            }
+        }
+        // The walk a backup or `find` makes: list, stat and read everything, twice.
+        let mut walked = 0;
+        for _ in 0..2 {
+            for d in 0..dirs {
+                for entry in fs::read_dir(root.join(format!("d{d}"))).unwrap() {
+                    let path = entry.unwrap().path();
+                    let meta = fs::metadata(&path).unwrap();
+                    assert_eq!(fs::read(&path).unwrap().len() as u64, meta.len());
+                    walked += 1;
+                    if walked % 1000 == 0 {
+                        most = most.max(fd_count());
+                    }
+                }
+            }
+        }
+        (status_kib(pid, "VmHWM:"), most, walked)
+    });
+    eprintln!(
+        "{files} files created and walked twice ({walked} visits), inode cache {cache}: peak RSS {rss} KiB, at most {fds} fds"
+    );
+    assert_eq!(walked, 2 * files);
+    // The node table holds at most `cache` nodes (+ what rounds of pruning let through
+    // between checks), each with one descriptor.
+    assert!(
+        fds < cache + 1_000,
+        "{fds} fds with an inode cache of {cache}"
+    );
+    assert!(rss < 256 * 1024, "peak RSS {rss} KiB");
+}

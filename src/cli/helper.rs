@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use anyhow::{Result, bail};
 
 /// sealfs settings accepted as `name=value` mount options, and the flag each becomes.
-const VALUE_OPTIONS: [(&str, &str); 13] = [
+const VALUE_OPTIONS: [(&str, &str); 14] = [
     ("keyfile", "--keyfile"),
     ("passfile", "--passfile"),
     ("pin_file", "--pin-file"),
@@ -20,6 +20,7 @@ const VALUE_OPTIONS: [(&str, &str); 13] = [
     ("key_cache_max_age", "--key-cache-max-age"),
     ("key_cache_idle", "--key-cache-idle"),
     ("read_ahead_kb", "--read-ahead-kb"),
+    ("inode_cache", "--inode-cache"),
     ("audit_log", "--audit-log"),
     ("exclude", "--exclude"),
 ];

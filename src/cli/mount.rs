@@ -60,6 +60,11 @@ pub struct MountArgs {
     /// [default: 1024].
     #[arg(long, value_name = "KIB")]
     pub read_ahead_kb: Option<u32>,
+    /// Most inodes the daemon keeps (one descriptor and ~200 bytes each); past it the least
+    /// recently used idle ones are forgotten, which bounds memory and fds in a walk of any
+    /// size [default: 100000, and at most half the fd limit].
+    #[arg(long, value_name = "N")]
+    pub inode_cache: Option<usize>,
     /// Reverse mode: CIPHER_DIR is a plaintext directory made with `sealfs init --reverse`;
     /// mount a read-only, deterministic encrypted view of it (for rsync/restic/borg to
     /// storage that is not trusted). A forward mount of a copy of the view reads the files.
@@ -84,6 +89,7 @@ struct Resolved {
     threads: usize,
     writeback_cache: bool,
     read_ahead_kb: u32,
+    inode_cache: usize,
     reverse: bool,
     exclude: Vec<String>,
 }
@@ -145,6 +151,10 @@ impl MountArgs {
             threads: self.threads.or(file.threads).unwrap_or(4).max(1),
             writeback_cache: !self.no_writeback_cache && file.writeback_cache.unwrap_or(true),
             read_ahead_kb: self.read_ahead_kb.or(file.read_ahead_kb).unwrap_or(1024),
+            inode_cache: self
+                .inode_cache
+                .or(file.inode_cache)
+                .unwrap_or(PruneLimits::DEFAULT_BUDGET),
             reverse: self.reverse || file.reverse.unwrap_or(false),
             exclude: file.exclude.into_iter().chain(self.exclude).collect(),
         })
@@ -157,6 +167,7 @@ struct Parsed {
     nonempty: bool,
     tuning: Tuning,
     read_ahead_kb: u32,
+    inode_cache: usize,
 }
 
 fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
@@ -223,6 +234,7 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         nonempty,
         tuning: Tuning::default(),
         read_ahead_kb: 0,
+        inode_cache: PruneLimits::DEFAULT_BUDGET,
     })
 }
 
@@ -273,6 +285,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         writeback_cache: args.writeback_cache,
     };
     parsed.read_ahead_kb = args.read_ahead_kb;
+    parsed.inode_cache = args.inode_cache;
     let mountpoint = check_mountpoint(&args.mountpoint, parsed.nonempty)?;
     let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
         .with_context(|| format!("{} does not exist", args.cipher_dir.display()))?;
@@ -396,7 +409,11 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
     let session = fuser::Session::new(fs, mountpoint, &parsed.config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
-    pruner::spawn(inodes, session.notifier(), PruneLimits::from_fd_limit());
+    pruner::spawn(
+        inodes,
+        session.notifier(),
+        PruneLimits::from_fd_limit(parsed.inode_cache),
+    );
     if let Some(log) = &audit_log {
         log.record("mount", mounted_details);
     }

@@ -18,6 +18,7 @@ pub struct SettingsFile {
     pub threads: Option<usize>,
     pub writeback_cache: Option<bool>,
     pub read_ahead_kb: Option<u32>,
+    pub inode_cache: Option<usize>,
     /// Mount the encrypted view of a plaintext dir (`sealfs mount --reverse`).
     pub reverse: Option<bool>,
     /// Reverse mode: gitignore-style patterns left out of the view.

@@ -25,22 +25,27 @@ pub struct PruneLimits {
 }
 
 impl PruneLimits {
-    /// Marks at 1/2 and 1/4 of the soft RLIMIT_NOFILE: the other half is headroom for open
-    /// files, the FUSE channels, the key services, and for new lookups while a round of
-    /// invalidations waits on directory locks held by busy creators.
-    pub fn from_fd_limit() -> Self {
+    /// Inodes kept by default: ~200 bytes and one descriptor each, so about 20 MiB of node
+    /// table at most, however large the tree a walk goes through.
+    pub const DEFAULT_BUDGET: usize = 100_000;
+
+    /// Marks at the smaller of `budget` and 1/2 of the soft RLIMIT_NOFILE, pruning down to half
+    /// of that: the other half of the fd limit is headroom for open files, the FUSE channels,
+    /// the key services, and for new lookups while a round of invalidations waits on directory
+    /// locks held by busy creators.
+    pub fn from_fd_limit(budget: usize) -> Self {
         let soft = getrlimit(Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(1024)
             .min(usize::MAX as u64) as usize;
-        Self::for_limit(soft)
+        Self::for_limit(soft, budget)
     }
 
-    pub fn for_limit(fd_limit: usize) -> Self {
-        let high = (fd_limit / 2).max(64);
+    pub fn for_limit(fd_limit: usize, budget: usize) -> Self {
+        let high = (fd_limit / 2).min(budget).max(64);
         PruneLimits {
             high,
-            low: (fd_limit / 4).max(32).min(high),
+            low: (high / 2).max(32),
         }
     }
 }
@@ -87,13 +92,21 @@ mod tests {
     #[test]
     fn marks_scale_with_the_limit() {
         assert_eq!(
-            PruneLimits::for_limit(20_000),
+            PruneLimits::for_limit(20_000, PruneLimits::DEFAULT_BUDGET),
             PruneLimits {
                 high: 10_000,
                 low: 5_000
             }
         );
-        let tiny = PruneLimits::for_limit(10);
+        assert_eq!(
+            PruneLimits::for_limit(1 << 20, PruneLimits::DEFAULT_BUDGET),
+            PruneLimits {
+                high: 100_000,
+                low: 50_000
+            },
+            "memory is bounded even when descriptors are not"
+        );
+        let tiny = PruneLimits::for_limit(10, 5);
         assert!(tiny.low <= tiny.high && tiny.high >= 64);
     }
 }

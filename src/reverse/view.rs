@@ -366,9 +366,11 @@ impl ReverseView {
         if self.hidden(parent, name) {
             return Err(enoent());
         }
+        // A mount point anywhere on the path fails to resolve (RESOLVE_NO_XDEV): st_dev is
+        // not compared, as overlayfs reports the underlying filesystem's for files.
         let stat = self.stat_plain(path)?;
         let is_dir = file_type(stat.st_mode) == FileType::Directory;
-        if stat.st_dev != self.root_dev || self.excludes.excludes(path, is_dir) {
+        if self.excludes.excludes(path, is_dir) {
             return Err(enoent());
         }
         Ok(stat)
