@@ -4,7 +4,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, mkdirat};
@@ -29,6 +30,10 @@ pub struct HeaderListing {
 
 pub struct HeaderStore {
     dir: OwnedFd,
+    /// Which `hh` directories this store has seen exist (by the id's first byte): creating a
+    /// header then costs no mkdir. They are never removed. Headers are reached by `hh/<id>`
+    /// paths from `dir`, so the hot path opens no directory and holds no descriptor for them.
+    made: Box<[AtomicBool]>,
 }
 
 impl HeaderStore {
@@ -39,21 +44,41 @@ impl HeaderStore {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(HeaderStore { dir })
+        Ok(HeaderStore {
+            dir,
+            made: (0..256).map(|_| AtomicBool::new(false)).collect(),
+        })
     }
 
-    fn location(file_id: &Id) -> (String, String) {
-        let hex = id_to_hex(file_id);
-        (hex[..2].to_string(), hex)
+    /// `hh`: the id's first byte in hex, the first two digits of its name.
+    fn subdir_name(file_id: &Id) -> String {
+        format!("{:02x}", file_id[0])
     }
 
-    fn subdir(&self, name: &str, create: bool) -> Result<OwnedFd> {
-        if create {
-            match mkdirat(self.dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
-                Ok(()) | Err(nix::Error::EEXIST) => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// `hh/<id>`, relative to the headers directory.
+    fn path_of(file_id: &Id) -> String {
+        format!("{}/{}", Self::subdir_name(file_id), id_to_hex(file_id))
+    }
+
+    fn make_subdir_of(&self, file_id: &Id) -> Result<()> {
+        let made = &self.made[usize::from(file_id[0])];
+        if made.load(Ordering::Relaxed) {
+            return Ok(());
         }
+        let sub = Self::subdir_name(file_id);
+        match mkdirat(
+            self.dir.as_fd(),
+            sub.as_str(),
+            Mode::from_bits_truncate(0o700),
+        ) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        made.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn subdir(&self, name: &str) -> Result<OwnedFd> {
         Ok(openat(
             self.dir.as_fd(),
             name,
@@ -66,22 +91,23 @@ impl HeaderStore {
     /// disk) nothing is left behind.
     pub fn create(&self, header: &FileHeader, durable: bool) -> Result<()> {
         let bytes = header.encode()?;
-        let (sub, name) = Self::location(&header.file_id);
-        let dir = self.subdir(&sub, true)?;
-        let tmp = format!("{name}.tmp");
+        self.make_subdir_of(&header.file_id)?;
+        let dir = self.dir.as_fd();
+        let path = Self::path_of(&header.file_id);
+        let tmp = format!("{path}.tmp");
         let written = (|| -> Result<()> {
-            write_temp(&dir, &tmp, &bytes, durable)?;
+            write_temp(dir, &tmp, &bytes, durable)?;
             renameat2(
-                dir.as_fd(),
+                dir,
                 tmp.as_str(),
-                dir.as_fd(),
-                name.as_str(),
+                dir,
+                path.as_str(),
                 RenameFlags::RENAME_NOREPLACE,
             )?;
             Ok(())
         })();
         if written.is_err() {
-            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         }
         written
     }
@@ -91,10 +117,8 @@ impl HeaderStore {
     /// header (`commit_staged`).
     pub fn stage(&self, header: &FileHeader) -> Result<()> {
         let bytes = header.encode()?;
-        let (sub, name) = Self::location(&header.file_id);
-        let dir = self.subdir(&sub, false)?;
-        let tmp = format!("{name}.tmp");
-        write_temp(&dir, &tmp, &bytes, false)
+        let tmp = format!("{}.tmp", Self::path_of(&header.file_id));
+        write_temp(self.dir.as_fd(), &tmp, &bytes, false)
     }
 
     /// Makes every staged header durable: one syncfs for a whole batch instead of one fsync
@@ -109,14 +133,14 @@ impl HeaderStore {
     /// exchange (unlike a rename) never brings a deleted header back. The caller fsyncs the
     /// header directories once it is done (`sync_dirs`).
     pub fn commit_staged(&self, file_id: &Id) -> Result<bool> {
-        let (sub, name) = Self::location(file_id);
-        let dir = self.subdir(&sub, false)?;
-        let tmp = format!("{name}.tmp");
+        let dir = self.dir.as_fd();
+        let path = Self::path_of(file_id);
+        let tmp = format!("{path}.tmp");
         let exchanged = renameat2(
-            dir.as_fd(),
+            dir,
             tmp.as_str(),
-            dir.as_fd(),
-            name.as_str(),
+            dir,
+            path.as_str(),
             RenameFlags::RENAME_EXCHANGE,
         );
         let result = match exchanged {
@@ -124,7 +148,7 @@ impl HeaderStore {
             Err(nix::Error::ENOENT) => Ok(false),
             Err(e) => Err(e.into()),
         };
-        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         result
     }
 
@@ -137,7 +161,7 @@ impl HeaderStore {
                 && sub
                     .bytes()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-            let dir = match self.subdir(&sub, false) {
+            let dir = match self.subdir(&sub) {
                 Ok(dir) if valid_sub => dir,
                 _ => {
                     listing.strays.push(sub);
@@ -166,7 +190,7 @@ impl HeaderStore {
         let (sub, name) = path
             .split_once('/')
             .ok_or_else(|| VolumeError::Usage(format!("not a header path: {path}")))?;
-        let dir = self.subdir(sub, false)?;
+        let dir = self.subdir(sub)?;
         unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)?;
         Ok(())
     }
@@ -174,7 +198,7 @@ impl HeaderStore {
     /// fsyncs every header directory, making replaced headers durable.
     pub fn sync_dirs(&self) -> Result<()> {
         for sub in read_names(self.dir.as_fd())? {
-            if let Ok(dir) = self.subdir(&sub, false) {
+            if let Ok(dir) = self.subdir(&sub) {
                 File::from(dir).sync_all()?;
             }
         }
@@ -205,41 +229,29 @@ impl HeaderStore {
 
     /// Makes a header written without fsync durable: its data, then its directory entry.
     pub fn sync(&self, file_id: &Id) -> Result<()> {
-        let (sub, name) = Self::location(file_id);
-        let dir = self.subdir(&sub, false)?;
         let fd = openat(
-            dir.as_fd(),
-            name.as_str(),
+            self.dir.as_fd(),
+            Self::path_of(file_id).as_str(),
             OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
             Mode::empty(),
         )?;
         File::from(fd).sync_all()?;
-        let dir = openat(
-            self.dir.as_fd(),
-            sub.as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        File::from(dir).sync_all()?;
+        File::from(self.subdir(&Self::subdir_name(file_id))?).sync_all()?;
         File::from(self.dir.try_clone()?).sync_all()?;
         Ok(())
     }
 
     /// Whether a header for `file_id` is present (whatever it holds).
     pub fn exists(&self, file_id: &Id) -> bool {
-        let (sub, name) = Self::location(file_id);
-        self.subdir(&sub, false).is_ok_and(|dir| {
-            nix::sys::stat::fstatat(
-                dir.as_fd(),
-                name.as_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .is_ok()
-        })
+        nix::sys::stat::fstatat(
+            self.dir.as_fd(),
+            Self::path_of(file_id).as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
     }
 
     pub fn load(&self, file_id: &Id) -> Result<FileHeader> {
-        let (sub, name) = Self::location(file_id);
         let missing = |e: nix::Error| {
             if e == nix::Error::ENOENT {
                 VolumeError::Corrupt(format!("header of file {} is missing", id_to_hex(file_id)))
@@ -247,15 +259,10 @@ impl HeaderStore {
                 e.into()
             }
         };
-        let dir = self.subdir(&sub, false).map_err(|e| match e {
-            VolumeError::Io(io) if io.raw_os_error() == Some(libc::ENOENT) => {
-                missing(nix::Error::ENOENT)
-            }
-            other => other,
-        })?;
+        // A missing `hh` directory is a missing header too (ENOENT either way).
         let fd = openat(
-            dir.as_fd(),
-            name.as_str(),
+            self.dir.as_fd(),
+            Self::path_of(file_id).as_str(),
             OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
             Mode::empty(),
         )
@@ -280,12 +287,8 @@ impl HeaderStore {
     /// Removes the header of a file whose last link is gone. A header already missing is only
     /// worth a warning: the file it served no longer exists.
     pub fn remove(&self, file_id: &Id) -> Result<()> {
-        let (sub, name) = Self::location(file_id);
-        let dir = match self.subdir(&sub, false) {
-            Ok(dir) => dir,
-            Err(_) => return Ok(()),
-        };
-        match unlinkat(dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir) {
+        let path = Self::path_of(file_id);
+        match unlinkat(self.dir.as_fd(), path.as_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(()),
             Err(nix::Error::ENOENT) => {
                 tracing::warn!(file = %id_to_hex(file_id), "header to remove was already gone");
@@ -298,7 +301,7 @@ impl HeaderStore {
 
 /// Writes `bytes` to the temp file `tmp` in `dir` (mode 0600, fsynced when `durable`); on
 /// failure (a full disk) removes it again.
-fn write_temp(dir: &OwnedFd, tmp: &str, bytes: &[u8], durable: bool) -> Result<()> {
+fn write_temp(dir: BorrowedFd<'_>, tmp: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let written = (|| -> Result<()> {
         // O_EXCL | O_NOFOLLOW: never write through a planted symlink, never into another
         // writer's temp file (a concurrent rewrap then fails that header, harmlessly).
