@@ -1,7 +1,7 @@
 //! The FUSE frontend: an inode table and open handles over a `Volume`, turning requests into
 //! volume and block calls and errors into errno values.
 
-mod attr;
+pub(crate) mod attr;
 pub mod core;
 pub mod errno;
 mod fuse;

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fuser::{FileAttr, FileType, INodeNo};
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
@@ -33,6 +33,7 @@ use crate::format::config::{
 };
 use crate::format::name::{BackingName, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX, classify_entry};
 use crate::format::{Id, id_from_hex, id_to_hex};
+use crate::fs::attr::{attr_from_stat, time};
 use crate::keys::VolumeKeys;
 use crate::volume::headers::HEADERS_DIR;
 use crate::volume::names::{decrypt_encoded, encrypt_name};
@@ -128,14 +129,6 @@ fn virtual_node(tag: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&hash.as_bytes()[..8]);
     VIRTUAL_BIT | (u64::from_be_bytes(bytes) & !VIRTUAL_BIT)
-}
-
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
-    }
 }
 
 pub fn file_type(mode: u32) -> FileType {
@@ -483,29 +476,18 @@ impl ReverseView {
     }
 
     fn plain_attr(&self, node: u64, stat: &FileStat) -> FileAttr {
-        let kind = file_type(stat.st_mode);
-        let size = match kind {
+        let size = match file_type(stat.st_mode) {
             FileType::RegularFile => self.layout.backing_size(stat.st_size as u64),
             FileType::Symlink => symlink_view_len(stat.st_size as u64),
             _ => stat.st_size as u64,
         };
-        FileAttr {
-            ino: INodeNo(node),
+        attr_from_stat(
+            node,
+            stat,
             size,
-            blocks: size.div_ceil(512),
-            atime: time(stat.st_atime, stat.st_atime_nsec),
-            mtime: time(stat.st_mtime, stat.st_mtime_nsec),
-            ctime: time(stat.st_ctime, stat.st_ctime_nsec),
-            crtime: time(stat.st_ctime, stat.st_ctime_nsec),
-            kind,
-            perm: (stat.st_mode & 0o7777) as u16,
-            nlink: stat.st_nlink as u32,
-            uid: stat.st_uid,
-            gid: stat.st_gid,
-            rdev: stat.st_rdev as u32,
-            blksize: self.layout.block_size() as u32,
-            flags: 0,
-        }
+            size.div_ceil(512),
+            self.layout.block_size() as u32,
+        )
     }
 
     fn sidecar_bytes(&self, path: &Path) -> Result<Vec<u8>> {
