@@ -96,7 +96,15 @@ impl HeaderStore {
         let path = Self::path_of(&header.file_id);
         let tmp = format!("{path}.tmp");
         let written = (|| -> Result<()> {
-            write_temp(dir, &tmp, &bytes, durable)?;
+            let mut staged = write_temp(dir, &tmp, &bytes, durable);
+            if matches!(&staged, Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT))
+            {
+                // Its `hh` directory was removed behind the mount's back: make it again.
+                self.made[usize::from(header.file_id[0])].store(false, Ordering::Relaxed);
+                self.make_subdir_of(&header.file_id)?;
+                staged = write_temp(dir, &tmp, &bytes, durable);
+            }
+            staged?;
             renameat2(
                 dir,
                 tmp.as_str(),
@@ -346,4 +354,45 @@ fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{FileKeys, HeaderKeys, VolumeKeys};
+    use std::sync::Arc;
+
+    fn header() -> FileHeader {
+        let keys = VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap());
+        FileKeys::volume_mode(Arc::new(keys.unwrap()))
+            .new_header()
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn headers_round_trip_and_a_removed_directory_is_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(HEADERS_DIR)).unwrap();
+        let store = HeaderStore::open(File::open(root.path()).unwrap()).unwrap();
+        let first = header();
+        store.create(&first, false).unwrap();
+        assert!(store.exists(&first.file_id));
+        assert_eq!(store.load(&first.file_id).unwrap().file_id, first.file_id);
+        store.remove(&first.file_id).unwrap();
+        assert!(!store.exists(&first.file_id));
+        let sub = root
+            .path()
+            .join(HEADERS_DIR)
+            .join(HeaderStore::subdir_name(&first.file_id));
+        std::fs::remove_dir(&sub).unwrap();
+        let mut again = header();
+        again.file_id = first.file_id;
+        store.create(&again, true).unwrap();
+        assert!(store.exists(&again.file_id));
+        assert!(matches!(
+            store.load(&[0xff; 16]),
+            Err(VolumeError::Corrupt(m)) if m.contains("missing")
+        ));
+    }
 }
