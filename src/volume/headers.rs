@@ -31,8 +31,9 @@ pub struct HeaderListing {
 pub struct HeaderStore {
     dir: OwnedFd,
     /// Which `hh` directories this store has seen exist (by the id's first byte): creating a
-    /// header then costs no mkdir. They are never removed. Headers are reached by `hh/<id>`
-    /// paths from `dir`, so the hot path opens no directory and holds no descriptor for them.
+    /// header then costs no mkdir. sealfs never removes them (one removed from outside is made
+    /// again by `create`). Headers are reached by `hh/<id>` paths from `dir`, so the hot path
+    /// opens no directory and holds no descriptor for them.
     made: Box<[AtomicBool]>,
 }
 
