@@ -447,3 +447,29 @@ fn symlink_times_can_be_set() {
     );
     m.unmount();
 }
+
+/// Programs ask files for ioctls all the time (isatty on every open in Python, lsattr); each
+/// must get ENOTTY, as on ext4, and must not write a log line (it once wrote one per call).
+#[test]
+fn ioctls_answer_enotty_without_a_log_line_each() {
+    use std::os::fd::AsRawFd;
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    fs::write(m.p("f"), b"data").unwrap();
+    for _ in 0..50 {
+        let f = fs::File::open(m.p("f")).unwrap();
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+        assert_eq!(rc, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+        assert!(!std::io::IsTerminal::is_terminal(&f));
+    }
+    let log = m.unmount();
+    assert!(
+        log.lines().filter(|l| l.contains("ioctl")).count() == 0,
+        "ioctls were logged: {log}"
+    );
+}
