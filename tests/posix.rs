@@ -473,3 +473,44 @@ fn ioctls_answer_enotty_without_a_log_line_each() {
         "ioctls were logged: {log}"
     );
 }
+
+/// The mount's readahead (bench/README.md: 16 MiB keeps several read requests in flight) is
+/// what reaches the kernel, by default and when asked for; only root may set it.
+#[test]
+fn the_mount_sets_its_readahead() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to write the bdi's read_ahead_kb");
+        return;
+    }
+    let read_ahead_of = |path: &std::path::Path| -> String {
+        let target = path.to_string_lossy().to_string();
+        let dev = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
+            .filter_map(|l| l.split(' ').nth(2).map(String::from))
+            .next_back()
+            .expect("mounted");
+        fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // The foreground daemon sets it just after the mount appears: wait for it, boundedly.
+    let settles_to = |path: &std::path::Path, want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut got = read_ahead_of(path);
+        while got != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            got = read_ahead_of(path);
+        }
+        got
+    };
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    assert_eq!(settles_to(&m.path, "16384"), "16384");
+    m.unmount();
+    let m = vol.mount_with(&["--read-ahead-kb", "2048"]);
+    assert_eq!(settles_to(&m.path, "2048"), "2048");
+    m.unmount();
+}
