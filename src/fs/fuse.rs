@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::core::{Caller, SealFs};
@@ -264,38 +264,7 @@ impl Filesystem for SealFs {
         )
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing to do here: the kernel writes dirty pages back before it sends FLUSH, and
-        // durability is fsync's job. ENOSYS tells the kernel so once, and it stops sending
-        // FLUSH on every close (one round trip less per small file; bench/README.md).
-        reply.error(Errno::ENOSYS);
-    }
-
-    /// No ioctls are passed through (lsattr, FICLONE and the like need the plaintext file).
-    /// Answered here because fuser's default logs a warning for each one, and programs issue
-    /// them all the time: Python's open() asks every file whether it is a terminal (TCGETS),
-    /// which flooded the log with one line per opened file. ENOTTY is what a regular file on
-    /// ext4 answers for an ioctl it does not know.
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        reply.error(Errno::ENOTTY);
-    }
+    crate::fs::unanswered::flush_and_ioctl_unanswered!();
 
     fn release(
         &self,

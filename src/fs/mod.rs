@@ -7,5 +7,6 @@ pub mod errno;
 mod fuse;
 pub mod inodes;
 pub mod pruner;
+pub(crate) mod unanswered;
 
 pub use self::core::{SealFs, Tuning};

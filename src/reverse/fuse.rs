@@ -6,9 +6,9 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, Request,
+    AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
 use super::view::ReverseView;
@@ -113,37 +113,7 @@ impl Filesystem for ReverseView {
         )
     }
 
-    /// No ioctls are passed through (lsattr, FICLONE and the like need the plaintext file).
-    /// Answered here because fuser's default logs a warning for each one, and programs issue
-    /// them all the time: Python's open() asks every file whether it is a terminal (TCGETS),
-    /// which flooded the log with one line per opened file. ENOTTY is what a regular file on
-    /// ext4 answers for an ioctl it does not know.
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        reply.error(Errno::ENOTTY);
-    }
-
-    /// A read-only view has nothing to flush; ENOSYS makes the kernel stop sending FLUSH on
-    /// every close (fuser's default would answer the same but log a warning).
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::ENOSYS);
-    }
+    crate::fs::unanswered::flush_and_ioctl_unanswered!();
 
     fn release(
         &self,
