@@ -483,14 +483,7 @@ fn the_mount_sets_its_readahead() {
         return;
     }
     let read_ahead_of = |path: &std::path::Path| -> String {
-        let target = path.to_string_lossy().to_string();
-        let dev = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
-            .filter_map(|l| l.split(' ').nth(2).map(String::from))
-            .next_back()
-            .expect("mounted");
+        let dev = common::mount_device(path).expect("mounted");
         fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb"))
             .unwrap()
             .trim()

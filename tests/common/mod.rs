@@ -142,11 +142,18 @@ pub struct Mounted {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
+    mount_device(path).is_some()
+}
+
+/// "major:minor" of the last mount at `path`, from mountinfo.
+pub fn mount_device(path: &Path) -> Option<String> {
     let target = path.to_string_lossy().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        .filter_map(|l| l.split(' ').nth(2).map(String::from))
+        .next_back()
 }
 
 impl Mounted {
