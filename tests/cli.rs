@@ -171,6 +171,52 @@ fn passphrase_keyslots_via_passfile_and_extpass() {
     assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
 }
 
+/// Without allow_other the kernel leaves permission checks to sealfs (no default_permissions,
+/// as gocryptfs): only the mounting user reaches the mount, and access(2) answers from the
+/// backing inode with that user's credentials, which for root still refuses X_OK on a file no
+/// one may execute.
+#[test]
+fn a_private_mount_answers_access_from_the_files_modes() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use nix::unistd::{AccessFlags, access};
+    let vol = TestVolume::new();
+    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = vol.mount();
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, mode) in [("plain", 0o644), ("tool", 0o755), ("locked", 0o000)] {
+        fs::write(m.p(name), b"#!/bin/sh\necho ran\n").unwrap();
+        fs::set_permissions(m.p(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    assert_eq!(
+        access(&m.p("plain"), AccessFlags::X_OK),
+        Err(nix::Error::EACCES)
+    );
+    access(&m.p("tool"), AccessFlags::X_OK).unwrap();
+    access(&m.p("locked"), AccessFlags::R_OK | AccessFlags::W_OK).unwrap();
+    assert_eq!(
+        access(&m.p("missing"), AccessFlags::F_OK),
+        Err(nix::Error::ENOENT)
+    );
+    let ran = Command::new(m.p("tool")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "ran\n");
+    let refused = Command::new(m.p("plain")).output().unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+    // Nobody else gets in at all: that is what lets the kernel skip its own checks.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "another user reached a private mount"
+    );
+    m.unmount();
+}
+
 #[test]
 fn allow_other_gives_files_to_their_creator_and_enforces_modes() {
     if !nix::unistd::geteuid().is_root() {

@@ -178,8 +178,7 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
     let mut fsname = format!("sealfs:{}", cipher_dir.display());
     let mut read_only = false;
     let mut nonempty = false;
-    // The kernel enforces permissions from the attributes we report, as on ext4.
-    config.mount_options.push(MountOption::DefaultPermissions);
+    let mut default_permissions = false;
     for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         let mount_option = match option {
             "ro" => {
@@ -199,14 +198,11 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
                 nonempty = true;
                 continue;
             }
-            "default_permissions"
-            | "defaults"
-            | "noauto"
-            | "auto"
-            | "user"
-            | "nouser"
-            | "nofail"
-            | "_netdev" => continue,
+            "default_permissions" => {
+                default_permissions = true;
+                continue;
+            }
+            "defaults" | "noauto" | "auto" | "user" | "nouser" | "nofail" | "_netdev" => continue,
             x if x.starts_with("x-") || x.starts_with("comment=") => continue,
             "noexec" => MountOption::NoExec,
             "exec" => MountOption::Exec,
@@ -226,6 +222,14 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
             other => bail!("unknown mount option {other:?}"),
         };
         config.mount_options.push(mount_option);
+    }
+    // Where others reach the mount, the kernel enforces permissions from the attributes we
+    // report, as on ext4. Where only the mounting user does (the FUSE default), the backing
+    // files, checked with that user's credentials, already decide, as in gocryptfs: and the
+    // kernel then needs no fresh attributes of a directory before each create in it, one
+    // request fewer per new file.
+    if default_permissions || config.acl != SessionACL::Owner {
+        config.mount_options.push(MountOption::DefaultPermissions);
     }
     config.mount_options.push(MountOption::FSName(fsname));
     config
@@ -311,6 +315,17 @@ pub fn run(args: MountArgs) -> Result<()> {
         }
         parsed.read_only = true;
         parsed.config.mount_options.push(MountOption::RO);
+        // The view answers access(2) without looking: the kernel checks modes.
+        if !parsed
+            .config
+            .mount_options
+            .contains(&MountOption::DefaultPermissions)
+        {
+            parsed
+                .config
+                .mount_options
+                .push(MountOption::DefaultPermissions);
+        }
     } else if volume::is_reverse(&cipher_dir) {
         bail!(
             "{} is the plaintext dir of a reverse volume: mount its encrypted view with `sealfs mount --reverse`",
@@ -551,5 +566,21 @@ mod tests {
         assert!(parsed.read_only);
         assert_eq!(parsed.config.acl, SessionACL::All);
         assert!(parse_options(&opts("bogus"), Path::new("/v")).is_err());
+    }
+
+    #[test]
+    fn the_kernel_checks_permissions_where_others_reach_the_mount_or_when_asked() {
+        let opts = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        let checks = |s: &str| {
+            parse_options(&opts(s), Path::new("/v"))
+                .unwrap()
+                .config
+                .mount_options
+                .contains(&MountOption::DefaultPermissions)
+        };
+        assert!(checks("allow_other"));
+        assert!(checks("allow_root"));
+        assert!(checks("default_permissions"));
+        assert!(!checks("noatime"));
     }
 }

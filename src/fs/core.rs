@@ -71,6 +71,8 @@ pub struct SealFs {
     read_only: bool,
     /// Only root can give files to their caller; others create files as themselves.
     chown_new_files: bool,
+    /// The daemon's own ids: a caller with these already owns what the daemon creates.
+    own_ids: (u32, u32),
 }
 
 fn o_path(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
@@ -128,6 +130,10 @@ impl SealFs {
             next_handle: AtomicU64::new(1),
             read_only,
             chown_new_files: nix::unistd::geteuid().is_root(),
+            own_ids: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
         })
     }
 
@@ -175,7 +181,9 @@ impl SealFs {
     /// Gives a new inode to its caller (when running as root), as ext4 would: the group of a
     /// set-group-id directory wins over the caller's.
     fn give_to_caller(&self, dir: BorrowedFd<'_>, entry: &str, caller: Caller) -> Result<()> {
-        if !self.chown_new_files {
+        // The kernel gave the new inode the daemon's ids (or a setgid directory's group), which
+        // are the caller's own: nothing to change, and no stat of the directory.
+        if !self.chown_new_files || (caller.uid, caller.gid) == self.own_ids {
             return Ok(());
         }
         let dir_stat = stat_fd(dir)?;
@@ -287,6 +295,21 @@ impl SealFs {
             file_id: &content.file_id,
             sealer: &content.material.content,
         }
+    }
+
+    /// Answers access(2) and chdir, which the kernel asks of the filesystem only on mounts
+    /// without default_permissions. There the only caller is the user who mounted, whose
+    /// credentials the daemon runs with: the backing inode, whose mode and owner are the
+    /// plaintext's, answers for it.
+    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        let node = self.node(ino)?;
+        nix::unistd::faccessat(
+            node.fd.as_fd(),
+            "",
+            nix::unistd::AccessFlags::from_bits_truncate(mask),
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_EACCESS,
+        )?;
+        Ok(())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {

@@ -398,9 +398,13 @@ impl Filesystem for SealFs {
         )
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Mounted with default_permissions: the kernel checks modes itself.
-        reply.ok();
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        reply_or_error!(
+            "access",
+            SealFs::access(self, ino.0, mask.bits()),
+            reply,
+            |_ok| reply.ok()
+        )
     }
 
     fn create(
