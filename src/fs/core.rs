@@ -617,7 +617,8 @@ impl SealFs {
 
     /// Writes inside the file lock only their blocks; a write that touches the block holding
     /// the end of file (or lies past it) locks from there to the end, since it changes the
-    /// size and may re-seal that block.
+    /// size and may re-seal that block. Which range that is comes from the size the last write
+    /// left, checked under the lock (and widened when it was stale): one size lookup per write.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         self.writable()?;
         if data.is_empty() {
@@ -628,17 +629,27 @@ impl SealFs {
         let bs = self.volume.layout.block_size();
         let first = offset / bs;
         let last = offset.saturating_add(data.len() as u64 - 1) / bs;
-        let mut range = (first, last + 1);
-        loop {
-            let _guard = handle.node.ranges.write(range.0, range.1);
-            let tail = bf.plain_size()? / bs;
-            let needed = if last >= tail || first > tail {
+        let lock_for = |size: u64| {
+            let tail = size / bs;
+            if last >= tail || first > tail {
                 (first.min(tail), range_lock::TO_END)
             } else {
                 (first, last + 1)
-            };
+            }
+        };
+        let mut range = lock_for(handle.node.size_hint.load(Ordering::Relaxed));
+        loop {
+            let _guard = handle.node.ranges.write(range.0, range.1);
+            let extent = bf.extent()?;
+            let size = self.volume.layout.plain_size(extent.len);
+            let needed = lock_for(size);
             if range.0 <= needed.0 && range.1 >= needed.1 {
-                bf.write_at(offset, data)?;
+                bf.write_at_extent(offset, data, extent)?;
+                let end = offset + data.len() as u64;
+                handle
+                    .node
+                    .size_hint
+                    .store(size.max(end), Ordering::Relaxed);
                 return Ok(data.len() as u32);
             }
             range = (needed.0.min(range.0), needed.1.max(range.1));

@@ -45,6 +45,10 @@ pub struct Node {
     /// Whether this file's header is known to be on stable storage (set by the first fsync;
     /// headers written by an earlier mount were synced then or are as durable as they got).
     pub header_durable: std::sync::atomic::AtomicBool,
+    /// The plaintext size the last write through this mount left: only a guess at which
+    /// blocks the next write must lock (the size is read again under the lock), so an append
+    /// locks the right range at the first try.
+    pub size_hint: AtomicU64,
     /// Parent node and plaintext name of the last lookup: what the kernel can be asked to
     /// forget.
     origin: Mutex<Option<(u64, OsString)>>,
@@ -65,6 +69,7 @@ impl Node {
             open_handles: AtomicU32::new(0),
             orphaned_header: Mutex::new(None),
             header_durable: std::sync::atomic::AtomicBool::new(false),
+            size_hint: AtomicU64::new(0),
             origin: Mutex::new(None),
             last_used: AtomicU64::new(0),
         }

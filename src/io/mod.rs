@@ -8,7 +8,7 @@ pub mod range_lock;
 use std::cell::RefCell;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use rayon::prelude::*;
 use thiserror::Error;
@@ -55,6 +55,22 @@ fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
         buf.resize(len, 0);
     }
     &mut buf[..len]
+}
+
+/// How long a data file is and how much of it is allocated.
+#[derive(Clone, Copy, Debug)]
+pub struct Extent {
+    pub len: u64,
+    pub allocated: u64,
+}
+
+impl Extent {
+    /// Fewer bytes allocated than the length: some range is a hole, which a write into it
+    /// must allocate. (Filesystems that count metadata or preallocation may hide a small
+    /// hole; none reports holes that are not there.)
+    fn may_have_holes(&self) -> bool {
+        self.allocated < self.len
+    }
 }
 
 /// One open data file and the key that seals its blocks.
@@ -150,6 +166,21 @@ impl BlockFile<'_> {
     /// are sealed straight from `data`; only partly covered edge blocks are merged with their
     /// old contents first.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        self.write_at_extent(offset, data, self.extent()?)
+    }
+
+    /// The data file's length and allocation, for `write_at_extent`.
+    pub fn extent(&self) -> Result<Extent, IoError> {
+        let meta = self.file.metadata()?;
+        Ok(Extent {
+            len: meta.len(),
+            allocated: meta.blocks().saturating_mul(512),
+        })
+    }
+
+    /// `write_at` for a caller that holds the lock on the range and has just read the data
+    /// file's `extent`, which nothing can change before this returns.
+    pub fn write_at_extent(&self, offset: u64, data: &[u8], extent: Extent) -> Result<(), IoError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -157,25 +188,61 @@ impl BlockFile<'_> {
             .checked_add(data.len() as u64)
             .filter(|e| *e <= i64::MAX as u64 / 2)
             .ok_or(IoError::TooLarge)?;
-        let backing = self.file.metadata()?.len();
+        let backing = extent.len;
         let size = self.layout.plain_size(backing);
         let new_size = size.max(end);
         let bs = self.layout.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
+        let write_from = self.layout.block_offset(first);
+        let write_to = self
+            .layout
+            .backing_size(new_size)
+            .min(self.layout.block_offset(last + 1));
         // A partial tail block before the written range becomes an inner block: widen it.
         let tail_widens = !size.is_multiple_of(bs) && size / bs < first;
-        if tail_widens {
-            self.reserve(backing, self.layout.block_offset(size / bs + 1))?;
+        // A write that only adds blocks past the end rewrites nothing: if the disk fills up
+        // midway, cutting the file back to its old end undoes it, so it needs no reservation
+        // (for a new small file that fallocate was a twentieth of the create's kernel time).
+        let appends_only = !tail_widens && write_from >= backing;
+        if !appends_only {
+            if tail_widens {
+                self.reserve(backing, self.layout.block_offset(size / bs + 1))?;
+            }
+            // What will be written past the end (a write far past it leaves a hole, not an
+            // allocation) and, in a file with holes, what it fills inside: the kernel's
+            // writeback sends a big file's pages out of order, so a file being written holds
+            // holes that a later request fills.
+            let from = if extent.may_have_holes() {
+                write_from
+            } else {
+                backing.max(write_from)
+            };
+            self.reserve(from, write_to)?;
         }
-        // Only what will be written: a write far past the end leaves a hole, not an allocation.
-        self.reserve(
-            backing.max(self.layout.block_offset(first)),
-            self.layout.backing_size(new_size),
-        )?;
         if tail_widens {
             self.reseal_block(size / bs, size, (size / bs + 1) * bs)?;
         }
+        let written = self.write_blocks(offset, data, size, new_size);
+        if written.is_err() && appends_only {
+            let _ = self.file.set_len(backing);
+        }
+        written
+    }
+
+    /// The sealing half of `write_at`: edge blocks merged with their old contents, then all
+    /// blocks of the range sealed and written at once.
+    fn write_blocks(
+        &self,
+        offset: u64,
+        data: &[u8],
+        size: u64,
+        new_size: u64,
+    ) -> Result<(), IoError> {
+        let end = offset + data.len() as u64;
+        let bs = self.layout.block_size();
+        let first = offset / bs;
+        let last = (end - 1) / bs;
         BUFFERS.with_borrow_mut(|b| {
             let Buffers {
                 sealed,
@@ -489,7 +556,6 @@ mod tests {
         fx.bf().write_at(10 << 20, b"end").unwrap();
         assert_eq!(fx.bf().plain_size().unwrap(), (10 << 20) + 3);
         assert_eq!(fx.bf().read_at(5 << 20, 4).unwrap(), vec![0; 4]);
-        use std::os::unix::fs::MetadataExt;
         assert!(fx.file.metadata().unwrap().blocks() * 512 < 1 << 20);
     }
 }

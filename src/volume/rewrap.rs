@@ -68,8 +68,9 @@ pub fn rewrap(
     volume.follow_config();
     let listing = volume.headers.list()?;
     // A rewrap killed between its exchange and its unlink leaves the old header as `<id>.tmp`
-    // beside the new one. A mount only writes `<id>.tmp` for an id that has no header yet, so a
-    // temp file beside its header is such a leftover and safe to remove.
+    // beside the new one. Mounts write new headers in place (and older versions wrote
+    // `<id>.tmp` only for an id with no header yet), so a temp file beside its header is such
+    // a leftover and safe to remove.
     for temp in &listing.temps {
         let id = temp
             .rsplit('/')
@@ -142,7 +143,14 @@ pub fn rewrap(
 }
 
 fn stage_one(volume: &Volume, id: &Id, options: RewrapOptions) -> Staged {
-    let header = match volume.headers.load(id) {
+    let mut loaded = volume.headers.load(id);
+    if loaded.is_err() && volume.headers.is_empty(id) {
+        // A mount creating this file has made the header's name but not yet written it (it
+        // is under the current KEK anyway): look again once it has had a moment.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        loaded = volume.headers.load(id);
+    }
+    let header = match loaded {
         Ok(header) => header,
         Err(e) if volume.headers.exists(id) => return Staged::Failed(e.to_string()),
         Err(_) => return Staged::Gone,
