@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
@@ -214,6 +215,62 @@ fn a_private_mount_answers_access_from_the_files_modes() {
         !out.status.success(),
         "another user reached a private mount"
     );
+    m.unmount();
+}
+
+/// Writing or truncating a set-id file drops its set-id bits unless the writer may keep them
+/// (CAP_FSETID, i.e. root here), as on ext4. The kernel delegates this to sealfs
+/// (FUSE_HANDLE_KILLPRIV_V2), which lets it stop asking for security.capability before every
+/// write.
+#[test]
+fn writes_by_others_drop_set_id_bits_and_roots_keep_them() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let vol = TestVolume::new();
+    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = vol.mount_with(&["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    let as_nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(&m.path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", stderr(&out));
+    };
+    let mode = |name: &str| fs::metadata(m.p(name)).unwrap().mode() & 0o7777;
+    as_nobody("echo one > tool && chmod 6755 tool");
+    assert_eq!(mode("tool"), 0o6755);
+    as_nobody("echo two >> tool");
+    assert_eq!(mode("tool"), 0o755, "a write by its owner drops both bits");
+    as_nobody("chmod 6755 tool && truncate -s 2 tool");
+    assert_eq!(mode("tool"), 0o755, "so does a truncate");
+    // Set-group-id without group execute marks mandatory locking, not privilege: kept.
+    as_nobody("chmod 2644 tool && echo three >> tool");
+    assert_eq!(mode("tool"), 0o2644);
+    fs::set_permissions(m.p("tool"), fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("tool"))
+        .unwrap()
+        .write_all(b"root\n")
+        .unwrap();
+    fs::File::options()
+        .write(true)
+        .open(m.p("tool"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(mode("tool"), 0o6755, "root's writes keep them");
     m.unmount();
 }
 

@@ -243,6 +243,39 @@ impl SealFs {
         self.getattr(ino)
     }
 
+    /// Drops set-user-id, and set-group-id where group execute is set, as the kernel does
+    /// when someone without CAP_FSETID writes to or truncates a file. Under
+    /// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem.
+    pub fn drop_set_id(&self, ino: u64) -> Result<()> {
+        self.drop_set_id_of(&*self.node(ino)?)
+    }
+
+    /// `drop_set_id` for the file an open handle writes.
+    pub fn drop_set_id_of_handle(&self, fh: u64) -> Result<()> {
+        self.drop_set_id_of(&self.file_handle(fh)?.node)
+    }
+
+    fn drop_set_id_of(&self, node: &Node) -> Result<()> {
+        if node.kind != FileType::RegularFile {
+            return Ok(());
+        }
+        let mode = stat_fd(node.fd.as_fd())?.st_mode & 0o7777;
+        let mut dropped = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            dropped |= libc::S_ISGID;
+        }
+        if mode & dropped == 0 {
+            return Ok(());
+        }
+        fchmodat(
+            AT_FDCWD,
+            proc_fd_path(node.fd.as_fd()).as_path(),
+            Mode::from_bits_truncate(mode & !dropped),
+            FchmodatFlags::FollowSymlink,
+        )?;
+        Ok(())
+    }
+
     fn truncate(&self, node: &Arc<Node>, size: u64, fh: Option<u64>) -> Result<()> {
         if node.kind == FileType::Directory {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());

@@ -44,9 +44,13 @@ impl Filesystem for SealFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // HANDLE_KILLPRIV_V2: sealfs drops set-id bits itself (write, truncate; chown's is the
+        // backing chown's), so the kernel may mark a checked inode as having none, instead of
+        // asking for security.capability (one GETXATTR round trip) before every write(2).
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_WRITEBACK_CACHE,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if (self.tuning.writeback_cache || flag != InitFlags::FUSE_WRITEBACK_CACHE)
                 && let Err(missing) = config.add_capabilities(flag)
@@ -85,7 +89,7 @@ impl Filesystem for SealFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -101,6 +105,16 @@ impl Filesystem for SealFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A truncate by a caller without CAP_FSETID drops set-id bits (HANDLE_KILLPRIV_V2).
+        // fuser does not pass on the kernel's flag for it: root is taken to hold CAP_FSETID.
+        if size.is_some()
+            && mode.is_none()
+            && req.uid() != 0
+            && let Err(e) = SealFs::drop_set_id(self, ino.0)
+        {
+            reply.error(report("setattr", &e));
+            return;
+        }
         let result = SealFs::setattr(
             self,
             ino.0,
@@ -251,11 +265,17 @@ impl Filesystem for SealFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = SealFs::drop_set_id_of_handle(self, fh.0)
+        {
+            reply.error(report("write", &e));
+            return;
+        }
         reply_or_error!(
             "write",
             SealFs::write(self, fh.0, offset, data),
