@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use common::{BIN, TestVolume, is_mounted, sealfs};
+use common::{BIN, Mounted, TestVolume, is_mounted, sealfs};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -172,6 +172,36 @@ fn passphrase_keyslots_via_passfile_and_extpass() {
     assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
 }
 
+/// Runs `script` with sh as nobody (uid and gid 65534, no groups) in `dir`.
+fn as_nobody(dir: &std::path::Path, script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// A volume mounted by root with allow_other, its root directory world-writable and sticky;
+/// None (the test skips) when not root.
+fn mounted_for_everyone() -> Option<(TestVolume, Mounted)> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return None;
+    }
+    let vol = TestVolume::new();
+    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = vol.mount_with(&["-o", "allow_other"]);
+    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    Some((vol, m))
+}
+
 /// Without allow_other the kernel leaves permission checks to sealfs (no default_permissions,
 /// as gocryptfs): only the mounting user reaches the mount, and access(2) answers from the
 /// backing inode with that user's credentials, which for root still refuses X_OK on a file no
@@ -206,11 +236,7 @@ fn a_private_mount_answers_access_from_the_files_modes() {
     let refused = Command::new(m.p("plain")).output().unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
     // Nobody else gets in at all: that is what lets the kernel skip its own checks.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
-        .arg(&m.path)
-        .output()
-        .unwrap();
+    let out = as_nobody(&m.path, "ls .");
     assert!(
         !out.status.success(),
         "another user reached a private mount"
@@ -224,27 +250,11 @@ fn a_private_mount_answers_access_from_the_files_modes() {
 /// write.
 #[test]
 fn writes_by_others_drop_set_id_bits_and_roots_keep_them() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    let Some((_vol, m)) = mounted_for_everyone() else {
         return;
-    }
-    let vol = TestVolume::new();
-    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let m = vol.mount_with(&["-o", "allow_other"]);
-    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    };
     let as_nobody = |script: &str| {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                script,
-            ])
-            .current_dir(&m.path)
-            .output()
-            .unwrap();
+        let out = as_nobody(&m.path, script);
         assert!(out.status.success(), "{script}: {}", stderr(&out));
     };
     let mode = |name: &str| fs::metadata(m.p(name)).unwrap().mode() & 0o7777;
@@ -276,30 +286,12 @@ fn writes_by_others_drop_set_id_bits_and_roots_keep_them() {
 
 #[test]
 fn allow_other_gives_files_to_their_creator_and_enforces_modes() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    let Some((_vol, m)) = mounted_for_everyone() else {
         return;
-    }
-    let vol = TestVolume::new();
-    fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let m = vol.mount_with(&["-o", "allow_other"]);
-    fs::set_permissions(&m.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    };
     fs::write(m.p("root-only"), b"secret").unwrap();
     fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
-    let as_nobody = |script: &str| {
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                script,
-            ])
-            .current_dir(&m.path)
-            .output()
-            .unwrap()
-    };
+    let as_nobody = |script: &str| as_nobody(&m.path, script);
     let out = as_nobody("echo mine > by-nobody && mkdir nobody-dir && cat by-nobody");
     assert!(out.status.success(), "{}", stderr(&out));
     let meta = fs::metadata(m.p("by-nobody")).unwrap();
