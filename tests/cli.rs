@@ -264,6 +264,8 @@ fn writes_by_others_drop_set_id_bits_and_roots_keep_them() {
     assert_eq!(mode("tool"), 0o755, "a write by its owner drops both bits");
     as_nobody("chmod 6755 tool && truncate -s 2 tool");
     assert_eq!(mode("tool"), 0o755, "so does a truncate");
+    as_nobody("chmod 6755 tool && fallocate -l 8192 tool");
+    assert_eq!(mode("tool"), 0o755, "and an fallocate");
     // Set-group-id without group execute marks mandatory locking, not privilege: kept.
     as_nobody("chmod 2644 tool && echo three >> tool");
     assert_eq!(mode("tool"), 0o2644);

@@ -449,7 +449,7 @@ impl Filesystem for SealFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -457,12 +457,16 @@ impl Filesystem for SealFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_or_error!(
-            "fallocate",
-            SealFs::fallocate(self, fh.0, offset, length, mode),
-            reply,
-            |_ok| reply.ok()
-        )
+        // Like a write, it drops set-id bits for a caller without CAP_FSETID (root is taken to
+        // hold it): under HANDLE_KILLPRIV_V2 the kernel leaves that to sealfs.
+        let result = SealFs::fallocate(self, fh.0, offset, length, mode).and_then(|()| {
+            if req.uid() != 0 {
+                SealFs::drop_set_id_of_handle(self, fh.0)
+            } else {
+                Ok(())
+            }
+        });
+        reply_or_error!("fallocate", result, reply, |_ok| reply.ok())
     }
 
     fn lseek(
