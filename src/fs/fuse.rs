@@ -37,6 +37,13 @@ macro_rules! reply_or_error {
     };
 }
 
+/// Whether a truncate or fallocate by this caller keeps set-id bits: the kernel's rule is
+/// CAP_FSETID, and fuser passes on neither the kernel's flag for it nor the caller's
+/// capabilities, so root is taken to hold it and everyone else not.
+fn may_keep_set_id(req: &Request) -> bool {
+    req.uid() == 0
+}
+
 impl Filesystem for SealFs {
     /// Each setting is measured in bench/README.md: request size is the biggest lever on
     /// FUSE throughput, the writeback cache (merging small writes) the second.
@@ -44,8 +51,8 @@ impl Filesystem for SealFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        // HANDLE_KILLPRIV_V2: sealfs drops set-id bits itself (write, truncate; chown's is the
-        // backing chown's), so the kernel may mark a checked inode as having none, instead of
+        // HANDLE_KILLPRIV_V2: sealfs drops set-id bits itself (write, truncate, fallocate;
+        // chown's is the backing chown's), so the kernel may mark a checked inode as having none, instead of
         // asking for security.capability (one GETXATTR round trip) before every write(2).
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -105,11 +112,10 @@ impl Filesystem for SealFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // A truncate by a caller without CAP_FSETID drops set-id bits (HANDLE_KILLPRIV_V2).
-        // fuser does not pass on the kernel's flag for it: root is taken to hold CAP_FSETID.
+        // A truncate drops set-id bits (HANDLE_KILLPRIV_V2).
         if size.is_some()
             && mode.is_none()
-            && req.uid() != 0
+            && !may_keep_set_id(req)
             && let Err(e) = SealFs::drop_set_id(self, ino.0)
         {
             reply.error(report("setattr", &e));
@@ -457,10 +463,9 @@ impl Filesystem for SealFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        // Like a write, it drops set-id bits for a caller without CAP_FSETID (root is taken to
-        // hold it): under HANDLE_KILLPRIV_V2 the kernel leaves that to sealfs.
+        // Like a write, it drops set-id bits (HANDLE_KILLPRIV_V2).
         let result = SealFs::fallocate(self, fh.0, offset, length, mode).and_then(|()| {
-            if req.uid() != 0 {
+            if !may_keep_set_id(req) {
                 SealFs::drop_set_id_of_handle(self, fh.0)
             } else {
                 Ok(())

@@ -242,23 +242,22 @@ impl HeaderStore {
 
     /// Whether a header for `file_id` is present (whatever it holds).
     pub fn exists(&self, file_id: &Id) -> bool {
-        nix::sys::stat::fstatat(
-            self.dir.as_fd(),
-            Self::path_of(file_id).as_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok()
+        self.stat_of(file_id).is_some()
     }
 
     /// Whether the header for `file_id` is present and empty: a crash leftover, or a header
     /// a mount is writing this instant (it creates the name, then writes).
     pub fn is_empty(&self, file_id: &Id) -> bool {
+        self.stat_of(file_id).is_some_and(|st| st.st_size == 0)
+    }
+
+    fn stat_of(&self, file_id: &Id) -> Option<nix::sys::stat::FileStat> {
         nix::sys::stat::fstatat(
             self.dir.as_fd(),
             Self::path_of(file_id).as_str(),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .is_ok_and(|st| st.st_size == 0)
+        .ok()
     }
 
     pub fn load(&self, file_id: &Id) -> Result<FileHeader> {
