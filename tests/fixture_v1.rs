@@ -8,7 +8,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::mount_fixture;
-use sealfs::io::BlockFile;
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
 use sealfs::volume::Volume;
 
@@ -71,12 +70,7 @@ fn fixture_v1_reads_through_the_library_without_a_mount() {
         .join(file_name.entry());
     let file = fs::File::open(path).unwrap();
     let (file_id, material) = volume.open_data_file(&file).unwrap();
-    let bf = BlockFile {
-        file: &file,
-        layout: volume.layout,
-        file_id: &file_id,
-        sealer: &material.content,
-    };
+    let bf = volume.data_file(&file, &file_id, &material);
     assert_eq!(bf.plain_size().unwrap(), 10000);
     assert_eq!(bf.read_at(0, 20000).unwrap(), nested());
 }

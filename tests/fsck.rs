@@ -30,7 +30,7 @@ fn backing(volume: &Volume, plain: &str) -> PathBuf {
 
 fn header_of(volume: &Volume, plain: &str) -> PathBuf {
     let file = fs::File::open(backing(volume, plain)).unwrap();
-    let id = sealfs::format::id_to_hex(&Volume::data_file_id(&file).unwrap());
+    let id = sealfs::format::id_to_hex(&sealfs::io::read_file_id(&file).unwrap());
     volume.path.join("sealfs.headers").join(&id[..2]).join(&id)
 }
 

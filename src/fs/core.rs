@@ -19,8 +19,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat
 
 use super::attr::to_attr;
 use super::inodes::{Content, InodeTable, Node};
-use crate::format::block;
-use crate::io::{BlockFile, range_lock};
+use crate::io::{DataFile, SeekTo, range_lock};
 use crate::volume::{Result, Volume, VolumeError, names, proc_fd_path};
 
 /// Who asks: the caller's credentials, for ownership of what it creates.
@@ -313,7 +312,7 @@ impl SealFs {
         let file_id = match node.file_id.get() {
             Some(id) => *id,
             None => {
-                let id = Volume::data_file_id(file)?;
+                let id = crate::io::read_file_id(file)?;
                 *node.file_id.get_or_init(|| id)
             }
         };
@@ -321,13 +320,9 @@ impl SealFs {
         Ok(Arc::new(Content { file_id, material }))
     }
 
-    fn block_file<'a>(&'a self, file: &'a File, content: &'a Content) -> BlockFile<'a> {
-        BlockFile {
-            file,
-            layout: self.volume.layout,
-            file_id: &content.file_id,
-            sealer: &content.material.content,
-        }
+    fn block_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {
+        self.volume
+            .data_file(file, &content.file_id, &content.material)
     }
 
     /// Answers access(2) and chdir, which the kernel asks of the filesystem only on mounts
@@ -413,16 +408,16 @@ impl SealFs {
         if stat.st_mode & libc::S_IFMT != libc::S_IFREG || stat.st_nlink != 1 {
             return None;
         }
-        let fd = openat(
-            dir,
-            entry,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        let mut preamble = [0u8; block::PREAMBLE_LEN as usize];
-        nix::sys::uio::pread(&fd, &mut preamble, 0).ok()?;
-        Some((stat.st_ino, block::decode_preamble(&preamble).ok()?))
+        let file = File::from(
+            openat(
+                dir,
+                entry,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?,
+        );
+        Some((stat.st_ino, crate::io::read_file_id(&file).ok()?))
     }
 
     /// A header is removed only once its file's last link is gone and no handle is open.
@@ -878,22 +873,11 @@ impl SealFs {
         }
         let handle = self.file_handle(fh)?;
         let _guard = handle.node.ranges.write(0, range_lock::TO_END);
-        let bf = self.block_file(&handle.file, &handle.content);
-        let end = offset
-            .checked_add(length)
-            .ok_or(crate::io::IoError::TooLarge)?;
-        let layout = self.volume.layout;
-        let start = layout.block_offset(layout.block_index(offset));
-        let stop = layout.backing_size(end);
-        nix::fcntl::fallocate(
-            handle.file.as_fd(),
-            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            start as i64,
-            (stop - start) as i64,
+        self.block_file(&handle.file, &handle.content).allocate(
+            offset,
+            length,
+            mode & libc::FALLOC_FL_KEEP_SIZE != 0,
         )?;
-        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > bf.plain_size()? {
-            bf.truncate(end)?;
-        }
         Ok(())
     }
 
@@ -909,49 +893,17 @@ impl SealFs {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSYS).into());
         }
         let handle = self.file_handle(fh)?;
-        let layout = self.volume.layout;
-        let size = self
-            .block_file(&handle.file, &handle.content)
-            .plain_size()?;
         let offset = u64::try_from(offset)
             .map_err(|_| VolumeError::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
-        if offset >= size {
-            return Err(std::io::Error::from_raw_os_error(libc::ENXIO).into());
-        }
-        let bs = layout.block_size();
-        let backing_at = layout.block_offset(offset / bs) as i64;
-        let to_block = |backing: i64| {
-            (backing as u64).saturating_sub(block::PREAMBLE_LEN) / layout.sealed_block_size()
+        let to = match whence {
+            libc::SEEK_DATA => SeekTo::Data,
+            libc::SEEK_HOLE => SeekTo::Hole,
+            _ => return Err(std::io::Error::from_raw_os_error(libc::EINVAL).into()),
         };
-        match whence {
-            libc::SEEK_DATA => {
-                match nix::unistd::lseek(
-                    handle.file.as_fd(),
-                    backing_at,
-                    nix::unistd::Whence::SeekData,
-                ) {
-                    Ok(pos) => Ok((to_block(pos) * bs).max(offset).min(size) as i64),
-                    Err(nix::Error::ENXIO) => {
-                        Err(std::io::Error::from_raw_os_error(libc::ENXIO).into())
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-            libc::SEEK_HOLE => {
-                let pos = nix::unistd::lseek(
-                    handle.file.as_fd(),
-                    backing_at,
-                    nix::unistd::Whence::SeekHole,
-                )?;
-                let block = to_block(pos)
-                    + u64::from(
-                        !(pos as u64 - block::PREAMBLE_LEN.min(pos as u64))
-                            .is_multiple_of(layout.sealed_block_size()),
-                    );
-                Ok((block * bs).max(offset).min(size) as i64)
-            }
-            _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL).into()),
-        }
+        let pos = self
+            .block_file(&handle.file, &handle.content)
+            .seek(offset, to)?;
+        Ok(pos as i64)
     }
 }
 

@@ -14,8 +14,11 @@ use crate::volume::VolumeError;
 pub fn errno_of(err: &VolumeError) -> Errno {
     match err {
         VolumeError::Io(e) | VolumeError::Block(IoError::Io(e)) => raw(e),
-        VolumeError::Block(IoError::Integrity { .. }) => Errno::EIO,
+        VolumeError::Block(IoError::Integrity { .. } | IoError::Preamble(_) | IoError::Seal(_)) => {
+            Errno::EIO
+        }
         VolumeError::Block(IoError::TooLarge) => Errno::EFBIG,
+        VolumeError::Block(IoError::PastEnd) => Errno::ENXIO,
         VolumeError::Keys(key) => key_errno(key),
         VolumeError::Format(_) | VolumeError::Corrupt(_) => Errno::EIO,
         VolumeError::NameTooLong => Errno::ENAMETOOLONG,
@@ -86,7 +89,7 @@ pub fn report(op: &'static str, err: &VolumeError) -> Errno {
         VolumeError::Corrupt(_)
         | VolumeError::Format(_)
         | VolumeError::Keys(_)
-        | VolumeError::Block(IoError::Integrity { .. }) => {
+        | VolumeError::Block(IoError::Integrity { .. } | IoError::Preamble(_)) => {
             tracing::error!(op, error = %err, "integrity failure; returning EIO");
         }
         _ => tracing::debug!(op, error = %err, errno = errno.code(), "request failed"),

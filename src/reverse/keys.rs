@@ -12,15 +12,13 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::crypto::{Label, NONCE_LEN, SEAL_OVERHEAD, SecretKey};
 use crate::format::Id;
-use crate::format::block::{Layout, block_aad, encode_preamble};
+
 use crate::format::name::{self, SYMLINK_AAD};
-use crate::keys::{DataKeyMaterial, KeyError, VolumeKeys};
+use crate::keys::{DataKeyMaterial, VolumeKeys};
 use crate::volume::{Result, VolumeError};
 
 /// Longest backing symlink target the kernel accepts.
 const MAX_BACKING_TARGET: usize = 4095;
-/// Below this many blocks a read is sealed on the calling thread: rayon's hand-off costs more.
-const PARALLEL_BLOCKS: usize = 32;
 
 /// What makes a file the same file from one mount to the next. A file with one link is known
 /// by its path below the plaintext root: stable across reboots, restores and moves of the tree
@@ -39,55 +37,18 @@ pub fn identity(relative_path: &Path, stat: &FileStat) -> Vec<u8> {
     }
 }
 
-/// The nonce of block `index`. Each file has its own content key, so (key, nonce) repeats only
-/// when the same block of the same file is sealed again; GCM-SIV then reveals no more than
-/// whether that block's plaintext is unchanged, which deterministic output reveals anyway.
-fn block_nonce(index: u64) -> [u8; NONCE_LEN] {
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce[4..].copy_from_slice(&index.to_be_bytes());
-    nonce
-}
-
-/// One file's keys in the view.
+/// One file's keys in the view. Its blocks are sealed by `io::read_sealed` with per-index
+/// nonces: each file has its own content key, so (key, nonce) repeats only when the same
+/// block of the same file is sealed again, and GCM-SIV then reveals no more than whether that
+/// block's plaintext is unchanged, which deterministic output reveals anyway.
 pub struct ViewFileKeys {
     pub file_id: Id,
     material: DataKeyMaterial,
 }
 
 impl ViewFileKeys {
-    pub fn preamble(&self) -> [u8; 24] {
-        encode_preamble(&self.file_id)
-    }
-
-    /// Seals the plaintext blocks `first..` held in `plain` into `out` (their sealed lengths,
-    /// back to back). Large runs are sealed in parallel.
-    pub fn seal_blocks(
-        &self,
-        layout: &Layout,
-        first: u64,
-        plain: &[u8],
-        out: &mut [u8],
-    ) -> Result<()> {
-        let block = layout.block_size() as usize;
-        let sealed = block + SEAL_OVERHEAD;
-        let seal_one = |(i, (p, o)): (usize, (&[u8], &mut [u8]))| {
-            let index = first + i as u64;
-            self.material
-                .content
-                .seal_into_with_nonce(&block_nonce(index), &block_aad(&self.file_id, index), p, o)
-                .map_err(|e| VolumeError::Keys(KeyError::Crypto(e)))
-        };
-        let mut blocks = plain.chunks(block).zip(out.chunks_mut(sealed)).enumerate();
-        if plain.len() / block >= PARALLEL_BLOCKS {
-            use rayon::prelude::*;
-            plain
-                .par_chunks(block)
-                .zip(out.par_chunks_mut(sealed))
-                .enumerate()
-                .try_for_each(seal_one)
-        } else {
-            blocks.try_for_each(seal_one)
-        }
+    pub fn sealer(&self) -> &crate::crypto::Sealer {
+        &self.material.content
     }
 }
 
@@ -183,54 +144,40 @@ mod tests {
         let header = reverse.header(&id).unwrap();
         assert_eq!(header, reverse.header(&id).unwrap());
 
-        let layout = Layout::new(4096).unwrap();
-        let plain: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let sealed_len = layout.backing_size(plain.len() as u64) as usize - 24;
-        let mut sealed = vec![0u8; sealed_len];
-        let file = reverse.file_keys(id);
-        file.seal_blocks(&layout, 0, &plain, &mut sealed).unwrap();
-        let mut again = vec![0u8; sealed_len];
-        reverse
-            .file_keys(id)
-            .seal_blocks(&layout, 0, &plain, &mut again)
-            .unwrap();
-        assert_eq!(sealed, again, "same plaintext, same ciphertext");
-
-        // The forward reader opens the header and every block.
+        // The forward reader opens the header, and every block the view seals.
         let opened = forward
             .open_header(&crate::format::header::FileHeader::decode(&header).unwrap())
             .unwrap();
-        for (i, chunk) in sealed.chunks(4096 + SEAL_OVERHEAD).enumerate() {
-            let block = opened
-                .content
-                .open(&block_aad(&id, i as u64), chunk)
-                .unwrap();
-            assert_eq!(block, &plain[i * 4096..((i + 1) * 4096).min(plain.len())]);
-        }
-        // A block sealed at another index does not open at this one.
-        assert!(
-            opened
-                .content
-                .open(&block_aad(&id, 1), &sealed[..4096 + SEAL_OVERHEAD])
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn parallel_and_serial_sealing_agree() {
-        let (reverse, _) = keys();
-        let layout = Layout::new(512).unwrap();
-        let plain = vec![7u8; 512 * 40 + 100];
-        let file = reverse.file_keys([5; 16]);
-        let len = layout.backing_size(plain.len() as u64) as usize - 24;
-        let mut all = vec![0u8; len];
-        file.seal_blocks(&layout, 0, &plain, &mut all).unwrap();
-        // Block 39 and the tail, sealed alone (serial path), match the parallel run.
-        let start = 39 * (512 + SEAL_OVERHEAD);
-        let mut tail = vec![0u8; len - start];
-        file.seal_blocks(&layout, 39, &plain[39 * 512..], &mut tail)
-            .unwrap();
-        assert_eq!(&all[start..], &tail[..]);
+        let dir = tempfile::tempdir().unwrap();
+        let plain: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        std::fs::write(dir.path().join("p"), &plain).unwrap();
+        let source = std::fs::File::open(dir.path().join("p")).unwrap();
+        let layout = crate::io::Layout::new(4096).unwrap();
+        let file = reverse.file_keys(id);
+        let sealed =
+            crate::io::read_sealed(&source, &layout, &id, file.sealer(), 0, 1 << 20).unwrap();
+        let again = crate::io::read_sealed(
+            &source,
+            &layout,
+            &id,
+            reverse.file_keys(id).sealer(),
+            0,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(sealed, again, "same plaintext, same ciphertext");
+        std::fs::write(dir.path().join("s"), &sealed).unwrap();
+        let data = std::fs::File::open(dir.path().join("s")).unwrap();
+        let forward_file = crate::io::DataFile::new(&data, layout, &id, &opened.content);
+        assert_eq!(forward_file.read_at(0, 1 << 20).unwrap(), plain);
+        // The same file sealed under another id does not open as this one.
+        let other = reverse.file_keys(reverse.file_id(b"path\0a/c"));
+        let foreign =
+            crate::io::read_sealed(&source, &layout, &id, other.sealer(), 0, 1 << 20).unwrap();
+        std::fs::write(dir.path().join("s"), &foreign).unwrap();
+        let data = std::fs::File::open(dir.path().join("s")).unwrap();
+        let forward_file = crate::io::DataFile::new(&data, layout, &id, &opened.content);
+        assert!(forward_file.read_at(0, 4096).is_err());
     }
 
     #[test]

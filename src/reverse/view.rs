@@ -15,7 +15,6 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,13 +26,13 @@ use nix::sys::stat::{FileStat, fstat, fstatat};
 
 use super::exclude::Excludes;
 use super::keys::{ReverseKeys, ViewFileKeys, identity, symlink_view_len};
-use crate::format::block::{Layout, PREAMBLE_LEN};
 use crate::format::config::{
     CONFIG_FILE, MAX_CONFIG_LEN, REVERSE_CONFIG_FILE, REVERSE_PRIVATE_PREFIX, VolumeConfig,
 };
 use crate::format::name::{BackingName, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX, classify_entry};
 use crate::format::{Id, id_from_hex, id_to_hex};
 use crate::fs::attr::{attr_from_stat, time};
+use crate::io::Layout;
 use crate::keys::VolumeKeys;
 use crate::volume::headers::HEADERS_DIR;
 use crate::volume::names::{decrypt_encoded, encrypt_name};
@@ -477,7 +476,7 @@ impl ReverseView {
 
     fn plain_attr(&self, node: u64, stat: &FileStat) -> FileAttr {
         let size = match file_type(stat.st_mode) {
-            FileType::RegularFile => self.layout.backing_size(stat.st_size as u64),
+            FileType::RegularFile => crate::io::sealed_len(&self.layout, stat.st_size as u64),
             FileType::Symlink => symlink_view_len(stat.st_size as u64),
             _ => stat.st_size as u64,
         };
@@ -571,48 +570,14 @@ impl ReverseView {
     }
 
     fn read_data(&self, data: &OpenData, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let layout = &self.layout;
-        let mut plain_size = fstat(&data.file)?.st_size as u64;
-        let end = offset
-            .saturating_add(size)
-            .min(layout.backing_size(plain_size));
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        if offset < PREAMBLE_LEN {
-            let preamble = data.keys.preamble();
-            out.extend_from_slice(&preamble[offset as usize..end.min(PREAMBLE_LEN) as usize]);
-        }
-        if end <= PREAMBLE_LEN {
-            return Ok(out);
-        }
-        let sealed_block = layout.sealed_block_size();
-        let body_start = offset.max(PREAMBLE_LEN) - PREAMBLE_LEN;
-        let body_end = end - PREAMBLE_LEN;
-        let first = body_start / sealed_block;
-        let last = (body_end - 1) / sealed_block;
-        let plain_start = first * layout.block_size();
-        let plain_end = ((last + 1) * layout.block_size()).min(plain_size);
-        let mut plain = vec![0u8; (plain_end - plain_start) as usize];
-        let got = read_full_at(&data.file, &mut plain, plain_start)?;
-        if got < plain.len() {
-            // Shrunk since the stat: the view ends where the file now ends.
-            plain.truncate(got);
-            plain_size = plain_start + got as u64;
-        }
-        let sealed_len = layout
-            .backing_size(plain_size)
-            .saturating_sub(layout.block_offset(first));
-        let sealed_len = sealed_len.min((last - first + 1) * sealed_block) as usize;
-        let mut sealed = vec![0u8; sealed_len];
-        data.keys.seal_blocks(layout, first, &plain, &mut sealed)?;
-        let from = (body_start - first * sealed_block) as usize;
-        let to = ((body_end - first * sealed_block) as usize).min(sealed.len());
-        if from < to {
-            out.extend_from_slice(&sealed[from..to]);
-        }
-        Ok(out)
+        Ok(crate::io::read_sealed(
+            &data.file,
+            &self.layout,
+            &data.keys.file_id,
+            data.keys.sealer(),
+            offset,
+            size,
+        )?)
     }
 
     pub fn opendir(&self, node: u64) -> Result<u64> {
@@ -838,18 +803,4 @@ fn read_config(root: BorrowedFd<'_>) -> Result<(Vec<u8>, FileStat)> {
     file.take(MAX_CONFIG_LEN as u64 + 1)
         .read_to_end(&mut bytes)?;
     Ok((bytes, stat))
-}
-
-/// pread until `buf` is full or the file ends; the count read.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(done)
 }

@@ -19,7 +19,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,12 +27,13 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::Mode;
 use nix::unistd::linkat;
 
-use crate::format::block::{self, Layout, PREAMBLE_LEN};
+use crate::format::block;
 use crate::format::config::{
     CIPHER, CONFIG_FILE, KeyMode, MAX_CONFIG_LEN, REVERSE_CONFIG_FILE, VolumeConfig,
 };
 use crate::format::name::BackingName;
 use crate::format::{Id, id_to_hex};
+use crate::io::{self, DataFile, Layout};
 use crate::keys::{
     self, CacheLimits, DataKeyMaterial, FileKeys, HeaderKeys, KeyCache, KeyError,
     MasterKeyProvider, VolumeKeys,
@@ -261,7 +262,6 @@ impl Volume {
     ) -> Result<File> {
         names::write_long_sidecar(dir, name)?;
         let perm = Mode::from_bits_truncate(mode & 0o7777);
-        let preamble = block::encode_preamble(file_id);
         // O_TMPFILE + linkat: the name appears atomically with its preamble in place.
         let tmp = openat(
             dir,
@@ -272,7 +272,7 @@ impl Volume {
         let file = match tmp {
             Ok(fd) => {
                 let file = File::from(fd);
-                file.write_all_at(&preamble, 0)?;
+                io::write_preamble(&file, file_id)?;
                 let proc_path = proc_fd_path(file.as_fd());
                 linkat(
                     nix::fcntl::AT_FDCWD,
@@ -291,7 +291,7 @@ impl Volume {
                     perm,
                 )?;
                 let file = File::from(fd);
-                file.write_all_at(&preamble, 0)?;
+                io::write_preamble(&file, file_id)?;
                 file
             }
             Err(e) => return Err(e.into()),
@@ -323,20 +323,6 @@ impl Volume {
                 "volume config changed but cannot be used, keeping the keys in use: {e}"
             ),
         }
-    }
-
-    /// The file id a data file carries.
-    pub fn data_file_id(file: &File) -> Result<Id> {
-        let mut preamble = [0u8; PREAMBLE_LEN as usize];
-        let mut got = 0;
-        while got < preamble.len() {
-            match file.read_at(&mut preamble[got..], got as u64)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        block::decode_preamble(&preamble[..got])
-            .map_err(|e| VolumeError::Corrupt(format!("data file preamble: {e}")))
     }
 
     /// The content key of file `file_id`: from the key cache, or its header.
@@ -374,8 +360,18 @@ impl Volume {
 
     /// The file id and content key of an open data file.
     pub fn open_data_file(&self, file: &File) -> Result<(Id, Arc<DataKeyMaterial>)> {
-        let file_id = Self::data_file_id(file)?;
+        let file_id = io::read_file_id(file)?;
         Ok((file_id, self.file_key(&file_id)?))
+    }
+
+    /// The block I/O of data file `file`, whose id and key are `file_id` and `material`.
+    pub fn data_file<'a>(
+        &self,
+        file: &'a File,
+        file_id: &'a Id,
+        material: &'a DataKeyMaterial,
+    ) -> DataFile<'a> {
+        DataFile::new(file, self.layout, file_id, &material.content)
     }
 
     pub fn encrypt_name(&self, plain: &OsStr) -> Result<BackingName> {

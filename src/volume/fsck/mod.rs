@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::progress::Progress;
 use super::{Result, Volume, VolumeError};
 use crate::format::{Id, id_to_hex};
-use crate::io::{BlockFile, IoError};
+use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, RemoteFailure};
 pub use walk::{Entry, LOST_AND_FOUND};
 use walk::{RegularFile, WalkResult};
@@ -278,7 +278,7 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    let file_id = match Volume::data_file_id(&data) {
+    let file_id = match crate::io::read_file_id(&data) {
         Ok(id) => id,
         Err(e) => {
             if !entry.quarantined {
@@ -318,12 +318,7 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    let blocks = BlockFile {
-        file: &data,
-        layout: volume.layout,
-        file_id: &file_id,
-        sealer: &material.content,
-    };
+    let blocks = volume.data_file(&data, &file_id, &material);
     match check_blocks(&blocks) {
         Ok((bytes, bad)) => {
             checked.bytes = bytes;
@@ -338,25 +333,21 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             .problems
             .push(problem(ProblemKind::BadBlock, format!("read error: {e}"))),
     }
-    if let Ok(meta) = data.metadata() {
-        let plain = volume.layout.plain_size(meta.len());
-        if volume.layout.backing_size(plain) != meta.len() {
-            checked.problems.push(problem(
-                ProblemKind::TornTail,
-                format!(
-                    "{} byte(s) past the last whole block",
-                    meta.len() - volume.layout.backing_size(plain)
-                ),
-            ));
-        }
+    if let Ok(torn) = blocks.torn_tail()
+        && torn > 0
+    {
+        checked.problems.push(problem(
+            ProblemKind::TornTail,
+            format!("{torn} byte(s) past the last whole block"),
+        ));
     }
     checked
 }
 
 /// Reads every block; returns the bytes checked and (first bad block, bad block count).
-fn check_blocks(blocks: &BlockFile<'_>) -> std::result::Result<(u64, Option<(u64, u64)>), IoError> {
+fn check_blocks(blocks: &DataFile<'_>) -> std::result::Result<(u64, Option<(u64, u64)>), IoError> {
     let size = blocks.plain_size()?;
-    let block_size = blocks.layout.block_size();
+    let block_size = blocks.block_size();
     let mut bad: Option<(u64, u64)> = None;
     let mut offset = 0;
     while offset < size {

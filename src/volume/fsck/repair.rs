@@ -14,7 +14,6 @@ use super::walk::{LOST_AND_FOUND, open_dir, quarantine_name};
 use super::{CHECK_CHUNK, Entry, Problem, ProblemKind};
 use crate::format::name::{BackingName, LONG_NAME_SUFFIX};
 use crate::format::{id_to_hex, name};
-use crate::io::BlockFile;
 use crate::keys::KeyError;
 use crate::volume::{Result, Volume, VolumeError, names};
 
@@ -136,18 +135,8 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
     ));
     let (new, new_id, new_key) = volume.create_data_file(dir.as_fd(), &temp, st.st_mode)?;
     let copied = (|| -> Result<()> {
-        let source = BlockFile {
-            file: &old,
-            layout: volume.layout,
-            file_id: &old_id,
-            sealer: &old_key.content,
-        };
-        let target = BlockFile {
-            file: &new,
-            layout: volume.layout,
-            file_id: &new_id,
-            sealer: &new_key.content,
-        };
+        let source = volume.data_file(&old, &old_id, &old_key);
+        let target = volume.data_file(&new, &new_id, &new_key);
         let size = source.plain_size()?;
         let mut offset = 0;
         while offset < size {
