@@ -8,4 +8,5 @@ pub mod fs;
 pub mod io;
 pub mod keys;
 pub mod reverse;
+pub mod sync;
 pub mod volume;

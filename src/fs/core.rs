@@ -137,14 +137,12 @@ impl SealFs {
     }
 
     fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        self.inodes
-            .get(ino)
-            .ok_or_else(|| VolumeError::Io(std::io::Error::from_raw_os_error(libc::ESTALE)))
+        self.inodes.get(ino).ok_or(VolumeError::StaleNode)
     }
 
     fn writable(&self) -> Result<()> {
         if self.read_only {
-            Err(std::io::Error::from_raw_os_error(libc::EROFS).into())
+            Err(VolumeError::ReadOnly)
         } else {
             Ok(())
         }
@@ -277,7 +275,7 @@ impl SealFs {
 
     fn truncate(&self, node: &Arc<Node>, size: u64, fh: Option<u64>) -> Result<()> {
         if node.kind == FileType::Directory {
-            return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+            return Err(VolumeError::IsDirectory);
         }
         let handle = fh.and_then(|fh| self.file_handle(fh).ok());
         let owned;
@@ -425,7 +423,7 @@ impl SealFs {
         if let Some(node) = self.inodes.peek_backing(backing_ino)
             && node.open_handles.load(Ordering::Acquire) > 0
         {
-            *node.orphaned_header.lock().unwrap() = Some(file_id);
+            *crate::sync::lock(&node.orphaned_header) = Some(file_id);
             return;
         }
         if let Err(e) = self.volume.headers.remove(&file_id) {
@@ -537,14 +535,14 @@ impl SealFs {
 
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, handle);
+        crate::sync::lock(&self.handles).insert(fh, handle);
         fh
     }
 
     fn file_handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
-        match self.handles.lock().unwrap().get(&fh) {
+        match crate::sync::lock(&self.handles).get(&fh) {
             Some(Handle::File(h)) => Ok(h.clone()),
-            _ => Err(std::io::Error::from_raw_os_error(libc::EBADF).into()),
+            _ => Err(VolumeError::BadHandle),
         }
     }
 
@@ -578,7 +576,7 @@ impl SealFs {
             OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
         let file = self.reopen(&node, access | passed)?;
         let keep_cache = {
-            let stamp = *node.closed_stamp.lock().unwrap();
+            let stamp = *crate::sync::lock(&node.closed_stamp);
             stamp.is_some() && stamp == backing_stamp(&file)
         };
         let truncate = flags & libc::O_TRUNC != 0 && write;
@@ -701,12 +699,12 @@ impl SealFs {
     }
 
     pub fn release(&self, fh: u64) {
-        let Some(Handle::File(handle)) = self.handles.lock().unwrap().remove(&fh) else {
+        let Some(Handle::File(handle)) = crate::sync::lock(&self.handles).remove(&fh) else {
             return;
         };
-        *handle.node.closed_stamp.lock().unwrap() = backing_stamp(&handle.file);
+        *crate::sync::lock(&handle.node.closed_stamp) = backing_stamp(&handle.file);
         if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(id) = handle.node.orphaned_header.lock().unwrap().take()
+            && let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take()
             && let Err(e) = self.volume.headers.remove(&id)
         {
             tracing::warn!(error = %e, "could not remove header of deleted file");
@@ -761,14 +759,14 @@ impl SealFs {
     }
 
     pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        match self.handles.lock().unwrap().get(&fh) {
+        match crate::sync::lock(&self.handles).get(&fh) {
             Some(Handle::Dir(entries)) => Ok(entries.clone()),
-            _ => Err(std::io::Error::from_raw_os_error(libc::EBADF).into()),
+            _ => Err(VolumeError::BadHandle),
         }
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        crate::sync::lock(&self.handles).remove(&fh);
     }
 
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
@@ -817,7 +815,7 @@ impl SealFs {
         let (_node, path) = self.xattr_path(ino)?;
         let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
             Err(VolumeError::Unsupported(_)) => {
-                return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into());
+                return Err(VolumeError::NoAttribute);
             }
             other => other?,
         };
@@ -853,7 +851,7 @@ impl SealFs {
         let (_node, path) = self.xattr_path(ino)?;
         let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
             Err(VolumeError::Unsupported(_)) => {
-                return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into());
+                return Err(VolumeError::NoAttribute);
             }
             other => other?,
         };
@@ -890,15 +888,17 @@ impl SealFs {
     /// is always right, only less precise.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         if self.tuning.writeback_cache {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS).into());
+            return Err(VolumeError::KernelFallback(
+                "lseek with the writeback cache",
+            ));
         }
         let handle = self.file_handle(fh)?;
-        let offset = u64::try_from(offset)
-            .map_err(|_| VolumeError::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let offset =
+            u64::try_from(offset).map_err(|_| VolumeError::InvalidArgument("negative offset"))?;
         let to = match whence {
             libc::SEEK_DATA => SeekTo::Data,
             libc::SEEK_HOLE => SeekTo::Hole,
-            _ => return Err(std::io::Error::from_raw_os_error(libc::EINVAL).into()),
+            _ => return Err(VolumeError::InvalidArgument("lseek whence")),
         };
         let pos = self
             .block_file(&handle.file, &handle.content)

@@ -20,16 +20,26 @@ pub fn errno_of(err: &VolumeError) -> Errno {
         VolumeError::Block(IoError::TooLarge) => Errno::EFBIG,
         VolumeError::Block(IoError::PastEnd) => Errno::ENXIO,
         VolumeError::Keys(key) => key_errno(key),
-        VolumeError::Format(_) | VolumeError::Corrupt(_) => Errno::EIO,
+        VolumeError::Format(_) | VolumeError::Corrupt(_) | VolumeError::Seal(_) => Errno::EIO,
         VolumeError::NameTooLong => Errno::ENAMETOOLONG,
-        VolumeError::InvalidName => Errno::EINVAL,
+        VolumeError::XattrNameTooLong => Errno::ERANGE,
+        VolumeError::InvalidName | VolumeError::InvalidArgument(_) => Errno::EINVAL,
         VolumeError::Unsupported(_) => Errno::ENOTSUP,
-        VolumeError::Usage(_) => Errno::EINVAL,
+        VolumeError::KernelFallback(_) => Errno::ENOSYS,
+        VolumeError::NotFound => Errno::ENOENT,
+        VolumeError::StaleNode => Errno::ESTALE,
+        VolumeError::BadHandle => Errno::EBADF,
+        VolumeError::ReadOnly => Errno::EROFS,
+        VolumeError::IsDirectory => Errno::EISDIR,
+        VolumeError::NotDirectory => Errno::ENOTDIR,
+        VolumeError::NoAttribute => Errno::ENODATA,
+        VolumeError::Usage(_) => Errno::EIO,
     }
 }
 
 fn key_errno(err: &KeyError) -> Errno {
     match err {
+        KeyError::HeaderIo { errno, .. } => Errno::from_i32(*errno),
         KeyError::Remote { failure, .. } => match failure {
             RemoteFailure::Unavailable => Errno::EIO,
             RemoteFailure::KeyDisabled => Errno::from_i32(libc::EKEYREVOKED),
@@ -43,6 +53,7 @@ fn key_errno(err: &KeyError) -> Errno {
         | KeyError::KeyFile { .. }
         | KeyError::Passphrase(_)
         | KeyError::Header { .. }
+        | KeyError::LoadPanicked
         | KeyError::UnknownKek(_)
         | KeyError::InconsistentKek(_)
         | KeyError::NoProvider
@@ -61,7 +72,7 @@ const REMOTE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 fn remote_log_due(provider: &str, failure: RemoteFailure) -> bool {
     static LAST: Mutex<Option<HashMap<(String, String), Instant>>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last = crate::sync::lock(&LAST);
     let map = last.get_or_insert_with(HashMap::new);
     let key = (provider.to_string(), format!("{failure:?}"));
     let now = Instant::now();
@@ -86,6 +97,15 @@ pub fn report(op: &'static str, err: &VolumeError) -> Errno {
                 tracing::error!(op, error = %err, "key service failure (repeats are not logged for a minute)");
             }
         }
+        VolumeError::Keys(KeyError::HeaderIo { .. }) => {
+            tracing::debug!(op, error = %err, errno = errno.code(), "header unreadable")
+        }
+        VolumeError::Seal(_)
+        | VolumeError::Block(IoError::Seal(_))
+        | VolumeError::Keys(KeyError::LoadPanicked)
+        | VolumeError::Usage(_) => {
+            tracing::error!(op, error = %err, "request failed; returning EIO");
+        }
         VolumeError::Corrupt(_)
         | VolumeError::Format(_)
         | VolumeError::Keys(_)
@@ -107,6 +127,14 @@ mod tests {
         assert_eq!(errno_of(&io(libc::ENOTEMPTY)), Errno::ENOTEMPTY);
         assert_eq!(errno_of(&VolumeError::Corrupt("x".into())), Errno::EIO);
         assert_eq!(errno_of(&VolumeError::NameTooLong), Errno::ENAMETOOLONG);
+        assert_eq!(errno_of(&VolumeError::StaleNode), Errno::ESTALE);
+        assert_eq!(errno_of(&VolumeError::XattrNameTooLong), Errno::ERANGE);
+        assert_eq!(errno_of(&VolumeError::Usage("x".into())), Errno::EIO);
+        let header_io = VolumeError::Keys(KeyError::HeaderIo {
+            file: "f".into(),
+            errno: libc::EMFILE,
+        });
+        assert_eq!(errno_of(&header_io), Errno::EMFILE);
         let integrity = VolumeError::Block(IoError::Integrity {
             file: "f".into(),
             block: 1,

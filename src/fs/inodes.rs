@@ -119,7 +119,7 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        let node = self.nodes.lock().unwrap().get(&ino).cloned()?;
+        let node = crate::sync::lock(&self.nodes).get(&ino).cloned()?;
         self.touch(&node);
         Some(node)
     }
@@ -130,7 +130,7 @@ impl InodeTable {
     }
 
     pub fn len(&self) -> usize {
-        self.nodes.lock().unwrap().len()
+        crate::sync::lock(&self.nodes).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,7 +140,7 @@ impl InodeTable {
     /// Up to `count` nodes nobody has open, least recently used first, with where they were
     /// looked up: the kernel may be asked to forget them.
     pub fn prune_candidates(&self, count: usize) -> Vec<(u64, OsString)> {
-        let nodes: Vec<Arc<Node>> = self.nodes.lock().unwrap().values().cloned().collect();
+        let nodes: Vec<Arc<Node>> = crate::sync::lock(&self.nodes).values().cloned().collect();
         let mut idle: Vec<(u64, Arc<Node>)> = nodes
             .into_iter()
             // Directories stay: invalidating one could be a shell's cwd or a mount point.
@@ -153,7 +153,7 @@ impl InodeTable {
             .collect();
         idle.sort_unstable_by_key(|(used, _)| *used);
         idle.into_iter()
-            .filter_map(|(_, n)| n.origin.lock().unwrap().clone())
+            .filter_map(|(_, n)| crate::sync::lock(&n.origin).clone())
             .take(count)
             .collect()
     }
@@ -167,14 +167,14 @@ impl InodeTable {
     pub fn remember(&self, fd: OwnedFd, stat: &FileStat, parent: u64, name: &OsStr) -> Arc<Node> {
         let ino = self.node_id(stat.st_ino);
         let node = {
-            let mut nodes = self.nodes.lock().unwrap();
+            let mut nodes = crate::sync::lock(&self.nodes);
             let node = nodes
                 .entry(ino)
                 .or_insert_with(|| Arc::new(Node::new(ino, fd, file_type(stat.st_mode))));
             node.lookups.fetch_add(1, Ordering::Relaxed);
             node.clone()
         };
-        *node.origin.lock().unwrap() = Some((parent, name.to_os_string()));
+        *crate::sync::lock(&node.origin) = Some((parent, name.to_os_string()));
         self.touch(&node);
         node
     }
@@ -182,7 +182,7 @@ impl InodeTable {
     /// A rename moved the node of `backing_ino` to `name` in `parent`.
     pub fn moved(&self, backing_ino: u64, parent: u64, name: &OsStr) {
         if let Some(node) = self.peek_backing(backing_ino) {
-            *node.origin.lock().unwrap() = Some((parent, name.to_os_string()));
+            *crate::sync::lock(&node.origin) = Some((parent, name.to_os_string()));
         }
     }
 
@@ -190,7 +190,7 @@ impl InodeTable {
         if ino == ROOT_INO {
             return;
         }
-        let mut nodes = self.nodes.lock().unwrap();
+        let mut nodes = crate::sync::lock(&self.nodes);
         if let Some(node) = nodes.get(&ino) {
             let before = node.lookups.fetch_sub(
                 count.min(node.lookups.load(Ordering::Relaxed)),

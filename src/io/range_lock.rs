@@ -45,13 +45,13 @@ impl RangeLock {
 
     fn acquire(&self, start: u64, end: u64, exclusive: bool) -> RangeGuard<'_> {
         let end = end.max(start + 1);
-        let mut state = self.state.lock().unwrap();
+        let mut state = crate::sync::lock(&self.state);
         while state
             .held
             .iter()
             .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive))
         {
-            state = self.released.wait(state).unwrap();
+            state = crate::sync::wait(&self.released, state);
         }
         let id = state.next_id;
         state.next_id += 1;
@@ -67,7 +67,7 @@ impl RangeLock {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut state = self.lock.state.lock().unwrap();
+        let mut state = crate::sync::lock(&self.lock.state);
         state.held.retain(|h| h.id != self.id);
         drop(state);
         self.lock.released.notify_all();

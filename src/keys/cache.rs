@@ -69,6 +69,25 @@ struct Flight {
     done: Condvar,
 }
 
+/// Ends a load in flight when its leader leaves `get_or_load`, whichever way: the in-flight
+/// entry goes (so the next caller loads afresh) and every waiter wakes with the outcome, or
+/// with an error if the leader never got one (it panicked).
+struct Landing<'a> {
+    cache: &'a KeyCache,
+    id: Id,
+    flight: Arc<Flight>,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or(Err(KeyError::LoadPanicked));
+        crate::sync::lock(&self.cache.in_flight).remove(&self.id);
+        *crate::sync::lock(&self.flight.outcome) = Some(outcome);
+        self.flight.done.notify_all();
+    }
+}
+
 pub struct KeyCache {
     limits: CacheLimits,
     entries: Mutex<LruCache<Id, Entry>>,
@@ -101,7 +120,7 @@ impl KeyCache {
 
     fn lookup(&self, id: &Id) -> Option<Arc<DataKeyMaterial>> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = crate::sync::lock(&self.entries);
         let expired = match entries.get_mut(id) {
             None => return None,
             Some(entry) if !self.expired(entry, now) => {
@@ -126,7 +145,7 @@ impl KeyCache {
     /// `FULL_SWEEP_INTERVAL` (or per max age, when that is shorter).
     fn sweep(&self) {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = crate::sync::lock(&self.entries);
         while entries
             .peek_lru()
             .is_some_and(|(_, e)| self.expired(e, now))
@@ -135,7 +154,7 @@ impl KeyCache {
             self.stats.expirations.fetch_add(1, Ordering::Relaxed);
         }
         {
-            let mut last = self.last_full_sweep.lock().unwrap();
+            let mut last = crate::sync::lock(&self.last_full_sweep);
             if now.duration_since(*last) < FULL_SWEEP_INTERVAL.min(self.limits.max_age) {
                 return;
             }
@@ -160,7 +179,7 @@ impl KeyCache {
             created: now,
             used: now,
         };
-        if let Some((old_id, _)) = self.entries.lock().unwrap().push(id, entry)
+        if let Some((old_id, _)) = crate::sync::lock(&self.entries).push(id, entry)
             && old_id != id
         {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +198,7 @@ impl KeyCache {
             return Ok(material);
         }
         let (flight, leader) = {
-            let mut in_flight = self.in_flight.lock().unwrap();
+            let mut in_flight = crate::sync::lock(&self.in_flight);
             match in_flight.get(id) {
                 Some(flight) => (flight.clone(), false),
                 None => {
@@ -190,19 +209,31 @@ impl KeyCache {
             }
         };
         if !leader {
-            let mut outcome = flight.outcome.lock().unwrap();
+            let mut outcome = crate::sync::lock(&flight.outcome);
             while outcome.is_none() {
-                outcome = flight.done.wait(outcome).unwrap();
+                outcome = crate::sync::wait(&flight.done, outcome);
             }
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return outcome.clone().expect("set before notify");
         }
+        // From here on, however this thread leaves (an error, or a panic anywhere below), the
+        // flight lands and wakes its waiters.
+        let mut landing = Landing {
+            cache: self,
+            id: *id,
+            flight,
+            outcome: None,
+        };
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         self.sweep();
         // Re-check: a load may have finished between our lookup and taking the lead.
         let outcome = match self.lookup(id) {
             Some(material) => Ok(material),
-            None => load().map(Arc::new),
+            // A loader that panics (inside the AWS SDK or a PKCS#11 library) fails this open
+            // with an error instead of taking a FUSE worker thread down with it.
+            None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+                .unwrap_or_else(|_| Err(KeyError::LoadPanicked))
+                .map(Arc::new),
         };
         match &outcome {
             Ok(material) => self.insert(*id, material.clone()),
@@ -210,14 +241,12 @@ impl KeyCache {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.in_flight.lock().unwrap().remove(id);
-        *flight.outcome.lock().unwrap() = Some(outcome.clone());
-        flight.done.notify_all();
+        landing.outcome = Some(outcome.clone());
         outcome
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        crate::sync::lock(&self.entries).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,7 +255,7 @@ impl KeyCache {
 
     /// Drops every key now (unmount).
     pub fn clear(&self) {
-        self.entries.lock().unwrap().clear();
+        crate::sync::lock(&self.entries).clear();
     }
 }
 
@@ -357,5 +386,41 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_panicking_loader_wakes_its_waiters_and_the_next_load_completes() {
+        use std::sync::Barrier;
+        let cache = Arc::new(KeyCache::new(limits(16, 60_000, 60_000)));
+        let started = Arc::new(Barrier::new(2));
+        let leader = {
+            let (cache, started) = (cache.clone(), started.clone());
+            std::thread::spawn(move || {
+                cache.get_or_load(&[9; 16], || {
+                    started.wait();
+                    // Give the waiter time to queue behind this load.
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!("a key provider library panicked");
+                })
+            })
+        };
+        started.wait();
+        let waiter = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.get_or_load(&[9; 16], || Ok(material())))
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((leader.join().unwrap(), waiter.join().unwrap()));
+        });
+        let (led, waited) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a waiter behind a panicking loader must not wait forever");
+        assert!(matches!(led, Err(KeyError::LoadPanicked)));
+        // The waiter either shared the failed flight or, arriving after it landed, loaded.
+        assert!(matches!(waited, Err(KeyError::LoadPanicked) | Ok(_)));
+        // Nothing is left in flight: the next open of that file loads and completes.
+        assert!(cache.get_or_load(&[9; 16], || Ok(material())).is_ok());
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -48,6 +48,14 @@ pub enum KeyError {
     Passphrase(String),
     #[error("header of file {file}: {reason}")]
     Header { file: String, reason: String },
+    /// The header could not be read (EMFILE, EACCES, EIO from the disk...): not an integrity
+    /// failure; the errno goes back to the caller as it is.
+    #[error("header of file {file}: {}", std::io::Error::from_raw_os_error(*errno))]
+    HeaderIo { file: String, errno: i32 },
+    /// The code loading a key panicked (a bug, possibly in a KMS or PKCS#11 library). Not
+    /// cached: the next open of the file tries again.
+    #[error("loading the file key panicked; the next open tries again")]
+    LoadPanicked,
     #[error("KEK version {0} is not in the keyring")]
     UnknownKek(u32),
     #[error("KEK version {0} differs between the keyring and the config")]

@@ -116,7 +116,7 @@ impl Pkcs11Provider {
         &self,
         op: impl FnOnce(&TokenSession) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
-        let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::sync::lock(&self.session);
         if guard.is_none() {
             *guard = Some(self.connect().map_err(|reason| KeyError::Remote {
                 provider: self.describe(),

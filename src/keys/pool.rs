@@ -57,7 +57,7 @@ impl KeyPool {
                     .expect("spawn key pool thread");
             });
         }
-        let ready = self.shared.queue.lock().unwrap().pop_front();
+        let ready = crate::sync::lock(&self.shared.queue).pop_front();
         self.shared.wanted.notify_one();
         match ready {
             Some(key) => Ok(key),
@@ -69,7 +69,7 @@ impl KeyPool {
 impl Drop for KeyPool {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        self.shared.queue.lock().unwrap().clear();
+        crate::sync::lock(&self.shared.queue).clear();
         self.shared.wanted.notify_all();
     }
 }
@@ -78,9 +78,9 @@ fn refill(shared: &Shared) {
     let mut backoff = Duration::from_millis(500);
     loop {
         {
-            let mut queue = shared.queue.lock().unwrap();
+            let mut queue = crate::sync::lock(&shared.queue);
             while queue.len() >= shared.target && !shared.stop.load(Ordering::Acquire) {
-                queue = shared.wanted.wait(queue).unwrap();
+                queue = crate::sync::wait(&shared.wanted, queue);
             }
         }
         if shared.stop.load(Ordering::Acquire) {
@@ -92,7 +92,7 @@ fn refill(shared: &Shared) {
                 if shared.stop.load(Ordering::Acquire) {
                     return;
                 }
-                shared.queue.lock().unwrap().push_back(key);
+                crate::sync::lock(&shared.queue).push_back(key);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "key pool cannot pre-generate file keys; retrying");

@@ -121,12 +121,12 @@ impl VolumeKeys {
             keys.remove(retired);
         }
         let set = KekSet::new(config.current_kek, keys)?;
-        *self.keks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        *crate::sync::write(&self.keks) = Arc::new(set);
         Ok(())
     }
 
     fn kek_set(&self) -> Arc<KekSet> {
-        self.keks.read().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::read(&self.keks).clone()
     }
 
     /// A fresh keyring for a new volume: a random volume secret and KEK v1.

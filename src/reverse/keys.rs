@@ -105,7 +105,7 @@ impl ReverseKeys {
         self.volume
             .symlinks
             .seal_into_with_nonce(&[0u8; NONCE_LEN], SYMLINK_AAD, target, &mut sealed)
-            .map_err(|_| VolumeError::InvalidName)?;
+            .map_err(VolumeError::Seal)?;
         let encoded = name::encode_b64(&sealed);
         if encoded.len() > MAX_BACKING_TARGET {
             return Err(VolumeError::NameTooLong);

@@ -115,14 +115,6 @@ pub struct ReverseView {
     next_handle: AtomicU64,
 }
 
-fn enoent() -> VolumeError {
-    std::io::Error::from_raw_os_error(libc::ENOENT).into()
-}
-
-fn errno(code: i32) -> VolumeError {
-    std::io::Error::from_raw_os_error(code).into()
-}
-
 fn virtual_node(tag: &[u8]) -> u64 {
     let hash = blake3::hash(tag);
     let mut bytes = [0u8; 8];
@@ -220,7 +212,7 @@ impl ReverseView {
             );
         openat2(self.root.as_fd(), path, how).map_err(|e| match e {
             // A symlink or a mount point where a directory was: not part of the view.
-            nix::Error::ELOOP | nix::Error::EXDEV => enoent(),
+            nix::Error::ELOOP | nix::Error::EXDEV => VolumeError::NotFound,
             e => e.into(),
         })
     }
@@ -238,13 +230,13 @@ impl ReverseView {
     }
 
     fn entry(&self, node: u64) -> Result<(NodeKind, PathBuf)> {
-        let nodes = self.nodes.lock().unwrap();
-        let entry = nodes.get(&node).ok_or_else(enoent)?;
+        let nodes = crate::sync::lock(&self.nodes);
+        let entry = nodes.get(&node).ok_or(VolumeError::NotFound)?;
         Ok((entry.kind.clone(), entry.path.clone()))
     }
 
     fn remember(&self, node: u64, kind: NodeKind, path: PathBuf) {
-        let mut nodes = self.nodes.lock().unwrap();
+        let mut nodes = crate::sync::lock(&self.nodes);
         let entry = nodes.entry(node).or_insert(NodeEntry {
             kind: kind.clone(),
             path: path.clone(),
@@ -260,7 +252,7 @@ impl ReverseView {
         if node == ROOT_NODE {
             return;
         }
-        let mut nodes = self.nodes.lock().unwrap();
+        let mut nodes = crate::sync::lock(&self.nodes);
         if let Some(entry) = nodes.get_mut(&node) {
             entry.lookups = entry.lookups.saturating_sub(count);
             if entry.lookups == 0 {
@@ -271,7 +263,7 @@ impl ReverseView {
 
     /// Nodes the kernel holds (for tests of forget).
     pub fn node_count(&self) -> usize {
-        self.nodes.lock().unwrap().len()
+        crate::sync::lock(&self.nodes).len()
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
@@ -284,9 +276,9 @@ impl ReverseView {
                     .filter(|n| n.len() == 2)
                     .and_then(|n| u8::from_str_radix(n, 16).ok())
                     .filter(|b| name.to_str() == Some(format!("{b:02x}").as_str()))
-                    .ok_or_else(enoent)?;
+                    .ok_or(VolumeError::NotFound)?;
                 if !self.index_has(|ids| ids.iter().any(|id| id[0] == prefix)) {
-                    return Err(enoent());
+                    return Err(VolumeError::NotFound);
                 }
                 let kind = NodeKind::HeaderDir(prefix);
                 (
@@ -300,14 +292,14 @@ impl ReverseView {
                     .to_str()
                     .and_then(|n| id_from_hex(n).ok())
                     .filter(|id| id[0] == prefix)
-                    .ok_or_else(enoent)?;
+                    .ok_or(VolumeError::NotFound)?;
                 if !self.index_has(|ids| ids.contains(&id)) {
-                    return Err(enoent());
+                    return Err(VolumeError::NotFound);
                 }
                 let node = virtual_node(&[&b"header"[..], &id].concat());
                 (node, NodeKind::Header(id), PathBuf::new())
             }
-            _ => return Err(errno(libc::ENOTDIR)),
+            _ => return Err(VolumeError::NotDirectory),
         };
         let attr = self.attr_of(node, &kind, &path)?;
         self.remember(node, kind, path);
@@ -326,17 +318,17 @@ impl ReverseView {
                 PathBuf::new(),
             ));
         }
-        let text = name.to_str().ok_or_else(enoent)?;
+        let text = name.to_str().ok_or(VolumeError::NotFound)?;
         let plain = match classify_entry(text) {
             EntryKind::Encrypted(encoded) => {
-                decrypt_encoded(self.volume_keys(), encoded).map_err(|_| enoent())?
+                decrypt_encoded(self.volume_keys(), encoded).map_err(|_| VolumeError::NotFound)?
             }
             EntryKind::Long(hashed) => self.find_long(dir, hashed)?,
             EntryKind::Internal => {
                 let hashed = text
                     .strip_suffix(LONG_NAME_SUFFIX)
                     .filter(|h| h.starts_with(LONG_PREFIX))
-                    .ok_or_else(enoent)?;
+                    .ok_or(VolumeError::NotFound)?;
                 let plain = self.find_long(dir, hashed)?;
                 let path = dir.join(&plain);
                 self.visible(&path, &plain)?;
@@ -345,7 +337,7 @@ impl ReverseView {
             }
         };
         if self.hidden(dir, &plain) {
-            return Err(enoent());
+            return Err(VolumeError::NotFound);
         }
         let path = dir.join(&plain);
         let stat = self.visible(&path, &plain)?;
@@ -356,14 +348,14 @@ impl ReverseView {
     fn visible(&self, path: &Path, name: &OsStr) -> Result<FileStat> {
         let parent = path.parent().unwrap_or(Path::new(""));
         if self.hidden(parent, name) {
-            return Err(enoent());
+            return Err(VolumeError::NotFound);
         }
         // A mount point anywhere on the path fails to resolve (RESOLVE_NO_XDEV): st_dev is
         // not compared, as overlayfs reports the underlying filesystem's for files.
         let stat = self.stat_plain(path)?;
         let is_dir = file_type(stat.st_mode) == FileType::Directory;
         if self.excludes.excludes(path, is_dir) {
-            return Err(enoent());
+            return Err(VolumeError::NotFound);
         }
         Ok(stat)
     }
@@ -377,7 +369,7 @@ impl ReverseView {
                 return Ok(name);
             }
         }
-        Err(enoent())
+        Err(VolumeError::NotFound)
     }
 
     /// The entries of a plaintext directory that belong in the view: (name, type, inode).
@@ -450,7 +442,7 @@ impl ReverseView {
                 let stat = self.stat_plain(path)?;
                 if self.plain_node(stat.st_ino) != node {
                     // Renamed or replaced since it was looked up: the kernel looks up anew.
-                    return Err(enoent());
+                    return Err(VolumeError::NotFound);
                 }
                 self.plain_attr(node, &stat)
             }
@@ -490,17 +482,17 @@ impl ReverseView {
     }
 
     fn sidecar_bytes(&self, path: &Path) -> Result<Vec<u8>> {
-        let name = path.file_name().ok_or_else(enoent)?;
+        let name = path.file_name().ok_or(VolumeError::NotFound)?;
         match encrypt_name(self.volume_keys(), name)? {
             BackingName::Long { full, .. } => Ok(full.into_bytes()),
-            BackingName::Short(_) => Err(enoent()),
+            BackingName::Short(_) => Err(VolumeError::NotFound),
         }
     }
 
     pub fn readlink(&self, node: u64) -> Result<Vec<u8>> {
         let (kind, path) = self.entry(node)?;
         if kind != NodeKind::Plain {
-            return Err(errno(libc::EINVAL));
+            return Err(VolumeError::InvalidArgument("not a symlink"));
         }
         let fd = self.open_beneath(&path, OFlag::O_PATH)?;
         let target = nix::fcntl::readlinkat(fd.as_fd(), "")?;
@@ -510,7 +502,7 @@ impl ReverseView {
     /// Opens a file of the view for reading; writing is EROFS.
     pub fn open(&self, node: u64, flags: i32) -> Result<u64> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(errno(libc::EROFS));
+            return Err(VolumeError::ReadOnly);
         }
         let (kind, path) = self.entry(node)?;
         let opened = match kind {
@@ -518,7 +510,7 @@ impl ReverseView {
             NodeKind::Config => Opened::Bytes(self.config_copy().bytes.clone()),
             NodeKind::Header(id) => Opened::Bytes(Arc::new(self.keys.header(&id)?)),
             NodeKind::LongSidecar => Opened::Bytes(Arc::new(self.sidecar_bytes(&path)?)),
-            NodeKind::HeadersRoot | NodeKind::HeaderDir(_) => return Err(errno(libc::EISDIR)),
+            NodeKind::HeadersRoot | NodeKind::HeaderDir(_) => return Err(VolumeError::IsDirectory),
         };
         Ok(self.add_handle(Handle::File(opened)))
     }
@@ -528,12 +520,12 @@ impl ReverseView {
         let file = File::from(fd);
         let stat = fstat(&file)?;
         if self.plain_node(stat.st_ino) != node {
-            return Err(enoent());
+            return Err(VolumeError::NotFound);
         }
         match file_type(stat.st_mode) {
             FileType::RegularFile => {}
-            FileType::Directory => return Err(errno(libc::EISDIR)),
-            _ => return Err(errno(libc::EINVAL)),
+            FileType::Directory => return Err(VolumeError::IsDirectory),
+            _ => return Err(VolumeError::InvalidArgument("not a regular file")),
         }
         let file_id = self.keys.file_id(&identity(path, &stat));
         Ok(OpenData {
@@ -544,20 +536,20 @@ impl ReverseView {
 
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, handle);
+        crate::sync::lock(&self.handles).insert(fh, handle);
         fh
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+        crate::sync::lock(&self.handles).remove(&fh);
     }
 
     /// Up to `size` bytes of the view's file at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let opened = match self.handles.lock().unwrap().get(&fh) {
+        let opened = match crate::sync::lock(&self.handles).get(&fh) {
             Some(Handle::File(Opened::Data(data))) => Opened::Data(data.clone()),
             Some(Handle::File(Opened::Bytes(bytes))) => Opened::Bytes(bytes.clone()),
-            _ => return Err(errno(libc::EBADF)),
+            _ => return Err(VolumeError::BadHandle),
         };
         match opened {
             Opened::Bytes(bytes) => {
@@ -621,7 +613,7 @@ impl ReverseView {
                     });
                 }
             }
-            _ => return Err(errno(libc::ENOTDIR)),
+            _ => return Err(VolumeError::NotDirectory),
         }
         Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
     }
@@ -683,9 +675,9 @@ impl ReverseView {
     }
 
     pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        match self.handles.lock().unwrap().get(&fh) {
+        match crate::sync::lock(&self.handles).get(&fh) {
             Some(Handle::Dir(entries)) => Ok(entries.clone()),
-            _ => Err(errno(libc::EBADF)),
+            _ => Err(VolumeError::BadHandle),
         }
     }
 
@@ -696,7 +688,7 @@ impl ReverseView {
     /// The config as the view shows it; a rewrite (rotation, key add) is picked up, its MAC
     /// checked, and its KEKs applied, so headers follow the current KEK.
     fn config_copy(&self) -> ConfigView {
-        let mut config = self.config.lock().unwrap();
+        let mut config = crate::sync::lock(&self.config);
         let fresh = fstatat(
             self.root.as_fd(),
             REVERSE_CONFIG_FILE,
@@ -740,7 +732,7 @@ impl ReverseView {
 
     /// The ids of every regular file in the view, from an index at most `max_age` old.
     fn index_ids(&self, max_age: Duration) -> Result<BTreeSet<Id>> {
-        let mut index = self.index.lock().unwrap();
+        let mut index = crate::sync::lock(&self.index);
         let fresh = index.built.is_some_and(|t| t.elapsed() < max_age) && !max_age.is_zero();
         if !fresh {
             self.config_copy();

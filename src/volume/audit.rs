@@ -119,7 +119,7 @@ impl AuditLog {
     /// record at most every 10 minutes.
     pub fn count_file_key_unwrap(&self) {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_summary.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = crate::sync::lock(&self.last_summary);
         if last.elapsed() >= UNWRAP_SUMMARY_INTERVAL {
             *last = Instant::now();
             drop(last);
@@ -145,7 +145,7 @@ impl AuditLog {
         };
         let key = (provider.clone(), format!("{failure:?}"));
         {
-            let mut seen = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = crate::sync::lock(&self.failures);
             match seen.get(&key) {
                 Some(at) if at.elapsed() < FAILURE_INTERVAL => return,
                 _ => {

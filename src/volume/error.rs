@@ -2,6 +2,7 @@ use std::io;
 
 use thiserror::Error;
 
+use crate::crypto::CryptoError;
 use crate::format::FormatError;
 use crate::io::IoError;
 use crate::keys::KeyError;
@@ -19,13 +20,41 @@ pub enum VolumeError {
     /// Ciphertext, a header or a name failed authentication or does not parse.
     #[error("integrity failure: {0}")]
     Corrupt(String),
+    /// Sealing a name, symlink target or xattr value failed (no OS randomness, or the
+    /// cipher refused): nothing was written.
+    #[error("cannot seal: {0}")]
+    Seal(CryptoError),
     #[error("name too long")]
     NameTooLong,
+    /// An encrypted extended attribute name would exceed the backing store's 255 bytes.
+    #[error("extended attribute name too long once encrypted")]
+    XattrNameTooLong,
     #[error("invalid name")]
     InvalidName,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
     #[error("not supported: {0}")]
     Unsupported(&'static str),
-    /// A mistake in how a command was used: explained to the user, never an errno.
+    /// Left to the kernel's generic implementation (ENOSYS makes it fall back).
+    #[error("answered by the kernel: {0}")]
+    KernelFallback(&'static str),
+    #[error("no such file or directory")]
+    NotFound,
+    /// A node id the kernel still uses but this mount no longer knows.
+    #[error("stale node id")]
+    StaleNode,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("no such extended attribute")]
+    NoAttribute,
+    /// A mistake in how a command was used: explained to the user. Commands raise it, not
+    /// requests; should one reach a request it answers EIO and is logged.
     #[error("{0}")]
     Usage(String),
 }

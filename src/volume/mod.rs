@@ -306,7 +306,7 @@ impl Volume {
         let Ok(stamp) = config_stamp(self.root.as_fd()) else {
             return;
         };
-        let mut seen = self.config_stamp.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = crate::sync::lock(&self.config_stamp);
         if *seen == stamp {
             return;
         }
@@ -331,9 +331,15 @@ impl Volume {
             // A rewrap by another process may have moved this header to a KEK rotated in
             // since this mount last looked: follow the config before unwrapping.
             self.follow_config();
-            let header = self.headers.load(file_id).map_err(|e| KeyError::Header {
-                file: id_to_hex(file_id),
-                reason: e.to_string(),
+            let header = self.headers.load(file_id).map_err(|e| match e {
+                VolumeError::Io(io) => KeyError::HeaderIo {
+                    file: id_to_hex(file_id),
+                    errno: io.raw_os_error().unwrap_or(libc::EIO),
+                },
+                e => KeyError::Header {
+                    file: id_to_hex(file_id),
+                    reason: e.to_string(),
+                },
             })?;
             let opened = self.file_keys.open_header(&header);
             match (&opened, &self.audit) {

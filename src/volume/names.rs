@@ -33,7 +33,7 @@ pub fn encrypt_name(keys: &VolumeKeys, plain: &OsStr) -> Result<BackingName> {
     let sealed = keys
         .names
         .seal_deterministic(NAME_AAD, &name::pad(bytes))
-        .map_err(|_| VolumeError::InvalidName)?;
+        .map_err(VolumeError::Seal)?;
     Ok(BackingName::from_sealed(&sealed))
 }
 
@@ -124,7 +124,7 @@ pub fn encrypt_symlink(keys: &VolumeKeys, target: &[u8]) -> Result<String> {
     let sealed = keys
         .symlinks
         .seal(SYMLINK_AAD, target)
-        .map_err(|_| VolumeError::InvalidName)?;
+        .map_err(VolumeError::Seal)?;
     let encoded = name::encode_b64(&sealed);
     if encoded.len() > MAX_BACKING_TARGET {
         return Err(VolumeError::NameTooLong);
@@ -150,13 +150,11 @@ pub fn encrypt_xattr_name(keys: &VolumeKeys, plain: &OsStr) -> Result<Vec<u8>> {
     let sealed = keys
         .xattr_names
         .seal_deterministic(XATTR_NAME_AAD, &name::pad(bytes))
-        .map_err(|_| VolumeError::InvalidName)?;
+        .map_err(VolumeError::Seal)?;
     let mut out = USER_XATTR_PREFIX.to_vec();
     out.extend_from_slice(name::encode_b64(&sealed).as_bytes());
     if out.len() > 255 {
-        return Err(VolumeError::Io(std::io::Error::from_raw_os_error(
-            libc::ERANGE,
-        )));
+        return Err(VolumeError::XattrNameTooLong);
     }
     Ok(out)
 }
@@ -175,7 +173,7 @@ pub fn seal_xattr_value(keys: &VolumeKeys, backing_name: &[u8], value: &[u8]) ->
     let aad = [XATTR_VALUE_AAD, backing_name].concat();
     keys.xattr_values
         .seal(&aad, value)
-        .map_err(|_| VolumeError::InvalidName)
+        .map_err(VolumeError::Seal)
 }
 
 pub fn open_xattr_value(keys: &VolumeKeys, backing_name: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {

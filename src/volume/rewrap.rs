@@ -88,13 +88,10 @@ pub fn rewrap(
     let failed = Mutex::new(Vec::new());
     let fail = |id: &Id, reason: String| {
         tracing::error!(file = %id_to_hex(id), "rewrap: {reason}");
-        failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(RewrapFailure {
-                file_id: id_to_hex(id),
-                reason,
-            });
+        crate::sync::lock(&failed).push(RewrapFailure {
+            file_id: id_to_hex(id),
+            reason,
+        });
     };
     let (mut rewrapped, mut current, mut gone) = (0, 0, 0);
     for batch in ids.chunks(BATCH) {
