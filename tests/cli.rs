@@ -7,11 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use common::{BIN, Mounted, TestVolume, is_mounted, sealfs};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{BIN, Mounted, TestVolume, is_mounted, require_root, sealfs, stderr};
 
 fn assert_one_line_failure(out: &std::process::Output, needle: &str) {
     assert!(!out.status.success(), "should fail");
@@ -188,18 +184,14 @@ fn as_nobody(dir: &std::path::Path, script: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// A volume mounted by root with allow_other, its root directory world-writable and sticky;
-/// None (the test skips) when not root.
-fn mounted_for_everyone() -> Option<(TestVolume, Mounted)> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
+/// A volume mounted by root with allow_other, its root directory world-writable and sticky.
+fn mounted_for_everyone() -> (TestVolume, Mounted) {
+    require_root("an allow_other mount, and setpriv to nobody");
     let vol = TestVolume::new();
     fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let m = vol.mount_with(&["-o", "allow_other"]);
     fs::set_permissions(&m.path, fs::Permissions::from_mode(0o1777)).unwrap();
-    Some((vol, m))
+    (vol, m)
 }
 
 /// Without allow_other the kernel leaves permission checks to sealfs (no default_permissions,
@@ -208,10 +200,7 @@ fn mounted_for_everyone() -> Option<(TestVolume, Mounted)> {
 /// one may execute.
 #[test]
 fn a_private_mount_answers_access_from_the_files_modes() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root("setpriv to nobody, and root's own access(2) answers");
     use nix::unistd::{AccessFlags, access};
     let vol = TestVolume::new();
     fs::set_permissions(vol.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -250,9 +239,7 @@ fn a_private_mount_answers_access_from_the_files_modes() {
 /// write.
 #[test]
 fn writes_by_others_drop_set_id_bits_and_roots_keep_them() {
-    let Some((_vol, m)) = mounted_for_everyone() else {
-        return;
-    };
+    let (_vol, m) = mounted_for_everyone();
     let as_nobody = |script: &str| {
         let out = as_nobody(&m.path, script);
         assert!(out.status.success(), "{script}: {}", stderr(&out));
@@ -288,9 +275,7 @@ fn writes_by_others_drop_set_id_bits_and_roots_keep_them() {
 
 #[test]
 fn allow_other_gives_files_to_their_creator_and_enforces_modes() {
-    let Some((_vol, m)) = mounted_for_everyone() else {
-        return;
-    };
+    let (_vol, m) = mounted_for_everyone();
     fs::write(m.p("root-only"), b"secret").unwrap();
     fs::set_permissions(m.p("root-only"), fs::Permissions::from_mode(0o600)).unwrap();
     let as_nobody = |script: &str| as_nobody(&m.path, script);

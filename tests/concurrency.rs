@@ -3,10 +3,13 @@
 //! disjoint and overlapping blocks of one file, extending it and truncating above them,
 //! checked against a model. Every test is bounded in time.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::{Rng, bounded};
 use sealfs::fs::core::Caller;
 use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
@@ -25,25 +28,6 @@ fn filesystem(dir: &std::path::Path) -> Arc<SealFs> {
     Volume::init(&cipher, &InitOptions::default(), &provider(), [7; 16]).unwrap();
     let volume = Volume::open(&cipher, provider(), Default::default()).unwrap();
     Arc::new(SealFs::new(volume, false, Tuning::default()).unwrap())
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(work());
-    });
-    rx.recv_timeout(limit)
-        .expect("deadlock or livelock: the test did not finish in time")
 }
 
 #[test]

@@ -5,15 +5,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use common::mount_fixture;
+use common::{fixture_dir, mount_fixture};
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
 use sealfs::volume::Volume;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
-}
 
 fn nested() -> Vec<u8> {
     (0..10000u32).map(|i| (i * 7 % 256) as u8).collect()
@@ -58,7 +53,7 @@ fn fixture_v1_reads_through_a_mount() {
 
 #[test]
 fn fixture_v1_reads_through_the_library_without_a_mount() {
-    let root = fixture();
+    let root = fixture_dir("v1");
     let provider: Box<dyn MasterKeyProvider> =
         Box::new(KeyfileProvider::load(&root.join("master.key")).unwrap());
     let volume = Volume::open(&root.join("cipher"), vec![provider], Default::default()).unwrap();

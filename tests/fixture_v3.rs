@@ -4,15 +4,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use common::mount_fixture;
+use common::{fixture_dir, mount_fixture};
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
 use sealfs::volume::Volume;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3")
-}
 
 const FILES: [(&str, &[u8]); 4] = [
     ("a", b"a: written under KEK 1, rewrapped to 3\n"),
@@ -31,7 +26,7 @@ fn fixture_v3_reads_through_a_mount() {
 
 #[test]
 fn fixture_v3_keys_and_census() {
-    let root = fixture();
+    let root = fixture_dir("v3");
     let provider: Box<dyn MasterKeyProvider> =
         Box::new(KeyfileProvider::load(&root.join("master.key")).unwrap());
     let volume = Volume::open(&root.join("cipher"), vec![provider], Default::default()).unwrap();

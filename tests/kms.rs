@@ -6,32 +6,11 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::services::{Fault, FaultProxy, Moto, kms_env};
-use common::{TestVolume, files_under};
-
-struct Kms {
-    _moto: Moto,
-    proxy: FaultProxy,
-    key: String,
-}
-
-fn kms() -> Kms {
-    let moto = Moto::start();
-    let key = moto.create_key();
-    let proxy = FaultProxy::start(moto.port);
-    Kms {
-        _moto: moto,
-        proxy,
-        key,
-    }
-}
+use common::services::{Fault, Kms, kms, kms_env};
+use common::{TestVolume, files_under, stderr};
 
 fn kms_volume(kms: &Kms) -> TestVolume {
     TestVolume::with_env(&["--kms", &kms.key], kms_env(&kms.proxy.endpoint()))
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -7,44 +7,22 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::services::{
-    Fault, FaultProxy, KEYS, Moto, PIN, SOFTHSM_MODULE, TOKEN, kms_env, make_hsm_keys, softhsm,
-};
+use common::services::{Fault, KEYS, Kms, PIN, SOFTHSM_MODULE, TOKEN, kms, kms_env, softhsm};
 use common::{TestVolume, files_under};
 
-struct Kms {
-    _moto: Moto,
-    proxy: FaultProxy,
-    key: String,
-}
+crate::make_hsm_keys_helper!();
 
 fn per_file_kms() -> (Kms, TestVolume) {
-    let moto = Moto::start();
-    let key = moto.create_key();
-    let proxy = FaultProxy::start(moto.port);
+    let kms = kms();
     let vol = TestVolume::with_env(
-        &["--kms", &key, "--key-mode", "per-file"],
-        kms_env(&proxy.endpoint()),
+        &["--kms", &kms.key, "--key-mode", "per-file"],
+        kms_env(&kms.proxy.endpoint()),
     );
-    (
-        Kms {
-            _moto: moto,
-            proxy,
-            key,
-        },
-        vol,
-    )
+    (kms, vol)
 }
 
 fn errno_of(result: std::io::Result<Vec<u8>>) -> i32 {
     result.expect_err("should fail").raw_os_error().unwrap_or(0)
-}
-
-#[test]
-fn make_hsm_keys_helper() {
-    if std::env::var_os("SEALFS_TEST_MAKE_HSM_KEYS").is_some() {
-        make_hsm_keys();
-    }
 }
 
 #[test]
@@ -335,11 +313,10 @@ fn per_file_mode_needs_a_remote_key() {
 #[ignore]
 fn measure_kms_calls_per_thousand_files() {
     for mode in ["volume", "per-file"] {
-        let moto = Moto::start();
-        let key = moto.create_key();
-        let proxy = FaultProxy::start(moto.port);
+        let kms = kms();
+        let proxy = &kms.proxy;
         let vol = TestVolume::with_env(
-            &["--kms", &key, "--key-mode", mode],
+            &["--kms", &kms.key, "--key-mode", mode],
             kms_env(&proxy.endpoint()),
         );
         let m = vol.mount();

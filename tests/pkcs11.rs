@@ -5,16 +5,10 @@ mod common;
 
 use std::fs;
 
-use common::TestVolume;
-use common::services::{KEYS, PIN, SOFTHSM_MODULE, TOKEN, make_hsm_keys, softhsm};
+use common::services::{KEYS, PIN, SOFTHSM_MODULE, TOKEN, softhsm};
+use common::{TestVolume, stderr};
 
-/// Not a test: the child process `softhsm()` runs to generate the token's keys.
-#[test]
-fn make_hsm_keys_helper() {
-    if std::env::var_os("SEALFS_TEST_MAKE_HSM_KEYS").is_some() {
-        make_hsm_keys();
-    }
-}
+crate::make_hsm_keys_helper!();
 
 fn pin_file(vol: &TestVolume, pin: &str) -> String {
     let path = vol.dir.path().join(format!("pin-{}", pin.len()));
@@ -45,10 +39,6 @@ fn hsm_volume(key: &str) -> (TestVolume, String) {
     let kept = vol.dir.path().join("pin");
     fs::copy(&pin, &kept).unwrap();
     (vol, kept.to_string_lossy().into_owned())
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -478,10 +478,7 @@ fn ioctls_answer_enotty_without_a_log_line_each() {
 /// what reaches the kernel, by default and when asked for; only root may set it.
 #[test]
 fn the_mount_sets_its_readahead() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to write the bdi's read_ahead_kb");
-        return;
-    }
+    common::require_root("to write the bdi's read_ahead_kb");
     let read_ahead_of = |path: &std::path::Path| -> String {
         let dev = common::mount_device(path).expect("mounted");
         fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb"))

@@ -10,14 +10,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{TestVolume, copy_tree, test_dir};
+use common::{TestVolume, copy_tree, fixture_dir, test_dir};
 
 const LISTING: &str = r#"find . -type f -print0 | sort -z | xargs -0 sha256sum
 find . -type l | sort | while read -r l; do printf '%s  %s -> %s\n' "$(printf %s "$(readlink "$l")" | sha256sum | cut -d' ' -f1)" "$l" link; done"#;
 
 #[test]
 fn reverse_fixture_view_is_unchanged_and_reads_forward() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reverse-v1");
+    let fixture = fixture_dir("reverse-v1");
     let dir = test_dir();
     copy_tree(&fixture.join("plain"), &dir.path().join("plain"));
     let key = dir.path().join("master.key");

@@ -11,16 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::TestVolume;
-
-fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(work());
-    });
-    rx.recv_timeout(limit)
-        .expect("deadlock or livelock: the test did not finish in time")
-}
+use common::{TestVolume, bounded};
 
 const REGION: usize = 64 * 1024;
 

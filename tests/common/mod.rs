@@ -19,6 +19,41 @@ pub struct TestVolume {
     pub env: Vec<(String, String)>,
 }
 
+/// Fails the calling test unless it runs as root. A test that needs root (CAP_SYS_ADMIN for an
+/// allow_other mount or the bdi's read_ahead_kb, setpriv to another user) must not pass by
+/// doing nothing when it cannot run: CI runs the suite as root. Without root, leave such a
+/// test out by name (`cargo test -- --skip NAME`), visibly.
+pub fn require_root(needs: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({needs}); run the suite as root, as CI does, \
+         or leave this test out with `-- --skip`"
+    );
+}
+
+/// Runs `work` on its own thread and fails when it takes longer than `limit`: a deadlock
+/// fails the test instead of hanging the suite.
+pub fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(work());
+    });
+    rx.recv_timeout(limit)
+        .expect("deadlock or livelock: the test did not finish in time")
+}
+
+/// A command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// tests/fixtures/NAME, a frozen fixture in the source tree (copy it before writing to it).
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
 /// The stdout of a command that must succeed; its output in the panic message otherwise.
 pub fn ok(out: Output) -> String {
     assert!(
@@ -32,9 +67,7 @@ pub fn ok(out: Output) -> String {
 
 /// A copy of the frozen fixture volume tests/fixtures/NAME mounted read-only with its key.
 pub fn mount_fixture(name: &str) -> (tempfile::TempDir, TestVolume, Mounted) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let fixture = fixture_dir(name);
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&fixture, dir.path());
     let key = dir.path().join("master.key");

@@ -86,6 +86,26 @@ impl Drop for Moto {
     }
 }
 
+/// A moto KMS server with one key, reached through a fault proxy.
+pub struct Kms {
+    _moto: Moto,
+    pub proxy: FaultProxy,
+    /// The key's ARN.
+    pub key: String,
+}
+
+/// Starts moto, creates a key and puts a fault proxy in front.
+pub fn kms() -> Kms {
+    let moto = Moto::start();
+    let key = moto.create_key();
+    let proxy = FaultProxy::start(moto.port);
+    Kms {
+        _moto: moto,
+        proxy,
+        key,
+    }
+}
+
 /// What the proxy does with the next requests.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
@@ -302,24 +322,64 @@ pub fn softhsm() -> &'static SoftHsm {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The entry point is an ignored test (see `make_hsm_keys_helper!`): `--ignored` runs
+        // it; its marker proves it ran (a filter that matches nothing also exits 0).
         let out = Command::new(std::env::current_exe().unwrap())
             .env("SOFTHSM2_CONF", &conf)
-            .env("SEALFS_TEST_MAKE_HSM_KEYS", "1")
-            .args(["--exact", "make_hsm_keys_helper", "--nocapture"])
+            .env(MAKE_HSM_KEYS_ENV, "1")
+            .args([
+                "make_hsm_keys_helper",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
             .output()
             .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success(),
-            "key generation: {}",
-            String::from_utf8_lossy(&out.stdout)
+            out.status.success() && stdout.contains(HSM_KEYS_MADE),
+            "key generation in a child process: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
         SoftHsm { dir, conf }
     })
 }
 
+/// Set for the child process `softhsm()` starts to generate the token's keys.
+const MAKE_HSM_KEYS_ENV: &str = "SEALFS_TEST_MAKE_HSM_KEYS";
+/// What that child prints once the keys exist.
+const HSM_KEYS_MADE: &str = "sealfs-test: HSM keys made";
+
+/// Defines `make_hsm_keys_helper`, the subprocess entry point `softhsm()` runs in a child
+/// of the current test binary (`make_hsm_keys_helper --exact --ignored`). Every test binary
+/// that calls `softhsm()` needs it, once, at its root: `crate::make_hsm_keys_helper!();`.
+/// It is an ignored test, so no run counts it as one of its tests.
+#[macro_export]
+macro_rules! make_hsm_keys_helper {
+    () => {
+        /// Not a test: the child process `softhsm()` starts to generate the token's keys.
+        #[test]
+        #[ignore = "subprocess entry point, run by its parent"]
+        fn make_hsm_keys_helper() {
+            $crate::common::services::make_hsm_keys_in_child();
+        }
+    };
+}
+
+/// The body of `make_hsm_keys_helper`: generates the keys when `softhsm()` started this
+/// process for it, and does nothing in a run that merely includes ignored tests.
+pub fn make_hsm_keys_in_child() {
+    if std::env::var_os(MAKE_HSM_KEYS_ENV).is_none() {
+        eprintln!("not a test: the entry point softhsm() runs in a child process");
+        return;
+    }
+    make_hsm_keys();
+    println!("{HSM_KEYS_MADE}");
+}
+
 /// Generates the test keys on the token; runs in a child test process so that this
 /// process's PKCS#11 state stays untouched.
-pub fn make_hsm_keys() {
+fn make_hsm_keys() {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::Attribute;
