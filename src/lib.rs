@@ -8,5 +8,6 @@ pub mod fs;
 pub mod io;
 pub mod keys;
 pub mod reverse;
+pub mod shell;
 pub mod sync;
 pub mod volume;

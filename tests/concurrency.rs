@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{Rng, bounded};
-use sealfs::fs::core::Caller;
+use sealfs::fs::core::{AttrChanges, Caller};
 use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
 use sealfs::volume::{InitOptions, Volume};
@@ -60,7 +60,7 @@ fn parallel_writers_to_disjoint_regions_match_the_model() {
                         let len = 1 + rng.below(REGION - off).min(3 * BS);
                         let byte = (t * 31 + i) as u8 | 1;
                         let data = vec![byte; len as usize];
-                        fs.write(fh, t * REGION + off, &data).unwrap();
+                        fs.write(fh, t * REGION + off, &data, false).unwrap();
                         model[off as usize..(off + len) as usize].fill(byte);
                     }
                     model
@@ -110,7 +110,7 @@ fn overlapping_whole_block_writes_never_tear_a_block() {
                         let first = rng.below(BLOCKS - 2);
                         let n = 2 + rng.below(2);
                         let data = vec![t as u8 + 1; (n * BS) as usize];
-                        fs.write(fh, first * BS, &data).unwrap();
+                        fs.write(fh, first * BS, &data, false).unwrap();
                         let back = fs.read(fh, first * BS, BS as u32).unwrap();
                         assert!(back.iter().all(|&b| b == back[0]), "a torn block was read");
                     }
@@ -146,7 +146,7 @@ fn writers_below_a_truncater_keep_their_data() {
         .unwrap();
     let ino = attr.ino.0;
     const FLOOR: u64 = 8 * BS + 100;
-    fs.write(fh, 0, &vec![0u8; FLOOR as usize]).unwrap();
+    fs.write(fh, 0, &vec![0u8; FLOOR as usize], false).unwrap();
     let fs2 = fs.clone();
     let started = Instant::now();
     let model = bounded(Duration::from_secs(120), move || {
@@ -155,7 +155,11 @@ fn writers_below_a_truncater_keep_their_data() {
             let mut rng = Rng(5);
             for _ in 0..300 {
                 let size = FLOOR + rng.below(6 * BS);
-                fs_t.setattr(ino, None, None, None, Some(size), None, None, None)
+                let changes = AttrChanges {
+                    size: Some(size),
+                    ..AttrChanges::default()
+                };
+                fs_t.setattr(Caller { uid: 0, gid: 0 }, ino, changes)
                     .unwrap();
             }
         });
@@ -167,10 +171,12 @@ fn writers_below_a_truncater_keep_their_data() {
                 let off = rng.below(FLOOR - 10);
                 let len = 1 + rng.below((FLOOR - off).min(2 * BS));
                 let byte = (i % 250) as u8 + 1;
-                fs_w.write(fh, off, &vec![byte; len as usize]).unwrap();
+                fs_w.write(fh, off, &vec![byte; len as usize], false)
+                    .unwrap();
                 model[off as usize..(off + len) as usize].fill(byte);
                 // Past the floor too: these bytes may be cut by the truncater, never corrupt.
-                fs_w.write(fh, FLOOR + rng.below(4 * BS), b"above").unwrap();
+                fs_w.write(fh, FLOOR + rng.below(4 * BS), b"above", false)
+                    .unwrap();
             }
             model
         });

@@ -1,5 +1,5 @@
-//! The `fuser::Filesystem` shell: each handler calls one `SealFs` method and replies once,
-//! errors going through `errno::report`.
+//! The forward mount's `fuser::Filesystem`: each handler calls one `SealFs` method and
+//! replies once through the shared shell (`crate::shell`), errors through its errno map.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -12,8 +12,8 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::core::{Caller, SealFs};
-use super::errno::report;
+use super::core::{AttrChanges, Caller, SealFs};
+use crate::shell::{self, reply_or_error};
 
 /// One mount is the only writer of its cipher dir, and every change goes through it, so the
 /// kernel's cached entries and attributes stay right; they expire only to bound the damage of
@@ -28,22 +28,6 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-macro_rules! reply_or_error {
-    ($op:literal, $result:expr, $reply:ident, |$ok:ident| $body:expr) => {
-        match $result {
-            Ok($ok) => $body,
-            Err(e) => $reply.error(report($op, &e)),
-        }
-    };
-}
-
-/// Whether a truncate or fallocate by this caller keeps set-id bits: the kernel's rule is
-/// CAP_FSETID, and fuser passes on neither the kernel's flag for it nor the caller's
-/// capabilities, so root is taken to hold it and everyone else not.
-fn may_keep_set_id(req: &Request) -> bool {
-    req.uid() == 0
-}
-
 impl Filesystem for SealFs {
     /// Each setting is measured in bench/README.md: request size is the biggest lever on
     /// FUSE throughput, the writeback cache (merging small writes) the second.
@@ -52,19 +36,17 @@ impl Filesystem for SealFs {
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         // HANDLE_KILLPRIV_V2: sealfs drops set-id bits itself (write, truncate, fallocate;
-        // chown's is the backing chown's), so the kernel may mark a checked inode as having none, instead of
-        // asking for security.capability (one GETXATTR round trip) before every write(2).
-        for flag in [
+        // chown's is the backing chown's; see fs/core/set_id.rs), so the kernel may mark a
+        // checked inode as having none, instead of asking for security.capability (one
+        // GETXATTR round trip) before every write(2).
+        let mut flags = vec![
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_WRITEBACK_CACHE,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        ] {
-            if (self.tuning.writeback_cache || flag != InitFlags::FUSE_WRITEBACK_CACHE)
-                && let Err(missing) = config.add_capabilities(flag)
-            {
-                tracing::info!(?missing, "kernel lacks a FUSE capability");
-            }
+        ];
+        if self.tuning.writeback_cache {
+            flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
         }
+        shell::request_capabilities(config, &flags);
         Ok(())
     }
 
@@ -112,26 +94,16 @@ impl Filesystem for SealFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // A truncate drops set-id bits (HANDLE_KILLPRIV_V2).
-        if size.is_some()
-            && mode.is_none()
-            && !may_keep_set_id(req)
-            && let Err(e) = SealFs::drop_set_id(self, ino.0)
-        {
-            reply.error(report("setattr", &e));
-            return;
-        }
-        let result = SealFs::setattr(
-            self,
-            ino.0,
+        let changes = AttrChanges {
             mode,
             uid,
             gid,
             size,
             atime,
             mtime,
-            fh.map(|f| f.0),
-        );
+            fh: fh.map(|f| f.0),
+        };
+        let result = SealFs::setattr(self, caller(req), ino.0, changes);
         reply_or_error!("setattr", result, reply, |attr| reply.attr(&TTL, &attr))
     }
 
@@ -260,7 +232,7 @@ impl Filesystem for SealFs {
             }
         });
         if let (Err(e), Some(reply)) = (sent, reply) {
-            reply.error(report("read", &e));
+            reply.error(shell::errno::report("read", &e));
         }
     }
 
@@ -276,21 +248,16 @@ impl Filesystem for SealFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && let Err(e) = SealFs::drop_set_id_of_handle(self, fh.0)
-        {
-            reply.error(report("write", &e));
-            return;
-        }
+        let kill_set_id = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         reply_or_error!(
             "write",
-            SealFs::write(self, fh.0, offset, data),
+            SealFs::write(self, fh.0, offset, data, kill_set_id),
             reply,
             |n| reply.written(n)
         )
     }
 
-    crate::fs::unanswered::flush_and_ioctl_unanswered!();
+    crate::shell::unanswered::flush_and_ioctl_unanswered!();
 
     fn release(
         &self,
@@ -330,18 +297,9 @@ impl Filesystem for SealFs {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_entries(fh.0) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(report("readdir", &e)),
-        };
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
-                break;
-            }
-        }
-        reply.ok();
+        shell::reply_readdir(reply, offset, self.dir_entries(fh.0))
     }
 
     fn releasedir(
@@ -370,16 +328,7 @@ impl Filesystem for SealFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply_or_error!("statfs", SealFs::statfs(self), reply, |s| reply.statfs(
-            s.blocks(),
-            s.blocks_free(),
-            s.blocks_available(),
-            s.files(),
-            s.files_free(),
-            s.block_size() as u32,
-            255,
-            s.fragment_size() as u32,
-        ))
+        shell::reply_statfs(reply, SealFs::statfs(self))
     }
 
     fn setxattr(
@@ -463,14 +412,7 @@ impl Filesystem for SealFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        // Like a write, it drops set-id bits (HANDLE_KILLPRIV_V2).
-        let result = SealFs::fallocate(self, fh.0, offset, length, mode).and_then(|()| {
-            if !may_keep_set_id(req) {
-                SealFs::drop_set_id_of_handle(self, fh.0)
-            } else {
-                Ok(())
-            }
-        });
+        let result = SealFs::fallocate(self, caller(req), fh.0, offset, length, mode);
         reply_or_error!("fallocate", result, reply, |_ok| reply.ok())
     }
 

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use fuser::FileType;
 use nix::sys::stat::FileStat;
 
-use crate::format::Id;
+use crate::io::FileId as Id;
 use crate::io::range_lock::RangeLock;
 use crate::keys::DataKeyMaterial;
+use crate::shell::attr::file_type;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -73,18 +74,6 @@ impl Node {
             origin: Mutex::new(None),
             last_used: AtomicU64::new(0),
         }
-    }
-}
-
-pub fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
     }
 }
 

@@ -32,35 +32,25 @@ fn placeholder(ino: u64, kind: fuser::FileType) -> fuser::FileAttr {
         flags: 0,
     }
 }
-use crate::fs::errno::report;
+use crate::shell::{self, reply_or_error};
 
 /// The plaintext tree changes under the view at any time; a short TTL makes changes show
 /// within a second while keeping a backup tool's stat-then-open pairs cheap.
 const TTL: Duration = Duration::from_secs(1);
 const GENERATION: Generation = Generation(0);
 
-macro_rules! reply_or_error {
-    ($op:literal, $result:expr, $reply:ident, |$ok:ident| $body:expr) => {
-        match $result {
-            Ok($ok) => $body,
-            Err(e) => $reply.error(report($op, &e)),
-        }
-    };
-}
-
 impl Filesystem for ReverseView {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_background(64);
         // readdirplus hands the kernel each entry's attributes with the listing, saving a
         // LOOKUP per file of a backup walk (bench/README.md).
-        for flag in [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
-        ] {
-            if let Err(missing) = config.add_capabilities(flag) {
-                tracing::info!(?missing, "kernel lacks a FUSE capability");
-            }
-        }
+        shell::request_capabilities(
+            config,
+            &[
+                InitFlags::FUSE_PARALLEL_DIROPS,
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            ],
+        );
         Ok(())
     }
 
@@ -113,7 +103,7 @@ impl Filesystem for ReverseView {
         )
     }
 
-    crate::fs::unanswered::flush_and_ioctl_unanswered!();
+    crate::shell::unanswered::flush_and_ioctl_unanswered!();
 
     fn release(
         &self,
@@ -141,18 +131,9 @@ impl Filesystem for ReverseView {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_entries(fh.0) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(report("readdir", &e)),
-        };
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
-                break;
-            }
-        }
-        reply.ok();
+        shell::reply_readdir(reply, offset, self.dir_entries(fh.0))
     }
 
     fn readdirplus(
@@ -165,7 +146,7 @@ impl Filesystem for ReverseView {
     ) {
         let entries = match self.dir_entries(fh.0) {
             Ok(entries) => entries,
-            Err(e) => return reply.error(report("readdirplus", &e)),
+            Err(e) => return reply.error(shell::errno::report("readdirplus", &e)),
         };
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             // "." and "..", and entries gone since the listing, carry no attributes the
@@ -205,17 +186,7 @@ impl Filesystem for ReverseView {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply_or_error!("statfs", ReverseView::statfs(self), reply, |s| reply
-            .statfs(
-                s.blocks(),
-                s.blocks_free(),
-                s.blocks_available(),
-                s.files(),
-                s.files_free(),
-                s.block_size() as u32,
-                255,
-                s.fragment_size() as u32,
-            ))
+        shell::reply_statfs(reply, ReverseView::statfs(self))
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

@@ -370,6 +370,16 @@ impl Volume {
         Ok((file_id, self.file_key(&file_id)?))
     }
 
+    /// The size a user sees for a backing inode of mode `st_mode` and size `st_size`: a data
+    /// file's plaintext size, a symlink's plaintext target length, other kinds as they are.
+    pub fn plain_size(&self, st_mode: u32, st_size: u64) -> u64 {
+        match st_mode & libc::S_IFMT {
+            libc::S_IFREG => self.layout.plain_size(st_size),
+            libc::S_IFLNK => crate::format::name::symlink_plain_len(st_size),
+            _ => st_size,
+        }
+    }
+
     /// The block I/O of data file `file`, whose id and key are `file_id` and `material`.
     pub fn data_file<'a>(
         &self,

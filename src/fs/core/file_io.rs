@@ -1,0 +1,268 @@
+//! Open files: open and create's handle, read, write, truncate, allocate, seek, fsync and
+//! release. Block I/O goes through `io::DataFile` under the node's block-range lock.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use nix::fcntl::{AT_FDCWD, OFlag, openat};
+use nix::sys::stat::{Mode, fstat};
+
+use fuser::FileType;
+
+use super::{Caller, Handle, SealFs};
+use crate::fs::inodes::{Content, Node};
+use crate::io::{DataFile, SeekTo, range_lock};
+use crate::volume::{Result, VolumeError, proc_fd_path};
+
+impl SealFs {
+    pub(super) fn truncate(&self, node: &Arc<Node>, size: u64, fh: Option<u64>) -> Result<()> {
+        if node.kind == FileType::Directory {
+            return Err(VolumeError::IsDirectory);
+        }
+        let handle = fh.and_then(|fh| self.file_handle(fh).ok());
+        let owned;
+        let (file, content) = match &handle {
+            Some(h) if h.file.metadata().is_ok() && is_writable(&h.file) => {
+                (&h.file, h.content.clone())
+            }
+            _ => {
+                owned = self.reopen(node, OFlag::O_RDWR)?;
+                let content = self.content_of(node, &owned)?;
+                (&owned, content)
+            }
+        };
+        let _guard = node.ranges.write(0, range_lock::TO_END);
+        self.block_file(file, &content).truncate(size)?;
+        Ok(())
+    }
+
+    pub(super) fn reopen(&self, node: &Node, access: OFlag) -> Result<File> {
+        let path = proc_fd_path(node.fd.as_fd());
+        Ok(File::from(openat(
+            AT_FDCWD,
+            path.as_path(),
+            access | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?))
+    }
+
+    /// The key of a regular file, through the key cache on every open (so cache limits
+    /// apply); the file id, immutable, is read from the data file once per inode.
+    pub(super) fn content_of(&self, node: &Node, file: &File) -> Result<Arc<Content>> {
+        let file_id = match node.file_id.get() {
+            Some(id) => *id,
+            None => {
+                let id = crate::io::read_file_id(file)?;
+                *node.file_id.get_or_init(|| id)
+            }
+        };
+        let material = self.volume.file_key(&file_id)?;
+        Ok(Arc::new(Content { file_id, material }))
+    }
+
+    pub(super) fn block_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {
+        self.volume
+            .data_file(file, &content.file_id, &content.material)
+    }
+
+    /// Opens a file; the flag says whether the kernel may keep its cached pages (the backing
+    /// file is as the last close left it, and only this mount writes it).
+    pub fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool)> {
+        let node = self.node(ino)?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if write {
+            self.writable()?;
+        }
+        // Writes read their edge blocks back, so any writable open reads too. O_APPEND is the
+        // kernel's to apply (pwrite on an O_APPEND fd would ignore our offsets); O_DIRECT's
+        // alignment rules do not survive encryption.
+        let access = if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        let passed =
+            OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
+        let file = self.reopen(&node, access | passed)?;
+        let keep_cache = {
+            let stamp = *crate::sync::lock(&node.closed_stamp);
+            stamp.is_some() && stamp == backing_stamp(&file)
+        };
+        let truncate = flags & libc::O_TRUNC != 0 && write;
+        let fh = self.open_file_handle(node.clone(), file)?;
+        if truncate && let Err(e) = self.truncate(&node, 0, Some(fh)) {
+            self.release(fh);
+            return Err(e);
+        }
+        Ok((fh, keep_cache && !truncate))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_with(fh, offset, size, <[u8]>::to_vec)
+    }
+
+    /// Reads and hands the plaintext to `reply` from the thread's reusable buffer.
+    pub fn read_with<T>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        let handle = self.file_handle(fh)?;
+        let bs = self.volume.layout.block_size();
+        let first = offset / bs;
+        let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
+        let _guard = handle.node.ranges.read(first, last + 1);
+        Ok(self.block_file(&handle.file, &handle.content).read_with(
+            offset,
+            size as usize,
+            reply,
+        )?)
+    }
+
+    /// Writes inside the file lock only their blocks; a write that touches the block holding
+    /// the end of file (or lies past it) locks from there to the end, since it changes the
+    /// size and may re-seal that block. Which range that is comes from the size the last write
+    /// left, checked under the lock (and widened when it was stale): one size lookup per write.
+    /// `kill_set_id`: the kernel says the writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID),
+    /// so set-id bits go first.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_set_id: bool) -> Result<u32> {
+        self.writable()?;
+        let handle = self.file_handle(fh)?;
+        if kill_set_id {
+            self.drop_set_id(&handle.node)?;
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let bf = self.block_file(&handle.file, &handle.content);
+        let bs = self.volume.layout.block_size();
+        let first = offset / bs;
+        let last = offset.saturating_add(data.len() as u64 - 1) / bs;
+        let lock_for = |size: u64| {
+            let tail = size / bs;
+            if last >= tail || first > tail {
+                (first.min(tail), range_lock::TO_END)
+            } else {
+                (first, last + 1)
+            }
+        };
+        let mut range = lock_for(handle.node.size_hint.load(Ordering::Relaxed));
+        loop {
+            let _guard = handle.node.ranges.write(range.0, range.1);
+            let extent = bf.extent()?;
+            let size = self.volume.layout.plain_size(extent.len);
+            let needed = lock_for(size);
+            if range.0 <= needed.0 && range.1 >= needed.1 {
+                bf.write_at_extent(offset, data, extent)?;
+                let end = offset + data.len() as u64;
+                handle
+                    .node
+                    .size_hint
+                    .store(size.max(end), Ordering::Relaxed);
+                return Ok(data.len() as u32);
+            }
+            range = (needed.0.min(range.0), needed.1.max(range.1));
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let handle = self.file_handle(fh)?;
+        // Headers are written without fsync on create: the data is only as durable as the
+        // header that holds its key, so that goes to stable storage first.
+        if !handle.node.header_durable.load(Ordering::Acquire) {
+            self.volume.headers.sync(&handle.content.file_id)?;
+            handle.node.header_durable.store(true, Ordering::Release);
+        }
+        if datasync {
+            handle.file.sync_data()?;
+        } else {
+            handle.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) {
+        let Some(Handle::File(handle)) = crate::sync::lock(&self.handles).remove(&fh) else {
+            return;
+        };
+        *crate::sync::lock(&handle.node.closed_stamp) = backing_stamp(&handle.file);
+        if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take()
+            && let Err(e) = self.volume.headers.remove(&id)
+        {
+            tracing::warn!(error = %e, "could not remove header of deleted file");
+        }
+    }
+
+    /// Mode 0 and KEEP_SIZE reserve backing space for the range (and mode 0 extends the
+    /// file, with zeros); the other modes are not supported yet. Like a write, it drops
+    /// set-id bits unless the caller keeps them.
+    pub fn fallocate(
+        &self,
+        caller: Caller,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
+        self.writable()?;
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(VolumeError::Unsupported("fallocate mode"));
+        }
+        let handle = self.file_handle(fh)?;
+        {
+            let _guard = handle.node.ranges.write(0, range_lock::TO_END);
+            self.block_file(&handle.file, &handle.content).allocate(
+                offset,
+                length,
+                mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+            )?;
+        }
+        if !caller.keeps_set_id() {
+            self.drop_set_id(&handle.node)?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA and SEEK_HOLE, mapped through the block layout. Holes are reported at block
+    /// granularity; POSIX allows reporting a hole as data, never the reverse.
+    ///
+    /// With the writeback cache the kernel forwards SEEK_DATA/SEEK_HOLE without flushing its
+    /// dirty pages, so the backing file can lag behind what the caller wrote: answer ENOSYS
+    /// and the kernel falls back to its generic lseek (all data up to its own i_size), which
+    /// is always right, only less precise.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        if self.tuning.writeback_cache {
+            return Err(VolumeError::KernelFallback(
+                "lseek with the writeback cache",
+            ));
+        }
+        let handle = self.file_handle(fh)?;
+        let offset =
+            u64::try_from(offset).map_err(|_| VolumeError::InvalidArgument("negative offset"))?;
+        let to = match whence {
+            libc::SEEK_DATA => SeekTo::Data,
+            libc::SEEK_HOLE => SeekTo::Hole,
+            _ => return Err(VolumeError::InvalidArgument("lseek whence")),
+        };
+        let pos = self
+            .block_file(&handle.file, &handle.content)
+            .seek(offset, to)?;
+        Ok(pos as i64)
+    }
+}
+
+fn backing_stamp(file: &File) -> Option<(i64, i64, i64)> {
+    let st = fstat(file.as_fd()).ok()?;
+    Some((st.st_mtime, st.st_mtime_nsec, st.st_size))
+}
+
+fn is_writable(file: &File) -> bool {
+    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map(|fl| fl & libc::O_ACCMODE != libc::O_RDONLY)
+        .unwrap_or(false)
+}

@@ -1,0 +1,182 @@
+//! The forward filesystem's operations as plain methods returning `Result`: everything a
+//! FUSE request does, minus the reply. The `fuser` shell in `fs/fuse.rs` only dispatches and
+//! replies. This file holds the state (inode table, open handles) and its plumbing; the
+//! operations are split by concern:
+//!
+//! - `namespace`: lookups, creating, linking, renaming and removing entries;
+//! - `attrs`: attributes, times, access checks and symlink targets;
+//! - `file_io`: open files: read, write, truncate, allocate, seek, fsync, release;
+//! - `set_id`: when writes, truncates and allocations drop set-user-id and set-group-id;
+//! - `dirs`: listings and directory sync;
+//! - `xattrs`: encrypted extended attributes.
+
+mod attrs;
+mod dirs;
+mod file_io;
+mod namespace;
+mod set_id;
+#[cfg(test)]
+mod tests;
+mod xattrs;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fuser::FileAttr;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+
+pub use attrs::AttrChanges;
+pub use dirs::DirEntry;
+
+use super::inodes::{Content, InodeTable, Node};
+use crate::shell::attr::attr_from_stat;
+use crate::volume::{Result, Volume, VolumeError};
+
+/// Who asks: the caller's credentials, for ownership of what it creates and for the set-id
+/// policy (see `set_id`).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct FileHandle {
+    pub node: Arc<Node>,
+    pub file: File,
+    pub content: Arc<Content>,
+}
+
+enum Handle {
+    File(Arc<FileHandle>),
+    Dir(Arc<Vec<DirEntry>>),
+}
+
+/// Kernel-facing knobs, chosen at mount.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE).
+    pub writeback_cache: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            writeback_cache: true,
+        }
+    }
+}
+
+pub struct SealFs {
+    pub volume: Volume,
+    pub tuning: Tuning,
+    pub inodes: Arc<InodeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    read_only: bool,
+    /// Only root can give files to their caller; others create files as themselves.
+    chown_new_files: bool,
+    /// The daemon's own ids: a caller with these already owns what the daemon creates.
+    own_ids: (u32, u32),
+}
+
+pub(super) fn o_path(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
+    Ok(openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// A readable fd on a directory node (its own fd is O_PATH).
+pub(super) fn open_dir(node: &Node) -> Result<OwnedFd> {
+    Ok(openat(
+        node.fd.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+pub(super) fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat> {
+    Ok(fstatat(
+        fd,
+        "",
+        AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
+}
+
+impl SealFs {
+    pub fn new(volume: Volume, read_only: bool, tuning: Tuning) -> Result<Self> {
+        let root = openat(
+            volume.root.as_fd(),
+            ".",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let stat = fstat(root.as_fd())?;
+        Ok(SealFs {
+            inodes: Arc::new(InodeTable::new(root, &stat)),
+            volume,
+            tuning,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            read_only,
+            chown_new_files: nix::unistd::geteuid().is_root(),
+            own_ids: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+        })
+    }
+
+    fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.inodes.get(ino).ok_or(VolumeError::StaleNode)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(VolumeError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The attributes the user sees: the backing inode's, with the plaintext size.
+    fn attr_of(&self, stat: &FileStat) -> FileAttr {
+        attr_from_stat(
+            self.inodes.node_id(stat.st_ino),
+            stat,
+            self.volume.plain_size(stat.st_mode, stat.st_size as u64),
+            stat.st_blocks as u64,
+            self.volume.layout.block_size() as u32,
+        )
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        crate::sync::lock(&self.handles).insert(fh, handle);
+        fh
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        match crate::sync::lock(&self.handles).get(&fh) {
+            Some(Handle::File(h)) => Ok(h.clone()),
+            _ => Err(VolumeError::BadHandle),
+        }
+    }
+
+    fn open_file_handle(&self, node: Arc<Node>, file: File) -> Result<u64> {
+        let content = self.content_of(&node, &file)?;
+        node.open_handles.fetch_add(1, Ordering::AcqRel);
+        Ok(self.add_handle(Handle::File(Arc::new(FileHandle {
+            node,
+            file,
+            content,
+        }))))
+    }
+}

@@ -1,0 +1,288 @@
+//! The namespace: looking names up, creating files, directories, symlinks and special files
+//! owned by their caller, linking, renaming and removing entries (and the headers of files
+//! whose last link goes).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::FileAttr;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat, mknodat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
+
+use super::{Caller, FileHandle, Handle, SealFs, o_path, stat_fd};
+use crate::fs::inodes::{Content, Node};
+use crate::io::FileId;
+use crate::volume::{Result, VolumeError, names, proc_fd_path};
+
+impl SealFs {
+    /// Looks up `entry` in `parent`, the backing name of `name`, and counts a kernel lookup.
+    pub(super) fn entry_of(&self, parent: &Node, name: &OsStr, entry: &str) -> Result<FileAttr> {
+        let fd = o_path(parent.fd.as_fd(), entry)?;
+        let stat = stat_fd(fd.as_fd())?;
+        self.inodes.remember(fd, &stat, parent.ino, name);
+        Ok(self.attr_of(&stat))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        self.entry_of(&parent, name, backing.entry())
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
+    /// Gives a new inode to its caller (when running as root), as ext4 would: the group of a
+    /// set-group-id directory wins over the caller's.
+    pub(super) fn give_to_caller(
+        &self,
+        dir: BorrowedFd<'_>,
+        entry: &str,
+        caller: Caller,
+    ) -> Result<()> {
+        // The kernel gave the new inode the daemon's ids (or a setgid directory's group), which
+        // are the caller's own: nothing to change, and no stat of the directory.
+        if !self.chown_new_files || (caller.uid, caller.gid) == self.own_ids {
+            return Ok(());
+        }
+        let dir_stat = stat_fd(dir)?;
+        let gid = if dir_stat.st_mode & libc::S_ISGID != 0 {
+            dir_stat.st_gid
+        } else {
+            caller.gid
+        };
+        fchownat(
+            dir,
+            entry,
+            Some(Uid::from_raw(caller.uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
+        self.writable()?;
+        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        if kind == SFlag::S_IFREG {
+            let (attr, fh) = self.create(parent, name, mode, libc::O_RDWR, caller)?;
+            self.release(fh);
+            return Ok(attr);
+        }
+        if kind != SFlag::S_IFIFO && kind != SFlag::S_IFSOCK {
+            return Err(VolumeError::Unsupported("device nodes"));
+        }
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
+        mknodat(
+            parent.fd.as_fd(),
+            backing.entry(),
+            kind,
+            Mode::from_bits_truncate(mode & 0o7777),
+            0,
+        )?;
+        self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
+        self.entry_of(&parent, name, backing.entry())
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
+        self.writable()?;
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
+        mkdirat(
+            parent.fd.as_fd(),
+            backing.entry(),
+            Mode::from_bits_truncate(mode & 0o7777),
+        )?;
+        self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
+        self.entry_of(&parent, name, backing.entry())
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> Result<FileAttr> {
+        self.writable()?;
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        let encoded = names::encrypt_symlink(&self.volume.keys, target.as_bytes())?;
+        names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
+        symlinkat(encoded.as_str(), parent.fd.as_fd(), backing.entry())?;
+        self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
+        self.entry_of(&parent, name, backing.entry())
+    }
+
+    /// The file id of a regular file about to lose its last link, if it is one.
+    pub(super) fn last_link_id(&self, dir: BorrowedFd<'_>, entry: &str) -> Option<(u64, FileId)> {
+        let stat = fstatat(dir, entry, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG || stat.st_nlink != 1 {
+            return None;
+        }
+        let file = File::from(
+            openat(
+                dir,
+                entry,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?,
+        );
+        Some((stat.st_ino, crate::io::read_file_id(&file).ok()?))
+    }
+
+    /// A header is removed only once its file's last link is gone and no handle is open.
+    pub(super) fn drop_header(&self, backing_ino: u64, file_id: FileId) {
+        if let Some(node) = self.inodes.peek_backing(backing_ino)
+            && node.open_handles.load(Ordering::Acquire) > 0
+        {
+            *crate::sync::lock(&node.orphaned_header) = Some(file_id);
+            return;
+        }
+        if let Err(e) = self.volume.headers.remove(&file_id) {
+            tracing::warn!(error = %e, "could not remove header of deleted file");
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        let last = self.last_link_id(parent.fd.as_fd(), backing.entry());
+        unlinkat(
+            parent.fd.as_fd(),
+            backing.entry(),
+            UnlinkatFlags::NoRemoveDir,
+        )?;
+        names::remove_long_sidecar(parent.fd.as_fd(), &backing);
+        if let Some((ino, id)) = last {
+            self.drop_header(ino, id);
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::RemoveDir)?;
+        names::remove_long_sidecar(parent.fd.as_fd(), &backing);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        let parent = self.node(parent)?;
+        let new_parent_node = self.node(new_parent)?;
+        let old = self.volume.encrypt_name(name)?;
+        let new = self.volume.encrypt_name(new_name)?;
+        let flags =
+            RenameFlags::from_bits(flags).ok_or(VolumeError::Unsupported("rename flags"))?;
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let same = parent.ino == new_parent_node.ino && old == new;
+        let replaced = if exchange || same {
+            None
+        } else {
+            self.last_link_id(new_parent_node.fd.as_fd(), new.entry())
+        };
+        names::write_long_sidecar(new_parent_node.fd.as_fd(), &new)?;
+        renameat2(
+            parent.fd.as_fd(),
+            old.entry(),
+            new_parent_node.fd.as_fd(),
+            new.entry(),
+            flags,
+        )?;
+        if !exchange && !same {
+            names::remove_long_sidecar(parent.fd.as_fd(), &old);
+        }
+        if let Some((ino, id)) = replaced {
+            self.drop_header(ino, id);
+        }
+        // The moved node is now known to the kernel under its new name.
+        if let Ok(st) = fstatat(
+            new_parent_node.fd.as_fd(),
+            new.entry(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            self.inodes.moved(st.st_ino, new_parent_node.ino, new_name);
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<FileAttr> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        let parent = self.node(new_parent)?;
+        let backing = self.volume.encrypt_name(new_name)?;
+        names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
+        let linked = linkat(
+            node.fd.as_fd(),
+            "",
+            parent.fd.as_fd(),
+            backing.entry(),
+            AtFlags::AT_EMPTY_PATH,
+        );
+        if let Err(nix::Error::ENOENT | nix::Error::EPERM) = linked {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for the unprivileged.
+            let path = proc_fd_path(node.fd.as_fd());
+            linkat(
+                AT_FDCWD,
+                path.as_path(),
+                parent.fd.as_fd(),
+                backing.entry(),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )?;
+        } else {
+            linked?;
+        }
+        self.entry_of(&parent, new_name, backing.entry())
+    }
+
+    /// Creates and opens a regular file: a new data file with its own key and header.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _flags: i32,
+        caller: Caller,
+    ) -> Result<(FileAttr, u64)> {
+        self.writable()?;
+        let parent = self.node(parent)?;
+        let backing = self.volume.encrypt_name(name)?;
+        let (file, file_id, material) =
+            self.volume
+                .create_data_file(parent.fd.as_fd(), &backing, mode)?;
+        self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
+        let fd = o_path(parent.fd.as_fd(), backing.entry())?;
+        let stat = stat_fd(fd.as_fd())?;
+        let node = self.inodes.remember(fd, &stat, parent.ino, name);
+        let _ = node.file_id.set(file_id);
+        node.open_handles.fetch_add(1, Ordering::AcqRel);
+        let content = Arc::new(Content { file_id, material });
+        let fh = self.add_handle(Handle::File(Arc::new(FileHandle {
+            node,
+            file,
+            content,
+        })));
+        Ok((self.attr_of(&stat), fh))
+    }
+}

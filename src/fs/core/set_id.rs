@@ -1,0 +1,48 @@
+//! Set-user-id and set-group-id bits. sealfs negotiates FUSE_HANDLE_KILLPRIV_V2, so the
+//! kernel leaves dropping them to the filesystem (and stops asking for security.capability
+//! before every write). The rule is the kernel's: a write, truncate or allocation by someone
+//! without CAP_FSETID drops set-user-id, and set-group-id where group execute is set.
+
+use std::os::fd::AsFd;
+
+use fuser::FileType;
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+
+use super::{Caller, SealFs, stat_fd};
+use crate::fs::inodes::Node;
+use crate::volume::{Result, proc_fd_path};
+
+impl Caller {
+    /// Whether a truncate or allocation by this caller keeps set-id bits (CAP_FSETID). fuser
+    /// passes on neither the kernel's flag for it nor the caller's capabilities, so root is
+    /// taken to hold it and everyone else not. Writes follow the kernel's own flag instead
+    /// (FUSE_WRITE_KILL_SUIDGID).
+    pub fn keeps_set_id(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+impl SealFs {
+    /// Drops set-user-id, and set-group-id where group execute is set, from a regular file.
+    pub(super) fn drop_set_id(&self, node: &Node) -> Result<()> {
+        if node.kind != FileType::RegularFile {
+            return Ok(());
+        }
+        let mode = stat_fd(node.fd.as_fd())?.st_mode & 0o7777;
+        let mut dropped = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            dropped |= libc::S_ISGID;
+        }
+        if mode & dropped == 0 {
+            return Ok(());
+        }
+        fchmodat(
+            AT_FDCWD,
+            proc_fd_path(node.fd.as_fd()).as_path(),
+            Mode::from_bits_truncate(mode & !dropped),
+            FchmodatFlags::FollowSymlink,
+        )?;
+        Ok(())
+    }
+}

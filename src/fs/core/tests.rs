@@ -1,0 +1,203 @@
+//! The core without a mount: operations called as the FUSE shell calls them, over a real
+//! volume in a temporary directory.
+
+use std::ffi::OsStr;
+
+use super::{AttrChanges, Caller, SealFs, Tuning};
+use crate::io::IoError;
+use crate::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
+use crate::volume::{InitOptions, Volume, VolumeError};
+
+const ROOT: u64 = 1;
+const ROOT_CALLER: Caller = Caller { uid: 0, gid: 0 };
+const OTHER: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+};
+
+struct Fixture {
+    fs: SealFs,
+    _dir: tempfile::TempDir,
+}
+
+fn mounted_core(read_only: bool, tuning: Tuning) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    write_new_keyfile(&key).unwrap();
+    let providers = || -> Vec<Box<dyn MasterKeyProvider>> {
+        vec![Box::new(KeyfileProvider::load(&key).unwrap())]
+    };
+    let cipher = dir.path().join("c");
+    Volume::init(&cipher, &InitOptions::default(), &providers(), [3; 16]).unwrap();
+    let volume = Volume::open(&cipher, providers(), Default::default()).unwrap();
+    Fixture {
+        fs: SealFs::new(volume, read_only, tuning).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn core() -> Fixture {
+    mounted_core(false, Tuning::default())
+}
+
+fn mode_of(fs: &SealFs, ino: u64) -> u16 {
+    fs.getattr(ino).unwrap().perm
+}
+
+#[test]
+fn create_write_read_list_and_unlink() {
+    let fx = core();
+    let fs = &fx.fs;
+    let (attr, fh) = fs
+        .create(
+            ROOT,
+            OsStr::new("notes.txt"),
+            0o640,
+            libc::O_RDWR,
+            ROOT_CALLER,
+        )
+        .unwrap();
+    assert_eq!(fs.write(fh, 5000, b"hello", false).unwrap(), 5);
+    assert_eq!(fs.read(fh, 4998, 100).unwrap(), b"\0\0hello");
+    assert_eq!(fs.getattr(attr.ino.0).unwrap().size, 5005);
+    fs.release(fh);
+    assert_eq!(
+        fs.lookup(ROOT, OsStr::new("notes.txt")).unwrap().ino,
+        attr.ino
+    );
+    let dir = fs.opendir(ROOT).unwrap();
+    let names: Vec<_> = fs
+        .dir_entries(dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    fs.releasedir(dir);
+    assert_eq!(names, [".", "..", "notes.txt"]);
+    // The backing directory holds only ciphertext names.
+    let backing: Vec<_> = std::fs::read_dir(&fs.volume.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!backing.iter().any(|n| n == "notes.txt"));
+    fs.unlink(ROOT, OsStr::new("notes.txt")).unwrap();
+    assert!(matches!(
+        fs.lookup(ROOT, OsStr::new("notes.txt")),
+        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT)
+    ));
+}
+
+#[test]
+fn set_id_bits_follow_the_kernels_rule() {
+    let fx = core();
+    let fs = &fx.fs;
+    let (attr, fh) = fs
+        .create(ROOT, OsStr::new("tool"), 0o755, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    let ino = attr.ino.0;
+    let chmod = |mode| {
+        let changes = AttrChanges {
+            mode: Some(mode),
+            ..AttrChanges::default()
+        };
+        fs.setattr(ROOT_CALLER, ino, changes).unwrap();
+    };
+    let truncate = |caller, size| {
+        let changes = AttrChanges {
+            size: Some(size),
+            ..AttrChanges::default()
+        };
+        fs.setattr(caller, ino, changes).unwrap();
+    };
+
+    // A write the kernel flags (writer without CAP_FSETID) drops both: group exec is set.
+    chmod(0o6755);
+    fs.write(fh, 0, b"x", true).unwrap();
+    assert_eq!(mode_of(fs, ino), 0o755);
+    // An unflagged write keeps them.
+    chmod(0o6755);
+    fs.write(fh, 0, b"x", false).unwrap();
+    assert_eq!(mode_of(fs, ino), 0o6755);
+    // Truncate: root keeps them, anyone else drops them.
+    truncate(ROOT_CALLER, 10);
+    assert_eq!(mode_of(fs, ino), 0o6755);
+    truncate(OTHER, 20);
+    assert_eq!(mode_of(fs, ino), 0o755);
+    // fallocate by someone else drops them too; set-group-id without group exec is a
+    // mandatory-locking mark, not a privilege, and stays.
+    chmod(0o6745);
+    fs.fallocate(OTHER, fh, 0, 4096, 0).unwrap();
+    assert_eq!(mode_of(fs, ino), 0o2745);
+    assert_eq!(fs.getattr(ino).unwrap().size, 4096);
+    fs.release(fh);
+}
+
+#[test]
+fn request_errors_are_typed() {
+    let fx = mounted_core(false, Tuning::default());
+    let fs = &fx.fs;
+    assert!(matches!(fs.getattr(987_654), Err(VolumeError::StaleNode)));
+    assert!(matches!(fs.read(77, 0, 10), Err(VolumeError::BadHandle)));
+    let (_, fh) = fs
+        .create(ROOT, OsStr::new("f"), 0o644, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    // With the writeback cache lseek is left to the kernel.
+    assert!(matches!(
+        fs.lseek(fh, 0, libc::SEEK_DATA),
+        Err(VolumeError::KernelFallback(_))
+    ));
+    assert!(matches!(
+        fs.fallocate(ROOT_CALLER, fh, 0, 10, libc::FALLOC_FL_PUNCH_HOLE),
+        Err(VolumeError::Unsupported(_))
+    ));
+    assert!(matches!(
+        fs.getxattr(ROOT, OsStr::new("trusted.x")),
+        Err(VolumeError::NoAttribute)
+    ));
+
+    let fx = mounted_core(
+        false,
+        Tuning {
+            writeback_cache: false,
+        },
+    );
+    let fs = &fx.fs;
+    let (_, fh) = fs
+        .create(ROOT, OsStr::new("f"), 0o644, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    fs.write(fh, 0, b"data", false).unwrap();
+    assert_eq!(fs.lseek(fh, 0, libc::SEEK_DATA).unwrap(), 0);
+    assert_eq!(fs.lseek(fh, 0, libc::SEEK_HOLE).unwrap(), 4);
+    assert!(matches!(
+        fs.lseek(fh, 4, libc::SEEK_DATA),
+        Err(VolumeError::Block(IoError::PastEnd))
+    ));
+    assert!(matches!(
+        fs.lseek(fh, -1, libc::SEEK_DATA),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+
+    let fx = mounted_core(true, Tuning::default());
+    assert!(matches!(
+        fx.fs.mkdir(ROOT, OsStr::new("d"), 0o755, ROOT_CALLER),
+        Err(VolumeError::ReadOnly)
+    ));
+}
+
+#[test]
+fn extended_attributes_round_trip_encrypted() {
+    let fx = core();
+    let fs = &fx.fs;
+    let attr = fs.mkdir(ROOT, OsStr::new("d"), 0o755, ROOT_CALLER).unwrap();
+    let ino = attr.ino.0;
+    // The temporary directory's filesystem must carry user xattrs (ext4, tmpfs, xfs do).
+    fs.setxattr(ino, OsStr::new("user.comment"), b"secret", 0)
+        .unwrap();
+    assert_eq!(
+        fs.getxattr(ino, OsStr::new("user.comment")).unwrap(),
+        b"secret"
+    );
+    assert_eq!(fs.listxattr(ino).unwrap(), b"user.comment\0");
+    fs.removexattr(ino, OsStr::new("user.comment")).unwrap();
+    assert!(fs.listxattr(ino).unwrap().is_empty());
+}

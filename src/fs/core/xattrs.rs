@@ -1,0 +1,118 @@
+//! Extended attributes: `user.*` names encrypted deterministically, values sealed, both
+//! stored as backing xattrs of the same inode.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::FileType;
+
+use super::SealFs;
+use crate::fs::inodes::Node;
+use crate::volume::{Result, VolumeError, names, proc_fd_path};
+
+impl SealFs {
+    pub(super) fn xattr_path(&self, ino: u64) -> Result<(Arc<Node>, CString)> {
+        let node = self.node(ino)?;
+        if node.kind == FileType::Symlink {
+            return Err(VolumeError::Unsupported("extended attributes on symlinks"));
+        }
+        let path = proc_fd_path(node.fd.as_fd());
+        let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in /proc path");
+        Ok((node, c))
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        let (_node, path) = self.xattr_path(ino)?;
+        let backing = names::encrypt_xattr_name(&self.volume.keys, name)?;
+        let sealed = names::seal_xattr_value(&self.volume.keys, &backing, value)?;
+        let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
+        let rc = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                sealed.as_ptr().cast(),
+                sealed.len(),
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let (_node, path) = self.xattr_path(ino)?;
+        let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
+            Err(VolumeError::Unsupported(_)) => {
+                return Err(VolumeError::NoAttribute);
+            }
+            other => other?,
+        };
+        let cname = CString::new(backing.clone()).map_err(|_| VolumeError::InvalidName)?;
+        let sealed = read_xattr(|buf| unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })?;
+        names::open_xattr_value(&self.volume.keys, &backing, &sealed)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let (_node, path) = self.xattr_path(ino)?;
+        let raw = read_xattr(|buf| unsafe {
+            libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        })?;
+        let mut out = Vec::new();
+        for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if let Some(plain) = names::decrypt_xattr_name(&self.volume.keys, backing) {
+                out.extend_from_slice(&plain);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let (_node, path) = self.xattr_path(ino)?;
+        let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
+            Err(VolumeError::Unsupported(_)) => {
+                return Err(VolumeError::NoAttribute);
+            }
+            other => other?,
+        };
+        let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
+        if unsafe { libc::removexattr(path.as_ptr(), cname.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+}
+
+/// Calls a size-probing xattr syscall twice: once for the size, once to read.
+fn read_xattr(call: impl Fn(&mut [u8]) -> isize) -> Result<Vec<u8>> {
+    loop {
+        let size = call(&mut []);
+        if size < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(&mut buf);
+        if got < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(err.into());
+        }
+        buf.truncate(got as usize);
+        return Ok(buf);
+    }
+}

@@ -1,0 +1,81 @@
+//! The FUSE shell both frontends share: the forward mount (`fs`) and the reverse view
+//! (`reverse`) each implement `fuser::Filesystem` as a thin dispatcher over a core that knows
+//! nothing of replies. What the two have in common lives here: replying once per request
+//! through the one errno map (`errno`), attributes from backing stats (`attr`), asking the
+//! kernel for capabilities at init, statfs and readdir replies, and the requests both answer
+//! without work (`unanswered`).
+
+pub mod attr;
+pub mod errno;
+pub(crate) mod unanswered;
+
+use std::ffi::OsStr;
+
+use fuser::{FileType, INodeNo, InitFlags, KernelConfig, ReplyDirectory, ReplyStatfs};
+
+use crate::volume::Result;
+
+/// Replies once: `$body` with the value on success, the mapped errno (logged by
+/// `errno::report`) on failure.
+macro_rules! reply_or_error {
+    ($op:literal, $result:expr, $reply:ident, |$ok:ident| $body:expr) => {
+        match $result {
+            Ok($ok) => $body,
+            Err(e) => $reply.error($crate::shell::errno::report($op, &e)),
+        }
+    };
+}
+pub(crate) use reply_or_error;
+
+/// Asks the kernel for each of `flags`; one it lacks is logged, not fatal.
+pub fn request_capabilities(config: &mut KernelConfig, flags: &[InitFlags]) {
+    for &flag in flags {
+        if let Err(missing) = config.add_capabilities(flag) {
+            tracing::info!(?missing, "kernel lacks a FUSE capability");
+        }
+    }
+}
+
+/// statfs of the backing filesystem, as both views report it (names up to 255 bytes).
+pub fn reply_statfs(reply: ReplyStatfs, result: Result<nix::sys::statvfs::Statvfs>) {
+    reply_or_error!("statfs", result, reply, |s| reply.statfs(
+        s.blocks(),
+        s.blocks_free(),
+        s.blocks_available(),
+        s.files(),
+        s.files_free(),
+        s.block_size() as u32,
+        255,
+        s.fragment_size() as u32,
+    ))
+}
+
+/// One entry of a directory listing taken at opendir.
+pub trait Listed {
+    fn ino(&self) -> u64;
+    fn kind(&self) -> FileType;
+    fn name(&self) -> &OsStr;
+}
+
+/// Sends the entries of a listing from `offset` on (entry i has offset i + 1), as many as fit.
+pub fn reply_readdir<E: Listed>(
+    mut reply: ReplyDirectory,
+    offset: u64,
+    entries: Result<std::sync::Arc<Vec<E>>>,
+) {
+    let entries = match entries {
+        Ok(entries) => entries,
+        Err(e) => return reply.error(errno::report("readdir", &e)),
+    };
+    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+        if reply.add(
+            INodeNo(entry.ino()),
+            i as u64 + 1,
+            entry.kind(),
+            entry.name(),
+        ) {
+            break;
+        }
+    }
+    reply.ok();
+}
