@@ -84,7 +84,7 @@ impl<'a> Reader<'a> {
 }
 
 pub fn id_to_hex(id: &Id) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    hex(id)
 }
 
 pub fn id_from_hex(text: &str) -> Result<Id, FormatError> {

@@ -9,7 +9,7 @@ pub mod attr;
 pub mod errno;
 pub(crate) mod unanswered;
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 
 use fuser::{FileType, INodeNo, InitFlags, KernelConfig, ReplyDirectory, ReplyStatfs};
 
@@ -50,30 +50,43 @@ pub fn reply_statfs(reply: ReplyStatfs, result: Result<nix::sys::statvfs::Statvf
     ))
 }
 
-/// One entry of a directory listing taken at opendir.
-pub trait Listed {
-    fn ino(&self) -> u64;
-    fn kind(&self) -> FileType;
-    fn name(&self) -> &OsStr;
+/// One entry of a directory listing taken at opendir. `target` is what a frontend keeps
+/// beside each entry (the reverse view: what the entry is, for readdirplus).
+pub struct DirEntry<T = ()> {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: OsString,
+    pub target: T,
+}
+
+impl<T: Default> DirEntry<T> {
+    /// The first two entries of every listing, "." and "..", both under the listed
+    /// directory's node id (the kernel answers ".." itself).
+    pub fn dots(ino: u64) -> Vec<Self> {
+        [".", ".."]
+            .into_iter()
+            .map(|name| DirEntry {
+                ino,
+                kind: FileType::Directory,
+                name: name.into(),
+                target: T::default(),
+            })
+            .collect()
+    }
 }
 
 /// Sends the entries of a listing from `offset` on (entry i has offset i + 1), as many as fit.
-pub fn reply_readdir<E: Listed>(
+pub fn reply_readdir<T>(
     mut reply: ReplyDirectory,
     offset: u64,
-    entries: Result<std::sync::Arc<Vec<E>>>,
+    entries: Result<std::sync::Arc<Vec<DirEntry<T>>>>,
 ) {
     let entries = match entries {
         Ok(entries) => entries,
         Err(e) => return reply.error(errno::report("readdir", &e)),
     };
     for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-        if reply.add(
-            INodeNo(entry.ino()),
-            i as u64 + 1,
-            entry.kind(),
-            entry.name(),
-        ) {
+        if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
             break;
         }
     }

@@ -99,9 +99,7 @@ impl Volume {
             }
             _ => VolumeError::Usage(format!("cannot read {}: {e}", path.display())),
         })?;
-        let mut bytes = Vec::new();
-        file.take(MAX_CONFIG_LEN as u64 + 1)
-            .read_to_end(&mut bytes)?;
+        let bytes = read_config_bytes(&file)?;
         VolumeConfig::parse(&bytes)
             .map_err(|e| VolumeError::Usage(format!("{}: {e}", path.display())))
     }
@@ -393,6 +391,15 @@ impl Volume {
     pub fn encrypt_name(&self, plain: &OsStr) -> Result<BackingName> {
         names::encrypt_name(&self.keys, plain)
     }
+}
+
+/// The bytes of an open config file: at most one byte more than the largest valid config, so
+/// an oversized file is refused by the parser without being read whole.
+pub fn read_config_bytes(file: &File) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_LEN as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn config_stamp(root: BorrowedFd<'_>) -> Result<ConfigStamp> {

@@ -1,12 +1,11 @@
 //! Directories: listings (names decrypted at opendir, served from the handle), and sync.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use fuser::FileType;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::fstatat;
 
@@ -14,40 +13,14 @@ use super::{Handle, SealFs, open_dir};
 use crate::shell::attr::{entry_type, file_type};
 use crate::volume::{Result, VolumeError, names};
 
-pub struct DirEntry {
-    pub ino: u64,
-    pub kind: FileType,
-    pub name: OsString,
-}
-
-impl crate::shell::Listed for DirEntry {
-    fn ino(&self) -> u64 {
-        self.ino
-    }
-    fn kind(&self) -> FileType {
-        self.kind
-    }
-    fn name(&self) -> &OsStr {
-        &self.name
-    }
-}
+/// A forward listing's entry: node id, type and plaintext name.
+pub type DirEntry = crate::shell::DirEntry;
 
 impl SealFs {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
         let fd = open_dir(&node)?;
-        let mut entries = vec![
-            DirEntry {
-                ino: node.ino,
-                kind: FileType::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: node.ino,
-                kind: FileType::Directory,
-                name: "..".into(),
-            },
-        ];
+        let mut entries = DirEntry::dots(node.ino);
         let mut dir = nix::dir::Dir::from_fd(fd)?;
         let dir_fd = unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) };
         for entry in dir.iter() {
@@ -75,6 +48,7 @@ impl SealFs {
                 ino: self.inodes.node_id(entry.ino()),
                 kind,
                 name,
+                target: (),
             });
         }
         Ok(self.add_handle(Handle::Dir(Arc::new(entries))))

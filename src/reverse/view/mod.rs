@@ -20,7 +20,7 @@ mod tests;
 mod virtual_files;
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -48,25 +48,12 @@ pub use nodes::ROOT_NODE;
 use nodes::{NodeEntry, NodeKind, virtual_node};
 use virtual_files::{ConfigCopy, HeaderIndex, INDEX_MAX_AGE, read_config};
 
-impl crate::shell::Listed for DirEntry {
-    fn ino(&self) -> u64 {
-        self.ino
-    }
-    fn kind(&self) -> FileType {
-        self.kind
-    }
-    fn name(&self) -> &OsStr {
-        &self.name
-    }
-}
+/// What a listed entry is, kept for readdirplus; none for "." and "..".
+#[derive(Default)]
+pub struct EntryTarget(Option<(NodeKind, PathBuf)>);
 
-pub struct DirEntry {
-    pub ino: u64,
-    pub kind: FileType,
-    pub name: OsString,
-    /// What the entry is, for readdirplus; None for "." and "..".
-    target: Option<(NodeKind, PathBuf)>,
-}
+/// A listing's entry: node id, type, encrypted name, and what it is.
+pub type DirEntry = crate::shell::DirEntry<EntryTarget>;
 
 /// An open file of the view.
 pub enum Opened {
@@ -336,20 +323,7 @@ impl ReverseView {
 
     pub fn opendir(&self, node: u64) -> Result<u64> {
         let (kind, path) = self.entry(node)?;
-        let mut entries = vec![
-            DirEntry {
-                ino: node,
-                kind: FileType::Directory,
-                name: ".".into(),
-                target: None,
-            },
-            DirEntry {
-                ino: node,
-                kind: FileType::Directory,
-                name: "..".into(),
-                target: None,
-            },
-        ];
+        let mut entries = DirEntry::dots(node);
         match kind {
             NodeKind::Plain => self.plain_entries(&path, &mut entries)?,
             NodeKind::HeadersRoot => {
@@ -360,7 +334,7 @@ impl ReverseView {
                         ino: virtual_node(&[b"hdir", &[prefix][..]].concat()),
                         kind: FileType::Directory,
                         name: format!("{prefix:02x}").into(),
-                        target: Some((NodeKind::HeaderDir(prefix), PathBuf::new())),
+                        target: EntryTarget(Some((NodeKind::HeaderDir(prefix), PathBuf::new()))),
                     });
                 }
             }
@@ -371,7 +345,7 @@ impl ReverseView {
                         ino: virtual_node(&[&b"header"[..], id].concat()),
                         kind: FileType::RegularFile,
                         name: id_to_hex(id).into(),
-                        target: Some((NodeKind::Header(*id), PathBuf::new())),
+                        target: EntryTarget(Some((NodeKind::Header(*id), PathBuf::new()))),
                     });
                 }
             }
@@ -386,13 +360,13 @@ impl ReverseView {
                 ino: virtual_node(b"config"),
                 kind: FileType::RegularFile,
                 name: CONFIG_FILE.into(),
-                target: Some((NodeKind::Config, PathBuf::new())),
+                target: EntryTarget(Some((NodeKind::Config, PathBuf::new()))),
             });
             entries.push(DirEntry {
                 ino: virtual_node(b"headers"),
                 kind: FileType::Directory,
                 name: HEADERS_DIR.into(),
-                target: Some((NodeKind::HeadersRoot, PathBuf::new())),
+                target: EntryTarget(Some((NodeKind::HeadersRoot, PathBuf::new()))),
             });
         }
         for (name, kind, ino) in self.list_plain(dir)? {
@@ -409,14 +383,14 @@ impl ReverseView {
                     ino: virtual_node(&[b"sidecar\0", path.as_os_str().as_bytes()].concat()),
                     kind: FileType::RegularFile,
                     name: sidecar.into(),
-                    target: Some((NodeKind::LongSidecar, path.clone())),
+                    target: EntryTarget(Some((NodeKind::LongSidecar, path.clone()))),
                 });
             }
             entries.push(DirEntry {
                 ino: self.plain_node(ino),
                 kind,
                 name: encrypted.entry().into(),
-                target: Some((NodeKind::Plain, path)),
+                target: EntryTarget(Some((NodeKind::Plain, path))),
             });
         }
         Ok(())
@@ -425,13 +399,13 @@ impl ReverseView {
     /// The attributes of a listed entry, for readdirplus; None for "." and "..", and for an
     /// entry gone or replaced since the listing.
     pub fn entry_attr(&self, entry: &DirEntry) -> Option<FileAttr> {
-        let (kind, path) = entry.target.as_ref()?;
+        let (kind, path) = entry.target.0.as_ref()?;
         self.attr_of(entry.ino, kind, path).ok()
     }
 
     /// Counts a lookup of a listed entry whose attributes readdirplus handed to the kernel.
     pub fn remember_entry(&self, entry: &DirEntry) {
-        if let Some((kind, path)) = &entry.target {
+        if let Some((kind, path)) = &entry.target.0 {
             self.remember(entry.ino, kind.clone(), path.clone());
         }
     }

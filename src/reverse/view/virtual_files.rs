@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use nix::sys::stat::{FileStat, fstat, fstatat};
 
 use super::ReverseView;
 use crate::format::Id;
-use crate::format::config::{MAX_CONFIG_LEN, REVERSE_CONFIG_FILE, VolumeConfig};
+use crate::format::config::{REVERSE_CONFIG_FILE, VolumeConfig};
 use crate::format::name::BackingName;
 use crate::reverse::keys::identity;
 use crate::volume::names::encrypt_name;
@@ -172,8 +171,5 @@ pub(super) fn read_config(root: BorrowedFd<'_>) -> Result<(Vec<u8>, FileStat)> {
     .map_err(|e| VolumeError::Usage(format!("cannot read {REVERSE_CONFIG_FILE}: {e}")))?;
     let file = File::from(fd);
     let stat = fstat(&file)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_LEN as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok((bytes, stat))
+    Ok((crate::volume::read_config_bytes(&file)?, stat))
 }
