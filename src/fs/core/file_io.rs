@@ -6,10 +6,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use fuser::FileType;
 use nix::fcntl::{AT_FDCWD, OFlag, openat};
 use nix::sys::stat::{Mode, fstat};
-
-use fuser::FileType;
 
 use super::{Caller, Handle, SealFs};
 use crate::fs::inodes::{Content, Node};
@@ -34,7 +33,7 @@ impl SealFs {
             }
         };
         let _guard = node.ranges.write(0, range_lock::TO_END);
-        self.block_file(file, &content).truncate(size)?;
+        self.data_file(file, &content).truncate(size)?;
         Ok(())
     }
 
@@ -62,7 +61,7 @@ impl SealFs {
         Ok(Arc::new(Content { file_id, material }))
     }
 
-    pub(super) fn block_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {
+    pub(super) fn data_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {
         self.volume
             .data_file(file, &content.file_id, &content.material)
     }
@@ -116,11 +115,9 @@ impl SealFs {
         let first = offset / bs;
         let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
         let _guard = handle.node.ranges.read(first, last + 1);
-        Ok(self.block_file(&handle.file, &handle.content).read_with(
-            offset,
-            size as usize,
-            reply,
-        )?)
+        Ok(self
+            .data_file(&handle.file, &handle.content)
+            .read_with(offset, size as usize, reply)?)
     }
 
     /// Writes inside the file lock only their blocks; a write that touches the block holding
@@ -138,7 +135,7 @@ impl SealFs {
         if data.is_empty() {
             return Ok(0);
         }
-        let bf = self.block_file(&handle.file, &handle.content);
+        let bf = self.data_file(&handle.file, &handle.content);
         let bs = self.volume.layout.block_size();
         let first = offset / bs;
         let last = offset.saturating_add(data.len() as u64 - 1) / bs;
@@ -216,7 +213,7 @@ impl SealFs {
         let handle = self.file_handle(fh)?;
         {
             let _guard = handle.node.ranges.write(0, range_lock::TO_END);
-            self.block_file(&handle.file, &handle.content).allocate(
+            self.data_file(&handle.file, &handle.content).allocate(
                 offset,
                 length,
                 mode & libc::FALLOC_FL_KEEP_SIZE != 0,
@@ -250,7 +247,7 @@ impl SealFs {
             _ => return Err(VolumeError::InvalidArgument("lseek whence")),
         };
         let pos = self
-            .block_file(&handle.file, &handle.content)
+            .data_file(&handle.file, &handle.content)
             .seek(offset, to)?;
         Ok(pos as i64)
     }

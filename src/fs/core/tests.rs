@@ -201,3 +201,58 @@ fn extended_attributes_round_trip_encrypted() {
     fs.removexattr(ino, OsStr::new("user.comment")).unwrap();
     assert!(fs.listxattr(ino).unwrap().is_empty());
 }
+
+/// A header that cannot be read (here: a directory where the header file was) fails the
+/// open with that errno, not as an integrity failure; a missing one is an integrity failure.
+#[test]
+fn a_header_read_error_keeps_its_errno() {
+    use crate::keys::KeyError;
+    use crate::shell::errno::errno_of;
+
+    let fx = core();
+    let fs = &fx.fs;
+    let (attr, fh) = fs
+        .create(ROOT, OsStr::new("f"), 0o644, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    fs.write(fh, 0, b"data", false).unwrap();
+    fs.release(fh);
+    let backing = fs.volume.path.join(
+        fs.volume
+            .encrypt_name(OsStr::new("f"))
+            .unwrap()
+            .entry()
+            .to_string(),
+    );
+    let id = crate::io::read_file_id(&std::fs::File::open(backing).unwrap()).unwrap();
+    let hex = crate::format::id_to_hex(&id);
+    let header = fs
+        .volume
+        .path
+        .join("sealfs.headers")
+        .join(&hex[..2])
+        .join(&hex);
+    let saved = std::fs::read(&header).unwrap();
+    std::fs::remove_file(&header).unwrap();
+    std::fs::create_dir(&header).unwrap();
+    fs.volume.key_cache.clear();
+
+    let err = fs.open(attr.ino.0, libc::O_RDONLY).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, VolumeError::Keys(KeyError::HeaderIo { errno, .. }) if *errno == libc::EISDIR),
+        "{err:?}"
+    );
+    assert_eq!(errno_of(&err), fuser::Errno::EISDIR);
+
+    std::fs::remove_dir(&header).unwrap();
+    let err = fs.open(attr.ino.0, libc::O_RDONLY).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, VolumeError::Keys(KeyError::Header { .. })),
+        "{err:?}"
+    );
+    assert_eq!(errno_of(&err), fuser::Errno::EIO);
+
+    // Put back, the file opens again: failures are not cached.
+    std::fs::write(&header, saved).unwrap();
+    let fh = fs.open(attr.ino.0, libc::O_RDONLY).unwrap().0;
+    assert_eq!(fs.read(fh, 0, 10).unwrap(), b"data");
+}
