@@ -216,13 +216,10 @@ fn a_header_read_error_keeps_its_errno() {
         .unwrap();
     fs.write(fh, 0, b"data", false).unwrap();
     fs.release(fh);
-    let backing = fs.volume.path.join(
-        fs.volume
-            .encrypt_name(OsStr::new("f"))
-            .unwrap()
-            .entry()
-            .to_string(),
-    );
+    let backing = fs
+        .volume
+        .path
+        .join(fs.volume.encrypt_name(OsStr::new("f")).unwrap().entry());
     let id = crate::io::read_file_id(&std::fs::File::open(backing).unwrap()).unwrap();
     let hex = crate::format::id_to_hex(&id);
     let header = fs
