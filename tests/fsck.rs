@@ -184,3 +184,37 @@ fn fsck_finds_each_kind_of_damage_and_repair_loses_no_intact_data() {
     );
     assert!(!m.p("dir/flipped").exists());
 }
+
+/// What a crash can leave of a create under a temporary name (backing stores without a kept
+/// O_TMPFILE) and of a backing-store probe: fsck reports both as leftovers, repair removes them.
+#[test]
+fn leftovers_of_temporary_creates_and_probes_are_removed() {
+    let vol = TestVolume::new();
+    {
+        let m = vol.mount();
+        fs::create_dir(m.p("d")).unwrap();
+        fs::write(m.p("d/f"), b"kept").unwrap();
+    }
+    let volume = open_volume(&vol);
+    let data = backing(&volume, "d/f");
+    let temp = data.with_file_name("sealfs.new.00112233445566ff");
+    fs::copy(&data, &temp).unwrap();
+    let probe = volume.path.join("sealfs.probe.0123456789abcdef");
+    fs::create_dir(&probe).unwrap();
+    fs::write(probe.join("excl"), b"1").unwrap();
+    fs::write(probe.join("r3"), b"r1").unwrap();
+    drop(volume);
+
+    let (code, report) = fsck(&vol, false);
+    assert_eq!(code, 4, "{report}");
+    let found = problems(&report);
+    assert_eq!(found["leftover"].len(), 2, "{found:?}");
+    assert_eq!(found.len(), 1, "nothing else reported: {found:?}");
+    let (code, report) = fsck(&vol, true);
+    assert_eq!(code, 1, "every error corrected: {report}");
+    assert!(!temp.exists() && !probe.exists());
+    let (code, report) = fsck(&vol, false);
+    assert_eq!(code, 0, "clean after repair: {report}");
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"kept");
+}

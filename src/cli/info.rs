@@ -54,6 +54,12 @@ fn print_text(info: &VolumeInfo) {
             "reverse       yes: a plaintext tree, encrypted on read by `sealfs mount --reverse`"
         );
     }
+    if let Some(backing) = &info.backing {
+        println!("backing store {}", backing.fs_type);
+        for fallback in backing.fallbacks() {
+            println!("  fallback    {fallback}");
+        }
+    }
     println!("keyslots      {}", info.keyslots.len());
     for slot in &info.keyslots {
         println!("  {:>4}  {:<10}  {}", slot.id, slot.provider, slot.detail);

@@ -79,6 +79,14 @@ pub fn run(args: InitArgs) -> Result<()> {
     for provider in &new.providers {
         println!("  keyslot: {}", provider.describe());
     }
+    if !args.reverse {
+        let backing = sealfs::volume::backing::probe(std::os::fd::AsFd::as_fd(
+            &std::fs::File::open(&args.cipher_dir)?,
+        ));
+        for fallback in backing.fallbacks() {
+            println!("  backing store {}: {fallback}", backing.fs_type);
+        }
+    }
     if let Some(path) = &new.created_keyfile {
         println!("{}", describe_created(path));
     }

@@ -344,6 +344,9 @@ pub fn run(args: MountArgs) -> Result<()> {
             serve_reverse(keys, &cipher_dir, excludes, &mountpoint, parsed, ready)
         } else {
             let volume = Volume::open(&cipher_dir, providers, limits)?;
+            for fallback in volume.backing.fallbacks() {
+                tracing::warn!(fs_type = %volume.backing.fs_type, "backing store: {fallback}");
+            }
             serve(volume, &mountpoint, parsed, ready)
         }
     })

@@ -28,6 +28,10 @@ pub struct VolumeInfo {
     pub keyslots: Vec<SlotInfo>,
     /// A reverse volume (plaintext dir, encrypted view): its headers exist only in the view.
     pub reverse: bool,
+    /// The backing filesystem and the fallbacks sealfs uses on it (not probed for a reverse
+    /// volume: its directory is the user's plaintext tree).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backing: Option<super::backing::Backing>,
     pub files: HeaderCensus,
 }
 
@@ -41,10 +45,12 @@ pub struct SlotInfo {
 pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
     let config = Volume::read_config(cipher_dir)?;
     let reverse = super::is_reverse(cipher_dir);
-    let files = if reverse {
-        HeaderCensus::default()
+    let (files, backing) = if reverse {
+        (HeaderCensus::default(), None)
     } else {
-        census(&HeaderStore::open(File::open(cipher_dir)?)?)?
+        let dir = File::open(cipher_dir)?;
+        let backing = super::backing::probe(std::os::fd::AsFd::as_fd(&dir));
+        (census(&HeaderStore::open(dir)?)?, Some(backing))
     };
     Ok(VolumeInfo {
         path: cipher_dir.display().to_string(),
@@ -67,6 +73,7 @@ pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
             })
             .collect(),
         reverse,
+        backing,
         files,
     })
 }

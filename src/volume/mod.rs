@@ -2,6 +2,7 @@
 //! cipher dir. Knows files, not FUSE: the mount, and later fsck and rewrap, share it.
 
 pub mod audit;
+pub mod backing;
 pub mod census;
 mod error;
 pub mod fsck;
@@ -23,9 +24,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::Mode;
-use nix::unistd::linkat;
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::format::block;
 use crate::format::config::{
@@ -38,7 +39,12 @@ use crate::keys::{
     self, CacheLimits, DataKeyMaterial, FileKeys, HeaderKeys, KeyCache, KeyError,
     MasterKeyProvider, VolumeKeys,
 };
+use backing::CreateMethod;
 use headers::{HEADERS_DIR, HeaderStore};
+
+/// Prefix of a data file being made under a temporary name (`CreateMethod::TempRename`);
+/// fsck removes one left by a crash.
+pub const NEW_FILE_PREFIX: &str = "sealfs.new.";
 
 pub struct Volume {
     pub path: PathBuf,
@@ -49,6 +55,8 @@ pub struct Volume {
     pub key_cache: KeyCache,
     pub layout: Layout,
     pub headers: HeaderStore,
+    /// What the backing filesystem was found to do at open, and the fallbacks in use.
+    pub backing: backing::Backing,
     /// fsync each new header before it is renamed into place. Off for mounts: creating a
     /// file costs no fsync, and fsync of the file makes its header durable first
     /// (`headers.sync`), so whatever the user made durable stays readable.
@@ -132,6 +140,7 @@ impl Volume {
             }
             Err(e) => return Err(e.into()),
         }
+        backing::probe(File::open(cipher_dir)?.as_fd()).require_usable(cipher_dir)?;
         let config = new_config(options, providers, volume_id)?;
         fs::DirBuilder::new().create(cipher_dir.join(HEADERS_DIR))?;
         write_config(cipher_dir, &config)?;
@@ -208,6 +217,8 @@ impl Volume {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
+        let backing = backing::probe(root.as_fd());
+        backing.require_usable(cipher_dir)?;
         let headers = HeaderStore::open(root.as_fd())?;
         // No stamp yet: the first create or cold open rereads the config, so a rotation that
         // landed while this volume was being unlocked is not missed.
@@ -223,6 +234,7 @@ impl Volume {
             file_keys,
             key_cache: KeyCache::new(cache),
             headers,
+            backing,
             durable_headers: false,
         })
     }
@@ -260,39 +272,56 @@ impl Volume {
     ) -> Result<File> {
         names::write_long_sidecar(dir, name)?;
         let perm = Mode::from_bits_truncate(mode & 0o7777);
-        // O_TMPFILE + linkat: the name appears atomically with its preamble in place.
-        let tmp = openat(
-            dir,
-            ".",
-            OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
-            perm,
-        );
-        let file = match tmp {
-            Ok(fd) => {
-                let file = File::from(fd);
-                io::write_preamble(&file, file_id)?;
-                let proc_path = proc_fd_path(file.as_fd());
-                linkat(
-                    nix::fcntl::AT_FDCWD,
-                    proc_path.as_path(),
-                    dir,
-                    name.entry(),
-                    AtFlags::AT_SYMLINK_FOLLOW,
-                )?;
-                file
-            }
-            Err(nix::Error::EOPNOTSUPP | nix::Error::EISDIR | nix::Error::EINVAL) => {
+        let exclusive = |name: &str| -> Result<File> {
+            let fd = openat(
+                dir,
+                name,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                perm,
+            )?;
+            Ok(File::from(fd))
+        };
+        // The best way this backing store keeps (see `backing`); each makes the name appear
+        // only once it carries its file id, except the last.
+        let file = match self.backing.create_method() {
+            CreateMethod::TmpfileLink => {
                 let fd = openat(
                     dir,
-                    name.entry(),
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                    ".",
+                    OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
                     perm,
                 )?;
                 let file = File::from(fd);
                 io::write_preamble(&file, file_id)?;
+                backing::link_open_file(file.as_fd(), dir, name.entry())?;
                 file
             }
-            Err(e) => return Err(e.into()),
+            CreateMethod::TempRename => {
+                let temp = backing::random_name(NEW_FILE_PREFIX)?;
+                let file = exclusive(&temp)?;
+                let placed = io::write_preamble(&file, file_id)
+                    .map_err(VolumeError::from)
+                    .and_then(|()| {
+                        renameat2(
+                            dir,
+                            temp.as_str(),
+                            dir,
+                            name.entry(),
+                            RenameFlags::RENAME_NOREPLACE,
+                        )
+                        .map_err(VolumeError::from)
+                    });
+                if let Err(e) = placed {
+                    let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+                    return Err(e);
+                }
+                file
+            }
+            CreateMethod::Exclusive => {
+                let file = exclusive(name.entry())?;
+                io::write_preamble(&file, file_id)?;
+                file
+            }
         };
         Ok(file)
     }

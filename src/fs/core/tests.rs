@@ -253,3 +253,42 @@ fn a_header_read_error_keeps_its_errno() {
     let fh = fs.open(attr.ino.0, libc::O_RDONLY).unwrap().0;
     assert_eq!(fs.read(fh, 0, 10).unwrap(), b"data");
 }
+
+/// The fallbacks for backing stores that do not keep O_TMPFILE files make the same files, and
+/// a create over an existing name fails without replacing it or leaving a temporary behind.
+#[test]
+fn every_create_method_makes_readable_files_and_leaves_nothing_behind() {
+    use crate::volume::backing::CreateMethod;
+
+    for (tmpfile, noreplace, method) in [
+        (false, true, CreateMethod::TempRename),
+        (false, false, CreateMethod::Exclusive),
+    ] {
+        let mut fx = core();
+        fx.fs.volume.backing.tmpfile_link = tmpfile;
+        fx.fs.volume.backing.rename_noreplace = noreplace;
+        assert_eq!(fx.fs.volume.backing.create_method(), method);
+        let fs = &fx.fs;
+        let (_, fh) = fs
+            .create(ROOT, OsStr::new("a"), 0o600, libc::O_RDWR, ROOT_CALLER)
+            .unwrap();
+        fs.write(fh, 0, b"made", false).unwrap();
+        fs.release(fh);
+        let again = fs.create(ROOT, OsStr::new("a"), 0o600, libc::O_RDWR, ROOT_CALLER);
+        assert!(
+            matches!(&again, Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::EEXIST)),
+            "{method:?}"
+        );
+        let attr = fs.lookup(ROOT, OsStr::new("a")).unwrap();
+        let (fh, _) = fs.open(attr.ino.0, libc::O_RDONLY).unwrap();
+        assert_eq!(fs.read(fh, 0, 100).unwrap(), b"made", "{method:?}");
+        let names: Vec<_> = std::fs::read_dir(&fs.volume.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("sealfs.new.")),
+            "{method:?}: {names:?}"
+        );
+    }
+}

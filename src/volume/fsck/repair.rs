@@ -21,13 +21,9 @@ pub fn repair(volume: &Volume, problems: &mut [Problem]) {
     let mut moved: HashSet<String> = HashSet::new();
     for problem in problems.iter_mut() {
         let outcome = match problem.kind {
-            ProblemKind::Leftover => unlinkat(
-                volume.root.as_fd(),
-                problem.path.as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            )
-            .map(|()| "removed".to_string())
-            .map_err(VolumeError::from),
+            ProblemKind::Leftover => {
+                remove_leftover(volume.root.as_fd(), &problem.path).map(|()| "removed".to_string())
+            }
             ProblemKind::OrphanHeader => match &problem.header {
                 Some(id) => volume.headers.remove(id).map(|()| "removed".to_string()),
                 None => continue,
@@ -168,6 +164,19 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
         return Err(e);
     }
     Ok(new_id)
+}
+
+/// Removes a crash leftover: a file, or a probe's scratch directory with its files.
+fn remove_leftover(root: BorrowedFd<'_>, path: &str) -> Result<()> {
+    match unlinkat(root, path, UnlinkatFlags::NoRemoveDir) {
+        Err(nix::Error::EISDIR) => {
+            let dir = open_dir(root, path)?;
+            crate::volume::backing::empty_dir(dir.as_fd());
+            unlinkat(root, path, UnlinkatFlags::RemoveDir)?;
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }
 
 fn sync_dir(dir: BorrowedFd<'_>) {

@@ -9,6 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+
+use crate::volume::NEW_FILE_PREFIX;
+use crate::volume::backing::PROBE_PREFIX;
 use nix::sys::stat::{Mode, SFlag, fstatat};
 
 use super::{Problem, ProblemKind};
@@ -108,6 +111,16 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                                 "long-name sidecar without its entry",
                             ));
                         }
+                    } else if text.starts_with(NEW_FILE_PREFIX) {
+                        out.problems.push(Problem::leftover(
+                            &join(&dir, text),
+                            "file creation interrupted by a crash (temporary name)",
+                        ));
+                    } else if dir.is_empty() && text.starts_with(PROBE_PREFIX) {
+                        out.problems.push(Problem::leftover(
+                            text,
+                            "backing-store probe interrupted by a crash",
+                        ));
                     } else {
                         out.problems.push(Problem::new(
                             ProblemKind::Stray,
