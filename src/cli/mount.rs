@@ -1,5 +1,5 @@
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use sealfs::fs::pruner::{self, PruneLimits};
 use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::reverse::{Excludes, ReverseView};
+use sealfs::volume::claim::{ClaimMode, claim};
 use sealfs::volume::{self, Volume};
 
 use super::settings::{self, SettingsFile};
@@ -88,6 +89,7 @@ struct Resolved {
     cache: CacheLimits,
     threads: usize,
     writeback_cache: bool,
+    shared: bool,
     read_ahead_kb: u32,
     inode_cache: usize,
     reverse: bool,
@@ -150,6 +152,7 @@ impl MountArgs {
             },
             threads: self.threads.or(file.threads).unwrap_or(4).max(1),
             writeback_cache: !self.no_writeback_cache && file.writeback_cache.unwrap_or(true),
+            shared: file.shared.unwrap_or(false),
             read_ahead_kb: self
                 .read_ahead_kb
                 .or(file.read_ahead_kb)
@@ -168,6 +171,10 @@ struct Parsed {
     config: Config,
     read_only: bool,
     nonempty: bool,
+    /// `-o shared`: one of several mounts of the cipher dir (other hosts).
+    shared: bool,
+    /// `-o attr_timeout=SECONDS`: how long the kernel keeps entries and attributes.
+    attr_timeout: Option<Duration>,
     tuning: Tuning,
     read_ahead_kb: u32,
     inode_cache: usize,
@@ -178,6 +185,8 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
     let mut fsname = format!("sealfs:{}", cipher_dir.display());
     let mut read_only = false;
     let mut nonempty = false;
+    let mut shared = false;
+    let mut attr_timeout = None;
     let mut default_permissions = false;
     for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         let mount_option = match option {
@@ -196,6 +205,19 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
             }
             "nonempty" => {
                 nonempty = true;
+                continue;
+            }
+            "shared" => {
+                shared = true;
+                continue;
+            }
+            x if x.starts_with("attr_timeout=") => {
+                let secs: f64 = x["attr_timeout=".len()..]
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .with_context(|| format!("{x:?}: give a number of seconds"))?;
+                attr_timeout = Some(Duration::from_secs_f64(secs));
                 continue;
             }
             "default_permissions" => {
@@ -239,6 +261,8 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         config,
         read_only,
         nonempty,
+        shared,
+        attr_timeout,
         tuning: Tuning::default(),
         read_ahead_kb: 0,
         inode_cache: PruneLimits::DEFAULT_BUDGET,
@@ -288,8 +312,17 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mut parsed = parse_options(&args.options, &args.cipher_dir)?;
     parsed.config.n_threads = Some(args.threads);
     parsed.config.clone_fd = true;
+    parsed.shared |= args.shared;
     parsed.tuning = Tuning {
-        writeback_cache: args.writeback_cache,
+        // Cached writes would reach the backing file whenever the kernel pleases, long after
+        // another host read it: shared mounts write through.
+        writeback_cache: args.writeback_cache && !parsed.shared,
+        shared: parsed.shared,
+        ttl: parsed.attr_timeout.unwrap_or(if parsed.shared {
+            Tuning::SHARED_TTL
+        } else {
+            Tuning::DEFAULT_TTL
+        }),
     };
     parsed.read_ahead_kb = args.read_ahead_kb;
     parsed.inode_cache = args.inode_cache;
@@ -418,6 +451,13 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
     let Ok(_mounted) = volume.headers.lock_shared() else {
         bail!("`sealfs fsck --repair` is running on this volume; mount it when it is done");
     };
+    // Alone unless -o shared, on every host that shares the cipher dir; held until exit.
+    let mode = if parsed.tuning.shared {
+        ClaimMode::Shared
+    } else {
+        ClaimMode::Exclusive
+    };
+    let _claim = claim(volume.root.as_fd(), mode, &volume.backing, "mount")?;
     volume.set_audit(audit::open(&volume.path, &volume.keys, "mount"));
     let audit_log = volume.audit.clone();
     let mounted_details = serde_json::json!({

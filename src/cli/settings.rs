@@ -17,6 +17,8 @@ pub struct SettingsFile {
     pub options: Vec<String>,
     pub threads: Option<usize>,
     pub writeback_cache: Option<bool>,
+    /// One of several mounts of the cipher dir, on any number of hosts (`-o shared`).
+    pub shared: Option<bool>,
     pub read_ahead_kb: Option<u32>,
     pub inode_cache: Option<usize>,
     /// Mount the encrypted view of a plaintext dir (`sealfs mount --reverse`).

@@ -3,7 +3,6 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
 
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -15,10 +14,6 @@ use fuser::{
 use super::core::{AttrChanges, Caller, SealFs};
 use crate::shell::{self, reply_or_error};
 
-/// One mount is the only writer of its cipher dir, and every change goes through it, so the
-/// kernel's cached entries and attributes stay right; they expire only to bound the damage of
-/// an outside change to the cipher dir while mounted.
-const TTL: Duration = Duration::from_secs(30);
 const GENERATION: Generation = Generation(0);
 
 fn caller(req: &Request) -> Caller {
@@ -64,7 +59,7 @@ impl Filesystem for SealFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
-            .entry(&TTL, &attr, GENERATION))
+            .entry(&self.tuning.ttl, &attr, GENERATION))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -73,7 +68,7 @@ impl Filesystem for SealFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         reply_or_error!("getattr", SealFs::getattr(self, ino.0), reply, |attr| reply
-            .attr(&TTL, &attr))
+            .attr(&self.tuning.ttl, &attr))
     }
 
     fn setattr(
@@ -104,7 +99,8 @@ impl Filesystem for SealFs {
             fh: fh.map(|f| f.0),
         };
         let result = SealFs::setattr(self, caller(req), ino.0, changes);
-        reply_or_error!("setattr", result, reply, |attr| reply.attr(&TTL, &attr))
+        reply_or_error!("setattr", result, reply, |attr| reply
+            .attr(&self.tuning.ttl, &attr))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -124,8 +120,11 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::mknod(self, parent.0, name, mode & !umask, caller(req));
-        reply_or_error!("mknod", result, reply, |attr| reply
-            .entry(&TTL, &attr, GENERATION))
+        reply_or_error!("mknod", result, reply, |attr| reply.entry(
+            &self.tuning.ttl,
+            &attr,
+            GENERATION
+        ))
     }
 
     fn mkdir(
@@ -138,8 +137,11 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
-        reply_or_error!("mkdir", result, reply, |attr| reply
-            .entry(&TTL, &attr, GENERATION))
+        reply_or_error!("mkdir", result, reply, |attr| reply.entry(
+            &self.tuning.ttl,
+            &attr,
+            GENERATION
+        ))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -166,8 +168,11 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
-        reply_or_error!("symlink", result, reply, |attr| reply
-            .entry(&TTL, &attr, GENERATION))
+        reply_or_error!("symlink", result, reply, |attr| reply.entry(
+            &self.tuning.ttl,
+            &attr,
+            GENERATION
+        ))
     }
 
     fn rename(
@@ -193,8 +198,11 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::link(self, ino.0, newparent.0, newname);
-        reply_or_error!("link", result, reply, |attr| reply
-            .entry(&TTL, &attr, GENERATION))
+        reply_or_error!("link", result, reply, |attr| reply.entry(
+            &self.tuning.ttl,
+            &attr,
+            GENERATION
+        ))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -394,7 +402,7 @@ impl Filesystem for SealFs {
     ) {
         let result = SealFs::create(self, parent.0, name, mode & !umask, flags, caller(req));
         reply_or_error!("create", result, reply, |created| reply.created(
-            &TTL,
+            &self.tuning.ttl,
             &created.0,
             GENERATION,
             FileHandle(created.1),

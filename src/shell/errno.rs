@@ -33,6 +33,7 @@ pub fn errno_of(err: &VolumeError) -> Errno {
         VolumeError::IsDirectory => Errno::EISDIR,
         VolumeError::NotDirectory => Errno::ENOTDIR,
         VolumeError::NoAttribute => Errno::ENODATA,
+        VolumeError::InUse(_) => Errno::EBUSY,
         VolumeError::Usage(_) => Errno::EIO,
     }
 }

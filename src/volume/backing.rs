@@ -397,7 +397,7 @@ fn fallocate(dir: BorrowedFd<'_>) -> bool {
 }
 
 /// The names in `dir`, but "." and "..".
-fn names_in(dir: BorrowedFd<'_>) -> Vec<std::ffi::OsString> {
+pub(crate) fn names_in(dir: BorrowedFd<'_>) -> Vec<std::ffi::OsString> {
     let Ok(fd) = openat(
         dir,
         ".",

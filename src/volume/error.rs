@@ -53,6 +53,9 @@ pub enum VolumeError {
     NotDirectory,
     #[error("no such extended attribute")]
     NoAttribute,
+    /// The cipher dir is claimed by a mount that excludes this one (see `volume::claim`).
+    #[error("{0}")]
+    InUse(String),
     /// A mistake in how a command was used: explained to the user. Commands raise it, not
     /// requests; should one reach a request it answers EIO and is logged.
     #[error("{0}")]

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backing;
 pub mod census;
+pub mod claim;
 mod error;
 pub mod fsck;
 pub mod headers;

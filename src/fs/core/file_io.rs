@@ -85,7 +85,8 @@ impl SealFs {
         let passed =
             OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
         let file = self.reopen(&node, access | passed)?;
-        let keep_cache = {
+        // Another mount may have changed it since: shared mounts never keep cached pages.
+        let keep_cache = !self.tuning.shared && {
             let stamp = *crate::sync::lock(&node.closed_stamp);
             stamp.is_some() && stamp == backing_stamp(&file)
         };

@@ -58,14 +58,28 @@ enum Handle {
 /// Kernel-facing knobs, chosen at mount.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
-    /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE).
+    /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE). Off in shared mode.
     pub writeback_cache: bool,
+    /// Other mounts (other hosts) change the cipher dir too: no page cache kept across opens,
+    /// and the kernel's entries and attributes expire after `ttl`.
+    pub shared: bool,
+    /// How long the kernel may keep entries and attributes. A lone mount is the only writer,
+    /// so they stay right and expire only to bound the damage of an outside change; shared
+    /// mounts see each other's names and sizes within it.
+    pub ttl: std::time::Duration,
+}
+
+impl Tuning {
+    pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    pub const SHARED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             writeback_cache: true,
+            shared: false,
+            ttl: Self::DEFAULT_TTL,
         }
     }
 }

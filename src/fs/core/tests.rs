@@ -159,6 +159,7 @@ fn request_errors_are_typed() {
         false,
         Tuning {
             writeback_cache: false,
+            ..Tuning::default()
         },
     );
     let fs = &fx.fs;

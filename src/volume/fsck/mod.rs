@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::progress::Progress;
-use super::{Result, Volume, VolumeError};
+use super::{Result, Volume, VolumeError, claim};
 use crate::format::{Id, id_to_hex};
 use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, RemoteFailure};
@@ -137,12 +137,21 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
     // A mount creates headers before their data files and keeps headers of open, unlinked
     // files: only with no mount can an unclaimed header be proven an orphan.
     let _exclusive = if options.repair {
-        Some(volume.headers.lock_exclusive().map_err(|_| {
-            VolumeError::Usage(
+        // The claim excludes mounts on every host that shares the cipher dir (and names them);
+        // the header-directory lock also mounts of sealfs versions before claims.
+        let claim = claim::claim(
+            volume.root.as_fd(),
+            claim::ClaimMode::Exclusive,
+            &volume.backing,
+            "fsck --repair",
+        )?;
+        let headers = volume.headers.lock_exclusive().map_err(|_| {
+            VolumeError::InUse(
                 "the volume is mounted (or another fsck runs); unmount it before fsck --repair"
                     .into(),
             )
-        })?)
+        })?;
+        Some((claim, headers))
     } else {
         None
     };

@@ -201,6 +201,8 @@ fn is_root_internal(name: &str) -> bool {
         || name == HEADERS_DIR
         || name == "sealfs.conf.tmp"
         || name == "sealfs.audit"
+        || name == crate::volume::claim::LOCK_FILE
+        || name == crate::volume::claim::MOUNTS_DIR
 }
 
 fn type_of(mode: u32) -> Type {

@@ -1,0 +1,394 @@
+//! Who has a cipher dir mounted, on this host or any other that shares its filesystem. A
+//! mount holds a lock on `sealfs.lock` for its whole life: a write lock when it is the only
+//! one allowed (the default), a read lock in shared mode, so an exclusive mount and any other
+//! mount exclude each other while shared mounts coexist. The locks are the backing
+//! filesystem's own (OFD byte-range locks, or flock), which shared filesystems carry across
+//! hosts and release when the holder dies: a claim left by a dead mount locks nobody out.
+//!
+//! To say *who* holds it, each mount also keeps a record, `sealfs.mounts/<random>.json` (host,
+//! pid, since, mode), under a write lock of its own. A record whose lock can be taken belongs
+//! to a mount that is gone and is removed by whoever finds it.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use serde::{Deserialize, Serialize};
+
+use super::backing::{Backing, random_name};
+use super::{Result, VolumeError};
+
+/// The file whose lock is the claim, at the cipher dir's root.
+pub const LOCK_FILE: &str = "sealfs.lock";
+/// The directory of mount records, at the cipher dir's root.
+pub const MOUNTS_DIR: &str = "sealfs.mounts";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClaimMode {
+    /// The only mount of the cipher dir (and `fsck --repair`, which needs no mount at all).
+    Exclusive,
+    /// One of any number of shared mounts (`-o shared`).
+    Shared,
+}
+
+/// A mount record, as found in `sealfs.mounts`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since the epoch.
+    pub since: u64,
+    pub mode: ClaimMode,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = humantime::format_rfc3339_seconds(
+            UNIX_EPOCH + std::time::Duration::from_secs(self.since),
+        );
+        let mode = match self.mode {
+            ClaimMode::Exclusive => "exclusive",
+            ClaimMode::Shared => "shared",
+        };
+        write!(
+            f,
+            "host {} (pid {}, since {since}, {mode})",
+            self.host, self.pid
+        )
+    }
+}
+
+/// How locks are taken on this backing store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LockKind {
+    Ofd,
+    Flock,
+}
+
+/// A claim on a cipher dir, released when dropped (or when the process ends, however).
+pub struct Claim {
+    _lock: Option<File>,
+    _record: Option<File>,
+    record_name: Option<String>,
+    mounts: Option<OwnedFd>,
+}
+
+impl Claim {
+    /// No claim: for a cipher dir on a read-only filesystem, which no mount can change.
+    fn none() -> Self {
+        Claim {
+            _lock: None,
+            _record: None,
+            record_name: None,
+            mounts: None,
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let (Some(dir), Some(name)) = (&self.mounts, &self.record_name) {
+            let _ = unlinkat(dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+/// Claims the cipher dir whose root is `root`: fails with `VolumeError::InUse`, naming the
+/// holders, when a conflicting claim is held. `what` says who claims, for the message
+/// ("mount", "fsck --repair").
+pub fn claim(
+    root: BorrowedFd<'_>,
+    mode: ClaimMode,
+    backing: &Backing,
+    what: &str,
+) -> Result<Claim> {
+    let kind = if backing.ofd_locks || !backing.probed {
+        LockKind::Ofd
+    } else if backing.flock {
+        LockKind::Flock
+    } else {
+        return Err(VolumeError::Usage(format!(
+            "the backing filesystem ({}) has neither byte-range locks nor flock: sealfs cannot tell whether another host mounts this volume",
+            backing.fs_type
+        )));
+    };
+    let fd = match openat(
+        root,
+        LOCK_FILE,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(fd) => fd,
+        // A cipher dir nobody can write (a read-only snapshot or medium): nothing to guard.
+        Err(nix::Error::EROFS) => {
+            tracing::warn!("the cipher dir is read-only: mounting without a claim");
+            return Ok(Claim::none());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let lock = File::from(fd);
+    let exclusive = mode == ClaimMode::Exclusive;
+    match try_lock(lock.as_fd(), kind, exclusive) {
+        Ok(true) => {}
+        Ok(false) => {
+            let holders = holders(root, kind);
+            let named = if holders.is_empty() {
+                "another mount (its record is not readable yet)".to_string()
+            } else {
+                holders
+                    .iter()
+                    .map(Holder::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let hint = match mode {
+                ClaimMode::Exclusive => " (every host must mount it with -o shared to share it)",
+                ClaimMode::Shared => " (a mount without -o shared holds it alone)",
+            };
+            return Err(VolumeError::InUse(format!(
+                "cannot {what}: this volume is mounted by {named}{hint}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let (record, record_name, mounts) = match write_record(root, kind, mode) {
+        Ok((record, name, dir)) => (Some(record), Some(name), Some(dir)),
+        Err(e) => {
+            // The claim holds without a record; only the message naming this mount is lost.
+            tracing::warn!(error = %e, "could not write the mount record");
+            (None, None, None)
+        }
+    };
+    // Records of mounts that died without removing theirs go now (listing prunes them).
+    holders(root, kind);
+    Ok(Claim {
+        _lock: Some(lock),
+        _record: record,
+        record_name,
+        mounts,
+    })
+}
+
+/// The live holders of the cipher dir at `root`; records of dead mounts are removed.
+pub fn live_holders(root: BorrowedFd<'_>, backing: &Backing) -> Vec<Holder> {
+    let kind = if backing.ofd_locks || !backing.probed {
+        LockKind::Ofd
+    } else {
+        LockKind::Flock
+    };
+    holders(root, kind)
+}
+
+fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
+    let Ok(dir) = openat(
+        root,
+        MOUNTS_DIR,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for name in super::backing::names_in(dir.as_fd()) {
+        let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
+            continue;
+        };
+        let Ok(fd) = openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let file = File::from(fd);
+        match try_lock(file.as_fd(), kind, true) {
+            // Nobody holds it: its mount is gone.
+            Ok(true) => {
+                let _ = unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
+            }
+            Ok(false) => {
+                let mut bytes = vec![0u8; 4096];
+                let got = crate::io::read_full_at(&file, &mut bytes, 0).unwrap_or(0);
+                if let Ok(holder) = serde_json::from_slice::<Holder>(&bytes[..got]) {
+                    out.push(holder);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// Writes this mount's record under a temporary name, locks it, then renames it into place,
+/// so no reader ever finds a record nobody holds yet.
+fn write_record(
+    root: BorrowedFd<'_>,
+    kind: LockKind,
+    mode: ClaimMode,
+) -> Result<(File, String, OwnedFd)> {
+    match mkdirat(root, MOUNTS_DIR, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = openat(
+        root,
+        MOUNTS_DIR,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let name = random_name("")?;
+    let temp = format!(".{name}.tmp");
+    let fd = openat(
+        dir.as_fd(),
+        temp.as_str(),
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let record = File::from(fd);
+    let holder = Holder {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        pid: std::process::id(),
+        since: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        mode,
+    };
+    let json = serde_json::to_vec(&holder).expect("a record serializes");
+    let placed = record
+        .write_all_at(&json, 0)
+        .map_err(VolumeError::from)
+        .and_then(|()| match try_lock(record.as_fd(), kind, true) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VolumeError::Usage("own mount record is locked".into())),
+            Err(e) => Err(e.into()),
+        })
+        .and_then(|()| {
+            let final_name = format!("{name}.json");
+            renameat2(
+                dir.as_fd(),
+                temp.as_str(),
+                dir.as_fd(),
+                final_name.as_str(),
+                RenameFlags::empty(),
+            )?;
+            Ok(final_name)
+        });
+    match placed {
+        Ok(final_name) => Ok((record, final_name, dir)),
+        Err(e) => {
+            let _ = unlinkat(dir.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
+            Err(e)
+        }
+    }
+}
+
+/// Takes a whole-file lock without waiting: Ok(false) when someone else holds a conflicting one.
+fn try_lock(fd: BorrowedFd<'_>, kind: LockKind, exclusive: bool) -> nix::Result<bool> {
+    let result = match kind {
+        LockKind::Ofd => {
+            // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
+            let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+            lock.l_type = if exclusive {
+                libc::F_WRLCK
+            } else {
+                libc::F_RDLCK
+            } as libc::c_short;
+            lock.l_whence = libc::SEEK_SET as libc::c_short;
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)).map(drop)
+        }
+        LockKind::Flock => {
+            let how = if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            } | libc::LOCK_NB;
+            // SAFETY: a valid descriptor; flock(2) takes no pointers.
+            let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&fd), how) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(nix::Error::last())
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(nix::Error::EAGAIN | nix::Error::EACCES) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> (tempfile::TempDir, File, Backing) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let backing = super::super::backing::probe(root.as_fd());
+        (dir, root, backing)
+    }
+
+    #[test]
+    fn exclusive_and_shared_claims_exclude_each_other_and_name_the_holder() {
+        let (_dir, root, backing) = local();
+        let first = claim(root.as_fd(), ClaimMode::Exclusive, &backing, "mount").unwrap();
+        // OFD locks conflict between open file descriptions, in one process too.
+        for mode in [ClaimMode::Exclusive, ClaimMode::Shared] {
+            let err = claim(root.as_fd(), mode, &backing, "mount")
+                .map(drop)
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, VolumeError::InUse(_)), "{text}");
+            assert!(
+                text.contains(&format!("pid {}", std::process::id())),
+                "{text}"
+            );
+            assert!(text.contains("exclusive"), "{text}");
+        }
+        drop(first);
+        let a = claim(root.as_fd(), ClaimMode::Shared, &backing, "mount").unwrap();
+        let b = claim(root.as_fd(), ClaimMode::Shared, &backing, "mount").unwrap();
+        assert_eq!(live_holders(root.as_fd(), &backing).len(), 2);
+        let err = claim(
+            root.as_fd(),
+            ClaimMode::Exclusive,
+            &backing,
+            "fsck --repair",
+        )
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("cannot fsck --repair"), "{err}");
+        assert!(err.contains("shared"), "{err}");
+        drop((a, b));
+        assert!(live_holders(root.as_fd(), &backing).is_empty());
+        claim(root.as_fd(), ClaimMode::Exclusive, &backing, "mount").unwrap();
+    }
+
+    #[test]
+    fn a_record_left_by_a_dead_mount_is_removed_and_blocks_nobody() {
+        let (dir, root, backing) = local();
+        std::fs::create_dir(dir.path().join(MOUNTS_DIR)).unwrap();
+        let stale = Holder {
+            host: "gone".into(),
+            pid: 1,
+            since: 0,
+            mode: ClaimMode::Exclusive,
+        };
+        let path = dir.path().join(MOUNTS_DIR).join("00.json");
+        std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();
+        assert!(live_holders(root.as_fd(), &backing).is_empty());
+        assert!(!path.exists());
+        claim(root.as_fd(), ClaimMode::Exclusive, &backing, "mount").unwrap();
+    }
+}
