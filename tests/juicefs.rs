@@ -97,3 +97,64 @@ fn a_volume_on_juicefs_keeps_every_file_and_reads_from_another_client() {
         .collect();
     assert!(temps.is_empty(), "no temporary names left: {temps:?}");
 }
+
+/// Shared mounts on two JuiceFS clients (two hosts) writing disjoint bytes of one block and
+/// appending to one log: the byte-range locks reach across clients through JuiceFS.
+#[test]
+fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    const ROUNDS: usize = 40;
+    let jfs = JuiceFs::start(2);
+    let keys = jfs.dir.path().join("keys");
+    let cipher_a = jfs.mounts[0].join("vault");
+    ok(sealfs(&keys, &["init", cipher_a.to_str().unwrap()]));
+    let host_a = TestVolume::existing(tempfile::tempdir().unwrap(), cipher_a, keys.clone());
+    let host_b = TestVolume::existing(
+        tempfile::tempdir().unwrap(),
+        jfs.mounts[1].join("vault"),
+        keys.clone(),
+    );
+    let a = host_a.mount_with(&["-o", "shared"]);
+    let b = host_b.mount_with(&["-o", "shared"]);
+    fs::write(a.p("block"), vec![0u8; 4096]).unwrap();
+    fs::write(a.p("log"), b"").unwrap();
+    let writers: Vec<_> = [(a.path.clone(), 0u64, 'A'), (b.path.clone(), 2048u64, 'B')]
+        .into_iter()
+        .map(|(root, at, tag)| {
+            move || {
+                for round in 0..ROUNDS {
+                    let mine = vec![round as u8 + 1; 2048];
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .open(root.join("block"))
+                        .unwrap();
+                    f.write_all_at(&mine, at).unwrap();
+                    drop(f);
+                    let mut back = vec![0u8; 2048];
+                    fs::File::open(root.join("block"))
+                        .unwrap()
+                        .read_exact_at(&mut back, at)
+                        .unwrap_or_else(|e| panic!("{tag} round {round}: {e}"));
+                    assert!(back == mine, "{tag} round {round}: bytes lost");
+                    let mut log = fs::OpenOptions::new()
+                        .append(true)
+                        .open(root.join("log"))
+                        .unwrap();
+                    log.write_all(format!("{tag} {round:04}\n").as_bytes())
+                        .unwrap();
+                }
+            }
+        })
+        .collect();
+    common::bounded(std::time::Duration::from_secs(300), move || {
+        let threads: Vec<_> = writers.into_iter().map(std::thread::spawn).collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    let text = String::from_utf8(fs::read(b.p("log")).unwrap()).unwrap();
+    assert_eq!(text.lines().count(), 2 * ROUNDS, "{text}");
+    a.unmount();
+    b.unmount();
+}

@@ -211,12 +211,15 @@ impl Filesystem for SealFs {
             SealFs::open(self, ino.0, flags.0),
             reply,
             |opened| {
-                let flags = if opened.1 {
+                let mut fopen = if opened.1 {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(opened.0), flags)
+                if self.direct_io(flags.0) {
+                    fopen |= FopenFlags::FOPEN_DIRECT_IO;
+                }
+                reply.opened(FileHandle(opened.0), fopen)
             }
         )
     }
@@ -401,12 +404,17 @@ impl Filesystem for SealFs {
         reply: ReplyCreate,
     ) {
         let result = SealFs::create(self, parent.0, name, mode & !umask, flags, caller(req));
+        let fopen = if self.direct_io(flags) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        };
         reply_or_error!("create", result, reply, |created| reply.created(
             &self.tuning.ttl,
             &created.0,
             GENERATION,
             FileHandle(created.1),
-            FopenFlags::empty()
+            fopen
         ))
     }
 

@@ -62,6 +62,24 @@ impl<'a> DataFile<'a> {
         self.layout.block_size()
     }
 
+    /// Makes what was written visible to other clients of a distributed filesystem (and
+    /// durable): fdatasync, which JuiceFS, NFS and CephFS clients take as the point to commit.
+    pub fn flush(&self) -> Result<(), IoError> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Locks the backing bytes of blocks `first..end` (`end` exclusive or `file_lock::TO_END`)
+    /// against other mounts of the cipher dir, waiting for them (see `io::file_lock`).
+    pub fn lock_blocks(
+        &self,
+        first: u64,
+        end: u64,
+        exclusive: bool,
+    ) -> Result<super::file_lock::FileRangeLock<'a>, IoError> {
+        super::file_lock::lock_blocks(self.file, &self.layout, first, end, exclusive)
+    }
+
     pub fn plain_size(&self) -> Result<u64, IoError> {
         Ok(self.layout.plain_size(self.file.metadata()?.len()))
     }

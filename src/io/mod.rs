@@ -9,6 +9,7 @@ mod buffers;
 mod cipher_stream;
 pub mod codec;
 mod data_file;
+pub mod file_lock;
 mod preamble;
 pub mod range_lock;
 

@@ -12,7 +12,7 @@ use nix::sys::stat::{Mode, fstat};
 
 use super::{Caller, Handle, SealFs};
 use crate::fs::inodes::{Content, Node};
-use crate::io::{DataFile, SeekTo, range_lock};
+use crate::io::{DataFile, IoError, SeekTo, range_lock};
 use crate::volume::{Result, VolumeError, proc_fd_path};
 
 impl SealFs {
@@ -32,8 +32,30 @@ impl SealFs {
                 (&owned, content)
             }
         };
+        self.whole_file_change(node, file, &content, |data_file| data_file.truncate(size))
+    }
+
+    /// Runs a change of the whole data file `file` (truncate, allocate) under the in-process
+    /// lock of every block, and in shared mode under the same lock across mounts, through a
+    /// description opened after it, flushed before it goes (see `write`).
+    fn whole_file_change(
+        &self,
+        node: &Node,
+        file: &File,
+        content: &Content,
+        change: impl FnOnce(&DataFile<'_>) -> std::result::Result<(), IoError>,
+    ) -> Result<()> {
         let _guard = node.ranges.write(0, range_lock::TO_END);
-        self.data_file(file, &content).truncate(size)?;
+        if !self.tuning.shared {
+            return Ok(change(&self.data_file(file, content))?);
+        }
+        let _shared = self
+            .data_file(file, content)
+            .lock_blocks(0, range_lock::TO_END, true)?;
+        let fresh = self.reopen(node, OFlag::O_RDWR)?;
+        let data_file = self.data_file(&fresh, content);
+        change(&data_file)?;
+        data_file.flush()?;
         Ok(())
     }
 
@@ -91,7 +113,7 @@ impl SealFs {
             stamp.is_some() && stamp == backing_stamp(&file)
         };
         let truncate = flags & libc::O_TRUNC != 0 && write;
-        let fh = self.open_file_handle(node.clone(), file)?;
+        let fh = self.open_file_handle(node.clone(), file, flags & libc::O_APPEND != 0)?;
         if truncate && let Err(e) = self.truncate(&node, 0, Some(fh)) {
             self.release(fh);
             return Err(e);
@@ -116,9 +138,32 @@ impl SealFs {
         let first = offset / bs;
         let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
         let _guard = handle.node.ranges.read(first, last + 1);
-        Ok(self
-            .data_file(&handle.file, &handle.content)
-            .read_with(offset, size as usize, reply)?)
+        let data_file = self.data_file(&handle.file, &handle.content);
+        if !self.tuning.shared {
+            return Ok(data_file.read_with(offset, size as usize, reply)?);
+        }
+        // Shared: another host may be re-sealing these blocks right now. Read without a lock
+        // (the common case pays nothing), and only when a block fails authentication read
+        // again under a shared lock, taken on a description of its own (see io::file_lock).
+        let mut reply = Some(reply);
+        let mut take = |data: &[u8]| reply.take().map(|reply| reply(data));
+        match data_file.read_with(offset, size as usize, &mut take) {
+            Err(IoError::Integrity { .. }) => {}
+            other => return Ok(other?.expect("replied once")),
+        }
+        let file = self.reopen(&handle.node, OFlag::O_RDONLY)?;
+        let locked = self.data_file(&file, &handle.content);
+        let _shared = locked.lock_blocks(first, last + 1, false)?;
+        Ok(locked
+            .read_with(offset, size as usize, &mut take)?
+            .expect("replied once"))
+    }
+
+    /// Whether the kernel should serve this open without its page cache: in shared mode an
+    /// O_APPEND writer's data lands where the end of file really is, which its kernel cannot
+    /// know, so its pages would sit at the wrong offset.
+    pub fn direct_io(&self, flags: i32) -> bool {
+        self.tuning.shared && flags & libc::O_APPEND != 0
     }
 
     /// Writes inside the file lock only their blocks; a write that touches the block holding
@@ -138,9 +183,14 @@ impl SealFs {
         }
         let bf = self.data_file(&handle.file, &handle.content);
         let bs = self.volume.layout.block_size();
-        let first = offset / bs;
-        let last = offset.saturating_add(data.len() as u64 - 1) / bs;
-        let lock_for = |size: u64| {
+        let len = data.len() as u64;
+        // Shared: an O_APPEND write goes to the end of file as found under the lock.
+        let append = self.tuning.shared && handle.append;
+        // The blocks a write at `offset` into a file of `size` bytes must hold: its own, or
+        // from the first to the end when it touches the block holding the end of file.
+        let lock_for = |offset: u64, size: u64| {
+            let first = offset / bs;
+            let last = offset.saturating_add(len - 1) / bs;
             let tail = size / bs;
             if last >= tail || first > tail {
                 (first.min(tail), range_lock::TO_END)
@@ -148,19 +198,36 @@ impl SealFs {
                 (first, last + 1)
             }
         };
-        let mut range = lock_for(handle.node.size_hint.load(Ordering::Relaxed));
+        let hint = handle.node.size_hint.load(Ordering::Relaxed);
+        let mut range = lock_for(if append { hint } else { offset }, hint);
         loop {
             let _guard = handle.node.ranges.write(range.0, range.1);
-            let extent = bf.extent()?;
-            let size = self.volume.layout.plain_size(extent.len);
-            let needed = lock_for(size);
+            // Other mounts (hosts) re-seal blocks too: hold the same blocks of the backing
+            // file, and read it only under that lock, through a description opened after the
+            // lock (a distributed filesystem's client serves an open file from what it knew
+            // at open: JuiceFS does), and flushed before the lock goes.
+            let _shared;
+            let fresh;
+            let target = if self.tuning.shared {
+                _shared = bf.lock_blocks(range.0, range.1, true)?;
+                fresh = self.reopen(&handle.node, OFlag::O_RDWR)?;
+                &self.data_file(&fresh, &handle.content)
+            } else {
+                &bf
+            };
+            let extent = target.extent()?;
+            let size = target.plain_size_of(extent);
+            let at = if append { size } else { offset };
+            let needed = lock_for(at, size);
             if range.0 <= needed.0 && range.1 >= needed.1 {
-                bf.write_at_extent(offset, data, extent)?;
-                let end = offset + data.len() as u64;
+                target.write_at_extent(at, data, extent)?;
+                if self.tuning.shared {
+                    target.flush()?;
+                }
                 handle
                     .node
                     .size_hint
-                    .store(size.max(end), Ordering::Relaxed);
+                    .store(size.max(at + len), Ordering::Relaxed);
                 return Ok(data.len() as u32);
             }
             range = (needed.0.min(range.0), needed.1.max(range.1));
@@ -212,14 +279,10 @@ impl SealFs {
             return Err(VolumeError::Unsupported("fallocate mode"));
         }
         let handle = self.file_handle(fh)?;
-        {
-            let _guard = handle.node.ranges.write(0, range_lock::TO_END);
-            self.data_file(&handle.file, &handle.content).allocate(
-                offset,
-                length,
-                mode & libc::FALLOC_FL_KEEP_SIZE != 0,
-            )?;
-        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        self.whole_file_change(&handle.node, &handle.file, &handle.content, |data_file| {
+            data_file.allocate(offset, length, keep_size)
+        })?;
         if !caller.keeps_set_id() {
             self.drop_set_id(&handle.node)?;
         }

@@ -48,6 +48,9 @@ pub struct FileHandle {
     pub node: Arc<Node>,
     pub file: File,
     pub content: Arc<Content>,
+    /// Opened with O_APPEND: in shared mode, writes land at the end of file as it is under
+    /// the lock, not where this host's kernel last saw it.
+    pub append: bool,
 }
 
 enum Handle {
@@ -184,13 +187,14 @@ impl SealFs {
         }
     }
 
-    fn open_file_handle(&self, node: Arc<Node>, file: File) -> Result<u64> {
+    fn open_file_handle(&self, node: Arc<Node>, file: File, append: bool) -> Result<u64> {
         let content = self.content_of(&node, &file)?;
         node.open_handles.fetch_add(1, Ordering::AcqRel);
         Ok(self.add_handle(Handle::File(Arc::new(FileHandle {
             node,
             file,
             content,
+            append,
         }))))
     }
 }

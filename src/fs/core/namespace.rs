@@ -262,7 +262,7 @@ impl SealFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _flags: i32,
+        flags: i32,
         caller: Caller,
     ) -> Result<(FileAttr, u64)> {
         self.writable()?;
@@ -282,6 +282,7 @@ impl SealFs {
             node,
             file,
             content,
+            append: flags & libc::O_APPEND != 0,
         })));
         Ok((self.attr_of(&stat), fh))
     }
