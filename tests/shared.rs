@@ -184,3 +184,76 @@ fn appends_from_two_shared_mounts_all_land_whole() {
     a.unmount();
     b.unmount();
 }
+
+/// Exclusive creates of the same names from two shared mounts: exactly one wins each name, and
+/// the file holds the winner's contents. Names made, renamed and removed on one mount show on
+/// the other within the attribute timeout.
+#[test]
+fn exclusive_creates_race_correctly_and_names_show_on_the_other_mount() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    const NAMES: usize = 40;
+    let vol = TestVolume::new();
+    let other = second(&vol);
+    let a = vol.mount_with(&["-o", "shared"]);
+    let b = other.mount_with(&["-o", "shared"]);
+    let racers: Vec<_> = [(a.path.clone(), b'A'), (b.path.clone(), b'B')]
+        .into_iter()
+        .map(|(root, tag)| {
+            move || {
+                let mut won = Vec::new();
+                for i in 0..NAMES {
+                    let created = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(root.join(format!("race{i}")));
+                    match created {
+                        Ok(mut f) => {
+                            f.write_all(&[tag; 100]).unwrap();
+                            won.push(i);
+                        }
+                        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists),
+                    }
+                }
+                won
+            }
+        })
+        .collect();
+    let (won_a, won_b) = common::bounded(Duration::from_secs(120), move || {
+        let threads: Vec<_> = racers.into_iter().map(std::thread::spawn).collect();
+        let mut won = threads.into_iter().map(|t| t.join().unwrap());
+        (won.next().unwrap(), won.next().unwrap())
+    });
+    assert_eq!(
+        won_a.len() + won_b.len(),
+        NAMES,
+        "exactly one winner per name"
+    );
+    for i in 0..NAMES {
+        let tag = if won_a.contains(&i) { b'A' } else { b'B' };
+        for m in [&a, &b] {
+            assert_eq!(fs::read(m.p(&format!("race{i}"))).unwrap(), vec![tag; 100]);
+        }
+    }
+
+    // A rename and an unlink on one mount show on the other within the attribute timeout.
+    fs::rename(a.p("race0"), a.p("renamed")).unwrap();
+    fs::remove_file(a.p("race1")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.p("race0").exists() || b.p("race1").exists() || !b.p("renamed").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "names did not show on the other mount"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.unmount();
+    b.unmount();
+    let out = vol.run(&["fsck", vol.cipher_str()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck clean: {}",
+        common::stderr(&out)
+    );
+}

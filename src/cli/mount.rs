@@ -173,8 +173,10 @@ struct Parsed {
     nonempty: bool,
     /// `-o shared`: one of several mounts of the cipher dir (other hosts).
     shared: bool,
-    /// `-o attr_timeout=SECONDS`: how long the kernel keeps entries and attributes.
+    /// `-o attr_timeout=SECONDS`, `-o entry_timeout=SECONDS`: how long the kernel keeps a
+    /// file's attributes, and a name's lookup.
     attr_timeout: Option<Duration>,
+    entry_timeout: Option<Duration>,
     tuning: Tuning,
     read_ahead_kb: u32,
     inode_cache: usize,
@@ -187,6 +189,7 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
     let mut nonempty = false;
     let mut shared = false;
     let mut attr_timeout = None;
+    let mut entry_timeout = None;
     let mut default_permissions = false;
     for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         let mount_option = match option {
@@ -211,13 +214,19 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
                 shared = true;
                 continue;
             }
-            x if x.starts_with("attr_timeout=") => {
-                let secs: f64 = x["attr_timeout=".len()..]
+            x if x.starts_with("attr_timeout=") || x.starts_with("entry_timeout=") => {
+                let (name, value) = x.split_once('=').expect("has =");
+                let secs: f64 = value
                     .parse()
                     .ok()
                     .filter(|s: &f64| s.is_finite() && *s >= 0.0)
                     .with_context(|| format!("{x:?}: give a number of seconds"))?;
-                attr_timeout = Some(Duration::from_secs_f64(secs));
+                let timeout = Some(Duration::from_secs_f64(secs));
+                if name == "attr_timeout" {
+                    attr_timeout = timeout;
+                } else {
+                    entry_timeout = timeout;
+                }
                 continue;
             }
             "default_permissions" => {
@@ -263,6 +272,7 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         nonempty,
         shared,
         attr_timeout,
+        entry_timeout,
         tuning: Tuning::default(),
         read_ahead_kb: 0,
         inode_cache: PruneLimits::DEFAULT_BUDGET,
@@ -313,17 +323,10 @@ pub fn run(args: MountArgs) -> Result<()> {
     parsed.config.n_threads = Some(args.threads);
     parsed.config.clone_fd = true;
     parsed.shared |= args.shared;
-    parsed.tuning = Tuning {
-        // Cached writes would reach the backing file whenever the kernel pleases, long after
-        // another host read it: shared mounts write through.
-        writeback_cache: args.writeback_cache && !parsed.shared,
-        shared: parsed.shared,
-        ttl: parsed.attr_timeout.unwrap_or(if parsed.shared {
-            Tuning::SHARED_TTL
-        } else {
-            Tuning::DEFAULT_TTL
-        }),
-    };
+    let mut tuning = Tuning::new(args.writeback_cache, parsed.shared);
+    tuning.attr_ttl = parsed.attr_timeout.unwrap_or(tuning.attr_ttl);
+    tuning.entry_ttl = parsed.entry_timeout.unwrap_or(tuning.entry_ttl);
+    parsed.tuning = tuning;
     parsed.read_ahead_kb = args.read_ahead_kb;
     parsed.inode_cache = args.inode_cache;
     let mountpoint = check_mountpoint(&args.mountpoint, parsed.nonempty)?;

@@ -59,7 +59,12 @@ impl Filesystem for SealFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
-            .entry(&self.tuning.ttl, &attr, GENERATION))
+            .entry_with_ttls(
+                &self.tuning.attr_ttl,
+                &self.tuning.entry_ttl,
+                &attr,
+                GENERATION
+            ))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -68,7 +73,7 @@ impl Filesystem for SealFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         reply_or_error!("getattr", SealFs::getattr(self, ino.0), reply, |attr| reply
-            .attr(&self.tuning.ttl, &attr))
+            .attr(&self.tuning.attr_ttl, &attr))
     }
 
     fn setattr(
@@ -100,7 +105,7 @@ impl Filesystem for SealFs {
         };
         let result = SealFs::setattr(self, caller(req), ino.0, changes);
         reply_or_error!("setattr", result, reply, |attr| reply
-            .attr(&self.tuning.ttl, &attr))
+            .attr(&self.tuning.attr_ttl, &attr))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -120,8 +125,9 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::mknod(self, parent.0, name, mode & !umask, caller(req));
-        reply_or_error!("mknod", result, reply, |attr| reply.entry(
-            &self.tuning.ttl,
+        reply_or_error!("mknod", result, reply, |attr| reply.entry_with_ttls(
+            &self.tuning.attr_ttl,
+            &self.tuning.entry_ttl,
             &attr,
             GENERATION
         ))
@@ -137,8 +143,9 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
-        reply_or_error!("mkdir", result, reply, |attr| reply.entry(
-            &self.tuning.ttl,
+        reply_or_error!("mkdir", result, reply, |attr| reply.entry_with_ttls(
+            &self.tuning.attr_ttl,
+            &self.tuning.entry_ttl,
             &attr,
             GENERATION
         ))
@@ -168,8 +175,9 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
-        reply_or_error!("symlink", result, reply, |attr| reply.entry(
-            &self.tuning.ttl,
+        reply_or_error!("symlink", result, reply, |attr| reply.entry_with_ttls(
+            &self.tuning.attr_ttl,
+            &self.tuning.entry_ttl,
             &attr,
             GENERATION
         ))
@@ -198,8 +206,9 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let result = SealFs::link(self, ino.0, newparent.0, newname);
-        reply_or_error!("link", result, reply, |attr| reply.entry(
-            &self.tuning.ttl,
+        reply_or_error!("link", result, reply, |attr| reply.entry_with_ttls(
+            &self.tuning.attr_ttl,
+            &self.tuning.entry_ttl,
             &attr,
             GENERATION
         ))
@@ -410,7 +419,8 @@ impl Filesystem for SealFs {
             FopenFlags::empty()
         };
         reply_or_error!("create", result, reply, |created| reply.created(
-            &self.tuning.ttl,
+            // One TTL for both: the shorter.
+            &self.tuning.attr_ttl.min(self.tuning.entry_ttl),
             &created.0,
             GENERATION,
             FileHandle(created.1),

@@ -64,26 +64,44 @@ pub struct Tuning {
     /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE). Off in shared mode.
     pub writeback_cache: bool,
     /// Other mounts (other hosts) change the cipher dir too: no page cache kept across opens,
-    /// and the kernel's entries and attributes expire after `ttl`.
+    /// and attributes are not cached (see `attr_ttl`).
     pub shared: bool,
-    /// How long the kernel may keep entries and attributes. A lone mount is the only writer,
-    /// so they stay right and expire only to bound the damage of an outside change; shared
-    /// mounts see each other's names and sizes within it.
-    pub ttl: std::time::Duration,
+    /// How long the kernel may keep a name's lookup, and a file's attributes. A lone mount is
+    /// the only writer, so both stay right and expire only to bound the damage of an outside
+    /// change. Shared mounts see names made elsewhere within `entry_ttl`, and never serve a
+    /// size from a cache (a read near the end of file asks anew): close-to-open.
+    pub entry_ttl: std::time::Duration,
+    pub attr_ttl: std::time::Duration,
 }
 
 impl Tuning {
     pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-    pub const SHARED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+    pub const SHARED_ENTRY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The kernel settings of a lone mount or of one of several shared ones.
+    pub fn new(writeback_cache: bool, shared: bool) -> Self {
+        Tuning {
+            // Cached writes would reach the backing file whenever the kernel pleases, long
+            // after another host read it: shared mounts write through.
+            writeback_cache: writeback_cache && !shared,
+            shared,
+            entry_ttl: if shared {
+                Self::SHARED_ENTRY_TTL
+            } else {
+                Self::DEFAULT_TTL
+            },
+            attr_ttl: if shared {
+                std::time::Duration::ZERO
+            } else {
+                Self::DEFAULT_TTL
+            },
+        }
+    }
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning {
-            writeback_cache: true,
-            shared: false,
-            ttl: Self::DEFAULT_TTL,
-        }
+        Tuning::new(true, false)
     }
 }
 
