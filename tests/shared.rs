@@ -257,3 +257,88 @@ fn exclusive_creates_race_correctly_and_names_show_on_the_other_mount() {
         common::stderr(&out)
     );
 }
+
+/// One host dies (kill -9 of its sealfs) while both write one file: the other is not blocked
+/// (its locks are released with the dead process), keeps every byte it wrote, and fsck
+/// afterwards finds at most leftovers, which --repair removes.
+#[test]
+fn a_host_killed_mid_write_blocks_nobody_and_leaves_at_most_leftovers() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    const BLOCK: u64 = 4096;
+    let vol = TestVolume::new();
+    let other = second(&vol);
+    let a = vol.mount_with(&["-o", "shared"]);
+    let b = other.mount_with(&["-o", "shared"]);
+    fs::write(a.p("f"), vec![0u8; 64 * BLOCK as usize]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Host A writes the even half-blocks, host B the odd ones: every block is shared.
+    let spawn = |root: std::path::PathBuf, half: u64, stop: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            let mut last = vec![0u8; 64];
+            let mut round = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                round = round.wrapping_add(1).max(1);
+                let Ok(f) = fs::OpenOptions::new().write(true).open(root.join("f")) else {
+                    break;
+                };
+                for block in 0..64u64 {
+                    if f.write_all_at(&[round; 2048], block * BLOCK + half * 2048)
+                        .is_err()
+                    {
+                        return last;
+                    }
+                    last[block as usize] = round;
+                }
+            }
+            last
+        })
+    };
+    let writer_a = spawn(a.path.clone(), 0, stop.clone());
+    let writer_b = spawn(b.path.clone(), 1, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid() as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    // Host B goes on writing for a while after A died, then stops.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let last_b = common::bounded(Duration::from_secs(60), move || {
+        let _ = writer_a.join();
+        writer_b.join().unwrap()
+    });
+    drop(a);
+    // B's every last write is there, whole.
+    let data = fs::read(b.p("f")).unwrap();
+    for (block, value) in last_b.iter().enumerate() {
+        let half = &data[block * 4096 + 2048..(block + 1) * 4096];
+        assert!(
+            half.iter().all(|x| x == value),
+            "block {block}: host B's bytes lost"
+        );
+    }
+    b.unmount();
+    let report = vol.run(&["fsck", vol.cipher_str(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let kinds: Vec<String> = json["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.iter().all(|k| k == "leftover"),
+        "only leftovers: {json}"
+    );
+    let repaired = vol.run(&["fsck", vol.cipher_str(), "--repair"]);
+    assert!(
+        matches!(repaired.status.code(), Some(0 | 1)),
+        "{}",
+        common::stderr(&repaired)
+    );
+    assert_eq!(vol.run(&["fsck", vol.cipher_str()]).status.code(), Some(0));
+}
