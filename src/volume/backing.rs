@@ -259,21 +259,9 @@ fn contents(dir: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
 /// Whether `name` is in a fresh listing of `dir` (readdir reaches the filesystem; a lookup
 /// may be answered from the kernel's dentry cache).
 fn listed(dir: BorrowedFd<'_>, name: &str) -> bool {
-    let Ok(fd) = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return false;
-    };
-    let Ok(mut listing) = nix::dir::Dir::from_fd(fd) else {
-        return false;
-    };
-    listing
+    names_in(dir)
         .iter()
-        .flatten()
-        .any(|e| e.file_name().to_bytes() == name.as_bytes())
+        .any(|n| n.as_bytes() == name.as_bytes())
 }
 
 fn exclusive_create(dir: BorrowedFd<'_>) -> bool {
