@@ -147,12 +147,7 @@ fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
             }
         })
         .collect();
-    common::bounded(std::time::Duration::from_secs(300), move || {
-        let threads: Vec<_> = writers.into_iter().map(std::thread::spawn).collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-    });
+    common::run_together(std::time::Duration::from_secs(300), writers);
     let text = String::from_utf8(fs::read(b.p("log")).unwrap()).unwrap();
     assert_eq!(text.lines().count(), 2 * ROUNDS, "{text}");
     a.unmount();

@@ -131,12 +131,7 @@ fn disjoint_bytes_of_one_block_from_two_shared_mounts_are_all_kept() {
             }
         })
         .collect();
-    common::bounded(std::time::Duration::from_secs(120), move || {
-        let threads: Vec<_> = writers.into_iter().map(std::thread::spawn).collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-    });
+    common::run_together(std::time::Duration::from_secs(120), writers);
     let whole = fs::read(a.p("block")).unwrap();
     assert_eq!(whole.len(), 4096);
     a.unmount();
@@ -165,12 +160,7 @@ fn appends_from_two_shared_mounts_all_land_whole() {
             }
         })
         .collect();
-    common::bounded(std::time::Duration::from_secs(120), move || {
-        let threads: Vec<_> = writers.into_iter().map(std::thread::spawn).collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-    });
+    common::run_together(std::time::Duration::from_secs(120), writers);
     let text = String::from_utf8(fs::read(b.p("log")).unwrap()).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2 * LINES, "every line kept");
@@ -219,11 +209,8 @@ fn exclusive_creates_race_correctly_and_names_show_on_the_other_mount() {
             }
         })
         .collect();
-    let (won_a, won_b) = common::bounded(Duration::from_secs(120), move || {
-        let threads: Vec<_> = racers.into_iter().map(std::thread::spawn).collect();
-        let mut won = threads.into_iter().map(|t| t.join().unwrap());
-        (won.next().unwrap(), won.next().unwrap())
-    });
+    let won = common::run_together(Duration::from_secs(120), racers);
+    let (won_a, won_b) = (&won[0], &won[1]);
     assert_eq!(
         won_a.len() + won_b.len(),
         NAMES,

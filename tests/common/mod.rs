@@ -42,6 +42,18 @@ pub fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Se
         .expect("deadlock or livelock: the test did not finish in time")
 }
 
+/// Runs each job on its own thread, all at once, and returns their results in order; fails
+/// when one panics or all together take longer than `limit`.
+pub fn run_together<T: Send + 'static>(
+    limit: Duration,
+    jobs: Vec<impl FnOnce() -> T + Send + 'static>,
+) -> Vec<T> {
+    bounded(limit, move || {
+        let threads: Vec<_> = jobs.into_iter().map(std::thread::spawn).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
 /// A command's stderr, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
