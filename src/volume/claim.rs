@@ -107,11 +107,7 @@ pub fn claim(
     backing: &Backing,
     what: &str,
 ) -> Result<Claim> {
-    let kind = if backing.ofd_locks || !backing.probed {
-        LockKind::Ofd
-    } else if backing.flock {
-        LockKind::Flock
-    } else {
+    let Some(kind) = lock_kind(backing) else {
         return Err(VolumeError::Usage(format!(
             "the backing filesystem ({}) has neither byte-range locks nor flock: sealfs cannot tell whether another host mounts this volume",
             backing.fs_type
@@ -176,12 +172,19 @@ pub fn claim(
 
 /// The live holders of the cipher dir at `root`; records of dead mounts are removed.
 pub fn live_holders(root: BorrowedFd<'_>, backing: &Backing) -> Vec<Holder> {
-    let kind = if backing.ofd_locks || !backing.probed {
-        LockKind::Ofd
+    lock_kind(backing).map_or_else(Vec::new, |kind| holders(root, kind))
+}
+
+/// OFD locks where the probe saw them (or could not look: a read-only cipher dir), else
+/// flock; None where the backing store has neither.
+fn lock_kind(backing: &Backing) -> Option<LockKind> {
+    if backing.ofd_locks || !backing.probed {
+        Some(LockKind::Ofd)
+    } else if backing.flock {
+        Some(LockKind::Flock)
     } else {
-        LockKind::Flock
-    };
-    holders(root, kind)
+        None
+    }
 }
 
 fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
