@@ -10,15 +10,6 @@ use std::io::Write;
 
 use common::{Mounted, TestVolume, is_mounted};
 
-/// A second mount point for the same cipher dir and keys.
-fn second(vol: &TestVolume) -> TestVolume {
-    TestVolume::existing(
-        tempfile::tempdir().unwrap(),
-        vol.cipher.clone(),
-        vol.keys.clone(),
-    )
-}
-
 /// Tries a daemonizing mount: its stderr when it fails.
 fn refused(vol: &TestVolume, options: &[&str]) -> String {
     let mut args = vec!["mount", vol.cipher_str(), vol.mnt.to_str().unwrap()];
@@ -35,7 +26,7 @@ fn refused(vol: &TestVolume, options: &[&str]) -> String {
 #[test]
 fn a_second_mount_is_refused_unless_all_are_shared() {
     let vol = TestVolume::new();
-    let other = second(&vol);
+    let other = vol.second_mountpoint();
     let first = vol.mount();
     let why = refused(&other, &[]);
     assert!(
@@ -48,7 +39,7 @@ fn a_second_mount_is_refused_unless_all_are_shared() {
 
     let a = vol.mount_with(&["-o", "shared"]);
     let b = other.mount_with(&["-o", "shared"]);
-    let third = second(&vol);
+    let third = vol.second_mountpoint();
     let why = refused(&third, &[]);
     assert!(why.contains("shared"), "{why}");
     // fsck --repair is refused while any host has it mounted, and says by whom.
@@ -83,7 +74,7 @@ fn a_claim_left_by_a_killed_mount_locks_nobody_out() {
     // The kernel keeps the dead FUSE mount until it is unmounted; the claim went with the
     // process.
     drop(dead);
-    let other = second(&vol);
+    let other = vol.second_mountpoint();
     let m = other.mount();
     fs::write(m.p("after"), b"ok").unwrap();
     m.unmount();
@@ -106,7 +97,7 @@ fn disjoint_bytes_of_one_block_from_two_shared_mounts_are_all_kept() {
     use std::os::unix::fs::FileExt;
     const ROUNDS: usize = 150;
     let vol = TestVolume::new();
-    let other = second(&vol);
+    let other = vol.second_mountpoint();
     let a = vol.mount_with(&["-o", "shared"]);
     let b = other.mount_with(&["-o", "shared"]);
     fs::write(a.p("block"), vec![0u8; 4096]).unwrap();
@@ -145,7 +136,7 @@ fn disjoint_bytes_of_one_block_from_two_shared_mounts_are_all_kept() {
 fn appends_from_two_shared_mounts_all_land_whole() {
     const LINES: usize = 200;
     let vol = TestVolume::new();
-    let other = second(&vol);
+    let other = vol.second_mountpoint();
     let a = vol.mount_with(&["-o", "shared"]);
     let b = other.mount_with(&["-o", "shared"]);
     fs::write(a.p("log"), b"").unwrap();
@@ -184,7 +175,7 @@ fn exclusive_creates_race_correctly_and_names_show_on_the_other_mount() {
     use std::time::{Duration, Instant};
     const NAMES: usize = 40;
     let vol = TestVolume::new();
-    let other = second(&vol);
+    let other = vol.second_mountpoint();
     let a = vol.mount_with(&["-o", "shared"]);
     let b = other.mount_with(&["-o", "shared"]);
     let racers: Vec<_> = [(a.path.clone(), b'A'), (b.path.clone(), b'B')]
@@ -256,7 +247,7 @@ fn a_host_killed_mid_write_blocks_nobody_and_leaves_at_most_leftovers() {
     use std::time::Duration;
     const BLOCK: u64 = 4096;
     let vol = TestVolume::new();
-    let other = second(&vol);
+    let other = vol.second_mountpoint();
     let a = vol.mount_with(&["-o", "shared"]);
     let b = other.mount_with(&["-o", "shared"]);
     fs::write(a.p("f"), vec![0u8; 64 * BLOCK as usize]).unwrap();

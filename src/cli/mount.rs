@@ -456,6 +456,7 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
     };
     // Alone unless -o shared, on every host that shares the cipher dir; held until exit.
     let mode = if parsed.tuning.shared {
+        volume.backing.require_shareable(&volume.path)?;
         ClaimMode::Shared
     } else {
         ClaimMode::Exclusive
@@ -470,8 +471,10 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
     });
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let inodes = fs.inodes.clone();
+    let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &parsed.config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     pruner::spawn(
         inodes,

@@ -7,11 +7,12 @@ use std::path::Path;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::core::{AttrChanges, Caller, SealFs};
+use crate::io::file_lock::PlainLock;
 use crate::shell::{self, reply_or_error};
 
 const GENERATION: Generation = Generation(0);
@@ -41,6 +42,16 @@ impl Filesystem for SealFs {
         if self.tuning.writeback_cache {
             flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
         }
+        if self.tuning.shared {
+            // Locks go to the backing files, where other hosts see them (fs/core/locks.rs);
+            // a read asks for fresh attributes and drops cached pages when the file changed
+            // elsewhere (its mtime or size moved).
+            flags.extend([
+                InitFlags::FUSE_POSIX_LOCKS,
+                InitFlags::FUSE_FLOCK_LOCKS,
+                InitFlags::FUSE_AUTO_INVAL_DATA,
+            ]);
+        }
         shell::request_capabilities(config, &flags);
         Ok(())
     }
@@ -61,7 +72,7 @@ impl Filesystem for SealFs {
         reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
             .entry_with_ttls(
                 &self.tuning.attr_ttl,
-                &self.tuning.entry_ttl,
+                self.tuning.entry_ttl_of(attr.kind),
                 &attr,
                 GENERATION
             ))
@@ -127,7 +138,7 @@ impl Filesystem for SealFs {
         let result = SealFs::mknod(self, parent.0, name, mode & !umask, caller(req));
         reply_or_error!("mknod", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
-            &self.tuning.entry_ttl,
+            self.tuning.entry_ttl_of(attr.kind),
             &attr,
             GENERATION
         ))
@@ -145,7 +156,7 @@ impl Filesystem for SealFs {
         let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
         reply_or_error!("mkdir", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
-            &self.tuning.entry_ttl,
+            self.tuning.entry_ttl_of(attr.kind),
             &attr,
             GENERATION
         ))
@@ -177,7 +188,7 @@ impl Filesystem for SealFs {
         let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
         reply_or_error!("symlink", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
-            &self.tuning.entry_ttl,
+            self.tuning.entry_ttl_of(attr.kind),
             &attr,
             GENERATION
         ))
@@ -208,7 +219,7 @@ impl Filesystem for SealFs {
         let result = SealFs::link(self, ino.0, newparent.0, newname);
         reply_or_error!("link", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
-            &self.tuning.entry_ttl,
+            self.tuning.entry_ttl_of(attr.kind),
             &attr,
             GENERATION
         ))
@@ -277,20 +288,113 @@ impl Filesystem for SealFs {
         )
     }
 
-    crate::shell::unanswered::flush_and_ioctl_unanswered!();
+    crate::shell::unanswered::ioctl_unanswered!();
+
+    /// A close(2). A lone mount has nothing to do (see `shell::unanswered`: ENOSYS, and the
+    /// kernel stops asking). A shared mount drops the closing process's fcntl locks on the
+    /// file, as POSIX says a close does.
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        if !self.tuning.shared {
+            return reply.error(Errno::ENOSYS);
+        }
+        self.release_locks(ino.0, lock_owner.0);
+        reply.ok();
+    }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The kernel names the owner when the open file held flock locks.
+        if let Some(owner) = lock_owner {
+            self.release_locks(ino.0, owner.0);
+        }
         SealFs::release(self, fh.0);
         reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let asked = PlainLock {
+            start,
+            end,
+            kind: typ,
+        };
+        // Who holds a lock on another host is not known here: no pid.
+        reply_or_error!(
+            "getlk",
+            SealFs::getlk(self, ino.0, lock_owner.0, asked),
+            reply,
+            |found| match found {
+                Some(held) => reply.locked(held.start, held.end, held.kind, 0),
+                None => reply.locked(start, end, libc::F_UNLCK, 0),
+            }
+        )
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = PlainLock {
+            start,
+            end,
+            kind: typ,
+        };
+        let result = SealFs::setlk(self, ino.0, lock_owner.0, lock);
+        let taken = typ != libc::F_UNLCK;
+        match result {
+            Ok(None) => {
+                if taken {
+                    self.drop_cached_pages(ino);
+                }
+                reply.ok();
+            }
+            Ok(Some(wait)) if sleep => {
+                // Waits off the FUSE worker threads: the holder's unlock needs one.
+                let notifier = self.notifier.clone();
+                std::thread::spawn(move || {
+                    reply_or_error!("setlk", wait.wait(), reply, |_ok| {
+                        drop_cached_pages(notifier.get(), ino);
+                        reply.ok()
+                    })
+                });
+            }
+            Ok(Some(_)) => reply.error(Errno::EAGAIN),
+            Err(e) => reply.error(shell::errno::report("setlk", &e)),
+        }
     }
 
     fn fsync(
@@ -420,7 +524,10 @@ impl Filesystem for SealFs {
         };
         reply_or_error!("create", result, reply, |created| reply.created(
             // One TTL for both: the shorter.
-            &self.tuning.attr_ttl.min(self.tuning.entry_ttl),
+            &self
+                .tuning
+                .attr_ttl
+                .min(*self.tuning.entry_ttl_of(created.0.kind)),
             &created.0,
             GENERATION,
             FileHandle(created.1),
@@ -457,6 +564,24 @@ impl Filesystem for SealFs {
             reply,
             |pos| reply.offset(pos)
         )
+    }
+}
+
+impl SealFs {
+    fn drop_cached_pages(&self, ino: INodeNo) {
+        drop_cached_pages(self.notifier.get(), ino);
+    }
+}
+
+/// A lock just taken may guard bytes another host wrote meanwhile: the kernel's cached pages
+/// of the file go, as NFS drops them when a lock is taken (sqlite on shared storage relies on
+/// it).
+fn drop_cached_pages(notifier: Option<&fuser::Notifier>, ino: INodeNo) {
+    if let Some(notifier) = notifier
+        && let Err(e) = notifier.inval_inode(ino, 0, 0)
+        && e.raw_os_error() != Some(libc::ENOENT)
+    {
+        tracing::debug!(error = %e, "could not drop cached pages after a lock");
     }
 }
 

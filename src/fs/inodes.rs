@@ -50,6 +50,14 @@ pub struct Node {
     /// blocks the next write must lock (the size is read again under the lock), so an append
     /// locks the right range at the first try.
     pub size_hint: AtomicU64,
+    /// Counts the locks programs took on this file through a shared mount (fs/core/locks.rs):
+    /// another host may have written under the lock before, which a description opened
+    /// earlier may not show (a distributed filesystem's client can serve an open file from
+    /// what it knew at open), so reads move to `reader`.
+    pub lock_epoch: AtomicU64,
+    /// A description opened after the lock of the epoch it names, read through by handles
+    /// opened before it.
+    pub reader: Mutex<Option<(u64, Arc<std::fs::File>)>>,
     /// Parent node and plaintext name of the last lookup: what the kernel can be asked to
     /// forget.
     origin: Mutex<Option<(u64, OsString)>>,
@@ -71,6 +79,8 @@ impl Node {
             orphaned_header: Mutex::new(None),
             header_durable: std::sync::atomic::AtomicBool::new(false),
             size_hint: AtomicU64::new(0),
+            lock_epoch: AtomicU64::new(0),
+            reader: Mutex::new(None),
             origin: Mutex::new(None),
             last_used: AtomicU64::new(0),
         }

@@ -7,6 +7,12 @@
 //! unlocking one range releases it from all of them. Callers therefore take overlapping
 //! ranges on one description only one at a time (the in-process `range_lock` sees to it for
 //! writes); a read that needs a lock takes it on a description of its own (`reopen`).
+//!
+//! The locks programs take on a plaintext file (flock(2), fcntl(2)), which shared mounts
+//! forward, live on the same backing file in a space of their own: backing offsets from
+//! `FORWARDED_BASE` up, where no block lock reaches. So a program's lock never stalls the
+//! block locks of its own writes, and both kinds follow the data file through renames and
+//! hard links, on every host.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -41,7 +47,8 @@ pub fn lock_blocks<'a>(
         layout.block_offset(first)
     };
     let len = if end == TO_END {
-        0 // to the end of file, however far it grows
+        // To the end of file, however far it grows: up to where forwarded locks begin.
+        (FORWARDED_BASE as u64).saturating_sub(start)
     } else {
         layout.block_offset(end) - start
     };
@@ -66,12 +73,7 @@ pub fn lock_blocks<'a>(
 
 impl FileRangeLock<'_> {
     fn set(&self, kind: libc::c_int, wait: bool) -> nix::Result<()> {
-        // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
-        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-        lock.l_type = kind as libc::c_short;
-        lock.l_whence = libc::SEEK_SET as libc::c_short;
-        lock.l_start = self.start;
-        lock.l_len = self.len;
+        let lock = flock(kind, self.start, self.len);
         let arg = if wait {
             nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)
         } else {
@@ -79,6 +81,82 @@ impl FileRangeLock<'_> {
         };
         nix::fcntl::fcntl(self.fd, arg).map(drop)
     }
+}
+
+fn flock(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
+    // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = start;
+    lock.l_len = len;
+    lock
+}
+
+/// Where forwarded locks begin in the backing file: 4 EiB, beyond any data file's size.
+const FORWARDED_BASE: i64 = 1 << 62;
+
+/// The largest offset FUSE passes as the end of a lock (OFFSET_MAX: "to end of file").
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// A program's lock on plaintext bytes `start..=end` (FUSE's inclusive form; `end` is
+/// OFFSET_MAX for "to end of file"), as the kernel forwards it: `kind` is F_RDLCK, F_WRLCK or
+/// F_UNLCK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainLock {
+    pub start: u64,
+    pub end: u64,
+    pub kind: i32,
+}
+
+impl PlainLock {
+    /// The backing range: shifted up by `FORWARDED_BASE`. Offsets past 4 EiB share the last
+    /// backing byte (no file gets there), and a range reaching that far runs to infinity.
+    fn backing(&self) -> (i64, i64) {
+        let limit = FORWARDED_BASE as u64 - 1;
+        let start = self.start.min(limit);
+        let len = if self.end >= limit {
+            0
+        } else {
+            self.end.saturating_sub(start) + 1
+        };
+        (FORWARDED_BASE + start as i64, len as i64)
+    }
+
+    fn from_backing(lock: &libc::flock) -> PlainLock {
+        let start = (lock.l_start - FORWARDED_BASE).max(0) as u64;
+        PlainLock {
+            start,
+            end: if lock.l_len == 0 {
+                OFFSET_MAX
+            } else {
+                start + lock.l_len as u64 - 1
+            },
+            kind: i32::from(lock.l_type),
+        }
+    }
+}
+
+/// Sets (or, for F_UNLCK, releases) a forwarded lock on `file`'s open file description,
+/// without waiting: EAGAIN when another description holds a conflicting one.
+pub fn set_forwarded(file: &File, lock: PlainLock) -> nix::Result<()> {
+    let (start, len) = lock.backing();
+    let request = flock(lock.kind, start, len);
+    loop {
+        match nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&request)) {
+            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EACCES) => return Err(nix::Error::EAGAIN),
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// The first forwarded lock of another description that conflicts with `lock`, if any (F_GETLK).
+pub fn conflicting_forwarded(file: &File, lock: PlainLock) -> nix::Result<Option<PlainLock>> {
+    let (start, len) = lock.backing();
+    let mut probe = flock(lock.kind, start, len);
+    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe))?;
+    Ok((i32::from(probe.l_type) != libc::F_UNLCK).then(|| PlainLock::from_backing(&probe)))
 }
 
 impl Drop for FileRangeLock<'_> {
@@ -138,5 +216,51 @@ mod tests {
         assert!(!try_lock(&b, 1 << 40, 1, false));
         drop(tail);
         assert!(try_lock(&b, 1 << 40, 1, true));
+    }
+
+    fn plain(start: u64, end: u64, kind: i32) -> PlainLock {
+        PlainLock { start, end, kind }
+    }
+
+    #[test]
+    fn forwarded_locks_exclude_each_other_but_never_block_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        std::fs::write(&path, vec![0u8; 10_000]).unwrap();
+        let open = || File::options().read(true).write(true).open(&path).unwrap();
+        let (a, b) = (open(), open());
+        let layout = Layout::new(512).unwrap();
+        // A program's lock over the whole file (sqlite's and flock's shape) ...
+        set_forwarded(&a, plain(0, OFFSET_MAX, libc::F_WRLCK)).unwrap();
+        // ... leaves every block lock of another description free, to the end of file,
+        let tail = lock_blocks(&b, &layout, 0, TO_END, true).unwrap();
+        drop(tail);
+        // ... and excludes other descriptions' forwarded locks, which can see who holds it.
+        assert_eq!(
+            set_forwarded(&b, plain(100, 100, libc::F_RDLCK)),
+            Err(nix::Error::EAGAIN)
+        );
+        assert_eq!(
+            conflicting_forwarded(&b, plain(5, 9, libc::F_RDLCK)).unwrap(),
+            Some(plain(0, OFFSET_MAX, libc::F_WRLCK))
+        );
+        // Byte-exact ranges: sqlite's lock bytes sit next to each other.
+        set_forwarded(&a, plain(0, OFFSET_MAX, libc::F_UNLCK)).unwrap();
+        set_forwarded(&a, plain(0x4000_0000, 0x4000_0000, libc::F_WRLCK)).unwrap();
+        set_forwarded(&b, plain(0x4000_0001, 0x4000_0001, libc::F_WRLCK)).unwrap();
+        assert_eq!(
+            conflicting_forwarded(&b, plain(0x3fff_ffff, 0x4000_0000, libc::F_RDLCK)).unwrap(),
+            Some(plain(0x4000_0000, 0x4000_0000, libc::F_WRLCK))
+        );
+        assert_eq!(
+            conflicting_forwarded(&a, plain(0, 0x3fff_ffff, libc::F_WRLCK)).unwrap(),
+            None
+        );
+        // Past 4 EiB everything shares the last byte: no conflict is ever missed.
+        set_forwarded(&a, plain(1 << 62, OFFSET_MAX, libc::F_RDLCK)).unwrap();
+        assert_eq!(
+            set_forwarded(&b, plain(u64::MAX >> 2, (u64::MAX >> 2) + 5, libc::F_WRLCK)),
+            Err(nix::Error::EAGAIN)
+        );
     }
 }

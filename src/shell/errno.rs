@@ -34,6 +34,7 @@ pub fn errno_of(err: &VolumeError) -> Errno {
         VolumeError::NotDirectory => Errno::ENOTDIR,
         VolumeError::NoAttribute => Errno::ENODATA,
         VolumeError::InUse(_) => Errno::EBUSY,
+        VolumeError::LockAbandoned => Errno::EINTR,
         VolumeError::Usage(_) => Errno::EIO,
     }
 }

@@ -1,6 +1,7 @@
 //! FUSE operations both mounts (forward and reverse) answer the same way, without work.
 
-/// Trait methods for `impl fuser::Filesystem`: FLUSH and IOCTL.
+/// Trait methods for `impl fuser::Filesystem`: FLUSH and IOCTL (`ioctl_unanswered!` alone for
+/// a mount that answers FLUSH itself: shared forward mounts drop fcntl locks there).
 ///
 /// FLUSH: the kernel writes dirty pages back before it sends FLUSH, and durability is fsync's
 /// job, so there is nothing to do; ENOSYS tells the kernel so once, and it stops sending FLUSH
@@ -25,6 +26,12 @@ macro_rules! flush_and_ioctl_unanswered {
             reply.error(fuser::Errno::ENOSYS);
         }
 
+        $crate::shell::unanswered::ioctl_unanswered!();
+    };
+}
+
+macro_rules! ioctl_unanswered {
+    () => {
         fn ioctl(
             &self,
             _req: &fuser::Request,
@@ -42,3 +49,4 @@ macro_rules! flush_and_ioctl_unanswered {
 }
 
 pub(crate) use flush_and_ioctl_unanswered;
+pub(crate) use ioctl_unanswered;

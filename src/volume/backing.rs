@@ -134,6 +134,19 @@ impl Backing {
         }
         Ok(())
     }
+
+    /// Shared mounts keep writes from several hosts apart, and forward programs' locks, with
+    /// OFD byte-range locks on the backing files: without them, `-o shared` is refused.
+    pub fn require_shareable(&self, cipher_dir: &std::path::Path) -> Result<()> {
+        if self.probed && !self.ofd_locks {
+            return Err(VolumeError::Usage(format!(
+                "{} is on {}, which has no byte-range (OFD) locks: -o shared needs them to keep writes from several hosts apart",
+                cipher_dir.display(),
+                self.fs_type
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Probes the filesystem holding the directory `root`.
@@ -478,6 +491,10 @@ mod tests {
         assert_eq!(fallbacks.len(), 2, "{fallbacks:?}");
         assert!(fallbacks[0].contains("temporary name"));
         assert!(fallbacks[1].contains("xattrs"));
+        assert!(found.require_shareable(std::path::Path::new("/x")).is_ok());
+        found.ofd_locks = false;
+        let refused = found.require_shareable(std::path::Path::new("/x"));
+        assert!(refused.unwrap_err().to_string().contains("OFD"));
         found.exclusive_create = false;
         assert!(found.require_usable(std::path::Path::new("/x")).is_err());
     }

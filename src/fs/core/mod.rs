@@ -8,11 +8,13 @@
 //! - `file_io`: open files: read, write, truncate, allocate, seek, fsync, release;
 //! - `set_id`: when writes, truncates and allocations drop set-user-id and set-group-id;
 //! - `dirs`: listings and directory sync;
-//! - `xattrs`: encrypted extended attributes.
+//! - `xattrs`: encrypted extended attributes;
+//! - `locks`: flock and fcntl locks, forwarded to the backing files by shared mounts.
 
 mod attrs;
 mod dirs;
 mod file_io;
+mod locks;
 mod namespace;
 mod set_id;
 #[cfg(test)]
@@ -23,7 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use fuser::FileAttr;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -31,6 +33,7 @@ use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
 pub use attrs::AttrChanges;
 pub use dirs::DirEntry;
+pub use locks::LockWait;
 
 use super::inodes::{Content, InodeTable, Node};
 use crate::shell::attr::attr_from_stat;
@@ -51,6 +54,8 @@ pub struct FileHandle {
     /// Opened with O_APPEND: in shared mode, writes land at the end of file as it is under
     /// the lock, not where this host's kernel last saw it.
     pub append: bool,
+    /// The node's lock epoch when this handle was opened (see `Node::lock_epoch`).
+    pub opened_in_epoch: u64,
 }
 
 enum Handle {
@@ -99,6 +104,21 @@ impl Tuning {
     }
 }
 
+impl Tuning {
+    /// How long the kernel may keep the lookup of an entry of this kind. A shared mount keeps
+    /// a file's name no longer than its attributes (not at all, by default), so an open looks
+    /// the name up anew, as NFS's close-to-open does: a file removed or replaced on another
+    /// host is never opened through its old name (sqlite's journal, deleted at each commit,
+    /// would otherwise look hot to another host). Directories keep theirs for `entry_ttl`.
+    pub fn entry_ttl_of(&self, kind: fuser::FileType) -> &std::time::Duration {
+        if self.shared && kind != fuser::FileType::Directory {
+            &self.attr_ttl
+        } else {
+            &self.entry_ttl
+        }
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Self {
         Tuning::new(true, false)
@@ -116,6 +136,11 @@ pub struct SealFs {
     chown_new_files: bool,
     /// The daemon's own ids: a caller with these already owns what the daemon creates.
     own_ids: (u32, u32),
+    /// Locks programs hold on files, when shared mounts forward them.
+    locks: locks::ForwardedLocks,
+    /// The kernel's side of the mount, once mounted: to drop cached pages another host may
+    /// have made stale.
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 pub(super) fn o_path(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
@@ -166,6 +191,8 @@ impl SealFs {
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
             ),
+            locks: locks::ForwardedLocks::default(),
+            notifier: Arc::default(),
         })
     }
 
@@ -208,11 +235,13 @@ impl SealFs {
     fn open_file_handle(&self, node: Arc<Node>, file: File, append: bool) -> Result<u64> {
         let content = self.content_of(&node, &file)?;
         node.open_handles.fetch_add(1, Ordering::AcqRel);
+        let opened_in_epoch = node.lock_epoch.load(Ordering::Acquire);
         Ok(self.add_handle(Handle::File(Arc::new(FileHandle {
             node,
             file,
             content,
             append,
+            opened_in_epoch,
         }))))
     }
 }

@@ -17,7 +17,19 @@ const OTHER: Caller = Caller {
 
 struct Fixture {
     fs: SealFs,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Another core over the same cipher dir: another mount, standing for another host.
+    fn another_mount(&self, tuning: Tuning) -> SealFs {
+        let key = self.dir.path().join("k");
+        let providers: Vec<Box<dyn MasterKeyProvider>> =
+            vec![Box::new(KeyfileProvider::load(&key).unwrap())];
+        let volume =
+            Volume::open(&self.dir.path().join("c"), providers, Default::default()).unwrap();
+        SealFs::new(volume, false, tuning).unwrap()
+    }
 }
 
 fn mounted_core(read_only: bool, tuning: Tuning) -> Fixture {
@@ -32,7 +44,7 @@ fn mounted_core(read_only: bool, tuning: Tuning) -> Fixture {
     let volume = Volume::open(&cipher, providers(), Default::default()).unwrap();
     Fixture {
         fs: SealFs::new(volume, read_only, tuning).unwrap(),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -292,4 +304,75 @@ fn every_create_method_makes_readable_files_and_leaves_nothing_behind() {
             "{method:?}: {names:?}"
         );
     }
+}
+
+/// Locks programs take, as shared mounts forward them: owners exclude each other on one mount
+/// and across mounts (two cores over one cipher dir), byte ranges are exact, F_GETLK names the
+/// holder's range, a wait ends when the holder lets go, and a wait whose own owner let go
+/// gives up instead of taking a lock nobody would release.
+#[test]
+fn forwarded_locks_exclude_owners_across_mounts() {
+    use crate::io::file_lock::PlainLock;
+    let lock = |start, end, kind| PlainLock { start, end, kind };
+    let shared = Tuning::new(false, true);
+    let fx = mounted_core(false, shared);
+    let (a, b) = (&fx.fs, fx.another_mount(shared));
+    let (attr, fh) = a
+        .create(ROOT, OsStr::new("db"), 0o600, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    a.release(fh);
+    let (ino_a, ino_b) = (attr.ino.0, b.lookup(ROOT, OsStr::new("db")).unwrap().ino.0);
+
+    assert!(
+        a.setlk(ino_a, 7, lock(0, 99, libc::F_WRLCK))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        a.setlk(ino_a, 8, lock(50, 50, libc::F_RDLCK))
+            .unwrap()
+            .is_some()
+    );
+    // The same owner number on another mount is another owner.
+    let waiting = b.setlk(ino_b, 7, lock(10, 10, libc::F_RDLCK)).unwrap();
+    assert!(waiting.is_some());
+    assert_eq!(
+        b.getlk(ino_b, 9, lock(0, i64::MAX as u64, libc::F_RDLCK))
+            .unwrap(),
+        Some(lock(0, 99, libc::F_WRLCK))
+    );
+    assert!(
+        b.setlk(ino_b, 9, lock(100, 200, libc::F_WRLCK))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        a.getlk(ino_a, 7, lock(0, 99, libc::F_WRLCK)).unwrap(),
+        None,
+        "an owner's own locks do not conflict with it"
+    );
+
+    let waiter = std::thread::spawn(move || waiting.unwrap().wait());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!waiter.is_finished());
+    a.release_locks(ino_a, 7);
+    waiter.join().unwrap().unwrap();
+
+    let abandoned = a.setlk(ino_a, 8, lock(150, 150, libc::F_WRLCK)).unwrap();
+    a.release_locks(ino_a, 8);
+    assert!(matches!(
+        abandoned.unwrap().wait(),
+        Err(VolumeError::LockAbandoned)
+    ));
+    // Unlocking frees the range for others.
+    assert!(
+        b.setlk(ino_b, 9, lock(100, 200, libc::F_UNLCK))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        a.setlk(ino_a, 8, lock(150, 150, libc::F_WRLCK))
+            .unwrap()
+            .is_none()
+    );
 }

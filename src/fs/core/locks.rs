@@ -1,0 +1,197 @@
+//! Locks programs take on files (flock(2), fcntl(2)), forwarded by shared mounts to the
+//! backing data files, so that they exclude each other across mounts and hosts: sqlite, mail
+//! spools and build tools coordinate through them. A lone mount leaves them to the kernel,
+//! which is right when it is the only one.
+//!
+//! The kernel names each lock's owner: the open file for flock, the process's file table for
+//! fcntl. Each owner that locks a file gets a backing open file description of its own, and its
+//! locks are OFD locks on that description, in the forwarded-lock space of the data file (see
+//! `io::file_lock`): descriptions exclude each other as owners do, and one owner's ranges merge
+//! and split as POSIX locks do. An owner lets go of everything when the kernel says so: FLUSH
+//! names the fcntl owner closing any descriptor of the file (POSIX drops its locks then),
+//! RELEASE names the flock owner whose open file went; closing the description drops its
+//! locks in one step, here and on every other host. As on NFS, flock and fcntl locks of
+//! different owners conflict with each other.
+//!
+//! A lock that must wait is polled, not waited for in the kernel: the wait leaves the FUSE
+//! worker threads free (the holder's unlock needs one), and it ends as soon as its owner lets
+//! go (the kernel gave up on the request: the process was killed while waiting).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+
+use super::{FileHandle, SealFs};
+use crate::fs::inodes::Node;
+use crate::io::file_lock::{PlainLock, conflicting_forwarded, set_forwarded};
+use crate::volume::{Result, VolumeError};
+
+/// The longest pause between two tries of a waiting lock: how late a waiter may notice that
+/// the lock came free.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// The owners holding (or waiting for) forwarded locks, by (node, owner).
+#[derive(Default)]
+pub struct ForwardedLocks {
+    owners: Mutex<HashMap<(u64, u64), Arc<OwnerLocks>>>,
+}
+
+/// One owner's backing description of one file; `None` once the owner let go, so that a
+/// waiter still polling gives up instead of taking a lock nobody would release.
+struct OwnerLocks {
+    description: Mutex<Option<File>>,
+}
+
+impl OwnerLocks {
+    /// Sets `lock` if no other description holds a conflicting one; false if one does.
+    fn try_set(&self, lock: PlainLock) -> Result<bool> {
+        let description = crate::sync::lock(&self.description);
+        let Some(file) = description.as_ref() else {
+            return Err(VolumeError::LockAbandoned);
+        };
+        match set_forwarded(file, lock) {
+            Ok(()) => Ok(true),
+            Err(nix::Error::EAGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn let_go(&self) {
+        // Closing the description drops all its locks.
+        crate::sync::lock(&self.description).take();
+    }
+}
+
+/// A lock that another owner holds now, to be waited for (`F_SETLKW`, `flock` without
+/// LOCK_NB).
+pub struct LockWait {
+    owner: Arc<OwnerLocks>,
+    lock: PlainLock,
+    node: Arc<Node>,
+}
+
+impl LockWait {
+    /// Blocks the calling thread until the lock is set, or its owner lets go (then
+    /// `LockAbandoned`, EINTR: nobody is waiting any more).
+    pub fn wait(self) -> Result<()> {
+        let mut pause = Duration::from_millis(1);
+        while !self.owner.try_set(self.lock)? {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+        taken(&self.node);
+        Ok(())
+    }
+}
+
+/// A lock was just set on `node`: what this mount read of it before may be stale.
+fn taken(node: &Node) {
+    node.lock_epoch.fetch_add(1, Ordering::AcqRel);
+}
+
+impl SealFs {
+    /// F_GETLK: the lock of another owner that would conflict with `lock`, if any.
+    pub fn getlk(&self, ino: u64, owner: u64, lock: PlainLock) -> Result<Option<PlainLock>> {
+        let held = crate::sync::lock(&self.locks.owners)
+            .get(&(ino, owner))
+            .cloned();
+        // An owner's own locks never conflict with it: ask through its description if it has
+        // one, through a fresh one (which holds nothing) if not.
+        if let Some(owner) = held
+            && let Some(file) = crate::sync::lock(&owner.description).as_ref()
+        {
+            return Ok(conflicting_forwarded(file, lock)?);
+        }
+        let file = self.reopen(&*self.node(ino)?, OFlag::O_RDONLY)?;
+        Ok(conflicting_forwarded(&file, lock)?)
+    }
+
+    /// F_SETLK: sets or releases `lock` for `owner`. `Some(wait)` when another owner holds a
+    /// conflicting lock: the caller answers EAGAIN, or waits (`LockWait::wait`) for F_SETLKW.
+    pub fn setlk(&self, ino: u64, owner: u64, lock: PlainLock) -> Result<Option<LockWait>> {
+        if lock.kind == libc::F_UNLCK {
+            let held = crate::sync::lock(&self.locks.owners)
+                .get(&(ino, owner))
+                .cloned();
+            if let Some(held) = held {
+                held.try_set(lock)?;
+            }
+            return Ok(None);
+        }
+        let node = self.node(ino)?;
+        let owner = self.lock_owner(&node, owner)?;
+        if owner.try_set(lock)? {
+            taken(&node);
+            Ok(None)
+        } else {
+            Ok(Some(LockWait { owner, lock, node }))
+        }
+    }
+
+    /// The description to read `handle`'s file through in shared mode: its own, unless a
+    /// program took a lock on the file since it was opened; then one opened after that lock
+    /// (see `Node::lock_epoch`), shared by the node's handles until the next lock.
+    pub(super) fn reader_since_lock(&self, handle: &FileHandle) -> Result<Option<Arc<File>>> {
+        let epoch = handle.node.lock_epoch.load(Ordering::Acquire);
+        if epoch == handle.opened_in_epoch {
+            return Ok(None);
+        }
+        if let Some((at, file)) = crate::sync::lock(&handle.node.reader).as_ref()
+            && *at == epoch
+        {
+            return Ok(Some(file.clone()));
+        }
+        let file = Arc::new(self.reopen(&handle.node, OFlag::O_RDONLY)?);
+        *crate::sync::lock(&handle.node.reader) = Some((epoch, file.clone()));
+        Ok(Some(file))
+    }
+
+    fn lock_owner(&self, node: &Node, owner: u64) -> Result<Arc<OwnerLocks>> {
+        let ino = node.ino;
+        if let Some(held) = crate::sync::lock(&self.locks.owners).get(&(ino, owner)) {
+            return Ok(held.clone());
+        }
+        // Opened outside the table's lock (it may be a round trip to a distributed
+        // filesystem). Read locks need a readable description, write locks a writable one; the
+        // kernel has checked the caller's descriptor already.
+        let file = match self.reopen(node, OFlag::O_RDWR) {
+            Ok(file) => file,
+            Err(_) => self.reopen(node, OFlag::O_RDONLY)?,
+        };
+        let mut owners = crate::sync::lock(&self.locks.owners);
+        Ok(owners
+            .entry((ino, owner))
+            .or_insert_with(|| {
+                Arc::new(OwnerLocks {
+                    description: Mutex::new(Some(file)),
+                })
+            })
+            .clone())
+    }
+
+    /// Drops every lock `owner` holds on `ino` (FLUSH for fcntl owners, RELEASE for flock
+    /// owners), and ends its waits.
+    pub fn release_locks(&self, ino: u64, owner: u64) {
+        let held = crate::sync::lock(&self.locks.owners).remove(&(ino, owner));
+        if let Some(held) = held {
+            held.let_go();
+        }
+    }
+
+    /// Drops every owner's locks on `ino`: its last open file went, so no owner can still
+    /// hold one (a kernel that skipped a FLUSH would otherwise leave them behind).
+    pub(super) fn release_all_locks(&self, ino: u64) {
+        let mut gone = Vec::new();
+        crate::sync::lock(&self.locks.owners).retain(|&(node, _), held| {
+            if node == ino {
+                gone.push(held.clone());
+            }
+            node != ino
+        });
+        gone.iter().for_each(|held| held.let_go());
+    }
+}
