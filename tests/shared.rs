@@ -320,3 +320,142 @@ fn a_host_killed_mid_write_blocks_nobody_and_leaves_at_most_leftovers() {
     );
     assert_eq!(vol.run(&["fsck", vol.cipher_str()]).status.code(), Some(0));
 }
+
+/// rotate, rewrap and a KEK's retirement while both shared mounts create and rewrite files:
+/// new files on both follow the rotation without a remount, each mount says in its record
+/// which KEK it uses, the retirement waits for both, and every file reads back on both mounts.
+#[test]
+fn rotation_rewrap_and_retirement_reach_every_shared_mount() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let content = |tag: char, i: usize| format!("{tag} {i} ").repeat(1 + i % 200).into_bytes();
+    let vol = TestVolume::new();
+    let other = vol.second_mountpoint();
+    let a = vol.mount_with(&["-o", "shared"]);
+    let b = other.mount_with(&["-o", "shared"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = [(a.path.clone(), 'a'), (b.path.clone(), 'b')]
+        .into_iter()
+        .map(|(root, tag)| {
+            let (stop, made) = (stop.clone(), made.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) || i < 40 {
+                    fs::write(root.join(format!("{tag}{i}")), content(tag, i)).unwrap();
+                    if i > 10 {
+                        // Rewrite an older file too, across the rotation and the rewrap.
+                        fs::write(root.join(format!("{tag}{}", i / 2)), content(tag, i / 2))
+                            .unwrap();
+                    }
+                    i += 1;
+                    made.fetch_add(1, Ordering::SeqCst);
+                }
+                i
+            })
+        })
+        .collect();
+    let wait_for = |n: usize| {
+        while made.load(Ordering::SeqCst) < n {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    wait_for(40);
+    common::ok(vol.run(&["rotate", vol.cipher_str()]));
+    wait_for(made.load(Ordering::SeqCst) + 40);
+    let report = common::ok(vol.run(&["rewrap", vol.cipher_str()]));
+    assert!(report.contains("0 failed"), "{report}");
+    common::ok(vol.run(&["rewrap", vol.cipher_str(), "--retire-kek", "1"]));
+    stop.store(true, Ordering::SeqCst);
+    let counts: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    let info: serde_json::Value =
+        serde_json::from_str(&common::ok(vol.run(&["info", vol.cipher_str(), "--json"]))).unwrap();
+    assert_eq!(
+        info["files"]["by_kek"]["1"].as_u64().unwrap_or(0),
+        0,
+        "{info}"
+    );
+    let records: Vec<String> = fs::read_dir(vol.cipher.join("sealfs.mounts"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records.iter().all(|r| r.contains("\"kek\":2")),
+        "both mounts say they use KEK 2: {records:?}"
+    );
+    for (tag, count) in ['a', 'b'].into_iter().zip(counts) {
+        for i in 0..count {
+            let name = format!("{tag}{i}");
+            assert_eq!(
+                fs::read(a.p(&name)).unwrap(),
+                content(tag, i),
+                "{name} on a"
+            );
+            assert_eq!(
+                fs::read(b.p(&name)).unwrap(),
+                content(tag, i),
+                "{name} on b"
+            );
+        }
+    }
+    a.unmount();
+    b.unmount();
+    let out = vol.run(&["fsck", vol.cipher_str()]);
+    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+}
+
+/// One mount writes the first 60 KiB of a file while the other truncates it to sizes that cut
+/// its last block (so each truncate re-seals that block): neither loses the other's bytes,
+/// nothing reads torn, and the tail the truncates made is zeros.
+#[test]
+fn truncates_on_one_shared_mount_and_writes_on_the_other_keep_both() {
+    use std::os::unix::fs::FileExt;
+    const ROUNDS: u64 = 120;
+    const WRITTEN: u64 = 60 * 1024;
+    let vol = TestVolume::new();
+    let other = vol.second_mountpoint();
+    let a = vol.mount_with(&["-o", "shared"]);
+    let b = other.mount_with(&["-o", "shared"]);
+    fs::write(a.p("f"), vec![0u8; 70_000]).unwrap();
+    let (path_a, path_b) = (a.p("f"), b.p("f"));
+    let writer = move || {
+        for round in 0..ROUNDS {
+            let at = (round * 2048 * 7) % (WRITTEN - 2048);
+            let mine = vec![(round % 250) as u8 + 1; 2048];
+            let f = fs::OpenOptions::new().write(true).open(&path_a).unwrap();
+            f.write_all_at(&mine, at).unwrap();
+            drop(f);
+            let mut back = vec![0u8; 2048];
+            fs::File::open(&path_a)
+                .unwrap()
+                .read_exact_at(&mut back, at)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(back == mine, "round {round}: the writer's bytes were lost");
+        }
+    };
+    let truncater = move || {
+        for round in 0..ROUNDS {
+            let size = 70_000 + (round * 997) % 50_000;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path_b)
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+            let data = fs::read(&path_b).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(data.len() as u64, size, "round {round}");
+            assert!(
+                data[WRITTEN as usize..].iter().all(|&x| x == 0),
+                "round {round}: the tail is not zeros"
+            );
+        }
+    };
+    let jobs: Vec<Box<dyn FnOnce() + Send>> = vec![Box::new(writer), Box::new(truncater)];
+    common::run_together(std::time::Duration::from_secs(300), jobs);
+    a.unmount();
+    b.unmount();
+    let out = vol.run(&["fsck", vol.cipher_str()]);
+    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+}

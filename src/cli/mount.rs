@@ -461,7 +461,10 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
     } else {
         ClaimMode::Exclusive
     };
-    let _claim = claim(volume.root.as_fd(), mode, &volume.backing, "mount")?;
+    let claim = claim(volume.root.as_fd(), mode, &volume.backing, "mount")?;
+    if let Some(record) = claim.record_updater() {
+        sealfs::volume::follow::spawn_reporting(volume.follower.clone(), record);
+    }
     volume.set_audit(audit::open(&volume.path, &volume.keys, "mount"));
     let audit_log = volume.audit.clone();
     let mounted_details = serde_json::json!({

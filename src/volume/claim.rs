@@ -44,6 +44,11 @@ pub struct Holder {
     /// Seconds since the epoch.
     pub since: u64,
     pub mode: ClaimMode,
+    /// The KEK version the mount wraps new file keys under, once it has said (a mount
+    /// rewrites its record when it follows a rotation): a KEK is not retired while a live
+    /// mount may still use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<u32>,
 }
 
 impl std::fmt::Display for Holder {
@@ -73,9 +78,29 @@ enum LockKind {
 /// A claim on a cipher dir, released when dropped (or when the process ends, however).
 pub struct Claim {
     _lock: Option<File>,
-    _record: Option<File>,
+    record: Option<(File, Holder)>,
     record_name: Option<String>,
     mounts: Option<OwnedFd>,
+}
+
+/// Rewrites a mount's record in place (see `Holder::kek`).
+pub struct RecordUpdater {
+    record: File,
+    holder: Holder,
+}
+
+impl RecordUpdater {
+    /// Says in the record that new files are wrapped under KEK `kek`. One write at offset 0,
+    /// padded with blanks (which JSON ignores) to cover the longest record written before, so
+    /// a reader finds the old record or the new one.
+    pub fn note_kek(&mut self, kek: u32) -> Result<()> {
+        self.holder.kek = Some(kek);
+        let mut json = serde_json::to_vec(&self.holder).expect("a record serializes");
+        let before = self.record.metadata()?.len() as usize;
+        json.resize(json.len().max(before), b' ');
+        self.record.write_all_at(&json, 0)?;
+        Ok(())
+    }
 }
 
 impl Claim {
@@ -83,10 +108,20 @@ impl Claim {
     fn none() -> Self {
         Claim {
             _lock: None,
-            _record: None,
+            record: None,
             record_name: None,
             mounts: None,
         }
+    }
+
+    /// What rewrites this claim's record, if it has one. It writes through its own descriptor
+    /// of the record's open file, so the record's lock stays with the claim.
+    pub fn record_updater(&self) -> Option<RecordUpdater> {
+        let (file, holder) = self.record.as_ref()?;
+        Some(RecordUpdater {
+            record: file.try_clone().ok()?,
+            holder: holder.clone(),
+        })
     }
 }
 
@@ -164,7 +199,7 @@ pub fn claim(
     holders(root, kind);
     Ok(Claim {
         _lock: Some(lock),
-        _record: record,
+        record,
         record_name,
         mounts,
     })
@@ -216,9 +251,13 @@ fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
                 let _ = unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
             }
             Ok(false) => {
-                let mut bytes = vec![0u8; 4096];
-                let got = crate::io::read_full_at(&file, &mut bytes, 0).unwrap_or(0);
-                if let Ok(holder) = serde_json::from_slice::<Holder>(&bytes[..got]) {
+                // A record being rewritten (`note_kek`) may read half-written once.
+                let read = || {
+                    let mut bytes = vec![0u8; 4096];
+                    let got = crate::io::read_full_at(&file, &mut bytes, 0).unwrap_or(0);
+                    serde_json::from_slice::<Holder>(&bytes[..got]).ok()
+                };
+                if let Some(holder) = read().or_else(read) {
                     out.push(holder);
                 }
             }
@@ -234,7 +273,7 @@ fn write_record(
     root: BorrowedFd<'_>,
     kind: LockKind,
     mode: ClaimMode,
-) -> Result<(File, String, OwnedFd)> {
+) -> Result<((File, Holder), String, OwnedFd)> {
     match mkdirat(root, MOUNTS_DIR, Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(nix::Error::EEXIST) => {}
         Err(e) => return Err(e.into()),
@@ -264,6 +303,7 @@ fn write_record(
             .unwrap_or_default()
             .as_secs(),
         mode,
+        kek: None,
     };
     let json = serde_json::to_vec(&holder).expect("a record serializes");
     let placed = record
@@ -286,7 +326,7 @@ fn write_record(
             Ok(final_name)
         });
     match placed {
-        Ok(final_name) => Ok((record, final_name, dir)),
+        Ok(final_name) => Ok(((record, holder), final_name, dir)),
         Err(e) => {
             let _ = unlinkat(dir.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
             Err(e)
@@ -379,6 +419,20 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_record_says_which_kek_its_mount_uses() {
+        let (_dir, root, backing) = local();
+        let held = claim(root.as_fd(), ClaimMode::Shared, &backing, "mount").unwrap();
+        assert_eq!(live_holders(root.as_fd(), &backing)[0].kek, None);
+        let mut record = held.record_updater().unwrap();
+        record.note_kek(12345).unwrap();
+        assert_eq!(live_holders(root.as_fd(), &backing)[0].kek, Some(12345));
+        // A shorter record over a longer one still parses (blank padding).
+        record.note_kek(3).unwrap();
+        let holders = live_holders(root.as_fd(), &backing);
+        assert_eq!((holders.len(), holders[0].kek), (1, Some(3)));
+    }
+
+    #[test]
     fn a_record_left_by_a_dead_mount_is_removed_and_blocks_nobody() {
         let (dir, root, backing) = local();
         std::fs::create_dir(dir.path().join(MOUNTS_DIR)).unwrap();
@@ -387,6 +441,7 @@ mod tests {
             pid: 1,
             since: 0,
             mode: ClaimMode::Exclusive,
+            kek: None,
         };
         let path = dir.path().join(MOUNTS_DIR).join("00.json");
         std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();

@@ -19,6 +19,19 @@ use crate::format::{Id, id_from_hex, id_to_hex};
 pub const HEADERS_DIR: &str = "sealfs.headers";
 const MAX_HEADER_FILE: u64 = 64 * 1024;
 
+/// `commit_staged` without RENAME_EXCHANGE: replaces `path` by `tmp` with a plain rename if
+/// `path` is there. A file deleted between the look and the rename gets its header back as an
+/// orphan, which fsck reports and `--repair` removes; nothing readable is ever lost.
+fn replace_if_present(dir: BorrowedFd<'_>, tmp: &str, path: &str) -> Result<bool> {
+    match nix::sys::stat::fstatat(dir, path, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(_) => {}
+        Err(nix::Error::ENOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    renameat2(dir, tmp, dir, path, RenameFlags::empty())?;
+    Ok(true)
+}
+
 /// What `HeaderStore::list` found.
 #[derive(Debug, Default)]
 pub struct HeaderListing {
@@ -145,6 +158,10 @@ impl HeaderStore {
         let result = match exchanged {
             Ok(()) => Ok(true),
             Err(nix::Error::ENOENT) => Ok(false),
+            // NFS and others have no RENAME_EXCHANGE.
+            Err(nix::Error::EINVAL | nix::Error::ENOSYS | nix::Error::EOPNOTSUPP) => {
+                replace_if_present(dir, &tmp, &path)
+            }
             Err(e) => Err(e.into()),
         };
         let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -369,6 +386,31 @@ mod tests {
             .new_header()
             .unwrap()
             .0
+    }
+
+    /// The path of a store without RENAME_EXCHANGE: a present header is replaced, a deleted one
+    /// is not brought back.
+    #[test]
+    fn replacing_without_exchange_keeps_deleted_headers_deleted() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(HEADERS_DIR)).unwrap();
+        let store = HeaderStore::open(File::open(root.path()).unwrap()).unwrap();
+        let old = header();
+        store.create(&old, false).unwrap();
+        let mut new = header();
+        new.file_id = old.file_id;
+        store.stage(&new).unwrap();
+        let path = HeaderStore::path_of(&old.file_id);
+        let tmp = format!("{path}.tmp");
+        assert!(replace_if_present(store.dir.as_fd(), &tmp, &path).unwrap());
+        assert_eq!(
+            store.load(&old.file_id).unwrap().encode().unwrap(),
+            new.encode().unwrap()
+        );
+        store.stage(&old).unwrap();
+        store.remove(&old.file_id).unwrap();
+        assert!(!replace_if_present(store.dir.as_fd(), &tmp, &path).unwrap());
+        assert!(!store.exists(&old.file_id));
     }
 
     #[test]

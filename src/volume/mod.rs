@@ -6,14 +6,18 @@ pub mod backing;
 pub mod census;
 pub mod claim;
 mod error;
+pub mod follow;
 pub mod fsck;
 pub mod headers;
 pub mod info;
 pub mod keyslots;
+pub mod maintenance;
 pub mod names;
 pub mod progress;
 pub mod rewrap;
 pub mod rotate;
+
+pub use maintenance::lock_config;
 
 pub use error::{Result, VolumeError};
 
@@ -25,7 +29,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
@@ -62,20 +66,11 @@ pub struct Volume {
     /// file costs no fsync, and fsync of the file makes its header durable first
     /// (`headers.sync`), so whatever the user made durable stays readable.
     pub durable_headers: bool,
-    /// What `sealfs.conf` looked like when its KEKs were last applied: a rotation by another
-    /// process changes it, and the next create picks the new KEK up.
-    config_stamp: std::sync::Mutex<ConfigStamp>,
+    /// Follows rewrites of `sealfs.conf` by other processes, on any host: a rotation changes
+    /// it, and the next create (or the mount's periodic look) picks the new KEK up.
+    pub follower: Arc<follow::ConfigFollower>,
     /// Where key events go, once the caller has said where (`set_audit`).
     pub audit: Option<Arc<audit::AuditLog>>,
-}
-
-/// Inode, change time and size of `sealfs.conf`: every rewrite (temp + rename) changes them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct ConfigStamp {
-    ino: u64,
-    ctime_sec: i64,
-    ctime_nsec: i64,
-    size: i64,
 }
 
 /// What `init` decides beyond the master key.
@@ -221,12 +216,14 @@ impl Volume {
         let backing = backing::probe(root.as_fd());
         backing.require_usable(cipher_dir)?;
         let headers = HeaderStore::open(root.as_fd())?;
-        // No stamp yet: the first create or cold open rereads the config, so a rotation that
-        // landed while this volume was being unlocked is not missed.
-        let config_stamp = std::sync::Mutex::new(ConfigStamp::default());
+        let follower = Arc::new(follow::ConfigFollower::new(
+            cipher_dir,
+            root.as_fd(),
+            keys.clone(),
+        )?);
         Ok(Volume {
             audit: None,
-            config_stamp,
+            follower,
             path: cipher_dir.to_path_buf(),
             layout: Layout::new(config.block_size)?,
             root,
@@ -327,30 +324,9 @@ impl Volume {
         Ok(file)
     }
 
-    /// Picks up a config rewritten by another process (a rotation, a retired KEK): one fstatat
-    /// per call, and a reread only when the file changed. A config that does not verify is
-    /// logged and ignored; the keys in use stay.
+    /// Picks up a config rewritten by another process (see `ConfigFollower::follow`).
     pub fn follow_config(&self) {
-        let Ok(stamp) = config_stamp(self.root.as_fd()) else {
-            return;
-        };
-        let mut seen = crate::sync::lock(&self.config_stamp);
-        if *seen == stamp {
-            return;
-        }
-        *seen = stamp;
-        let applied =
-            Self::read_config(&self.path).and_then(|config| Ok(self.keys.apply_config(&config)?));
-        match applied {
-            Ok(()) => tracing::info!(
-                current_kek = self.keys.current_kek(),
-                "volume config changed; new files use KEK version {}",
-                self.keys.current_kek()
-            ),
-            Err(e) => tracing::error!(
-                "volume config changed but cannot be used, keeping the keys in use: {e}"
-            ),
-        }
+        self.follower.follow();
     }
 
     /// The content key of file `file_id`: from the key cache, or its header.
@@ -432,16 +408,6 @@ pub fn read_config_bytes(file: &File) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn config_stamp(root: BorrowedFd<'_>) -> Result<ConfigStamp> {
-    let st = nix::sys::stat::fstatat(root, CONFIG_FILE, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-    Ok(ConfigStamp {
-        ino: st.st_ino,
-        ctime_sec: st.st_ctime,
-        ctime_nsec: st.st_ctime_nsec,
-        size: st.st_size,
-    })
-}
-
 /// A new volume's config: a fresh keyring sealed into one keyslot per provider, MACed.
 fn new_config(
     options: &InitOptions,
@@ -509,20 +475,6 @@ pub fn is_reverse(dir: &Path) -> bool {
 pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     use std::os::fd::AsRawFd;
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-/// Held while a command reads, changes and rewrites the config, so two commands (two
-/// rotations, a rotation and a `key add`) never lose each other's change.
-pub struct ConfigLock {
-    _dir: nix::fcntl::Flock<File>,
-}
-
-/// Takes the volume's config lock (an exclusive flock on the cipher dir), waiting for it.
-pub fn lock_config(cipher_dir: &Path) -> Result<ConfigLock> {
-    let dir = File::open(cipher_dir)?;
-    let locked = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| VolumeError::from(e))?;
-    Ok(ConfigLock { _dir: locked })
 }
 
 /// Writes the config crash-safely: temp file, fsync, rename, fsync of the directory.

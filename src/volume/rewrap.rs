@@ -65,6 +65,8 @@ pub fn rewrap(
     let _no_repair = volume.headers.lock_shared().map_err(|_| {
         super::VolumeError::Usage("`sealfs fsck --repair` is running on this volume".into())
     })?;
+    // One rewrap at a time, on every host: two would remove each other's staged headers.
+    let _alone = super::maintenance::lock_rewrap(&volume.path)?;
     volume.follow_config();
     let listing = volume.headers.list()?;
     // A rewrap killed between its exchange and its unlink leaves the old header as `<id>.tmp`

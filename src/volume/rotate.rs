@@ -3,6 +3,7 @@
 //! only the config: file data and headers stay as they are until `rewrap` moves them.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::census::census;
@@ -34,6 +35,8 @@ pub fn rotate(cipher_dir: &Path, keys: &VolumeKeys) -> Result<Rotated> {
 /// Retires KEK `version`: no header may use it any more (the caller has checked), and it is
 /// not current. Its sealed copy leaves the config; readers refuse it from then on.
 pub fn retire_kek(cipher_dir: &Path, keys: &VolumeKeys, version: u32) -> Result<()> {
+    // No rewrap may be moving headers meanwhile, on any host.
+    let _no_rewrap = super::maintenance::lock_rewrap(cipher_dir)?;
     let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
     keys.apply_config(&config)?;
@@ -62,10 +65,40 @@ pub fn retire_kek(cipher_dir: &Path, keys: &VolumeKeys, version: u32) -> Result<
             in_use.unreadable
         )));
     }
+    // A live mount, on any host, may not have followed the rotation yet: its next file would
+    // be wrapped under the KEK being retired, and be unreadable. Mounts say in their records
+    // within seconds (volume::follow): wait that long, then refuse.
+    let root = File::open(cipher_dir)?;
+    let backing = super::backing::probe(root.as_fd());
+    let deadline = std::time::Instant::now() + FOLLOW_WAIT;
+    while let Some(why) = mount_using(&root, &backing, version) {
+        if std::time::Instant::now() >= deadline {
+            return Err(VolumeError::Usage(why));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     config.keks.retain(|k| k.version != version);
     config.retired_keks.push(version);
     config.retired_keks.sort_unstable();
     commit(cipher_dir, keys, config)
+}
+
+/// How long a KEK's retirement waits for live mounts to follow the rotation away from it.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Why a live mount may still wrap new files under KEK `version`, if one may.
+fn mount_using(root: &File, backing: &super::backing::Backing, version: u32) -> Option<String> {
+    super::claim::live_holders(root.as_fd(), backing)
+        .into_iter()
+        .find_map(|holder| match holder.kek {
+            Some(kek) if kek != version => None,
+            Some(_) => Some(format!(
+                "the mount on {holder} still wraps new files under KEK version {version}; retire it once that mount has followed the rotation (within seconds) or is unmounted"
+            )),
+            None => Some(format!(
+                "the mount on {holder} has not said which KEK it uses (an older sealfs?): retire KEK version {version} once it is unmounted"
+            )),
+        })
 }
 
 fn next_kek_version(config: &VolumeConfig, keys: &VolumeKeys) -> Result<u32> {

@@ -203,6 +203,7 @@ fn is_root_internal(name: &str) -> bool {
         || name == "sealfs.audit"
         || name == crate::volume::claim::LOCK_FILE
         || name == crate::volume::claim::MOUNTS_DIR
+        || name == crate::volume::maintenance::MAINTENANCE_FILE
 }
 
 fn type_of(mode: u32) -> Type {

@@ -1,0 +1,135 @@
+//! Locks that keep maintenance commands apart on this host and on every host that shares the
+//! cipher dir: a command that rewrites the config (rotate, key add/remove, passwd, a KEK's
+//! retirement) waits for any other, so none loses another's change; a rewrap runs alone, and a
+//! KEK is not retired while one runs.
+//!
+//! The locks are OFD byte-range locks on `sealfs.maintenance` at the cipher dir's root, one
+//! byte each (shared filesystems carry them across hosts and drop them when the holder dies),
+//! plus the flock on the cipher dir that sealfs versions before them take for the config, so
+//! those still exclude on this host. Where the backing store has no OFD locks, the flock alone
+//! remains (one host).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::fcntl::{Flock, FlockArg, OFlag, open};
+use nix::sys::stat::Mode;
+
+use super::{Result, VolumeError};
+
+/// The file whose bytes are the maintenance locks.
+pub const MAINTENANCE_FILE: &str = "sealfs.maintenance";
+
+/// Which lock: the byte of `MAINTENANCE_FILE` it is taken on.
+#[derive(Clone, Copy)]
+enum Slot {
+    Config = 0,
+    Rewrap = 1,
+}
+
+/// A held maintenance lock; released when dropped.
+pub struct MaintenanceLock {
+    _dir: Option<Flock<File>>,
+    _file: Option<File>,
+}
+
+/// Takes the config lock, waiting for whoever holds it, here or on another host.
+pub fn lock_config(cipher_dir: &Path) -> Result<MaintenanceLock> {
+    let dir = Flock::lock(File::open(cipher_dir)?, FlockArg::LockExclusive)
+        .map_err(|(_, e)| VolumeError::from(e))?;
+    Ok(MaintenanceLock {
+        _dir: Some(dir),
+        _file: take(cipher_dir, Slot::Config, true)?,
+    })
+}
+
+/// Takes the rewrap lock without waiting: refused in one line while a rewrap (or a KEK's
+/// retirement) runs anywhere.
+pub fn lock_rewrap(cipher_dir: &Path) -> Result<MaintenanceLock> {
+    match take(cipher_dir, Slot::Rewrap, false) {
+        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(VolumeError::Usage(
+                "a rewrap or a KEK retirement is running on this volume (on this host or another); run this again when it is done".into(),
+            ))
+        }
+        other => Ok(MaintenanceLock {
+            _dir: None,
+            _file: other?,
+        }),
+    }
+}
+
+/// Locks `slot` on a description of its own; `None` where there is nothing to lock with (a
+/// read-only cipher dir, which no command changes, or a store without OFD locks).
+fn take(cipher_dir: &Path, slot: Slot, wait: bool) -> Result<Option<File>> {
+    let fd = match open(
+        &cipher_dir.join(MAINTENANCE_FILE),
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::Error::EROFS) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::from(fd);
+    // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = slot as i64;
+    lock.l_len = 1;
+    loop {
+        let arg = if wait {
+            nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)
+        } else {
+            nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)
+        };
+        match nix::fcntl::fcntl(file.as_fd(), arg) {
+            Ok(_) => return Ok(Some(file)),
+            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EACCES | nix::Error::EAGAIN) => return Err(nix::Error::EAGAIN.into()),
+            Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rewrap_at_a_time_and_config_changes_wait_for_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let rewrap = lock_rewrap(dir.path()).unwrap();
+        let second = lock_rewrap(dir.path());
+        assert!(
+            matches!(&second, Err(VolumeError::Usage(m)) if m.contains("rewrap")),
+            "a second rewrap is refused"
+        );
+        drop(rewrap);
+        drop(lock_rewrap(dir.path()).unwrap());
+
+        let held = lock_config(dir.path()).unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let lock = lock_config(&path).unwrap();
+            tx.send(()).unwrap();
+            drop(lock);
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the second config change waits"
+        );
+        // The rewrap lock is another byte: free while the config is locked.
+        drop(lock_rewrap(dir.path()).unwrap());
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        waiter.join().unwrap();
+    }
+}
