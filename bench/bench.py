@@ -66,9 +66,10 @@ class Target:
 
 
 class SealfsTarget(Target):
-    def __init__(self, name, work, binary):
+    def __init__(self, name, work, binary, options=()):
         super().__init__(name, work)
         self.binary = str(Path(binary).resolve())
+        self.options = list(options)
 
     def setup(self):
         env = dict(os.environ, SEALFS_KEY_DIR=str(self.work / "keys"))
@@ -76,7 +77,7 @@ class SealfsTarget(Target):
         cipher, mnt = self.work / "cipher", self.work / "mnt"
         mnt.mkdir()
         sh(self.binary, "init", str(cipher), env=env)
-        sh(self.binary, "mount", str(cipher), str(mnt), env=env)
+        sh(self.binary, "mount", str(cipher), str(mnt), *self.options, env=env)
         self.mnt = mnt
         return mnt
 
@@ -90,17 +91,49 @@ class SealfsTarget(Target):
 
 
 class GocryptfsTarget(Target):
+    def __init__(self, name, work, options=()):
+        super().__init__(name, work)
+        self.options = list(options)
+
     def setup(self):
         cipher, mnt = self.work / "cipher", self.work / "mnt"
         cipher.mkdir()
         mnt.mkdir()
         sh("gocryptfs", "-init", "-q", "-extpass", "echo bench-pass", "-scryptn", "10", str(cipher))
-        sh("gocryptfs", "-q", "-extpass", "echo bench-pass", str(cipher), str(mnt))
+        sh("gocryptfs", "-q", "-extpass", "echo bench-pass", *self.options, str(cipher), str(mnt))
         self.mnt = mnt
         return mnt
 
     def teardown(self):
         sh("umount", str(self.mnt), check=False)
+
+
+class JuiceFsVolume:
+    """A JuiceFS volume (SQLite metadata, a local directory as its object store) mounted by one
+    client: the backing directory of the targets benchmarked on shared storage."""
+
+    def __init__(self, binary, work):
+        self.binary = binary
+        self.work = Path(work) / "juicefs"
+        self.mnt = self.work / "mnt"
+
+    def __enter__(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.mnt.mkdir(parents=True)
+        meta = f"sqlite3://{self.work / 'meta.db'}"
+        sh(self.binary, "format", "--storage", "file", "--bucket", f"{self.work / 'bucket'}/",
+           meta, "sealfs-bench", quiet=True)
+        sh(self.binary, "mount", "-d", "--log", str(self.work / "client.log"),
+           "--cache-dir", str(self.work / "cache"), meta, str(self.mnt), quiet=True)
+        for _ in range(200):
+            if is_mounted(self.mnt):
+                return self.mnt
+            time.sleep(0.05)
+        sys.exit("the JuiceFS volume did not mount")
+
+    def __exit__(self, *exc):
+        sh("umount", str(self.mnt), check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def fio(job, directory, size, runtime):
@@ -350,6 +383,45 @@ def svg_chart(table, targets, path):
     Path(path).write_text("\n".join(parts) + "\n")
 
 
+JUICEFS_TARGETS = ["juicefs", "sealfs", "sealfs-shared", "gocryptfs-shared"]
+
+
+def juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs):
+    """The jobs on a JuiceFS backing, targets interleaved in every run: raw JuiceFS, sealfs on
+    it alone and with -o shared, and gocryptfs -sharedstorage."""
+    names = [n for n in JUICEFS_TARGETS if have_gocryptfs or not n.startswith("gocryptfs")]
+    runs = {n: [] for n in names}
+    with JuiceFsVolume(args.juicefs, work) as backing:
+        def make(name):
+            return {
+                "juicefs": lambda: Target("juicefs", backing),
+                "sealfs": lambda: SealfsTarget("sealfs", backing, args.sealfs),
+                "sealfs-shared": lambda: SealfsTarget(
+                    "sealfs-shared", backing, args.sealfs, ["-o", "shared"]),
+                "gocryptfs-shared": lambda: GocryptfsTarget(
+                    "gocryptfs-shared", backing, ["-sharedstorage"]),
+            }[name]()
+
+        for i in range(args.runs):
+            for n in names:
+                print(f"juicefs run {i+1}/{args.runs}: {n} ...", file=sys.stderr, flush=True)
+                runs[n].append(run_target(make(n), args, tarball, tar_count, tar_size))
+    table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in JOBS} for n in names}
+    return table, runs, names
+
+
+def juicefs_markdown(table, names):
+    ratio = lambda a, b: f"{table[a][job] / table[b][job]:.2f}x" if b in table and table[b][job] else "n/a"
+    head = ("| job | unit | " + " | ".join(names)
+            + " | sealfs / juicefs | sealfs-shared / juicefs | sealfs-shared / gocryptfs-shared |")
+    lines = [head, "|" + "---|" * (len(names) + 5)]
+    for job, unit in JOBS:
+        row = [f"{table[n][job]:,.0f}" for n in names]
+        lines.append(f"| {job} | {unit} | " + " | ".join(row) + f" | {ratio('sealfs', 'juicefs')}"
+                     f" | {ratio('sealfs-shared', 'juicefs')} | {ratio('sealfs-shared', 'gocryptfs-shared')} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(table, targets):
     head = "| job | unit | " + " | ".join(targets) + " | sealfs / passthrough | sealfs / gocryptfs |"
     lines = [head, "|" + "---|" * (len(targets) + 4)]
@@ -373,6 +445,9 @@ def main():
     p.add_argument("--out", default="target/bench-results")
     p.add_argument("--no-gocryptfs", action="store_true")
     p.add_argument("--reverse-only", action="store_true", help="only the reverse-mode benchmark")
+    p.add_argument("--juicefs", default="/opt/sealfs-ci/venv/bin/juicefs",
+                   help="the JuiceFS client, for the rows on a JuiceFS backing (skipped if missing)")
+    p.add_argument("--no-juicefs", action="store_true")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.seq_size = "64M" if args.quick else "1G"
@@ -416,6 +491,12 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
         return
     table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in JOBS} for n in names}
+    juicefs_table, juicefs_runs, juicefs_names = {}, {}, []
+    if args.no_juicefs or not Path(args.juicefs).exists():
+        print(f"JuiceFS rows skipped: no JuiceFS client at {args.juicefs}", file=sys.stderr)
+    else:
+        juicefs_table, juicefs_runs, juicefs_names = juicefs_bench(
+            args, work, tarball, tar_count, tar_size, have_gocryptfs)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -429,8 +510,12 @@ def main():
     (out / "results.json").write_text(json.dumps({
         "meta": meta, "median": table, "runs": runs,
         "reverse": {"median": reverse_table, "runs": reverse_runs},
+        "juicefs": {"median": juicefs_table, "runs": juicefs_runs},
     }, indent=2) + "\n")
     md = markdown(table, names) + "\n" + rmd
+    if juicefs_names:
+        md += ("\n## On a JuiceFS backing (one client; SQLite metadata, local object store)\n\n"
+               + juicefs_markdown(juicefs_table, juicefs_names))
     (out / "results.md").write_text(md)
     svg_chart(table, names, out / "chart.svg")
     print(md)
@@ -438,6 +523,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     bad = [f"{n}/{j}" for n in names for j, _ in JOBS if not table[n][j] > 0]
     bad += [f"{n}/{j}" for n in reverse_names for j, _ in REVERSE_JOBS if not reverse_table[n][j] > 0]
+    bad += [f"juicefs {n}/{j}" for n in juicefs_names for j, _ in JOBS if not juicefs_table[n][j] > 0]
     if bad:
         sys.exit(f"benchmark produced no number for: {', '.join(bad)}")
 

@@ -1,7 +1,9 @@
 //! Several mounts of one cipher dir: refused unless every one is `-o shared`, naming the
 //! holder; a claim left by a killed mount locks nobody out; shared mounts see each other's
-//! closed files. Two mounts of a local cipher dir take the same code path as two hosts on a
-//! shared filesystem (tests/juicefs.rs runs it on one).
+//! closed files. Two mounts of a local cipher dir take the same locks as two hosts on a
+//! shared filesystem; they skip only the reopen and flush a network filesystem needs around
+//! each write, since both mounts share this host's page cache (tests/juicefs.rs runs the whole
+//! path on two JuiceFS clients).
 
 mod common;
 

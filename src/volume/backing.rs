@@ -135,6 +135,13 @@ impl Backing {
         Ok(())
     }
 
+    /// Whether every mount of the cipher dir goes through this host's page cache (a local
+    /// filesystem): then a descriptor opened before another mount's write sees it, and no
+    /// flush is needed to show it. Shared mounts of a local cipher dir skip both.
+    pub fn coherent(&self) -> bool {
+        is_local(&self.fs_type)
+    }
+
     /// Shared mounts keep writes from several hosts apart, and forward programs' locks, with
     /// OFD byte-range locks on the backing files: without them, `-o shared` is refused.
     pub fn require_shareable(&self, cipher_dir: &std::path::Path) -> Result<()> {
@@ -193,11 +200,11 @@ pub fn probe(root: BorrowedFd<'_>) -> Backing {
     found
 }
 
-/// Local filesystems, where O_TMPFILE is worth probing. On network and FUSE filesystems it is
-/// not tried at all: JuiceFS 1.4.2 drops a linked-in O_TMPFILE file when it is closed and
+/// Local filesystems: every mount on this host sees them through one page cache, and they
+/// are where O_TMPFILE is worth probing. On network and FUSE filesystems it is not tried at all: JuiceFS 1.4.2 drops a linked-in O_TMPFILE file when it is closed and
 /// leaves its name behind as a dangling entry (readdir hides it, create says EEXIST, unlink
 /// ENOENT, the directory can no longer be removed), so even probing it would leave damage.
-fn tmpfile_worth_probing(fs_type: &str) -> bool {
+fn is_local(fs_type: &str) -> bool {
     matches!(
         fs_type,
         "ext2"
@@ -219,7 +226,7 @@ fn run_probes(dir: BorrowedFd<'_>, fs_type: String) -> Backing {
     Backing {
         probed: true,
         exclusive_create: exclusive_create(dir),
-        tmpfile_link: tmpfile_worth_probing(&fs_type) && tmpfile_link_kept(dir),
+        tmpfile_link: is_local(&fs_type) && tmpfile_link_kept(dir),
         rename_noreplace: rename_noreplace(dir),
         rename_exchange: rename_exchange(dir),
         hard_links: hard_links(dir),

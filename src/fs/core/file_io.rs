@@ -52,6 +52,9 @@ impl SealFs {
         let _shared = self
             .data_file(file, content)
             .lock_blocks(0, range_lock::TO_END, true)?;
+        if self.volume.backing.coherent() {
+            return Ok(change(&self.data_file(file, content))?);
+        }
         let fresh = self.reopen(node, OFlag::O_RDWR)?;
         let data_file = self.data_file(&fresh, content);
         change(&data_file)?;
@@ -211,10 +214,17 @@ impl SealFs {
             // at open: JuiceFS does), and flushed before the lock goes.
             let _shared;
             let fresh;
+            // On a local cipher dir every mount shares this host's page cache: no reopen, and
+            // no flush, is needed for the others to see the write.
+            let coherent = self.volume.backing.coherent();
             let target = if self.tuning.shared {
                 _shared = bf.lock_blocks(range.0, range.1, true)?;
-                fresh = self.reopen(&handle.node, OFlag::O_RDWR)?;
-                &self.data_file(&fresh, &handle.content)
+                if coherent {
+                    &bf
+                } else {
+                    fresh = self.reopen(&handle.node, OFlag::O_RDWR)?;
+                    &self.data_file(&fresh, &handle.content)
+                }
             } else {
                 &bf
             };
@@ -224,7 +234,7 @@ impl SealFs {
             let needed = lock_for(at, size);
             if range.0 <= needed.0 && range.1 >= needed.1 {
                 target.write_at_extent(at, data, extent)?;
-                if self.tuning.shared {
+                if self.tuning.shared && !coherent {
                     target.flush()?;
                 }
                 handle

@@ -133,11 +133,12 @@ impl SealFs {
     }
 
     /// The description to read `handle`'s file through in shared mode: its own, unless a
-    /// program took a lock on the file since it was opened; then one opened after that lock
+    /// program took a lock on the file since it was opened (and the cipher dir is not local,
+    /// where every description sees every write); then one opened after that lock
     /// (see `Node::lock_epoch`), shared by the node's handles until the next lock.
     pub(super) fn reader_since_lock(&self, handle: &FileHandle) -> Result<Option<Arc<File>>> {
         let epoch = handle.node.lock_epoch.load(Ordering::Acquire);
-        if epoch == handle.opened_in_epoch {
+        if epoch == handle.opened_in_epoch || self.volume.backing.coherent() {
             return Ok(None);
         }
         if let Some((at, file)) = crate::sync::lock(&handle.node.reader).as_ref()
