@@ -448,6 +448,7 @@ def main():
     p.add_argument("--juicefs", default="/opt/sealfs-ci/venv/bin/juicefs",
                    help="the JuiceFS client, for the rows on a JuiceFS backing (skipped if missing)")
     p.add_argument("--no-juicefs", action="store_true")
+    p.add_argument("--juicefs-only", action="store_true", help="only the rows on a JuiceFS backing")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.seq_size = "64M" if args.quick else "1G"
@@ -473,6 +474,16 @@ def main():
             "gocryptfs": lambda: GocryptfsTarget("gocryptfs", work),
         }[name]()
 
+    if args.juicefs_only:
+        table, runs, names = juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs)
+        md = "## On a JuiceFS backing (one client; SQLite metadata, local object store)\n\n" + juicefs_markdown(table, names)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "juicefs.json").write_text(json.dumps({"median": table, "runs": runs}, indent=2) + "\n")
+        (out / "juicefs.md").write_text(md)
+        print(md)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     runs = {n: [] for n in names}
     for i in range(0 if args.reverse_only else args.runs):
         # Interleave targets in every run, so drift on a shared machine hits all of them.

@@ -459,6 +459,12 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
         volume.backing.require_shareable(&volume.path)?;
         ClaimMode::Shared
     } else {
+        if !volume.backing.coherent() {
+            tracing::info!(
+                "the cipher dir is on {}: no other host can mount it while this mount holds it; mount it with -o shared on every host to share it",
+                volume.backing.fs_type
+            );
+        }
         ClaimMode::Exclusive
     };
     let claim = claim(volume.root.as_fd(), mode, &volume.backing, "mount")?;
