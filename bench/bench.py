@@ -435,6 +435,18 @@ def markdown(table, targets):
     return "\n".join(lines) + "\n"
 
 
+JUICEFS_HEADING = "## On a JuiceFS backing (one client; SQLite metadata, local object store)\n\n"
+
+
+def write_section(out, stem, table, runs, md):
+    """The results of a run of one section only (--reverse-only, --juicefs-only)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"median": table, "runs": runs}, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sealfs", required=True)
@@ -476,12 +488,7 @@ def main():
 
     if args.juicefs_only:
         table, runs, names = juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs)
-        md = "## On a JuiceFS backing (one client; SQLite metadata, local object store)\n\n" + juicefs_markdown(table, names)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "juicefs.json").write_text(json.dumps({"median": table, "runs": runs}, indent=2) + "\n")
-        (out / "juicefs.md").write_text(md)
-        print(md)
+        write_section(args.out, "juicefs", table, runs, JUICEFS_HEADING + juicefs_markdown(table, names))
         shutil.rmtree(work, ignore_errors=True)
         return
     runs = {n: [] for n in names}
@@ -494,11 +501,7 @@ def main():
     rmd = "## Reverse mode: reading the view against reading the plaintext tree\n\n" + reverse_markdown(
         reverse_table, reverse_names)
     if args.reverse_only:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "reverse.json").write_text(json.dumps({"median": reverse_table, "runs": reverse_runs}, indent=2) + "\n")
-        (out / "reverse.md").write_text(rmd)
-        print(rmd)
+        write_section(args.out, "reverse", reverse_table, reverse_runs, rmd)
         shutil.rmtree(work, ignore_errors=True)
         return
     table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in JOBS} for n in names}
@@ -525,8 +528,7 @@ def main():
     }, indent=2) + "\n")
     md = markdown(table, names) + "\n" + rmd
     if juicefs_names:
-        md += ("\n## On a JuiceFS backing (one client; SQLite metadata, local object store)\n\n"
-               + juicefs_markdown(juicefs_table, juicefs_names))
+        md += "\n" + JUICEFS_HEADING + juicefs_markdown(juicefs_table, juicefs_names)
     (out / "results.md").write_text(md)
     svg_chart(table, names, out / "chart.svg")
     print(md)

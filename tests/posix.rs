@@ -414,15 +414,9 @@ fn seek_data_and_hole_and_fallocate() {
     assert_eq!(buf, [0; 8]);
     f.read_exact_at(&mut buf[..4], 1 << 20).unwrap();
     assert_eq!(&buf[..4], b"tail");
-    let rc = unsafe {
-        libc::fallocate(
-            fd,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            4096,
-        )
-    };
-    assert_eq!(rc, -1, "unsupported modes are refused, not faked");
+    // Modes that shift blocks are refused, not faked (tests/fallocate.rs has the others).
+    let rc = unsafe { libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096) };
+    assert_eq!(rc, -1, "COLLAPSE_RANGE is refused");
     drop(f);
     m.unmount();
 }
@@ -503,4 +497,137 @@ fn the_mount_sets_its_readahead() {
     let m = vol.mount_with(&["--read-ahead-kb", "2048"]);
     assert_eq!(settles_to(&m.path, "2048"), "2048");
     m.unmount();
+}
+
+/// syncfs(2) and fsync(2) on the mount while other threads write: each returns 0 (everything
+/// written is flushed), never EINTR; the data reads back.
+#[test]
+fn syncfs_and_fsync_under_concurrent_writers_succeed() {
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (root, stop) = (m.path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let chunk = vec![w as u8 + 1; 1 << 20];
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let path = root.join(format!("w{w}-{}", rounds % 4));
+                    fs::write(&path, &chunk).unwrap();
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    let dir = fs::File::open(&m.path).unwrap();
+    for round in 0..40 {
+        // SAFETY: a valid descriptor.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        assert_eq!(
+            rc,
+            0,
+            "syncfs round {round}: {}",
+            std::io::Error::last_os_error()
+        );
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(m.p("synced"))
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        assert!(w.join().unwrap() > 0);
+    }
+    assert_eq!(fs::read(m.p("w0-0")).unwrap(), vec![1u8; 1 << 20]);
+    m.unmount();
+}
+
+/// Block and character device nodes, made as root: type and rdev kept through rename, hard
+/// link, chmod, chown and a remount, and in copies made inside the mount by tar and by
+/// `rsync -aD`; fsck clean.
+#[test]
+fn device_nodes_keep_their_type_and_rdev() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    common::require_root("mknod of device nodes");
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    fs::create_dir(m.p("dev")).unwrap();
+    let nodes = [
+        ("dev/blk", SFlag::S_IFBLK, makedev(8, 300)),
+        ("dev/chr", SFlag::S_IFCHR, makedev(1, 2)),
+    ];
+    for (name, kind, rdev) in nodes {
+        mknod(&m.p(name), kind, Mode::from_bits_truncate(0o640), rdev).unwrap();
+    }
+    let check = |root: &std::path::Path, label: &str| {
+        for (name, kind, rdev) in nodes {
+            let meta = fs::symlink_metadata(root.join(name)).unwrap();
+            let ft = meta.file_type();
+            let right_type = if kind == SFlag::S_IFBLK {
+                ft.is_block_device()
+            } else {
+                ft.is_char_device()
+            };
+            assert!(right_type, "{label}: {name} keeps its type");
+            assert_eq!(meta.rdev(), rdev, "{label}: {name} keeps its rdev");
+        }
+    };
+    check(&m.path, "made");
+    fs::rename(m.p("dev/blk"), m.p("dev/blk2")).unwrap();
+    fs::hard_link(m.p("dev/blk2"), m.p("dev/blk")).unwrap();
+    fs::remove_file(m.p("dev/blk2")).unwrap();
+    fs::set_permissions(m.p("dev/chr"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::lchown(m.p("dev/chr"), Some(1234), Some(5678)).unwrap();
+    let meta = fs::symlink_metadata(m.p("dev/chr")).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o600, 1234, 5678)
+    );
+    check(&m.path, "renamed and linked");
+
+    // A system backup restored into the volume: tar and rsync -aD copies inside the mount.
+    let tarball = common::test_dir();
+    let tar = tarball.path().join("dev.tar");
+    let ok = |out: std::process::Output| assert!(out.status.success(), "{}", common::stderr(&out));
+    ok(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&m.path)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("dev")
+        .output()
+        .unwrap());
+    fs::create_dir(m.p("from-tar")).unwrap();
+    ok(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(m.p("from-tar"))
+        .arg("-xpf")
+        .arg(&tar)
+        .output()
+        .unwrap());
+    check(&m.p("from-tar"), "tar -x");
+    ok(std::process::Command::new("rsync")
+        .arg("-aD")
+        .arg(m.p("dev"))
+        .arg(m.p("from-rsync"))
+        .output()
+        .unwrap());
+    check(&m.p("from-rsync"), "rsync -aD");
+    m.unmount();
+    let m = vol.mount();
+    check(&m.path, "remounted");
+    check(&m.p("from-tar"), "remounted tar copy");
+    // The kernel keeps the mount nodev: a node is not a way into a device.
+    assert!(fs::File::open(m.p("dev/chr")).is_err());
+    m.unmount();
+    let out = vol.run(&["fsck", vol.cipher_str()]);
+    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
 }

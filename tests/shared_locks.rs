@@ -144,8 +144,17 @@ fn locks_exclude_across_shared_mounts_and_go_with_their_holder() {
     fs::write(b.p("f"), b"still writable").unwrap();
     assert!(ofd(&fa, libc::F_UNLCK, 100, 10, true).0.is_ok());
     assert!(ofd(&fb, libc::F_WRLCK, 100, 10, true).0.is_ok());
-    drop(fb); // the last descriptor of b's locks: all go
-    assert!(ofd(&fa, libc::F_WRLCK, 0, 0, true).0.is_ok());
+    // Closing b's open file ends its locks, once the kernel's RELEASE of it arrives (FUSE
+    // sends RELEASE in the background, after close(2) has returned).
+    drop(fb);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ofd(&fa, libc::F_WRLCK, 0, 0, true).0.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's locks outlived its open file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop(fa);
     assert_eq!(fs::read(a.p("f")).unwrap(), b"still writable");
     a.unmount();
@@ -233,11 +242,15 @@ fn fcntl_locks_go_with_any_close_and_with_a_killed_holder() {
     waiting.kill().unwrap();
     drop(held);
     common::bounded(Duration::from_secs(30), move || waiting.wait().unwrap());
-    assert_eq!(
-        try_lock(&b.p("f")),
-        Some(0),
-        "the killed waiter holds nothing"
-    );
+    // Its flock goes with the RELEASE of its open file, which FUSE sends in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while try_lock(&b.p("f")) != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed waiter kept its lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     a.unmount();
     b.unmount();
 }

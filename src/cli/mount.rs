@@ -33,7 +33,7 @@ pub struct MountArgs {
     #[command(flatten)]
     pub unlock: UnlockArgs,
     /// Mount options, comma separated: ro, rw, allow_other, allow_root, default_permissions,
-    /// nonempty, noexec, exec, nosuid, suid, nodev, dev, noatime, atime, sync, async, dirsync,
+    /// nonempty, noexec, exec, nosuid, suid, nodev (the default), dev, noatime, atime, sync, async, dirsync,
     /// fsname=NAME. fstab-only options (defaults, noauto, auto, user, nofail, _netdev, x-*)
     /// are accepted and ignored.
     #[arg(short = 'o', value_delimiter = ',')]
@@ -261,6 +261,15 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
     // request fewer per new file.
     if default_permissions || config.acl != SessionACL::Owner {
         config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    // Device nodes are kept (mknod), but opened through the mount only when asked for with
+    // `dev`: a volume restored from someone's backup is no way into this host's devices.
+    if !config
+        .mount_options
+        .iter()
+        .any(|o| matches!(o, MountOption::Dev | MountOption::NoDev))
+    {
+        config.mount_options.push(MountOption::NoDev);
     }
     config.mount_options.push(MountOption::FSName(fsname));
     config

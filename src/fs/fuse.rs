@@ -132,10 +132,10 @@ impl Filesystem for SealFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        let result = SealFs::mknod(self, parent.0, name, mode & !umask, caller(req));
+        let result = SealFs::mknod(self, parent.0, name, mode & !umask, rdev, caller(req));
         reply_or_error!("mknod", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
@@ -359,7 +359,7 @@ impl Filesystem for SealFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -373,7 +373,7 @@ impl Filesystem for SealFs {
             end,
             kind: typ,
         };
-        let result = SealFs::setlk(self, ino.0, lock_owner.0, lock);
+        let result = SealFs::setlk(self, ino.0, fh.0, lock_owner.0, lock);
         let taken = typ != libc::F_UNLCK;
         match result {
             Ok(None) => {

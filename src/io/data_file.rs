@@ -325,6 +325,80 @@ impl<'a> DataFile<'a> {
         Ok(())
     }
 
+    /// fallocate(2) PUNCH_HOLE and ZERO_RANGE: plaintext `offset..offset + length` reads as
+    /// zeros afterwards. Whole blocks inside it become holes: their sealed bytes are punched out
+    /// of the backing file, or overwritten with zeros where the backing filesystem cannot punch
+    /// (an all-zero stored block is a hole, docs/FORMAT.md). The edge blocks it cuts are
+    /// re-sealed with those bytes zeroed. Unless `keep_size`, the file grows to the range's end.
+    pub fn zero_range(&self, offset: u64, length: u64, keep_size: bool) -> Result<(), IoError> {
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= MAX_PLAIN_END)
+            .ok_or(IoError::TooLarge)?;
+        let mut size = self.plain_size()?;
+        if !keep_size && end > size {
+            // What lies past the old end reads as zeros already.
+            self.truncate(end)?;
+            size = end;
+        }
+        let end = end.min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        let bs = self.layout.block_size();
+        // The blocks wholly inside; the file's last block ends at `size`, however short.
+        let first = offset.div_ceil(bs);
+        let stop = if end == size {
+            size.div_ceil(bs)
+        } else {
+            end / bs
+        };
+        if first >= stop {
+            return self.write_zeros(offset, end);
+        }
+        self.write_zeros(offset, first * bs)?;
+        self.write_zeros((stop * bs).min(end), end)?;
+        let backing_end = self.layout.backing_size(size);
+        self.punch(
+            self.layout.block_offset(first),
+            self.layout.block_offset(stop).min(backing_end),
+        )
+    }
+
+    /// Zeros plaintext `from..to` through the block codec (edge blocks: less than two blocks).
+    fn write_zeros(&self, from: u64, to: u64) -> Result<(), IoError> {
+        if to > from {
+            self.write_at(from, &vec![0u8; (to - from) as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Turns backing bytes `from..to` (whole sealed blocks) into a hole, or into zeros.
+    fn punch(&self, from: u64, to: u64) -> Result<(), IoError> {
+        let punched = nix::fcntl::fallocate(
+            self.file.as_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            from as i64,
+            (to - from) as i64,
+        );
+        match punched {
+            Ok(()) => Ok(()),
+            Err(nix::Error::EOPNOTSUPP | nix::Error::ENOSYS) => {
+                const CHUNK: u64 = 1 << 20;
+                let zeros = vec![0u8; CHUNK as usize];
+                let mut at = from;
+                while at < to {
+                    let n = (to - at).min(CHUNK) as usize;
+                    self.file.write_all_at(&zeros[..n], at)?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(IoError::Io(e.into())),
+        }
+    }
+
     /// SEEK_DATA and SEEK_HOLE from plaintext `offset`, mapped through the block layout.
     /// Holes are reported at block granularity; POSIX allows reporting a hole as data, never
     /// the reverse. `IoError::PastEnd` (ENXIO) when `offset` is at or past the end, or no
@@ -477,6 +551,8 @@ mod tests {
         Write(u64, Vec<u8>),
         Truncate(u64),
         Allocate(u64, u64, bool),
+        /// PUNCH_HOLE | KEEP_SIZE (`true`) or ZERO_RANGE without KEEP_SIZE (`false`).
+        ZeroRange(u64, u64, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -485,6 +561,7 @@ mod tests {
                 .prop_map(|(o, d)| Op::Write(o, d)),
             (0u64..6000).prop_map(Op::Truncate),
             (0u64..6000, 1u64..3000, any::<bool>()).prop_map(|(o, l, k)| Op::Allocate(o, l, k)),
+            (0u64..6000, 1u64..3000, any::<bool>()).prop_map(|(o, l, k)| Op::ZeroRange(o, l, k)),
         ]
     }
 
@@ -506,6 +583,13 @@ mod tests {
                     Op::Truncate(n) => {
                         df.truncate(n).unwrap();
                         model.resize(n as usize, 0);
+                    }
+                    Op::ZeroRange(o, l, keep_size) => {
+                        df.zero_range(o, l, keep_size).unwrap();
+                        let end = (o + l) as usize;
+                        if !keep_size && model.len() < end { model.resize(end, 0); }
+                        let stop = end.min(model.len());
+                        if (o as usize) < stop { model[o as usize..stop].fill(0); }
                     }
                     Op::Allocate(o, l, keep_size) => {
                         df.allocate(o, l, keep_size).unwrap();

@@ -196,14 +196,19 @@ mod tests {
         ok
     }
 
-    #[test]
-    fn block_ranges_exclude_only_what_they_overlap() {
+    /// Two open file descriptions of one data file (two mounts, or two owners), and a layout.
+    fn two_descriptions() -> (tempfile::TempDir, File, File, Layout) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d");
         std::fs::write(&path, vec![0u8; 10_000]).unwrap();
         let open = || File::options().read(true).write(true).open(&path).unwrap();
         let (a, b) = (open(), open());
-        let layout = Layout::new(512).unwrap();
+        (dir, a, b, Layout::new(512).unwrap())
+    }
+
+    #[test]
+    fn block_ranges_exclude_only_what_they_overlap() {
+        let (_dir, a, b, layout) = two_descriptions();
         let held = lock_blocks(&a, &layout, 2, 4, true).unwrap();
         // Other descriptions: blocks 2..4 are taken, blocks 0..2 and 4.. are free.
         assert!(!try_lock(&b, layout.block_offset(3) as i64, 1, false));
@@ -224,12 +229,7 @@ mod tests {
 
     #[test]
     fn forwarded_locks_exclude_each_other_but_never_block_locks() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d");
-        std::fs::write(&path, vec![0u8; 10_000]).unwrap();
-        let open = || File::options().read(true).write(true).open(&path).unwrap();
-        let (a, b) = (open(), open());
-        let layout = Layout::new(512).unwrap();
+        let (_dir, a, b, layout) = two_descriptions();
         // A program's lock over the whole file (sqlite's and flock's shape) ...
         set_forwarded(&a, plain(0, OFFSET_MAX, libc::F_WRLCK)).unwrap();
         // ... leaves every block lock of another description free, to the end of file,

@@ -267,6 +267,7 @@ impl SealFs {
         let Some(Handle::File(handle)) = crate::sync::lock(&self.handles).remove(&fh) else {
             return;
         };
+        self.release_handle_locks(handle.node.ino, fh);
         *crate::sync::lock(&handle.node.closed_stamp) = backing_stamp(&handle.file);
         if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -279,9 +280,13 @@ impl SealFs {
         }
     }
 
-    /// Mode 0 and KEEP_SIZE reserve backing space for the range (and mode 0 extends the
-    /// file, with zeros); the other modes are not supported yet. Like a write, it drops
-    /// set-id bits unless the caller keeps them.
+    /// fallocate(2). Mode 0 and KEEP_SIZE reserve backing space for the range (and mode 0
+    /// extends the file, with zeros). PUNCH_HOLE | KEEP_SIZE and ZERO_RANGE (with or without
+    /// KEEP_SIZE) make the range read as zeros, whole blocks as holes in the backing file
+    /// (`DataFile::zero_range`). COLLAPSE_RANGE and INSERT_RANGE are refused (EOPNOTSUPP):
+    /// every block is sealed to its position in the file, so shifting blocks would re-seal
+    /// every block after the range, a rewrite of the rest of the file that the caller asked to
+    /// avoid. Like a write, it drops set-id bits unless the caller keeps them.
     pub fn fallocate(
         &self,
         caller: Caller,
@@ -291,13 +296,30 @@ impl SealFs {
         mode: i32,
     ) -> Result<()> {
         self.writable()?;
-        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
-            return Err(VolumeError::Unsupported("fallocate mode"));
-        }
-        let handle = self.file_handle(fh)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zero = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => false,
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => true,
+            libc::FALLOC_FL_ZERO_RANGE => true,
+            libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE => {
+                return Err(VolumeError::Unsupported(
+                    "fallocate COLLAPSE_RANGE/INSERT_RANGE (blocks are sealed to their position)",
+                ));
+            }
+            libc::FALLOC_FL_PUNCH_HOLE => {
+                return Err(VolumeError::InvalidArgument(
+                    "fallocate PUNCH_HOLE needs KEEP_SIZE",
+                ));
+            }
+            _ => return Err(VolumeError::Unsupported("fallocate mode")),
+        };
+        let handle = self.file_handle(fh)?;
         self.whole_file_change(&handle.node, &handle.file, &handle.content, |data_file| {
-            data_file.allocate(offset, length, keep_size)
+            if zero {
+                data_file.zero_range(offset, length, keep_size)
+            } else {
+                data_file.allocate(offset, length, keep_size)
+            }
         })?;
         if !caller.keeps_set_id() {
             self.drop_set_id(&handle.node)?;

@@ -9,8 +9,9 @@
 //! `io::file_lock`): descriptions exclude each other as owners do, and one owner's ranges merge
 //! and split as POSIX locks do. An owner lets go of everything when the kernel says so: FLUSH
 //! names the fcntl owner closing any descriptor of the file (POSIX drops its locks then),
-//! RELEASE names the flock owner whose open file went; closing the description drops its
-//! locks in one step, here and on every other host. As on NFS, flock and fcntl locks of
+//! RELEASE names the flock owner whose open file went, and the RELEASE of a handle ends the
+//! locks taken through it (OFD locks, whose owner is that open file); closing the description
+//! drops its locks in one step, here and on every other host. As on NFS, flock and fcntl locks of
 //! different owners conflict with each other.
 //!
 //! A lock that must wait is polled, not waited for in the kernel: the wait leaves the FUSE
@@ -44,6 +45,11 @@ pub struct ForwardedLocks {
 /// waiter still polling gives up instead of taking a lock nobody would release.
 struct OwnerLocks {
     description: Mutex<Option<File>>,
+    /// The open files (FUSE handles) the owner locked through. The kernel sends nothing when
+    /// an OFD lock's open file closes (it leaves unlock-on-close to FLUSH, which names the
+    /// process, not the open file), so the handle's RELEASE lets go of what was locked
+    /// through it; for fcntl owners FLUSH has done so already, as POSIX says.
+    handles: Mutex<Vec<u64>>,
 }
 
 impl OwnerLocks {
@@ -112,7 +118,13 @@ impl SealFs {
 
     /// F_SETLK: sets or releases `lock` for `owner`. `Some(wait)` when another owner holds a
     /// conflicting lock: the caller answers EAGAIN, or waits (`LockWait::wait`) for F_SETLKW.
-    pub fn setlk(&self, ino: u64, owner: u64, lock: PlainLock) -> Result<Option<LockWait>> {
+    pub fn setlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: u64,
+        lock: PlainLock,
+    ) -> Result<Option<LockWait>> {
         if lock.kind == libc::F_UNLCK {
             let held = crate::sync::lock(&self.locks.owners)
                 .get(&(ino, owner))
@@ -123,7 +135,7 @@ impl SealFs {
             return Ok(None);
         }
         let node = self.node(ino)?;
-        let owner = self.lock_owner(&node, owner)?;
+        let owner = self.lock_owner(&node, owner, fh)?;
         if owner.try_set(lock)? {
             taken(&node);
             Ok(None)
@@ -151,10 +163,17 @@ impl SealFs {
         Ok(Some(file))
     }
 
-    fn lock_owner(&self, node: &Node, owner: u64) -> Result<Arc<OwnerLocks>> {
+    fn lock_owner(&self, node: &Node, owner: u64, fh: u64) -> Result<Arc<OwnerLocks>> {
         let ino = node.ino;
+        let through = |held: &Arc<OwnerLocks>| {
+            let mut handles = crate::sync::lock(&held.handles);
+            if !handles.contains(&fh) {
+                handles.push(fh);
+            }
+            held.clone()
+        };
         if let Some(held) = crate::sync::lock(&self.locks.owners).get(&(ino, owner)) {
-            return Ok(held.clone());
+            return Ok(through(held));
         }
         // Opened outside the table's lock (it may be a round trip to a distributed
         // filesystem). Read locks need a readable description, write locks a writable one; the
@@ -164,14 +183,20 @@ impl SealFs {
             Err(_) => self.reopen(node, OFlag::O_RDONLY)?,
         };
         let mut owners = crate::sync::lock(&self.locks.owners);
-        Ok(owners
-            .entry((ino, owner))
-            .or_insert_with(|| {
-                Arc::new(OwnerLocks {
-                    description: Mutex::new(Some(file)),
-                })
+        let held = owners.entry((ino, owner)).or_insert_with(|| {
+            Arc::new(OwnerLocks {
+                description: Mutex::new(Some(file)),
+                handles: Mutex::new(Vec::new()),
             })
-            .clone())
+        });
+        Ok(through(held))
+    }
+
+    /// Drops the locks taken through handle `fh` of `ino`, which the kernel is releasing.
+    pub(super) fn release_handle_locks(&self, ino: u64, fh: u64) {
+        self.release_where(|node, held| {
+            node == ino && crate::sync::lock(&held.handles).contains(&fh)
+        });
     }
 
     /// Drops every lock `owner` holds on `ino` (FLUSH for fcntl owners, RELEASE for flock
@@ -186,12 +211,17 @@ impl SealFs {
     /// Drops every owner's locks on `ino`: its last open file went, so no owner can still
     /// hold one (a kernel that skipped a FLUSH would otherwise leave them behind).
     pub(super) fn release_all_locks(&self, ino: u64) {
+        self.release_where(|node, _| node == ino);
+    }
+
+    fn release_where(&self, matches: impl Fn(u64, &OwnerLocks) -> bool) {
         let mut gone = Vec::new();
         crate::sync::lock(&self.locks.owners).retain(|&(node, _), held| {
-            if node == ino {
+            let going = matches(node, held);
+            if going {
                 gone.push(held.clone());
             }
-            node != ino
+            !going
         });
         gone.iter().for_each(|held| held.let_go());
     }

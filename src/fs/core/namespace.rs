@@ -67,7 +67,18 @@ impl SealFs {
         Ok(())
     }
 
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
+    /// Regular files (as `create`), fifos, sockets and device nodes. A device node is a device
+    /// node in the cipher dir too, with its rdev (major and minor are metadata, like mode and
+    /// owner; only root may make one: the backing mknod says EPERM otherwise). The FUSE mount
+    /// is `nodev` unless mounted with `dev`, so the kernel opens none through it by default.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<FileAttr> {
         self.writable()?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         if kind == SFlag::S_IFREG {
@@ -75,9 +86,12 @@ impl SealFs {
             self.release(fh);
             return Ok(attr);
         }
-        if kind != SFlag::S_IFIFO && kind != SFlag::S_IFSOCK {
-            return Err(VolumeError::Unsupported("device nodes"));
-        }
+        let rdev = match kind {
+            SFlag::S_IFIFO | SFlag::S_IFSOCK => 0,
+            // FUSE passes the kernel's encoding, which is glibc's for 32-bit device numbers.
+            SFlag::S_IFCHR | SFlag::S_IFBLK => libc::dev_t::from(rdev),
+            _ => return Err(VolumeError::InvalidArgument("mknod file type")),
+        };
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
@@ -86,7 +100,7 @@ impl SealFs {
             backing.entry(),
             kind,
             Mode::from_bits_truncate(mode & 0o7777),
-            0,
+            rdev,
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         self.entry_of(&parent, name, backing.entry())

@@ -160,6 +160,10 @@ fn request_errors_are_typed() {
     ));
     assert!(matches!(
         fs.fallocate(ROOT_CALLER, fh, 0, 10, libc::FALLOC_FL_PUNCH_HOLE),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        fs.fallocate(ROOT_CALLER, fh, 0, 4096, libc::FALLOC_FL_COLLAPSE_RANGE),
         Err(VolumeError::Unsupported(_))
     ));
     assert!(matches!(
@@ -324,17 +328,17 @@ fn forwarded_locks_exclude_owners_across_mounts() {
     let (ino_a, ino_b) = (attr.ino.0, b.lookup(ROOT, OsStr::new("db")).unwrap().ino.0);
 
     assert!(
-        a.setlk(ino_a, 7, lock(0, 99, libc::F_WRLCK))
+        a.setlk(ino_a, 1, 7, lock(0, 99, libc::F_WRLCK))
             .unwrap()
             .is_none()
     );
     assert!(
-        a.setlk(ino_a, 8, lock(50, 50, libc::F_RDLCK))
+        a.setlk(ino_a, 1, 8, lock(50, 50, libc::F_RDLCK))
             .unwrap()
             .is_some()
     );
     // The same owner number on another mount is another owner.
-    let waiting = b.setlk(ino_b, 7, lock(10, 10, libc::F_RDLCK)).unwrap();
+    let waiting = b.setlk(ino_b, 1, 7, lock(10, 10, libc::F_RDLCK)).unwrap();
     assert!(waiting.is_some());
     assert_eq!(
         b.getlk(ino_b, 9, lock(0, i64::MAX as u64, libc::F_RDLCK))
@@ -342,7 +346,7 @@ fn forwarded_locks_exclude_owners_across_mounts() {
         Some(lock(0, 99, libc::F_WRLCK))
     );
     assert!(
-        b.setlk(ino_b, 9, lock(100, 200, libc::F_WRLCK))
+        b.setlk(ino_b, 1, 9, lock(100, 200, libc::F_WRLCK))
             .unwrap()
             .is_none()
     );
@@ -358,7 +362,7 @@ fn forwarded_locks_exclude_owners_across_mounts() {
     a.release_locks(ino_a, 7);
     waiter.join().unwrap().unwrap();
 
-    let abandoned = a.setlk(ino_a, 8, lock(150, 150, libc::F_WRLCK)).unwrap();
+    let abandoned = a.setlk(ino_a, 1, 8, lock(150, 150, libc::F_WRLCK)).unwrap();
     a.release_locks(ino_a, 8);
     assert!(matches!(
         abandoned.unwrap().wait(),
@@ -366,12 +370,29 @@ fn forwarded_locks_exclude_owners_across_mounts() {
     ));
     // Unlocking frees the range for others.
     assert!(
-        b.setlk(ino_b, 9, lock(100, 200, libc::F_UNLCK))
+        b.setlk(ino_b, 1, 9, lock(100, 200, libc::F_UNLCK))
             .unwrap()
             .is_none()
     );
     assert!(
-        a.setlk(ino_a, 8, lock(150, 150, libc::F_WRLCK))
+        a.setlk(ino_a, 1, 8, lock(150, 150, libc::F_WRLCK))
+            .unwrap()
+            .is_none()
+    );
+    // An OFD lock's owner is its open file: the release of the handle it came through ends it.
+    assert!(
+        a.setlk(ino_a, 5, 42, lock(300, 300, libc::F_WRLCK))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.setlk(ino_b, 1, 9, lock(300, 300, libc::F_WRLCK))
+            .unwrap()
+            .is_some()
+    );
+    a.release_handle_locks(ino_a, 5);
+    assert!(
+        b.setlk(ino_b, 1, 9, lock(300, 300, libc::F_WRLCK))
             .unwrap()
             .is_none()
     );
