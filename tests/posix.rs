@@ -551,7 +551,7 @@ fn syncfs_and_fsync_under_concurrent_writers_succeed() {
 }
 
 /// Block and character device nodes, made as root: type and rdev kept through rename, hard
-/// link, chmod, chown and a remount, and in copies made inside the mount by tar and by
+/// link, chmod, chown, rotate + rewrap and a remount, and in copies made inside the mount by tar and by
 /// `rsync -aD`; fsck clean.
 #[test]
 fn device_nodes_keep_their_type_and_rdev() {
@@ -622,8 +622,10 @@ fn device_nodes_keep_their_type_and_rdev() {
         .unwrap());
     check(&m.p("from-rsync"), "rsync -aD");
     m.unmount();
+    common::ok(vol.run(&["rotate", vol.cipher_str()]));
+    common::ok(vol.run(&["rewrap", vol.cipher_str()]));
     let m = vol.mount();
-    check(&m.path, "remounted");
+    check(&m.path, "rotated, rewrapped and remounted");
     check(&m.p("from-tar"), "remounted tar copy");
     // The kernel keeps the mount nodev: a node is not a way into a device.
     assert!(fs::File::open(m.p("dev/chr")).is_err());
