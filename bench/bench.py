@@ -487,6 +487,8 @@ def main():
         }[name]()
 
     if args.juicefs_only:
+        if not Path(args.juicefs).exists():
+            sys.exit(f"--juicefs-only: no JuiceFS client at {args.juicefs} (--juicefs PATH)")
         table, runs, names = juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs)
         write_section(args.out, "juicefs", table, runs, JUICEFS_HEADING + juicefs_markdown(table, names))
         shutil.rmtree(work, ignore_errors=True)

@@ -155,7 +155,7 @@ fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
                     let mut log = fs::OpenOptions::new()
                         .append(true)
                         .open(root.join("log"))
-                        .unwrap();
+                        .unwrap_or_else(|e| panic!("{tag} round {round}: open log: {e}"));
                     log.write_all(format!("{tag} {round:04}\n").as_bytes())
                         .unwrap();
                 }

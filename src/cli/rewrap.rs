@@ -85,7 +85,7 @@ pub fn run(args: RewrapArgs) -> Result<()> {
     }
     if !args.retire_kek.is_empty() {
         for version in &args.retire_kek {
-            rotate::retire_kek(&args.cipher_dir, &volume.keys, *version)?;
+            rotate::retire_kek(&args.cipher_dir, &volume.keys, &volume.backing, *version)?;
             log.record("kek-retire", json!({ "version": version }));
             println!("retired KEK version {version}");
         }

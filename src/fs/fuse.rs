@@ -375,16 +375,19 @@ impl Filesystem for SealFs {
         };
         let result = SealFs::setlk(self, ino.0, fh.0, lock_owner.0, lock);
         let taken = typ != libc::F_UNLCK;
+        // Dropping cached pages waits for pages being read, whose READs need a worker: it
+        // runs on a thread of its own, before the reply, as does a wait for the lock (the
+        // holder's unlock needs a worker too).
+        let notifier = self.notifier.clone();
         match result {
+            Ok(None) if !taken => reply.ok(),
             Ok(None) => {
-                if taken {
-                    self.drop_cached_pages(ino);
-                }
-                reply.ok();
+                std::thread::spawn(move || {
+                    drop_cached_pages(notifier.get(), ino);
+                    reply.ok();
+                });
             }
             Ok(Some(wait)) if sleep => {
-                // Waits off the FUSE worker threads: the holder's unlock needs one.
-                let notifier = self.notifier.clone();
                 std::thread::spawn(move || {
                     reply_or_error!("setlk", wait.wait(), reply, |_ok| {
                         drop_cached_pages(notifier.get(), ino);
@@ -564,12 +567,6 @@ impl Filesystem for SealFs {
             reply,
             |pos| reply.offset(pos)
         )
-    }
-}
-
-impl SealFs {
-    fn drop_cached_pages(&self, ino: INodeNo) {
-        drop_cached_pages(self.notifier.get(), ino);
     }
 }
 

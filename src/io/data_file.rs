@@ -15,9 +15,10 @@ use crate::crypto::{SEAL_OVERHEAD, Sealer};
 use crate::format::Id;
 use crate::format::block::{Layout, PREAMBLE_LEN};
 
-/// The largest plaintext offset sealfs accepts: backing offsets (plaintext plus per-block
-/// overhead) must still fit an off_t.
-const MAX_PLAIN_END: u64 = i64::MAX as u64 / 2;
+/// The largest plaintext offset sealfs accepts (2 EiB): backing offsets (plaintext plus
+/// per-block overhead, under 6% at the smallest block size) stay below 4 EiB, where the locks
+/// programs take begin in a shared mount's backing files (`io::file_lock`).
+const MAX_PLAIN_END: u64 = 1 << 61;
 
 /// How long a data file is and how much of it is allocated.
 #[derive(Clone, Copy, Debug)]

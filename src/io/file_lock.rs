@@ -46,11 +46,16 @@ pub fn lock_blocks<'a>(
     } else {
         layout.block_offset(first)
     };
+    // Block locks stay below the forwarded-lock range (data files never reach it: their
+    // plaintext is capped at 2 EiB).
+    if start >= FORWARDED_BASE as u64 {
+        return Err(IoError::TooLarge);
+    }
     let len = if end == TO_END {
         // To the end of file, however far it grows: up to where forwarded locks begin.
-        (FORWARDED_BASE as u64).saturating_sub(start)
+        FORWARDED_BASE as u64 - start
     } else {
-        layout.block_offset(end) - start
+        (layout.block_offset(end) - start).min(FORWARDED_BASE as u64 - start)
     };
     let lock = FileRangeLock {
         fd: file.as_fd(),
@@ -83,7 +88,9 @@ impl FileRangeLock<'_> {
     }
 }
 
-fn flock(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
+/// A `struct flock` for `kind` (F_RDLCK, F_WRLCK, F_UNLCK) over `len` bytes from `start`
+/// (0: to infinity).
+pub(crate) fn flock(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
     // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind as libc::c_short;
@@ -93,7 +100,8 @@ fn flock(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
     lock
 }
 
-/// Where forwarded locks begin in the backing file: 4 EiB, beyond any data file's size.
+/// Where forwarded locks begin in the backing file: 4 EiB, beyond any data file's size
+/// (plaintext is capped at 2 EiB, `io::data_file`).
 const FORWARDED_BASE: i64 = 1 << 62;
 
 /// The largest offset FUSE passes as the end of a lock (OFFSET_MAX: "to end of file").

@@ -257,9 +257,15 @@ fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
                     let got = crate::io::read_full_at(&file, &mut bytes, 0).unwrap_or(0);
                     serde_json::from_slice::<Holder>(&bytes[..got]).ok()
                 };
-                if let Some(holder) = read().or_else(read) {
-                    out.push(holder);
-                }
+                // A live mount whose record does not parse still holds the volume: it is
+                // listed, saying nothing of its KEK (a retirement then waits for it).
+                out.push(read().or_else(read).unwrap_or_else(|| Holder {
+                    host: format!("unknown (record {name} unreadable)"),
+                    pid: 0,
+                    since: 0,
+                    mode: ClaimMode::Shared,
+                    kek: None,
+                }));
             }
             Err(_) => {}
         }

@@ -142,7 +142,9 @@ impl HeaderStore {
 
     /// Puts a staged (and synced) header in place with an atomic exchange, then unlinks the
     /// old copy. `Ok(false)` when the header is gone: its file was deleted meanwhile, and an
-    /// exchange (unlike a rename) never brings a deleted header back. The caller fsyncs the
+    /// exchange (unlike a rename) never brings a deleted header back. Where the backing store
+    /// has no RENAME_EXCHANGE, a rename over a header checked to be there (`replace_if_present`:
+    /// a deletion in between leaves an orphan header for fsck). The caller fsyncs the
     /// header directories once it is done (`sync_dirs`).
     pub fn commit_staged(&self, file_id: &Id) -> Result<bool> {
         let dir = self.dir.as_fd();

@@ -73,12 +73,7 @@ fn take(cipher_dir: &Path, slot: Slot, wait: bool) -> Result<Option<File>> {
         Err(e) => return Err(e.into()),
     };
     let file = File::from(fd);
-    // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = slot as i64;
-    lock.l_len = 1;
+    let lock = crate::io::file_lock::flock(libc::F_WRLCK, slot as i64, 1);
     loop {
         let arg = if wait {
             nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)

@@ -1,8 +1,8 @@
 //! Rewrap: every header whose data key is wrapped under an older KEK is re-wrapped under the
 //! current one. Only headers change (file data never moves), crash-safely: a batch of new
 //! headers is written beside the old ones, made durable with one syncfs, then each is swapped
-//! in with an atomic exchange; an interrupted rewrap is simply run again, skipping what is
-//! current.
+//! in with an atomic exchange (or, where the backing store has none, a rename over a header
+//! checked to be there); an interrupted rewrap is simply run again, skipping what is current.
 //! A mounted volume may be rewrapped: open files keep their cached keys, and a file deleted
 //! meanwhile keeps its header deleted.
 

@@ -34,7 +34,12 @@ pub fn rotate(cipher_dir: &Path, keys: &VolumeKeys) -> Result<Rotated> {
 
 /// Retires KEK `version`: no header may use it any more (the caller has checked), and it is
 /// not current. Its sealed copy leaves the config; readers refuse it from then on.
-pub fn retire_kek(cipher_dir: &Path, keys: &VolumeKeys, version: u32) -> Result<()> {
+pub fn retire_kek(
+    cipher_dir: &Path,
+    keys: &VolumeKeys,
+    backing: &super::backing::Backing,
+    version: u32,
+) -> Result<()> {
     // No rewrap may be moving headers meanwhile, on any host.
     let _no_rewrap = super::maintenance::lock_rewrap(cipher_dir)?;
     let _lock = lock_config(cipher_dir)?;
@@ -51,6 +56,18 @@ pub fn retire_kek(cipher_dir: &Path, keys: &VolumeKeys, version: u32) -> Result<
             list(&keys.kek_versions())
         )));
     }
+    // A live mount, on any host, may not have followed the rotation yet: its next file would
+    // be wrapped under the KEK being retired, and be unreadable. Mounts say in their records
+    // within seconds (volume::follow): wait that long, then refuse.
+    // First, so that the census below also sees what they made meanwhile.
+    let root = File::open(cipher_dir)?;
+    let deadline = std::time::Instant::now() + FOLLOW_WAIT;
+    while let Some(why) = mount_using(&root, backing, version) {
+        if std::time::Instant::now() >= deadline {
+            return Err(VolumeError::Usage(why));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     // Rewrap has moved every header off this version; a second look, under the config lock,
     // makes sure no header still needs it before it is refused for good.
     let in_use = census(&HeaderStore::open(File::open(cipher_dir)?)?)?;
@@ -64,18 +81,6 @@ pub fn retire_kek(cipher_dir: &Path, keys: &VolumeKeys, version: u32) -> Result<
             "{} header(s) do not parse, so whether they need KEK version {version} is unknown; run `sealfs fsck` first",
             in_use.unreadable
         )));
-    }
-    // A live mount, on any host, may not have followed the rotation yet: its next file would
-    // be wrapped under the KEK being retired, and be unreadable. Mounts say in their records
-    // within seconds (volume::follow): wait that long, then refuse.
-    let root = File::open(cipher_dir)?;
-    let backing = super::backing::probe(root.as_fd());
-    let deadline = std::time::Instant::now() + FOLLOW_WAIT;
-    while let Some(why) = mount_using(&root, &backing, version) {
-        if std::time::Instant::now() >= deadline {
-            return Err(VolumeError::Usage(why));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
     }
     config.keks.retain(|k| k.version != version);
     config.retired_keks.push(version);

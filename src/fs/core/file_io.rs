@@ -36,8 +36,9 @@ impl SealFs {
     }
 
     /// Runs a change of the whole data file `file` (truncate, allocate) under the in-process
-    /// lock of every block, and in shared mode under the same lock across mounts, through a
-    /// description opened after it, flushed before it goes (see `write`).
+    /// lock of every block, and in shared mode under the same lock across mounts; on a cipher
+    /// dir that is not local, through a description opened after the lock and flushed before
+    /// it goes (see `write`).
     fn whole_file_change(
         &self,
         node: &Node,
@@ -109,6 +110,7 @@ impl SealFs {
         };
         let passed =
             OFlag::from_bits_truncate(flags) & (OFlag::O_SYNC | OFlag::O_DSYNC | OFlag::O_NOATIME);
+        let epoch = node.lock_epoch.load(Ordering::Acquire);
         let file = self.reopen(&node, access | passed)?;
         // Another mount may have changed it since: shared mounts never keep cached pages.
         let keep_cache = !self.tuning.shared && {
@@ -116,7 +118,7 @@ impl SealFs {
             stamp.is_some() && stamp == backing_stamp(&file)
         };
         let truncate = flags & libc::O_TRUNC != 0 && write;
-        let fh = self.open_file_handle(node.clone(), file, flags & libc::O_APPEND != 0)?;
+        let fh = self.open_file_handle(node.clone(), file, flags & libc::O_APPEND != 0, epoch)?;
         if truncate && let Err(e) = self.truncate(&node, 0, Some(fh)) {
             self.release(fh);
             return Err(e);
@@ -301,6 +303,8 @@ impl SealFs {
             0 => false,
             libc::FALLOC_FL_PUNCH_HOLE if keep_size => true,
             libc::FALLOC_FL_ZERO_RANGE => true,
+            // The kernel answers these two itself today (EOPNOTSUPP, and EINVAL for PUNCH_HOLE
+            // without KEEP_SIZE) before FUSE sees them; the core says the same if one comes.
             libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE => {
                 return Err(VolumeError::Unsupported(
                     "fallocate COLLAPSE_RANGE/INSERT_RANGE (blocks are sealed to their position)",

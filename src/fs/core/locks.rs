@@ -15,8 +15,10 @@
 //! different owners conflict with each other.
 //!
 //! A lock that must wait is polled, not waited for in the kernel: the wait leaves the FUSE
-//! worker threads free (the holder's unlock needs one), and it ends as soon as its owner lets
-//! go (the kernel gave up on the request: the process was killed while waiting).
+//! worker threads free (the holder's unlock needs one), and it ends when its owner lets go
+//! meanwhile (another thread of the process closed the file). Nothing else ends it: fuser
+//! answers FUSE_INTERRUPT with ENOSYS, so the kernel waits for the answer even for a process
+//! being killed, which ends once the lock comes free (and then lets it go as it exits).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -129,8 +131,12 @@ impl SealFs {
             let held = crate::sync::lock(&self.locks.owners)
                 .get(&(ino, owner))
                 .cloned();
-            if let Some(held) = held {
-                held.try_set(lock)?;
+            // An owner that let go meanwhile holds nothing to unlock.
+            if let Some(held) = held
+                && let Err(e) = held.try_set(lock)
+                && !matches!(e, VolumeError::LockAbandoned)
+            {
+                return Err(e);
             }
             return Ok(None);
         }

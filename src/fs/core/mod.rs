@@ -232,10 +232,17 @@ impl SealFs {
         }
     }
 
-    fn open_file_handle(&self, node: Arc<Node>, file: File, append: bool) -> Result<u64> {
+    /// `opened_in_epoch`: the node's lock epoch read before `file` was opened (a lock taken
+    /// in between must count as newer than the description).
+    fn open_file_handle(
+        &self,
+        node: Arc<Node>,
+        file: File,
+        append: bool,
+        opened_in_epoch: u64,
+    ) -> Result<u64> {
         let content = self.content_of(&node, &file)?;
         node.open_handles.fetch_add(1, Ordering::AcqRel);
-        let opened_in_epoch = node.lock_epoch.load(Ordering::Acquire);
         Ok(self.add_handle(Handle::File(Arc::new(FileHandle {
             node,
             file,

@@ -292,13 +292,14 @@ impl SealFs {
         let _ = node.file_id.set(file_id);
         node.open_handles.fetch_add(1, Ordering::AcqRel);
         let content = Arc::new(Content { file_id, material });
-        let opened_in_epoch = node.lock_epoch.load(Ordering::Acquire);
         let fh = self.add_handle(Handle::File(Arc::new(FileHandle {
             node,
             file,
             content,
             append: flags & libc::O_APPEND != 0,
-            opened_in_epoch,
+            // Before any lock: a lock taken on the new file already moves reads to a
+            // description opened after it (an older epoch is always the safe side).
+            opened_in_epoch: 0,
         })));
         Ok((self.attr_of(&stat), fh))
     }
