@@ -93,8 +93,7 @@ fn punch_and_zero_range_match_a_model_file() {
         "after a remount"
     );
     m.unmount();
-    let out = vol.run(&["fsck", vol.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+    vol.assert_fsck_clean();
 }
 
 #[test]

@@ -182,6 +182,5 @@ fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
     );
     a.unmount();
     b.unmount();
-    let out = host_a.run(&["fsck", host_a.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+    host_a.assert_fsck_clean();
 }

@@ -630,8 +630,7 @@ fn device_nodes_keep_their_type_and_rdev() {
     // The kernel keeps the mount nodev: a node is not a way into a device.
     assert!(fs::File::open(m.p("dev/chr")).is_err());
     m.unmount();
-    let out = vol.run(&["fsck", vol.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+    vol.assert_fsck_clean();
 }
 
 /// Symlink targets of many lengths read back exactly, with their length as the link's size,
@@ -676,8 +675,7 @@ fn symlink_targets_read_back_exactly_up_to_the_format_limit() {
         assert_eq!(fs::symlink_metadata(&link).unwrap().len(), len as u64);
     }
     m.unmount();
-    let out = vol.run(&["fsck", vol.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+    vol.assert_fsck_clean();
 
     // Tamper: one character of the longest backing target changed reads as EIO.
     let backing = fs::read_dir(&vol.cipher)

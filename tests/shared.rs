@@ -404,8 +404,7 @@ fn rotation_rewrap_and_retirement_reach_every_shared_mount() {
     }
     a.unmount();
     b.unmount();
-    let out = vol.run(&["fsck", vol.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+    vol.assert_fsck_clean();
 }
 
 /// One mount writes the first 60 KiB of a file while the other truncates it to sizes that cut
@@ -458,6 +457,5 @@ fn truncates_on_one_shared_mount_and_writes_on_the_other_keep_both() {
     common::run_together(std::time::Duration::from_secs(300), jobs);
     a.unmount();
     b.unmount();
-    let out = vol.run(&["fsck", vol.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
+    vol.assert_fsck_clean();
 }

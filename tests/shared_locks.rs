@@ -23,11 +23,6 @@ fn shared_pair(vol: &TestVolume) -> (common::Mounted, TestVolume, common::Mounte
     (a, other, b)
 }
 
-fn fsck_clean(vol: &TestVolume) {
-    let out = vol.run(&["fsck", vol.cipher_str()]);
-    assert!(out.status.success(), "fsck: {}", common::stderr(&out));
-}
-
 #[test]
 fn flock_and_fcntl_counters_from_two_shared_mounts_lose_no_increment() {
     const ROUNDS: usize = 150;
@@ -42,7 +37,7 @@ fn flock_and_fcntl_counters_from_two_shared_mounts_lose_no_increment() {
     }
     a.unmount();
     b.unmount();
-    fsck_clean(&vol);
+    vol.assert_fsck_clean();
 }
 
 #[test]
@@ -61,7 +56,7 @@ fn sqlite_from_two_shared_mounts_keeps_every_transaction() {
     );
     a.unmount();
     b.unmount();
-    fsck_clean(&vol);
+    vol.assert_fsck_clean();
 }
 
 /// The lock calls themselves, from this process (flock locks belong to the open file, so two
@@ -159,7 +154,7 @@ fn locks_exclude_across_shared_mounts_and_go_with_their_holder() {
     assert_eq!(fs::read(a.p("f")).unwrap(), b"still writable");
     a.unmount();
     b.unmount();
-    fsck_clean(&vol);
+    vol.assert_fsck_clean();
 }
 
 /// POSIX: a process's fcntl locks on a file go when it closes any descriptor of it, and when

@@ -182,6 +182,12 @@ impl TestVolume {
         )
     }
 
+    /// `sealfs fsck` of the cipher dir succeeds (nothing to report).
+    pub fn assert_fsck_clean(&self) {
+        let out = self.run(&["fsck", self.cipher_str()]);
+        assert!(out.status.success(), "fsck: {}", stderr(&out));
+    }
+
     pub fn mount(&self) -> Mounted {
         self.mount_with(&[])
     }
