@@ -6,6 +6,7 @@ pub mod block;
 pub mod config;
 pub mod header;
 pub mod keyring;
+pub mod link;
 pub mod name;
 
 use thiserror::Error;
@@ -72,6 +73,11 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn u32(&mut self) -> Result<u32, FormatError> {
         Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    /// Everything not read yet.
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.bytes
     }
 
     pub(crate) fn finish(self) -> Result<(), FormatError> {

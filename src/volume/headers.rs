@@ -329,7 +329,12 @@ impl HeaderStore {
 
 /// Writes `bytes` to the new file `name` in `dir` (mode 0600, fsynced when `durable`); on
 /// failure (a full disk) removes it again.
-fn write_new(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+pub(super) fn write_new(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<()> {
     let written = (|| -> Result<()> {
         // O_EXCL | O_NOFOLLOW: never write through a planted symlink, never into another
         // writer's file (a concurrent rewrap then fails that header, harmlessly).
@@ -357,7 +362,7 @@ fn write_new(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], durable: bool) -> Re
 }
 
 /// The entry names in a directory, without `.` and `..`.
-fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
+pub(super) fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
     let fd = openat(
         dir,
         ".",

@@ -11,6 +11,7 @@ pub mod fsck;
 pub mod headers;
 pub mod info;
 pub mod keyslots;
+pub mod long_links;
 pub mod maintenance;
 pub mod names;
 pub mod progress;
@@ -25,6 +26,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -376,11 +378,38 @@ impl Volume {
 
     /// The size a user sees for a backing inode of mode `st_mode` and size `st_size`: a data
     /// file's plaintext size, a symlink's plaintext target length, other kinds as they are.
-    pub fn plain_size(&self, st_mode: u32, st_size: u64) -> u64 {
+    /// `fd` (an O_PATH descriptor of the inode) is read only for a long symlink target, whose
+    /// length its backing target names.
+    pub fn plain_size(&self, fd: BorrowedFd<'_>, st_mode: u32, st_size: u64) -> u64 {
         match st_mode & libc::S_IFMT {
             libc::S_IFREG => self.layout.plain_size(st_size),
+            libc::S_IFLNK if st_size == crate::format::link::LONG_TARGET_LEN => {
+                nix::fcntl::readlinkat(fd, "")
+                    .ok()
+                    .and_then(|t| crate::format::link::LongTarget::decode(t.as_bytes()))
+                    .map_or(st_size, |long| long.len.into())
+            }
             libc::S_IFLNK => crate::format::name::symlink_plain_len(st_size),
             _ => st_size,
+        }
+    }
+
+    /// What a new backing symlink points at for plaintext `target`: its inline encoding, or
+    /// for a target too long for that, a sidecar made here (`long_links`).
+    pub fn seal_symlink(&self, target: &[u8]) -> Result<String> {
+        match names::encrypt_symlink(&self.keys, target) {
+            Err(VolumeError::NameTooLong) => {
+                long_links::seal(self.root.as_fd(), &self.keys, target)
+            }
+            inline => inline,
+        }
+    }
+
+    /// The plaintext target of a backing symlink that points at `backing`.
+    pub fn open_symlink(&self, backing: &OsStr) -> Result<Vec<u8>> {
+        match crate::format::link::LongTarget::decode(backing.as_bytes()) {
+            Some(long) => long_links::open(self.root.as_fd(), &self.keys, &long),
+            None => names::decrypt_symlink(&self.keys, backing),
         }
     }
 

@@ -10,7 +10,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat};
 
 use super::{Caller, SealFs, stat_fd};
-use crate::volume::{Result, names, proc_fd_path};
+use crate::volume::{Result, proc_fd_path};
 
 fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
     match t {
@@ -39,7 +39,7 @@ pub struct AttrChanges {
 impl SealFs {
     pub fn getattr(&self, ino: u64) -> Result<FileAttr> {
         let node = self.node(ino)?;
-        Ok(self.attr_of(&stat_fd(node.fd.as_fd())?))
+        Ok(self.attr_of(node.fd.as_fd(), &stat_fd(node.fd.as_fd())?))
     }
 
     /// Changes what is given, in this order: size (dropping set-id bits first unless the
@@ -104,7 +104,7 @@ impl SealFs {
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
         let encoded = readlinkat(node.fd.as_fd(), "")?;
-        names::decrypt_symlink(&self.volume.keys, &encoded)
+        self.volume.open_symlink(&encoded)
     }
 }
 

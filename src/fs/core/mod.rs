@@ -209,11 +209,13 @@ impl SealFs {
     }
 
     /// The attributes the user sees: the backing inode's, with the plaintext size.
-    fn attr_of(&self, stat: &FileStat) -> FileAttr {
+    /// `fd`: the inode's own (O_PATH) descriptor.
+    fn attr_of(&self, fd: BorrowedFd<'_>, stat: &FileStat) -> FileAttr {
         attr_from_stat(
             self.inodes.node_id(stat.st_ino),
             stat,
-            self.volume.plain_size(stat.st_mode, stat.st_size as u64),
+            self.volume
+                .plain_size(fd, stat.st_mode, stat.st_size as u64),
             stat.st_blocks as u64,
             self.volume.layout.block_size() as u32,
         )

@@ -10,22 +10,30 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fuser::FileAttr;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat2};
 use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat, mknodat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
 use super::{Caller, FileHandle, Handle, SealFs, o_path, stat_fd};
+use crate::format::link::{LONG_TARGET_LEN, LongTarget};
 use crate::fs::inodes::{Content, Node};
 use crate::io::FileId;
 use crate::volume::{Result, VolumeError, names, proc_fd_path};
+
+/// What an entry's last link takes with it.
+pub(super) enum LastLink {
+    DataFile(u64, FileId),
+    LongSymlink(LongTarget),
+}
 
 impl SealFs {
     /// Looks up `entry` in `parent`, the backing name of `name`, and counts a kernel lookup.
     pub(super) fn entry_of(&self, parent: &Node, name: &OsStr, entry: &str) -> Result<FileAttr> {
         let fd = o_path(parent.fd.as_fd(), entry)?;
         let stat = stat_fd(fd.as_fd())?;
+        let attr = self.attr_of(fd.as_fd(), &stat);
         self.inodes.remember(fd, &stat, parent.ino, name);
-        Ok(self.attr_of(&stat))
+        Ok(attr)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
@@ -130,18 +138,37 @@ impl SealFs {
         self.writable()?;
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
-        let encoded = names::encrypt_symlink(&self.volume.keys, target.as_bytes())?;
-        names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
-        symlinkat(encoded.as_str(), parent.fd.as_fd(), backing.entry())?;
+        let encoded = self.volume.seal_symlink(target.as_bytes())?;
+        let long = LongTarget::decode(encoded.as_bytes());
+        let made = names::write_long_sidecar(parent.fd.as_fd(), &backing).and_then(|()| {
+            Ok(symlinkat(
+                encoded.as_str(),
+                parent.fd.as_fd(),
+                backing.entry(),
+            )?)
+        });
+        if let (Err(_), Some(long)) = (&made, long) {
+            crate::volume::long_links::remove(self.volume.root.as_fd(), &long);
+        }
+        made?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         self.entry_of(&parent, name, backing.entry())
     }
 
-    /// The file id of a regular file about to lose its last link, if it is one.
-    pub(super) fn last_link_id(&self, dir: BorrowedFd<'_>, entry: &str) -> Option<(u64, FileId)> {
+    /// What goes with entry `entry` if it is the last link of its inode: a data file's header
+    /// (by backing inode and file id) or a long symlink target's sidecar.
+    pub(super) fn last_link(&self, dir: BorrowedFd<'_>, entry: &str) -> Option<LastLink> {
         let stat = fstatat(dir, entry, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
-        if stat.st_mode & libc::S_IFMT != libc::S_IFREG || stat.st_nlink != 1 {
+        if stat.st_nlink != 1 {
             return None;
+        }
+        match stat.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFLNK if stat.st_size as u64 == LONG_TARGET_LEN => {
+                let target = readlinkat(dir, entry).ok()?;
+                return LongTarget::decode(target.as_bytes()).map(LastLink::LongSymlink);
+            }
+            _ => return None,
         }
         let file = File::from(
             openat(
@@ -152,7 +179,21 @@ impl SealFs {
             )
             .ok()?,
         );
-        Some((stat.st_ino, crate::io::read_file_id(&file).ok()?))
+        Some(LastLink::DataFile(
+            stat.st_ino,
+            crate::io::read_file_id(&file).ok()?,
+        ))
+    }
+
+    /// Drops what `last_link` found, once the link is gone.
+    fn drop_last_link(&self, last: Option<LastLink>) {
+        match last {
+            Some(LastLink::DataFile(ino, id)) => self.drop_header(ino, id),
+            Some(LastLink::LongSymlink(long)) => {
+                crate::volume::long_links::remove(self.volume.root.as_fd(), &long)
+            }
+            None => {}
+        }
     }
 
     /// A header is removed only once its file's last link is gone and no handle is open.
@@ -172,16 +213,14 @@ impl SealFs {
         self.writable()?;
         let parent = self.node(parent)?;
         let backing = self.volume.encrypt_name(name)?;
-        let last = self.last_link_id(parent.fd.as_fd(), backing.entry());
+        let last = self.last_link(parent.fd.as_fd(), backing.entry());
         unlinkat(
             parent.fd.as_fd(),
             backing.entry(),
             UnlinkatFlags::NoRemoveDir,
         )?;
         names::remove_long_sidecar(parent.fd.as_fd(), &backing);
-        if let Some((ino, id)) = last {
-            self.drop_header(ino, id);
-        }
+        self.drop_last_link(last);
         Ok(())
     }
 
@@ -214,7 +253,7 @@ impl SealFs {
         let replaced = if exchange || same {
             None
         } else {
-            self.last_link_id(new_parent_node.fd.as_fd(), new.entry())
+            self.last_link(new_parent_node.fd.as_fd(), new.entry())
         };
         names::write_long_sidecar(new_parent_node.fd.as_fd(), &new)?;
         renameat2(
@@ -227,9 +266,7 @@ impl SealFs {
         if !exchange && !same {
             names::remove_long_sidecar(parent.fd.as_fd(), &old);
         }
-        if let Some((ino, id)) = replaced {
-            self.drop_header(ino, id);
-        }
+        self.drop_last_link(replaced);
         // The moved node is now known to the kernel under its new name.
         if let Ok(st) = fstatat(
             new_parent_node.fd.as_fd(),
@@ -288,6 +325,7 @@ impl SealFs {
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         let fd = o_path(parent.fd.as_fd(), backing.entry())?;
         let stat = stat_fd(fd.as_fd())?;
+        let attr = self.attr_of(fd.as_fd(), &stat);
         let node = self.inodes.remember(fd, &stat, parent.ino, name);
         let _ = node.file_id.set(file_id);
         node.open_handles.fetch_add(1, Ordering::AcqRel);
@@ -301,6 +339,6 @@ impl SealFs {
             // description opened after it (an older epoch is always the safe side).
             opened_in_epoch: 0,
         })));
-        Ok((self.attr_of(&stat), fh))
+        Ok((attr, fh))
     }
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::progress::Progress;
 use super::{Result, Volume, VolumeError, claim};
+use crate::format::link::LINKS_DIR;
 use crate::format::{Id, id_to_hex};
 use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, RemoteFailure};
@@ -47,6 +48,8 @@ pub enum ProblemKind {
     /// Two distinct data files carrying the same file id (so sharing one header).
     DuplicateFileId,
     OrphanHeader,
+    /// Two symlinks (distinct inodes) whose long target is one sidecar.
+    SharedLinkTarget,
     /// A crash leftover: header or config temp file, long-name sidecar without its entry.
     Leftover,
     /// Something in the cipher dir sealfs did not write: reported, never touched.
@@ -162,6 +165,7 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
         others,
         quarantined,
         mut problems,
+        long_links,
     } = walk::walk(volume)?;
     progress.set_total(files.len() as u64);
     let checked: Vec<Checked> = files
@@ -222,6 +226,50 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
             }
             problems.push(problem);
         }
+    }
+    // Two symlink inodes naming one sidecar (a copy of the cipher dir that did not keep hard
+    // links): deleting either would take the other's target, so each gets its own.
+    let mut link_owners: HashMap<Id, (u64, u64)> = HashMap::new();
+    for link in &long_links {
+        let owner = *link_owners
+            .entry(link.link_id)
+            .or_insert((link.dev, link.ino));
+        if owner != (link.dev, link.ino) && !link.entry.quarantined {
+            problems.push(
+                Problem::new(
+                    ProblemKind::SharedLinkTarget,
+                    link.entry.path.clone(),
+                    format!(
+                        "shares its target sidecar {} with another symlink",
+                        id_to_hex(&link.link_id)
+                    ),
+                )
+                .at(&link.entry),
+            );
+        }
+    }
+    let links = super::long_links::list(volume.root.as_fd())?;
+    for id in links.ids.iter().filter(|id| !link_owners.contains_key(*id)) {
+        let hex = id_to_hex(id);
+        let path = format!("{LINKS_DIR}/{}/{hex}", &hex[..2]);
+        problems.push(if unseen == 0 {
+            Problem::leftover(&path, "long symlink target no symlink points at")
+        } else {
+            Problem::new(
+                ProblemKind::Stray,
+                path,
+                format!(
+                    "long symlink target no symlink read points at; kept, since {unseen} entries could not be read"
+                ),
+            )
+        });
+    }
+    for stray in &links.strays {
+        problems.push(Problem::new(
+            ProblemKind::Stray,
+            format!("{LINKS_DIR}/{stray}"),
+            "not a symlink target sidecar; left alone",
+        ));
     }
     for temp in &listing.temps {
         problems.push(Problem::leftover(

@@ -33,6 +33,11 @@ pub fn repair(volume: &Volume, problems: &mut [Problem]) {
                     .map(|id| format!("re-encrypted under a new file id {}", id_to_hex(&id))),
                 None => continue,
             },
+            ProblemKind::SharedLinkTarget => match &problem.entry {
+                Some(entry) => give_own_link_target(volume, entry)
+                    .map(|()| "given a target sidecar of its own".to_string()),
+                None => continue,
+            },
             ProblemKind::BadName
             | ProblemKind::BadSymlink
             | ProblemKind::BadPreamble
@@ -115,6 +120,58 @@ fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
 
 /// Copies a file that shares its file id with another into a new data file with its own id
 /// and header, then puts it in place of the old name. Both files stay readable throughout.
+/// Replaces a symlink whose long target sidecar another symlink shares by one with a copy of
+/// its own, atomically (a new link under a temporary name renamed over it), keeping its owner
+/// and times.
+fn give_own_link_target(volume: &Volume, entry: &Entry) -> Result<()> {
+    let dir = open_dir(volume.root.as_fd(), &entry.dir)?;
+    let st = fstatat(
+        dir.as_fd(),
+        entry.backing.as_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    let backing = nix::fcntl::readlinkat(dir.as_fd(), entry.backing.as_str())?;
+    let target = volume.open_symlink(&backing)?;
+    let sealed = volume.seal_symlink(&target)?;
+    let temp = format!(
+        "sealfs.fsck-copy.{}",
+        id_to_hex(&crate::crypto::random_array::<16>().map_err(KeyError::from)?)
+    );
+    let made = (|| -> Result<()> {
+        nix::unistd::symlinkat(sealed.as_str(), dir.as_fd(), temp.as_str())?;
+        nix::unistd::fchownat(
+            dir.as_fd(),
+            temp.as_str(),
+            Some(st.st_uid.into()),
+            Some(st.st_gid.into()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        nix::sys::stat::utimensat(
+            dir.as_fd(),
+            temp.as_str(),
+            &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
+            &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )?;
+        renameat2(
+            dir.as_fd(),
+            temp.as_str(),
+            dir.as_fd(),
+            entry.backing.as_str(),
+            RenameFlags::empty(),
+        )?;
+        sync_dir(dir.as_fd());
+        Ok(())
+    })();
+    if made.is_err() {
+        let _ = unlinkat(dir.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
+        if let Some(long) = crate::format::link::LongTarget::decode(sealed.as_bytes()) {
+            crate::volume::long_links::remove(volume.root.as_fd(), &long);
+        }
+    }
+    made
+}
+
 fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id> {
     let dir = open_dir(volume.root.as_fd(), &entry.dir)?;
     let old = std::fs::File::from(openat(

@@ -16,6 +16,7 @@ use nix::sys::stat::{Mode, SFlag, fstatat};
 
 use super::{Problem, ProblemKind};
 use crate::format::config::CONFIG_FILE;
+use crate::format::link::{LINKS_DIR, LongTarget};
 use crate::format::name::{self, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX};
 use crate::volume::headers::HEADERS_DIR;
 use crate::volume::{Result, Volume, names};
@@ -61,6 +62,16 @@ pub struct WalkResult {
     pub others: u64,
     pub quarantined: u64,
     pub problems: Vec<Problem>,
+    /// The symlinks whose target is in a sidecar (quarantined ones too).
+    pub long_links: Vec<LongLink>,
+}
+
+/// A symlink whose target is in a sidecar, by backing inode.
+pub struct LongLink {
+    pub link_id: crate::format::Id,
+    pub dev: u64,
+    pub ino: u64,
+    pub entry: Entry,
 }
 
 pub fn walk(volume: &Volume) -> Result<WalkResult> {
@@ -173,12 +184,20 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                 }
                 Type::Symlink => {
                     out.symlinks += 1;
+                    let target = readlinkat(fd.as_fd(), backing.as_os_str())?;
+                    if let Some(long) = LongTarget::decode(target.as_bytes()) {
+                        out.long_links.push(LongLink {
+                            link_id: long.link_id,
+                            dev: st.st_dev,
+                            ino: st.st_ino,
+                            entry: entry.clone(),
+                        });
+                    }
                     if quarantined {
                         out.quarantined += 1;
                         continue;
                     }
-                    let target = readlinkat(fd.as_fd(), backing.as_os_str())?;
-                    if let Err(e) = names::decrypt_symlink(&volume.keys, &target) {
+                    if let Err(e) = volume.open_symlink(&target) {
                         out.problems.push(
                             Problem::new(ProblemKind::BadSymlink, path, e.to_string()).at(&entry),
                         );
@@ -199,6 +218,7 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
 fn is_root_internal(name: &str) -> bool {
     name == CONFIG_FILE
         || name == HEADERS_DIR
+        || name == LINKS_DIR
         || name == "sealfs.conf.tmp"
         || name == "sealfs.audit"
         || name == crate::volume::claim::LOCK_FILE
