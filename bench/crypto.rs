@@ -19,7 +19,7 @@ fn blocks(c: &mut Criterion) {
         let plain = vec![0x5au8; size];
         let mut sealed = vec![0u8; size + SEAL_OVERHEAD];
         let mut opened = vec![0u8; size];
-        let aad = block_aad(&[1; 16], 3);
+        let aad = block_aad(2, &[1; 16], 3);
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
             b.iter(|| {

@@ -65,7 +65,9 @@ fn fixture_v1_reads_through_the_library_without_a_mount() {
         .join(file_name.entry());
     let file = fs::File::open(path).unwrap();
     let (file_id, material) = volume.open_data_file(&file).unwrap();
-    let bf = volume.data_file(&file, &file_id, &material);
+    // A version 1 data file: no hole map.
+    assert_eq!(sealfs::io::read_preamble(&file).unwrap().version, 1);
+    let bf = volume.data_file(&file, &file_id, &material, None);
     assert_eq!(bf.plain_size().unwrap(), 10000);
     assert_eq!(bf.read_at(0, 20000).unwrap(), nested());
 }

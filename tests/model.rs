@@ -137,14 +137,31 @@ fn run(seed: u64, steps: usize) {
     let m = vol.mount();
     check(&model, &m, &format!("seed {seed} after remount"));
     m.unmount();
-    // Headers of deleted files are gone: one header per live inode.
+    // Headers of deleted files are gone: one header per live inode; a hole map (`<id>.holes`)
+    // only beside its header.
     let live: std::collections::BTreeSet<_> = model.names.values().collect();
-    let headers = common::files_under(&vol.cipher.join("sealfs.headers")).len();
+    let files = common::files_under(&vol.cipher.join("sealfs.headers"));
+    let name = |p: &std::path::PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let headers: Vec<String> = files
+        .iter()
+        .map(name)
+        .filter(|n| !n.contains('.'))
+        .collect();
     assert_eq!(
-        headers,
+        headers.len(),
         live.len(),
         "seed {seed}: orphan or missing headers"
     );
+    for map in files.iter().map(name).filter(|n| n.contains('.')) {
+        let id = map
+            .strip_suffix(".holes")
+            .unwrap_or_else(|| panic!("{map}"));
+        assert!(
+            headers.iter().any(|h| h == id),
+            "hole map {map} without its header"
+        );
+    }
+    vol.assert_fsck_clean();
 }
 
 #[test]

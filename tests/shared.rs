@@ -459,3 +459,75 @@ fn truncates_on_one_shared_mount_and_writes_on_the_other_keep_both() {
     b.unmount();
     vol.assert_fsck_clean();
 }
+
+/// Holes across shared mounts: a range one mount punches reads as zeros on the other, a block
+/// the other then writes into it reads back on both, and a written block zeroed in the cipher
+/// dir reads as EIO on both (neither takes it for a hole, whichever changed the map last).
+#[test]
+fn holes_punched_and_filled_on_two_shared_mounts_stay_authenticated() {
+    use std::os::unix::fs::FileExt;
+    const BS: usize = 4096;
+    let vol = TestVolume::new();
+    let other = vol.second_mountpoint();
+    let a = vol.mount_with(&["-o", "shared"]);
+    let b = other.mount_with(&["-o", "shared"]);
+    fs::write(a.p("f"), vec![b'x'; 16 * BS]).unwrap();
+    let fb = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.p("f"))
+        .unwrap();
+    nix::fcntl::fallocate(
+        &fb,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        4 * BS as i64,
+        4 * BS as i64,
+    )
+    .unwrap();
+    let mut want = vec![b'x'; 16 * BS];
+    want[4 * BS..8 * BS].fill(0);
+    assert_eq!(fs::read(a.p("f")).unwrap(), want, "a sees b's punch");
+    let fa = fs::OpenOptions::new().write(true).open(a.p("f")).unwrap();
+    fa.write_all_at(&vec![b'z'; BS], 5 * BS as u64).unwrap();
+    drop(fa);
+    want[5 * BS..6 * BS].fill(b'z');
+    let mut back = vec![0u8; 16 * BS];
+    fb.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(back, want, "b sees a's write into the hole");
+    drop(fb);
+    // Zero the block a wrote into the hole, straight in the cipher dir.
+    let data = common::files_under(&vol.cipher)
+        .into_iter()
+        .find(|p| !p.to_string_lossy().contains("sealfs."))
+        .unwrap();
+    let layout = sealfs::format::block::Layout::new(BS as u32).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .write_all_at(
+            &vec![0u8; layout.sealed_block_size() as usize],
+            layout.block_offset(5),
+        )
+        .unwrap();
+    for (name, m) in [("a", &a), ("b", &b)] {
+        let err = fs::File::open(m.p("f"))
+            .unwrap()
+            .read_exact_at(&mut back[..BS], 5 * BS as u64)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "mount {name}");
+        let mut hole = vec![1u8; BS];
+        fs::File::open(m.p("f"))
+            .unwrap()
+            .read_exact_at(&mut hole, 6 * BS as u64)
+            .unwrap();
+        assert_eq!(
+            hole,
+            vec![0u8; BS],
+            "mount {name}: the rest of the punch is a hole"
+        );
+    }
+    a.unmount();
+    b.unmount();
+}

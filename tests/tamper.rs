@@ -44,7 +44,11 @@ fn data_file(vol: &TestVolume, plain_len: usize) -> PathBuf {
 
 fn header_of(vol: &TestVolume, data: &Path) -> PathBuf {
     let bytes = fs::read(data).unwrap();
-    let id = id_to_hex(&decode_preamble(&bytes[..PREAMBLE_LEN as usize]).unwrap());
+    let id = id_to_hex(
+        &decode_preamble(&bytes[..PREAMBLE_LEN as usize])
+            .unwrap()
+            .file_id,
+    );
     vol.cipher.join("sealfs.headers").join(&id[..2]).join(id)
 }
 
@@ -251,4 +255,133 @@ fn tampered_config_refuses_to_mount() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
+}
+
+/// A hole cannot be forged over data (docs/FORMAT.md, "Holes"): a written block zeroed in the
+/// cipher dir reads as EIO, while the file's real holes (a sparse gap, a truncate up, a punched
+/// range) read as zeros, before and after a remount. The hole map itself is sealed: a flipped
+/// bit makes the holes unreadable (EIO), a map copied from another file does not open, a
+/// deleted map turns every hole into EIO; fsck reports unrecorded all-zero blocks and only
+/// `--repair` accepts them as holes.
+#[test]
+fn zeroed_blocks_are_not_holes() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let bs = 4096u64;
+    // "a": data, a gap (blocks 3..6), data; then truncated up (holes to block 11), and
+    // blocks 1..2 punched.
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.p("a"))
+        .unwrap();
+    f.write_all_at(&vec![b'x'; 3 * bs as usize], 0).unwrap();
+    f.write_all_at(&vec![b'y'; bs as usize], 6 * bs).unwrap();
+    f.set_len(11 * bs).unwrap();
+    nix::fcntl::fallocate(
+        &f,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        bs as i64,
+        bs as i64,
+    )
+    .unwrap();
+    drop(f);
+    fs::write(m.p("b"), vec![b'b'; 4 * bs as usize]).unwrap();
+    let mut want = vec![0u8; 11 * bs as usize];
+    want[..bs as usize].fill(b'x');
+    want[2 * bs as usize..3 * bs as usize].fill(b'x');
+    want[6 * bs as usize..7 * bs as usize].fill(b'y');
+    assert_eq!(fs::read(m.p("a")).unwrap(), want);
+    m.unmount();
+    vol.assert_fsck_clean();
+    let m = vol.mount();
+    assert_eq!(
+        fs::read(m.p("a")).unwrap(),
+        want,
+        "holes recorded across a remount"
+    );
+    m.unmount();
+
+    let a = data_file(&vol, want.len());
+    let b = data_file(&vol, 4 * bs as usize);
+    let sbs = layout().sealed_block_size() as usize;
+    let zero_block = |path: &Path, block: u64| {
+        let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&vec![0u8; sbs], layout().block_offset(block))
+            .unwrap();
+    };
+    // Zero written blocks: block 2 of "a" (between a punched block and a gap), block 0 of "b".
+    zero_block(&a, 2);
+    zero_block(&b, 0);
+    let m = vol.mount();
+    assert_eio(fs::read(m.p("a")));
+    assert_eio(fs::read(m.p("b")));
+    let fa = fs::File::open(m.p("a")).unwrap();
+    let mut buf = vec![0u8; bs as usize];
+    fa.read_exact_at(&mut buf, bs).unwrap();
+    assert_eq!(
+        buf,
+        vec![0; bs as usize],
+        "the punched block is still a hole"
+    );
+    fa.read_exact_at(&mut buf, 4 * bs).unwrap();
+    assert_eq!(buf, vec![0; bs as usize], "the gap is still a hole");
+    fa.read_exact_at(&mut buf, 10 * bs).unwrap();
+    assert_eq!(buf, vec![0; bs as usize], "the truncated-up end is a hole");
+    drop(fa);
+    let log = m.unmount();
+    assert!(log.contains("not a recorded hole"), "{log}");
+
+    let out = vol.run(&["fsck", vol.cipher_str()]);
+    assert_eq!(out.status.code(), Some(4));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(report.matches("unrecorded-hole: /").count(), 2, "{report}");
+    let out = vol.run(&["fsck", "--repair", vol.cipher_str()]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    vol.assert_fsck_clean();
+    let m = vol.mount();
+    let mut accepted = want.clone();
+    accepted[2 * bs as usize..3 * bs as usize].fill(0);
+    assert_eq!(
+        fs::read(m.p("a")).unwrap(),
+        accepted,
+        "--repair accepted them"
+    );
+    m.unmount();
+
+    // The map itself: a flipped bit, then a map copied from another file, then none at all.
+    let map_of = |data: &Path| {
+        let mut p = header_of(&vol, data).into_os_string();
+        p.push(".holes");
+        PathBuf::from(p)
+    };
+    let a_map = map_of(&a);
+    let saved = fs::read(&a_map).unwrap();
+    flip(&a_map, saved.len() as u64 - 3);
+    let m = vol.mount();
+    assert_eio(fs::read(m.p("a")));
+    assert_eq!(
+        fs::read(m.p("b")).unwrap()[bs as usize..],
+        vec![b'b'; 3 * bs as usize][..],
+        "other files unharmed"
+    );
+    m.unmount();
+    fs::write(&a_map, &saved).unwrap();
+    // "b" gets a map of its own (its zeroed block 0 was accepted), which must not open as a's.
+    fs::copy(map_of(&b), &a_map).unwrap();
+    let m = vol.mount();
+    assert_eio(fs::read(m.p("a")));
+    m.unmount();
+    fs::remove_file(&a_map).unwrap();
+    let m = vol.mount();
+    assert_eio(fs::read(m.p("a")));
+    fs::File::open(m.p("a"))
+        .unwrap()
+        .read_exact_at(&mut buf, 0)
+        .unwrap();
+    assert_eq!(buf, vec![b'x'; bs as usize], "data blocks still read");
+    m.unmount();
 }

@@ -1,5 +1,6 @@
-//! Backing names from a directory listing: classification, base64url decoding, unpadding and
-//! a decryption attempt under a fixed key never panic.
+//! Backing names from a directory listing and symlink targets: classification, base64url
+//! decoding, unpadding, a decryption attempt under a fixed key, and long symlink targets with
+//! their sidecars, never panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sealfs::crypto::{Sealer, SecretKey};
@@ -7,6 +8,8 @@ use sealfs::format::name::{self, EntryKind};
 
 fuzz_target!(|data: &[u8]| {
     let _ = name::unpad(data);
+    let _ = sealfs::format::link::LongTarget::decode(data);
+    let _ = sealfs::format::link::decode_sidecar(data, &[0; 16]);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

@@ -5,22 +5,31 @@ use super::{FormatError, Id, Reader};
 use crate::crypto::SEAL_OVERHEAD;
 
 pub const DATA_MAGIC: &[u8; 7] = b"SEALDAT";
-/// Version of the data file layout (preamble and block sealing) this build writes and reads.
-pub const DATA_VERSION: u8 = 1;
+/// The newest data file version (preamble and block sealing), which forward mounts write:
+/// 2, whose all-zero blocks are holes only where its hole map says so (`format::holes`).
+/// Version 1 (any all-zero block is a hole) is still read, and the reverse view writes it.
+pub const DATA_VERSION: u8 = 2;
 pub const PREAMBLE_LEN: u64 = 24;
 pub const MIN_BLOCK_SIZE: u32 = 512;
 pub const MAX_BLOCK_SIZE: u32 = 1 << 20;
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
 
-pub fn encode_preamble(file_id: &Id) -> [u8; PREAMBLE_LEN as usize] {
+/// What a data file's preamble says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    pub version: u8,
+    pub file_id: Id,
+}
+
+pub fn encode_preamble(version: u8, file_id: &Id) -> [u8; PREAMBLE_LEN as usize] {
     let mut out = [0u8; PREAMBLE_LEN as usize];
     out[..7].copy_from_slice(DATA_MAGIC);
-    out[7] = DATA_VERSION;
+    out[7] = version;
     out[8..].copy_from_slice(file_id);
     out
 }
 
-pub fn decode_preamble(bytes: &[u8]) -> Result<Id, FormatError> {
+pub fn decode_preamble(bytes: &[u8]) -> Result<Preamble, FormatError> {
     let mut r = Reader::new(bytes, "data file preamble");
     if r.take(7)? != DATA_MAGIC {
         return Err(FormatError::BadMagic("data file"));
@@ -33,16 +42,16 @@ pub fn decode_preamble(bytes: &[u8]) -> Result<Id, FormatError> {
             supported: DATA_VERSION.into(),
         });
     }
-    let id = r.array()?;
+    let file_id = r.array()?;
     r.finish()?;
-    Ok(id)
+    Ok(Preamble { version, file_id })
 }
 
-/// Associated data of block `index` of file `file_id`: binds version, file and position, so a
-/// block moved within or between files fails authentication.
-pub fn block_aad(file_id: &Id, index: u64) -> [u8; 25] {
+/// Associated data of block `index` of file `file_id` (data file `version`): binds version,
+/// file and position, so a block moved within or between files fails authentication.
+pub fn block_aad(version: u8, file_id: &Id, index: u64) -> [u8; 25] {
     let mut aad = [0u8; 25];
-    aad[0] = DATA_VERSION;
+    aad[0] = version;
     aad[1..17].copy_from_slice(file_id);
     aad[17..].copy_from_slice(&index.to_be_bytes());
     aad
@@ -125,8 +134,19 @@ mod tests {
     #[test]
     fn preamble_round_trip_and_bit_flips() {
         let id = [9u8; 16];
-        let bytes = encode_preamble(&id);
-        assert_eq!(decode_preamble(&bytes).unwrap(), id);
+        let bytes = encode_preamble(DATA_VERSION, &id);
+        assert_eq!(
+            decode_preamble(&bytes).unwrap(),
+            Preamble {
+                version: DATA_VERSION,
+                file_id: id
+            }
+        );
+        assert_eq!(
+            decode_preamble(&encode_preamble(1, &id)).unwrap().version,
+            1
+        );
+        assert!(decode_preamble(&encode_preamble(3, &id)).is_err());
         for bit in 0..64 {
             let mut bad = bytes;
             bad[bit / 8] ^= 1 << (bit % 8);

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod block;
 pub mod config;
 pub mod header;
+pub mod holes;
 pub mod keyring;
 pub mod link;
 pub mod name;

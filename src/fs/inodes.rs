@@ -17,13 +17,27 @@ use crate::io::FileId as Id;
 use crate::io::range_lock::RangeLock;
 use crate::keys::DataKeyMaterial;
 use crate::shell::attr::file_type;
+use crate::volume::hole_maps::FileHoles;
 
 pub const ROOT_INO: u64 = 1;
 
-/// The key material of an open regular file.
+/// The key material of an open regular file, and the keeper of its hole map (`None`: a
+/// version 1 data file).
 pub struct Content {
     pub file_id: Id,
     pub material: Arc<DataKeyMaterial>,
+    pub holes: Option<Arc<FileHoles>>,
+}
+
+impl Content {
+    /// What the hole ledger calls need besides the map: the data file and its key.
+    pub fn ledger_access<'a>(&'a self, file: &'a std::fs::File) -> crate::io::LedgerAccess<'a> {
+        crate::io::LedgerAccess {
+            file,
+            file_id: &self.file_id,
+            sealer: &self.material.content,
+        }
+    }
 }
 
 pub struct Node {
@@ -33,6 +47,9 @@ pub struct Node {
     lookups: AtomicU64,
     /// The file id the data file carries; read once.
     pub file_id: OnceLock<Id>,
+    /// The keeper of the data file's hole map, one per inode so that every handle sees the
+    /// same (`None`: a version 1 data file); set with `file_id`.
+    pub holes: OnceLock<Option<Arc<FileHoles>>>,
     /// Block-range lock: keeps read-modify-write of edge blocks and size changes from
     /// interleaving, while I/O to disjoint blocks runs in parallel.
     pub ranges: RangeLock,
@@ -73,6 +90,7 @@ impl Node {
             kind,
             lookups: AtomicU64::new(0),
             file_id: OnceLock::new(),
+            holes: OnceLock::new(),
             ranges: RangeLock::default(),
             closed_stamp: Mutex::new(None),
             open_handles: AtomicU32::new(0),

@@ -28,11 +28,12 @@ pub enum Nonces {
     PerIndex,
 }
 
-/// The key and identity that seal the blocks of one data file.
+/// The key, identity and format version that seal the blocks of one data file.
 #[derive(Clone, Copy)]
 pub struct BlockKey<'a> {
     pub file_id: &'a Id,
     pub sealer: &'a Sealer,
+    pub version: u8,
 }
 
 impl BlockKey<'_> {
@@ -41,6 +42,10 @@ impl BlockKey<'_> {
             file: crate::format::id_to_hex(self.file_id),
             block,
         }
+    }
+
+    fn aad(&self, index: u64) -> [u8; 25] {
+        block_aad(self.version, self.file_id, index)
     }
 }
 
@@ -89,14 +94,8 @@ pub(super) fn seal_run<'s>(
                 &derived
             }
         };
-        codec::seal_block(
-            key.sealer,
-            nonce,
-            &block_aad(key.file_id, index),
-            source(index),
-            out,
-        )
-        .map_err(IoError::Seal)
+        codec::seal_block(key.sealer, nonce, &key.aad(index), source(index), out)
+            .map_err(IoError::Seal)
     };
     debug_assert_eq!(out.len().div_ceil(sealed_block), blocks);
     if blocks >= PARALLEL_MIN_BLOCKS {
@@ -110,23 +109,40 @@ pub(super) fn seal_run<'s>(
     }
 }
 
+/// Whether an all-zero stored block, by index, is a hole (reads as zeros); else it is an
+/// error (`IoError::UnrecordedHole`, or why the answer could not be had).
+pub(super) type HoleRule<'a> = &'a (dyn Fn(u64) -> Result<bool, IoError> + Sync);
+
+/// Any all-zero block is a hole: version 1 data files.
+pub(super) fn any_zero_block(_: u64) -> Result<bool, IoError> {
+    Ok(true)
+}
+
 /// Opens the sealed blocks `first..` held back to back in `sealed` into `plain`, which holds
-/// exactly their plaintext lengths. An all-zero stored block is a hole and reads as zeros.
+/// exactly their plaintext lengths. An all-zero stored block reads as zeros if `is_hole` says
+/// it is a hole.
 pub(super) fn open_run(
     layout: &Layout,
     key: BlockKey<'_>,
     first: u64,
     sealed: &[u8],
     plain: &mut [u8],
+    is_hole: HoleRule<'_>,
 ) -> Result<(), IoError> {
     let bs = layout.block_size() as usize;
     let open_one = |(i, (plain, sealed)): (usize, (&mut [u8], &[u8]))| {
         let index = first + i as u64;
-        if is_hole(sealed) {
-            plain.fill(0);
-            return Ok(());
+        if all_zero(sealed) {
+            if is_hole(index)? {
+                plain.fill(0);
+                return Ok(());
+            }
+            return Err(IoError::UnrecordedHole {
+                file: crate::format::id_to_hex(key.file_id),
+                block: index,
+            });
         }
-        codec::open_block(key.sealer, &block_aad(key.file_id, index), sealed, plain)
+        codec::open_block(key.sealer, &key.aad(index), sealed, plain)
             .map_err(|_| key.integrity(index))
     };
     let sealed_block = bs + SEAL_OVERHEAD;
@@ -145,9 +161,9 @@ pub(super) fn open_run(
     }
 }
 
-/// An all-zero stored block is a hole (sparse region, truncate up, write past EOF): it reads
-/// as zeros. Documented in docs/FORMAT.md as the one unauthenticated case, as in gocryptfs.
-fn is_hole(sealed: &[u8]) -> bool {
+/// An all-zero stored block: never written (a sparse region, truncate up, a write past the
+/// end) or punched. No sealed block is all zeros (its tag would have to be).
+fn all_zero(sealed: &[u8]) -> bool {
     sealed.iter().all(|&b| b == 0)
 }
 
@@ -161,6 +177,7 @@ mod tests {
         let key = BlockKey {
             file_id: &[1; 16],
             sealer: &sealer,
+            version: 2,
         };
         let bs = layout.block_size() as usize;
         let blocks = plain.len().div_ceil(bs);
@@ -181,7 +198,7 @@ mod tests {
         )
         .unwrap();
         let mut back = vec![0u8; plain.len()];
-        open_run(layout, key, first, &out, &mut back).unwrap();
+        open_run(layout, key, first, &out, &mut back, &any_zero_block).unwrap();
         assert_eq!(back, plain);
         out
     }
@@ -224,11 +241,22 @@ mod tests {
         let key = BlockKey {
             file_id: &[1; 16],
             sealer: &sealer,
+            version: 2,
         };
         let mut plain = [0u8; 512];
         assert!(matches!(
-            open_run(&layout, key, 1, &sealed, &mut plain),
+            open_run(&layout, key, 1, &sealed, &mut plain, &any_zero_block),
             Err(IoError::Integrity { block: 1, .. })
+        ));
+        // Another version's associated data: refused too.
+        let v1 = BlockKey { version: 1, ..key };
+        assert!(open_run(&layout, v1, 0, &sealed, &mut plain, &any_zero_block).is_err());
+        // An all-zero block is a hole only where the rule says so.
+        let zeros = vec![0u8; 512 + SEAL_OVERHEAD];
+        assert!(open_run(&layout, key, 0, &zeros, &mut plain, &any_zero_block).is_ok());
+        assert!(matches!(
+            open_run(&layout, key, 0, &zeros, &mut plain, &|_| Ok(false)),
+            Err(IoError::UnrecordedHole { block: 0, .. })
         ));
     }
 }

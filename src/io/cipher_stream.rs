@@ -36,7 +36,9 @@ pub fn read_sealed(
     }
     let mut out = Vec::with_capacity((end - offset) as usize);
     if offset < PREAMBLE_LEN {
-        let preamble = preamble(file_id);
+        // Version 1: the view must stay byte-identical across sealfs versions (it never
+        // stores holes, so version 2's hole map would add nothing to it).
+        let preamble = preamble(1, file_id);
         out.extend_from_slice(&preamble[offset as usize..end.min(PREAMBLE_LEN) as usize]);
     }
     if end <= PREAMBLE_LEN {
@@ -67,7 +69,11 @@ pub fn read_sealed(
         let at = ((index - first) * bs) as usize;
         &text[at.min(text.len())..(at + bs as usize).min(text.len())]
     };
-    let key = BlockKey { file_id, sealer };
+    let key = BlockKey {
+        file_id,
+        sealer,
+        version: 1,
+    };
     seal_run(
         layout,
         key,
@@ -120,7 +126,13 @@ mod tests {
         std::fs::write(&sealed_path, &whole).unwrap();
         let sealed = File::open(&sealed_path).unwrap();
         assert_eq!(crate::io::read_file_id(&sealed).unwrap(), id);
-        let forward = DataFile::new(&sealed, layout, &id, &sealer);
+        let forward = DataFile::new(
+            &sealed,
+            layout,
+            &id,
+            &sealer,
+            crate::io::Holes::AnyZeroBlock,
+        );
         assert_eq!(forward.read_at(0, 20_000).unwrap(), plain);
     }
 }

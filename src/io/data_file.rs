@@ -9,8 +9,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use super::IoError;
-use super::blocks::{BlockKey, Nonces, open_run, seal_run};
+use super::blocks::{BlockKey, Nonces, any_zero_block, open_run, seal_run};
 use super::buffers::{BUFFERS, Buffers, read_full_at, sized};
+use super::holes::{Holes, LedgerAccess, Persist};
 use crate::crypto::{SEAL_OVERHEAD, Sealer};
 use crate::format::Id;
 use crate::format::block::{Layout, PREAMBLE_LEN};
@@ -48,14 +49,63 @@ pub struct DataFile<'a> {
     file: &'a File,
     layout: Layout,
     key: BlockKey<'a>,
+    holes: Holes<'a>,
 }
 
 impl<'a> DataFile<'a> {
-    pub fn new(file: &'a File, layout: Layout, file_id: &'a Id, sealer: &'a Sealer) -> Self {
+    /// `holes` says the file's format version and how its holes are told from zeroed blocks.
+    pub fn new(
+        file: &'a File,
+        layout: Layout,
+        file_id: &'a Id,
+        sealer: &'a Sealer,
+        holes: Holes<'a>,
+    ) -> Self {
         DataFile {
             file,
             layout,
-            key: BlockKey { file_id, sealer },
+            key: BlockKey {
+                file_id,
+                sealer,
+                version: holes.version(),
+            },
+            holes,
+        }
+    }
+
+    fn ledger_access(&self) -> LedgerAccess<'_> {
+        LedgerAccess {
+            file: self.file,
+            file_id: self.key.file_id,
+            sealer: self.key.sealer,
+        }
+    }
+
+    /// Whether all-zero stored block `index` is a hole.
+    fn is_hole(&self, index: u64) -> Result<bool, IoError> {
+        match self.holes {
+            Holes::AnyZeroBlock => any_zero_block(index),
+            Holes::Recorded(ledger) => ledger.allows(&self.ledger_access(), index),
+        }
+    }
+
+    /// Records `blocks` as holes before they are zeroed or left unwritten.
+    fn record_holes(&self, blocks: std::ops::Range<u64>, persist: Persist) -> Result<(), IoError> {
+        match self.holes {
+            Holes::Recorded(ledger) if !blocks.is_empty() => {
+                ledger.record(&self.ledger_access(), blocks, persist)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `blocks` hold sealed data now, or are cut off: no longer holes.
+    fn clear_holes(&self, blocks: std::ops::Range<u64>) -> Result<(), IoError> {
+        match self.holes {
+            Holes::Recorded(ledger) if !blocks.is_empty() => {
+                ledger.clear(&self.ledger_access(), blocks)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -140,7 +190,9 @@ impl<'a> DataFile<'a> {
                 .key
                 .integrity(first + (got / self.layout.sealed_block_size() as usize) as u64));
         }
-        open_run(&self.layout, self.key, first, sealed, plain)
+        open_run(&self.layout, self.key, first, sealed, plain, &|index| {
+            self.is_hole(index)
+        })
     }
 
     /// Writes `data` at `offset`, growing the file as needed; gaps become holes. Whole blocks
@@ -209,6 +261,8 @@ impl<'a> DataFile<'a> {
         if tail_widens {
             self.reseal_block(size / bs, size, (size / bs + 1) * bs)?;
         }
+        // The blocks between the old end and the write stay unwritten: holes.
+        self.record_holes(size.div_ceil(bs)..first, Persist::Later)?;
         let written = self.write_blocks(offset, data, size, new_size);
         if written.is_err() && appends_only {
             let _ = self.file.set_len(backing);
@@ -360,6 +414,7 @@ impl<'a> DataFile<'a> {
         self.write_zeros(offset, first * bs)?;
         self.write_zeros((stop * bs).min(end), end)?;
         let backing_end = self.layout.backing_size(size);
+        self.record_holes(first..stop, Persist::Now)?;
         self.punch(
             self.layout.block_offset(first),
             self.layout.block_offset(stop).min(backing_end),
@@ -447,7 +502,13 @@ impl<'a> DataFile<'a> {
         } else if new_size > size && size % bs != 0 {
             self.reseal_block(size / bs, size, new_size)?;
         }
+        if new_size > size {
+            self.record_holes(size.div_ceil(bs)..new_size.div_ceil(bs), Persist::Now)?;
+        }
         self.file.set_len(self.layout.backing_size(new_size))?;
+        if new_size < size {
+            self.clear_holes(new_size.div_ceil(bs)..u64::MAX)?;
+        }
         Ok(())
     }
 
@@ -496,7 +557,7 @@ impl<'a> DataFile<'a> {
         )?;
         self.file
             .write_all_at(sealed, self.layout.block_offset(first))?;
-        Ok(())
+        self.clear_holes(first..first + blocks as u64)
     }
 }
 
@@ -510,6 +571,7 @@ impl From<nix::Error> for IoError {
 mod tests {
     use super::*;
     use crate::crypto::SecretKey;
+    use crate::io::holes::{LedgerAccess, Persist};
     use crate::io::preamble::write_preamble;
     use proptest::prelude::*;
 
@@ -543,7 +605,76 @@ mod tests {
         }
 
         fn df(&self) -> DataFile<'_> {
-            DataFile::new(&self.file, self.layout, &self.id, &self.sealer)
+            DataFile::new(
+                &self.file,
+                self.layout,
+                &self.id,
+                &self.sealer,
+                Holes::AnyZeroBlock,
+            )
+        }
+
+        /// A version 2 view of the file, its holes kept by `ledger`.
+        fn df2<'a>(&'a self, ledger: &'a MapLedger) -> DataFile<'a> {
+            DataFile::new(
+                &self.file,
+                self.layout,
+                &self.id,
+                &self.sealer,
+                Holes::Recorded(ledger),
+            )
+        }
+
+        /// The blocks stored all-zero, up to the file's last block.
+        fn zero_blocks(&self) -> Vec<u64> {
+            let size = self.df().plain_size().unwrap();
+            let sbs = self.layout.sealed_block_size() as usize;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &self.file, &mut bytes).unwrap();
+            let _ = std::io::Seek::rewind(&mut &self.file);
+            (0..size.div_ceil(self.layout.block_size()))
+                .filter(|&b| {
+                    let at = self.layout.block_offset(b) as usize;
+                    bytes[at..(at + sbs).min(bytes.len())]
+                        .iter()
+                        .all(|&x| x == 0)
+                })
+                .collect()
+        }
+    }
+
+    /// The hole ledger of a lone mount, in memory.
+    #[derive(Default)]
+    struct MapLedger(std::sync::Mutex<crate::format::holes::HoleMap>);
+
+    impl crate::io::HoleLedger for MapLedger {
+        fn allows(&self, _: &LedgerAccess<'_>, block: u64) -> Result<bool, IoError> {
+            Ok(self.0.lock().unwrap().contains(block))
+        }
+        fn record(
+            &self,
+            _: &LedgerAccess<'_>,
+            blocks: std::ops::Range<u64>,
+            _: Persist,
+        ) -> Result<(), IoError> {
+            self.0.lock().unwrap().insert(blocks);
+            Ok(())
+        }
+        fn clear(&self, _: &LedgerAccess<'_>, blocks: std::ops::Range<u64>) -> Result<(), IoError> {
+            self.0.lock().unwrap().remove(blocks);
+            Ok(())
+        }
+    }
+
+    impl MapLedger {
+        /// The recorded blocks below `end`.
+        fn blocks_below(&self, end: u64) -> Vec<u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .ranges()
+                .flat_map(|r| r.start.min(end)..r.end.min(end))
+                .collect()
         }
     }
 
@@ -601,6 +732,47 @@ mod tests {
                 }
                 prop_assert_eq!(df.plain_size().unwrap(), model.len() as u64);
                 prop_assert_eq!(df.read_at(0, model.len() + 10).unwrap(), model.clone());
+            }
+        }
+
+        /// Version 2: the same model, and after every step the hole map records exactly the
+        /// blocks stored as zeros (so every hole reads, and nothing else may be zero).
+        #[test]
+        fn version_2_records_exactly_its_holes(ops in proptest::collection::vec(op(), 1..12)) {
+            let fx = Fixture::new(512);
+            let ledger = MapLedger::default();
+            let df = fx.df2(&ledger);
+            let mut model: Vec<u8> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Write(o, d) => {
+                        df.write_at(o, &d).unwrap();
+                        let end = o as usize + d.len();
+                        if model.len() < end { model.resize(end, 0); }
+                        model[o as usize..end].copy_from_slice(&d);
+                    }
+                    Op::Truncate(n) => {
+                        df.truncate(n).unwrap();
+                        model.resize(n as usize, 0);
+                    }
+                    Op::ZeroRange(o, l, keep_size) => {
+                        df.zero_range(o, l, keep_size).unwrap();
+                        let end = (o + l) as usize;
+                        if !keep_size && model.len() < end { model.resize(end, 0); }
+                        let stop = end.min(model.len());
+                        if (o as usize) < stop { model[o as usize..stop].fill(0); }
+                    }
+                    Op::Allocate(o, l, keep_size) => {
+                        df.allocate(o, l, keep_size).unwrap();
+                        if !keep_size && model.len() < (o + l) as usize {
+                            model.resize((o + l) as usize, 0);
+                        }
+                    }
+                }
+                prop_assert_eq!(df.read_at(0, model.len() + 10).unwrap(), model.clone());
+                let blocks = (model.len() as u64).div_ceil(512);
+                prop_assert_eq!(ledger.blocks_below(blocks), fx.zero_blocks());
+                prop_assert!(ledger.blocks_below(u64::MAX).iter().all(|&b| b < blocks), "nothing past the end");
             }
         }
 
@@ -674,6 +846,28 @@ mod tests {
             fx.df().read_at(1536, 512),
             Err(IoError::Integrity { block: 3, .. })
         ));
+    }
+
+    /// A written block zeroed in the data file reads as EIO in a version 2 file (as zeros in
+    /// a version 1 file, whose holes are not recorded); a recorded hole still reads as zeros.
+    #[test]
+    fn a_zeroed_block_is_not_a_hole_unless_recorded() {
+        let fx = Fixture::new(512);
+        let ledger = MapLedger::default();
+        let df = fx.df2(&ledger);
+        df.write_at(0, &[7u8; 2048]).unwrap();
+        df.write_at(8 * 512, b"after a gap").unwrap();
+        assert_eq!(ledger.blocks_below(100), vec![4, 5, 6, 7]);
+        let sbs = fx.layout.sealed_block_size() as usize;
+        fx.file
+            .write_all_at(&vec![0u8; sbs], fx.layout.block_offset(1))
+            .unwrap();
+        assert!(matches!(
+            df.read_at(0, 2048),
+            Err(IoError::UnrecordedHole { block: 1, .. })
+        ));
+        assert_eq!(df.read_at(5 * 512, 10).unwrap(), vec![0; 10]);
+        assert_eq!(fx.df().read_at(512, 4).unwrap(), vec![0; 4], "version 1");
     }
 
     #[test]

@@ -40,9 +40,10 @@ pub fn lock_blocks<'a>(
     end: u64,
     exclusive: bool,
 ) -> Result<FileRangeLock<'a>, IoError> {
-    // Block 0's lock covers the preamble too: no need to tell the two apart.
+    // Block 0's lock covers the preamble too (no need to tell the two apart), but for its
+    // first byte, which is the hole map's lock (`lock_hole_map`).
     let start = if first == 0 {
-        0
+        HOLE_MAP_LOCK + 1
     } else {
         layout.block_offset(first)
     };
@@ -69,6 +70,27 @@ pub fn lock_blocks<'a>(
     };
     loop {
         match lock.set(kind, true) {
+            Ok(()) => return Ok(lock),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(IoError::Io(e.into())),
+        }
+    }
+}
+
+/// The backing byte whose lock guards a data file's hole map sidecar (`volume::hole_maps`):
+/// the preamble's first, which no block lock covers (and a sealfs before hole maps only ever
+/// locked it together with block 0, which merely waits).
+const HOLE_MAP_LOCK: u64 = 0;
+
+/// Locks `file`'s hole map against other mounts while one changes it, waiting for them.
+pub fn lock_hole_map(file: &File) -> Result<FileRangeLock<'_>, IoError> {
+    let lock = FileRangeLock {
+        fd: file.as_fd(),
+        start: HOLE_MAP_LOCK as i64,
+        len: 1,
+    };
+    loop {
+        match lock.set(libc::F_WRLCK, true) {
             Ok(()) => return Ok(lock),
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(IoError::Io(e.into())),

@@ -10,6 +10,7 @@ mod cipher_stream;
 pub mod codec;
 mod data_file;
 pub mod file_lock;
+pub mod holes;
 mod preamble;
 pub mod range_lock;
 
@@ -24,7 +25,8 @@ pub use blocks::Nonces;
 pub use buffers::read_full_at;
 pub use cipher_stream::{read_sealed, sealed_len};
 pub use data_file::{DataFile, Extent, SeekTo};
-pub use preamble::{preamble, read_file_id, write_preamble};
+pub use holes::{HoleLedger, Holes, LedgerAccess, Persist};
+pub use preamble::{preamble, read_file_id, read_preamble, write_preamble};
 
 /// A file id: what binds a data file's blocks and names its header.
 pub use crate::format::Id as FileId;
@@ -37,6 +39,13 @@ pub enum IoError {
     Io(#[from] io::Error),
     #[error("block {block} of file {file} fails authentication")]
     Integrity { file: String, block: u64 },
+    /// An all-zero stored block of a version 2 data file that its hole map does not record:
+    /// zeroed by someone who can write the cipher dir, or a hole a crash left unrecorded.
+    #[error("block {block} of file {file} is all zeros but not a recorded hole")]
+    UnrecordedHole { file: String, block: u64 },
+    /// The hole map sidecar does not parse or open: holes cannot be told from zeroed blocks.
+    #[error("hole map of file {file}: {why}")]
+    HoleMap { file: String, why: String },
     /// The data file does not start with a valid preamble: no file id to find its key by.
     #[error("data file preamble: {0}")]
     Preamble(FormatError),

@@ -1,5 +1,5 @@
-//! The 24-byte preamble every data file starts with: it names the file id that binds each
-//! block (and finds the header holding the file's key).
+//! The 24-byte preamble every data file starts with: its format version and the file id that
+//! binds each block (and finds the header holding the file's key).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -7,25 +7,33 @@ use std::os::unix::fs::FileExt;
 use super::IoError;
 use super::buffers::read_full_at;
 use crate::format::Id;
-use crate::format::block::{PREAMBLE_LEN, decode_preamble, encode_preamble};
+use crate::format::block::{PREAMBLE_LEN, Preamble, decode_preamble, encode_preamble};
 
-/// The bytes a data file of `file_id` starts with.
-pub fn preamble(file_id: &Id) -> [u8; PREAMBLE_LEN as usize] {
-    encode_preamble(file_id)
+/// The bytes a data file of `version` and `file_id` starts with.
+pub fn preamble(version: u8, file_id: &Id) -> [u8; PREAMBLE_LEN as usize] {
+    encode_preamble(version, file_id)
 }
 
-/// Writes the preamble of a new data file.
+/// Writes the preamble of a new data file (of the newest version).
 pub fn write_preamble(file: &File, file_id: &Id) -> Result<(), IoError> {
-    file.write_all_at(&encode_preamble(file_id), 0)?;
+    file.write_all_at(
+        &encode_preamble(crate::format::block::DATA_VERSION, file_id),
+        0,
+    )?;
     Ok(())
 }
 
-/// The file id a data file carries. A short or damaged preamble is `IoError::Preamble`
-/// (an integrity failure); an I/O error keeps its errno.
-pub fn read_file_id(file: &File) -> Result<Id, IoError> {
+/// The version and file id a data file carries. A short or damaged preamble is
+/// `IoError::Preamble` (an integrity failure); an I/O error keeps its errno.
+pub fn read_preamble(file: &File) -> Result<Preamble, IoError> {
     let mut bytes = [0u8; PREAMBLE_LEN as usize];
     let got = read_full_at(file, &mut bytes, 0)?;
     decode_preamble(&bytes[..got]).map_err(IoError::Preamble)
+}
+
+/// The file id a data file carries (`read_preamble`).
+pub fn read_file_id(file: &File) -> Result<Id, IoError> {
+    Ok(read_preamble(file)?.file_id)
 }
 
 #[cfg(test)]
@@ -44,6 +52,10 @@ mod tests {
         assert!(matches!(read_file_id(&file), Err(IoError::Preamble(_))));
         write_preamble(&file, &[3; 16]).unwrap();
         assert_eq!(read_file_id(&file).unwrap(), [3; 16]);
+        assert_eq!(
+            read_preamble(&file).unwrap().version,
+            crate::format::block::DATA_VERSION
+        );
         file.write_all_at(b"X", 0).unwrap();
         assert!(matches!(read_file_id(&file), Err(IoError::Preamble(_))));
     }

@@ -168,7 +168,13 @@ mod tests {
         assert_eq!(sealed, again, "same plaintext, same ciphertext");
         std::fs::write(dir.path().join("s"), &sealed).unwrap();
         let data = std::fs::File::open(dir.path().join("s")).unwrap();
-        let forward_file = crate::io::DataFile::new(&data, layout, &id, &opened.content);
+        let forward_file = crate::io::DataFile::new(
+            &data,
+            layout,
+            &id,
+            &opened.content,
+            crate::io::Holes::AnyZeroBlock,
+        );
         assert_eq!(forward_file.read_at(0, 1 << 20).unwrap(), plain);
         // The same file sealed under another id does not open as this one.
         let other = reverse.file_keys(reverse.file_id(b"path\0a/c"));
@@ -176,7 +182,13 @@ mod tests {
             crate::io::read_sealed(&source, &layout, &id, other.sealer(), 0, 1 << 20).unwrap();
         std::fs::write(dir.path().join("s"), &foreign).unwrap();
         let data = std::fs::File::open(dir.path().join("s")).unwrap();
-        let forward_file = crate::io::DataFile::new(&data, layout, &id, &opened.content);
+        let forward_file = crate::io::DataFile::new(
+            &data,
+            layout,
+            &id,
+            &opened.content,
+            crate::io::Holes::AnyZeroBlock,
+        );
         assert!(forward_file.read_at(0, 4096).is_err());
     }
 

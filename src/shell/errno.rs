@@ -14,9 +14,13 @@ use crate::volume::VolumeError;
 pub fn errno_of(err: &VolumeError) -> Errno {
     match err {
         VolumeError::Io(e) | VolumeError::Block(IoError::Io(e)) => raw(e),
-        VolumeError::Block(IoError::Integrity { .. } | IoError::Preamble(_) | IoError::Seal(_)) => {
-            Errno::EIO
-        }
+        VolumeError::Block(
+            IoError::Integrity { .. }
+            | IoError::UnrecordedHole { .. }
+            | IoError::HoleMap { .. }
+            | IoError::Preamble(_)
+            | IoError::Seal(_),
+        ) => Errno::EIO,
         VolumeError::Block(IoError::TooLarge) => Errno::EFBIG,
         VolumeError::Block(IoError::PastEnd) => Errno::ENXIO,
         VolumeError::Keys(key) => key_errno(key),
@@ -111,7 +115,12 @@ pub fn report(op: &'static str, err: &VolumeError) -> Errno {
         VolumeError::Corrupt(_)
         | VolumeError::Format(_)
         | VolumeError::Keys(_)
-        | VolumeError::Block(IoError::Integrity { .. } | IoError::Preamble(_)) => {
+        | VolumeError::Block(
+            IoError::Integrity { .. }
+            | IoError::UnrecordedHole { .. }
+            | IoError::HoleMap { .. }
+            | IoError::Preamble(_),
+        ) => {
             tracing::error!(op, error = %err, "integrity failure; returning EIO");
         }
         _ => tracing::debug!(op, error = %err, errno = errno.code(), "request failed"),

@@ -18,6 +18,30 @@ use crate::format::{Id, id_from_hex, id_to_hex};
 
 pub const HEADERS_DIR: &str = "sealfs.headers";
 const MAX_HEADER_FILE: u64 = 64 * 1024;
+/// `<id>.holes`: a data file's hole map, beside its header.
+pub const HOLES_SUFFIX: &str = ".holes";
+const TMP_SUFFIX: &str = ".tmp";
+/// Bound on a hole map sidecar read: its range count bound plus framing.
+const MAX_HOLES_FILE: u64 = 16 * crate::format::holes::MAX_RANGES as u64 + 1024;
+
+/// What tells one version of a hole map sidecar from the next (it is replaced by rename, so
+/// its inode changes with every write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolesStamp {
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+}
+
+impl HolesStamp {
+    fn of(st: &nix::sys::stat::FileStat) -> HolesStamp {
+        HolesStamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }
+    }
+}
 
 /// `commit_staged` without RENAME_EXCHANGE: replaces `path` by `tmp` with a plain rename if
 /// `path` is there. A file deleted between the look and the rename gets its header back as an
@@ -39,8 +63,20 @@ pub struct HeaderListing {
     /// `hh/<id>.tmp`: a replacement staged by a rewrap that a crash interrupted (older
     /// versions also wrote new headers there first).
     pub temps: Vec<String>,
+    /// `hh/<id>.holes`: hole maps, by file id.
+    pub holes: Vec<Id>,
     /// Anything else, as `hh` or `hh/name`.
     pub strays: Vec<String>,
+}
+
+/// `<id>.holes.<8 hex>`, the stem of a hole map being written.
+fn is_holes_temp(stem: &str) -> bool {
+    stem.split_once(HOLES_SUFFIX).is_some_and(|(id, rest)| {
+        id_from_hex(id).is_ok()
+            && rest.len() == 9
+            && rest.starts_with('.')
+            && rest[1..].bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 pub struct HeaderStore {
@@ -188,10 +224,17 @@ impl HeaderStore {
             };
             for name in read_names(dir.as_fd())? {
                 let path = format!("{sub}/{name}");
-                if let Some(stem) = name.strip_suffix(".tmp")
-                    && id_from_hex(stem).is_ok()
+                if let Some(stem) = name.strip_suffix(TMP_SUFFIX)
+                    && (id_from_hex(stem).is_ok() || is_holes_temp(stem))
                 {
                     listing.temps.push(path);
+                    continue;
+                }
+                if let Some(stem) = name.strip_suffix(HOLES_SUFFIX)
+                    && let Ok(id) = id_from_hex(stem)
+                    && stem.starts_with(&sub)
+                {
+                    listing.holes.push(id);
                     continue;
                 }
                 match id_from_hex(&name) {
@@ -254,9 +297,90 @@ impl HeaderStore {
             Mode::empty(),
         )?;
         File::from(fd).sync_all()?;
+        self.sync_holes_file(file_id)?;
         File::from(self.subdir(&Self::subdir_name(file_id))?).sync_all()?;
         File::from(self.dir.try_clone()?).sync_all()?;
         Ok(())
+    }
+
+    /// `hh/<id>.holes`: the hole map of a version 2 data file (`format::holes`).
+    fn holes_path(file_id: &Id) -> String {
+        format!("{}{HOLES_SUFFIX}", Self::path_of(file_id))
+    }
+
+    /// The hole map sidecar of `file_id` and the stamp it had when read, or `None` where there
+    /// is none (no holes).
+    pub fn read_holes(&self, file_id: &Id) -> Result<Option<(Vec<u8>, HolesStamp)>> {
+        let fd = match openat(
+            self.dir.as_fd(),
+            Self::holes_path(file_id).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let stamp = HolesStamp::of(&nix::sys::stat::fstat(fd.as_fd())?);
+        let mut bytes = Vec::new();
+        File::from(fd)
+            .take(MAX_HOLES_FILE)
+            .read_to_end(&mut bytes)?;
+        Ok(Some((bytes, stamp)))
+    }
+
+    /// The stamp of the hole map sidecar of `file_id` as it is now (`None`: there is none),
+    /// to tell whether another mount changed it since it was read.
+    pub fn holes_stamp(&self, file_id: &Id) -> Result<Option<HolesStamp>> {
+        match nix::sys::stat::fstatat(
+            self.dir.as_fd(),
+            Self::holes_path(file_id).as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(Some(HolesStamp::of(&st))),
+            Err(nix::Error::ENOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces the hole map sidecar of `file_id` atomically (a new file renamed over it), or
+    /// removes it (`None`: no holes). Not fsynced: `sync` does that, before the data file's
+    /// fsync.
+    pub fn write_holes(&self, file_id: &Id, bytes: Option<&[u8]>) -> Result<()> {
+        let dir = self.dir.as_fd();
+        let path = Self::holes_path(file_id);
+        let Some(bytes) = bytes else {
+            return match unlinkat(dir, path.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        };
+        self.make_subdir_of(file_id)?;
+        // A name of its own per writer: two mounts replacing one map each write their own
+        // (they hold the map lock, but a crashed one may have left its file behind).
+        let tmp = format!(
+            "{path}.{}{TMP_SUFFIX}",
+            crate::format::hex(&crate::crypto::random_array::<4>().map_err(VolumeError::Seal)?)
+        );
+        write_new(dir, &tmp, bytes, false)?;
+        let renamed = renameat2(dir, tmp.as_str(), dir, path.as_str(), RenameFlags::empty());
+        if renamed.is_err() {
+            let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        Ok(renamed?)
+    }
+
+    fn sync_holes_file(&self, file_id: &Id) -> Result<()> {
+        match openat(
+            self.dir.as_fd(),
+            Self::holes_path(file_id).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(File::from(fd).sync_all()?),
+            Err(nix::Error::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether a header for `file_id` is present (whatever it holds).
@@ -316,6 +440,9 @@ impl HeaderStore {
     /// worth a warning: the file it served no longer exists.
     pub fn remove(&self, file_id: &Id) -> Result<()> {
         let path = Self::path_of(file_id);
+        // Its hole map first: a crash in between leaves a header without one (no holes), never
+        // a hole map without its header.
+        let _ = self.write_holes(file_id, None);
         match unlinkat(self.dir.as_fd(), path.as_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(()),
             Err(nix::Error::ENOENT) => {

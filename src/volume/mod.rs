@@ -9,6 +9,7 @@ mod error;
 pub mod follow;
 pub mod fsck;
 pub mod headers;
+pub mod hole_maps;
 pub mod info;
 pub mod keyslots;
 pub mod long_links;
@@ -61,7 +62,7 @@ pub struct Volume {
     pub file_keys: FileKeys,
     pub key_cache: KeyCache,
     pub layout: Layout,
-    pub headers: HeaderStore,
+    pub headers: Arc<HeaderStore>,
     /// What the backing filesystem was found to do at open, and the fallbacks in use.
     pub backing: backing::Backing,
     /// fsync each new header before it is renamed into place. Off for mounts: creating a
@@ -217,7 +218,7 @@ impl Volume {
         )?;
         let backing = backing::probe(root.as_fd());
         backing.require_usable(cipher_dir)?;
-        let headers = HeaderStore::open(root.as_fd())?;
+        let headers = Arc::new(HeaderStore::open(root.as_fd())?);
         let follower = Arc::new(follow::ConfigFollower::new(
             cipher_dir,
             root.as_fd(),
@@ -413,14 +414,47 @@ impl Volume {
         }
     }
 
-    /// The block I/O of data file `file`, whose id and key are `file_id` and `material`.
+    /// The block I/O of data file `file`, whose id and key are `file_id` and `material`, and
+    /// whose holes are kept by `holes` (`None`: a version 1 data file, see `file_holes`).
     pub fn data_file<'a>(
         &self,
         file: &'a File,
         file_id: &'a Id,
         material: &'a DataKeyMaterial,
+        holes: Option<&'a hole_maps::FileHoles>,
     ) -> DataFile<'a> {
-        DataFile::new(file, self.layout, file_id, &material.content)
+        let holes = match holes {
+            Some(ledger) => io::Holes::Recorded(ledger),
+            None => io::Holes::AnyZeroBlock,
+        };
+        DataFile::new(file, self.layout, file_id, &material.content, holes)
+    }
+
+    /// The keeper of the hole map of an existing data file whose preamble says `version`:
+    /// `None` for version 1 (any all-zero block is a hole). `shared`: other mounts may change
+    /// the map too.
+    pub fn file_holes(
+        &self,
+        version: u8,
+        file_id: Id,
+        shared: bool,
+    ) -> Option<Arc<hole_maps::FileHoles>> {
+        (version >= 2).then(|| {
+            Arc::new(hole_maps::FileHoles::existing(
+                file_id,
+                self.headers.clone(),
+                shared,
+            ))
+        })
+    }
+
+    /// The keeper of the hole map of a data file `create_data_file` just made (empty).
+    pub fn new_file_holes(&self, file_id: Id, shared: bool) -> Arc<hole_maps::FileHoles> {
+        Arc::new(hole_maps::FileHoles::new_file(
+            file_id,
+            self.headers.clone(),
+            shared,
+        ))
     }
 
     pub fn encrypt_name(&self, plain: &OsStr) -> Result<BackingName> {

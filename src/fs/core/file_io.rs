@@ -48,7 +48,10 @@ impl SealFs {
     ) -> Result<()> {
         let _guard = node.ranges.write(0, range_lock::TO_END);
         if !self.tuning.shared {
-            return Ok(change(&self.data_file(file, content))?);
+            change(&self.data_file(file, content))?;
+            // Blocks a truncate cut leave the hole map now: rare, and the node may go
+            // before any handle closes.
+            return self.flush_holes(file, content);
         }
         let _shared = self
             .data_file(file, content)
@@ -63,6 +66,15 @@ impl SealFs {
         Ok(())
     }
 
+    /// Writes what this mount changed in the file's hole map to its sidecar (lone mounts;
+    /// shared mounts write every change at once).
+    fn flush_holes(&self, file: &File, content: &Content) -> Result<()> {
+        if let Some(holes) = &content.holes {
+            holes.flush(&content.ledger_access(file))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn reopen(&self, node: &Node, access: OFlag) -> Result<File> {
         let path = proc_fd_path(node.fd.as_fd());
         Ok(File::from(openat(
@@ -74,22 +86,36 @@ impl SealFs {
     }
 
     /// The key of a regular file, through the key cache on every open (so cache limits
-    /// apply); the file id, immutable, is read from the data file once per inode.
+    /// apply); the file id and format version, immutable, are read from the data file once
+    /// per inode.
     pub(super) fn content_of(&self, node: &Node, file: &File) -> Result<Arc<Content>> {
-        let file_id = match node.file_id.get() {
-            Some(id) => *id,
-            None => {
-                let id = crate::io::read_file_id(file)?;
-                *node.file_id.get_or_init(|| id)
+        let (file_id, holes) = match (node.file_id.get(), node.holes.get()) {
+            (Some(id), Some(holes)) => (*id, holes.clone()),
+            _ => {
+                let preamble = crate::io::read_preamble(file)?;
+                let id = *node.file_id.get_or_init(|| preamble.file_id);
+                let holes = node.holes.get_or_init(|| {
+                    self.volume
+                        .file_holes(preamble.version, id, self.tuning.shared)
+                });
+                (id, holes.clone())
             }
         };
         let material = self.volume.file_key(&file_id)?;
-        Ok(Arc::new(Content { file_id, material }))
+        Ok(Arc::new(Content {
+            file_id,
+            material,
+            holes,
+        }))
     }
 
     pub(super) fn data_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {
-        self.volume
-            .data_file(file, &content.file_id, &content.material)
+        self.volume.data_file(
+            file,
+            &content.file_id,
+            &content.material,
+            content.holes.as_deref(),
+        )
     }
 
     /// Opens a file; the flag says whether the kernel may keep its cached pages (the backing
@@ -156,7 +182,7 @@ impl SealFs {
         let mut reply = Some(reply);
         let mut take = |data: &[u8]| reply.take().map(|reply| reply(data));
         match data_file.read_with(offset, size as usize, &mut take) {
-            Err(IoError::Integrity { .. }) => {}
+            Err(IoError::Integrity { .. } | IoError::UnrecordedHole { .. }) => {}
             other => return Ok(other?.expect("replied once")),
         }
         let file = self.reopen(&handle.node, OFlag::O_RDONLY)?;
@@ -252,8 +278,16 @@ impl SealFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let handle = self.file_handle(fh)?;
         // Headers are written without fsync on create: the data is only as durable as the
-        // header that holds its key, so that goes to stable storage first.
-        if !handle.node.header_durable.load(Ordering::Acquire) {
+        // header that holds its key, so that goes to stable storage first; so does the hole
+        // map when it changed since the last fsync (a hole it does not record reads as EIO).
+        let holes_changed = match &handle.content.holes {
+            Some(holes) => {
+                holes.flush(&handle.content.ledger_access(&handle.file))?;
+                holes.take_unsynced()
+            }
+            None => false,
+        };
+        if holes_changed || !handle.node.header_durable.load(Ordering::Acquire) {
             self.volume.headers.sync(&handle.content.file_id)?;
             handle.node.header_durable.store(true, Ordering::Release);
         }
@@ -273,6 +307,9 @@ impl SealFs {
         *crate::sync::lock(&handle.node.closed_stamp) = backing_stamp(&handle.file);
         if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
+        }
+        if let Err(e) = self.flush_holes(&handle.file, &handle.content) {
+            tracing::error!(error = %e, "could not write a hole map at close");
         }
         self.release_all_locks(handle.node.ino);
         if let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take()

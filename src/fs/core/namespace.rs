@@ -328,8 +328,16 @@ impl SealFs {
         let attr = self.attr_of(fd.as_fd(), &stat);
         let node = self.inodes.remember(fd, &stat, parent.ino, name);
         let _ = node.file_id.set(file_id);
+        let holes = node
+            .holes
+            .get_or_init(|| Some(self.volume.new_file_holes(file_id, self.tuning.shared)))
+            .clone();
         node.open_handles.fetch_add(1, Ordering::AcqRel);
-        let content = Arc::new(Content { file_id, material });
+        let content = Arc::new(Content {
+            file_id,
+            material,
+            holes,
+        });
         let fh = self.add_handle(Handle::File(Arc::new(FileHandle {
             node,
             file,

@@ -153,7 +153,13 @@ fn a_data_file_and_its_header_read_back_through_the_forward_path() {
     let out = fx.dir.path().join("data");
     std::fs::write(&out, &sealed).unwrap();
     let file = std::fs::File::open(&out).unwrap();
-    let forward = DataFile::new(&file, layout, &id, &material.content);
+    let forward = DataFile::new(
+        &file,
+        layout,
+        &id,
+        &material.content,
+        crate::io::Holes::AnyZeroBlock,
+    );
     assert_eq!(forward.read_at(0, 1 << 20).unwrap(), plain_text());
 }
 

@@ -43,6 +43,8 @@ pub enum ProblemKind {
     /// The key service could not be reached: not damage, nothing is repaired.
     KeyUnavailable,
     BadBlock,
+    /// All-zero blocks of a version 2 data file that its hole map does not record.
+    UnrecordedHole,
     /// Bytes past the last whole block: a write torn by a crash.
     TornTail,
     /// Two distinct data files carrying the same file id (so sharing one header).
@@ -76,6 +78,9 @@ pub struct Problem {
     entry: Option<Entry>,
     #[serde(skip)]
     header: Option<Id>,
+    /// UnrecordedHole: the blocks.
+    #[serde(skip)]
+    holes: Vec<u64>,
 }
 
 impl Problem {
@@ -88,6 +93,7 @@ impl Problem {
             repaired: None,
             entry: None,
             header: None,
+            holes: Vec::new(),
         }
     }
 
@@ -335,8 +341,8 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    let file_id = match crate::io::read_file_id(&data) {
-        Ok(id) => id,
+    let preamble = match crate::io::read_preamble(&data) {
+        Ok(preamble) => preamble,
         Err(e) => {
             if !entry.quarantined {
                 checked
@@ -346,6 +352,7 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
+    let file_id = preamble.file_id;
     checked.file_id = Some(file_id);
     if entry.quarantined {
         return checked;
@@ -375,15 +382,31 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    let blocks = volume.data_file(&data, &file_id, &material);
+    let holes = volume.file_holes(preamble.version, file_id, false);
+    let blocks = volume.data_file(&data, &file_id, &material, holes.as_deref());
     match check_blocks(&blocks) {
-        Ok((bytes, bad)) => {
+        Ok(BlockCheck {
+            bytes,
+            bad,
+            unrecorded,
+        }) => {
             checked.bytes = bytes;
             if let Some((first, count)) = bad {
                 checked.problems.push(problem(
                     ProblemKind::BadBlock,
                     format!("{count} block(s) fail authentication, the first is block {first}"),
                 ));
+            }
+            if let Some(&first) = unrecorded.first() {
+                let mut p = problem(
+                    ProblemKind::UnrecordedHole,
+                    format!(
+                        "{} all-zero block(s) its hole map does not record, the first is block {first} (a crash before the map was written, or blocks zeroed by someone who can write the cipher dir); they read as EIO",
+                        unrecorded.len()
+                    ),
+                );
+                p.holes = unrecorded;
+                checked.problems.push(p);
             }
         }
         Err(e) => checked
@@ -401,26 +424,38 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
     checked
 }
 
-/// Reads every block; returns the bytes checked and (first bad block, bad block count).
-fn check_blocks(blocks: &DataFile<'_>) -> std::result::Result<(u64, Option<(u64, u64)>), IoError> {
+/// What reading every block of a data file found.
+struct BlockCheck {
+    bytes: u64,
+    /// (first bad block, bad block count)
+    bad: Option<(u64, u64)>,
+    /// All-zero blocks the hole map does not record, in order.
+    unrecorded: Vec<u64>,
+}
+
+/// Reads every block.
+fn check_blocks(blocks: &DataFile<'_>) -> std::result::Result<BlockCheck, IoError> {
     let size = blocks.plain_size()?;
     let block_size = blocks.block_size();
     let mut bad: Option<(u64, u64)> = None;
+    let mut unrecorded = Vec::new();
     let mut offset = 0;
     while offset < size {
         match blocks.read_with(offset, CHECK_CHUNK, |_| ()) {
             Ok(()) => {}
-            Err(IoError::Integrity { .. }) => {
+            Err(IoError::Integrity { .. } | IoError::UnrecordedHole { .. }) => {
                 // Find which blocks of this chunk fail, one by one.
                 let end = size.min(offset + CHECK_CHUNK as u64);
                 let mut at = offset;
                 while at < end {
-                    if let Err(IoError::Integrity { block, .. }) =
-                        blocks.read_with(at, block_size as usize, |_| ())
-                    {
-                        let (first, count) = bad.get_or_insert((block, 0));
-                        *first = (*first).min(block);
-                        *count += 1;
+                    match blocks.read_with(at, block_size as usize, |_| ()) {
+                        Err(IoError::Integrity { block, .. }) => {
+                            let (first, count) = bad.get_or_insert((block, 0));
+                            *first = (*first).min(block);
+                            *count += 1;
+                        }
+                        Err(IoError::UnrecordedHole { block, .. }) => unrecorded.push(block),
+                        _ => {}
                     }
                     at += block_size;
                 }
@@ -429,5 +464,9 @@ fn check_blocks(blocks: &DataFile<'_>) -> std::result::Result<(u64, Option<(u64,
         }
         offset += CHECK_CHUNK as u64;
     }
-    Ok((size, bad))
+    Ok(BlockCheck {
+        bytes: size,
+        bad,
+        unrecorded,
+    })
 }

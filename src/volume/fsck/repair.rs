@@ -33,6 +33,15 @@ pub fn repair(volume: &Volume, problems: &mut [Problem]) {
                     .map(|id| format!("re-encrypted under a new file id {}", id_to_hex(&id))),
                 None => continue,
             },
+            ProblemKind::UnrecordedHole => match &problem.entry {
+                Some(entry) => record_holes(volume, entry, &problem.holes).map(|()| {
+                    format!(
+                        "recorded {} block(s) as holes (they read as zeros)",
+                        problem.holes.len()
+                    )
+                }),
+                None => continue,
+            },
             ProblemKind::SharedLinkTarget => match &problem.entry {
                 Some(entry) => give_own_link_target(volume, entry)
                     .map(|()| "given a target sidecar of its own".to_string()),
@@ -120,6 +129,35 @@ fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
 
 /// Copies a file that shares its file id with another into a new data file with its own id
 /// and header, then puts it in place of the old name. Both files stay readable throughout.
+/// Records all-zero blocks the hole map of a data file lacks, so that they read as zeros: what
+/// a crash between zeroing them and writing the map leaves. (Blocks someone zeroed on purpose
+/// look the same; the report has said which, and only `--repair` accepts them.)
+fn record_holes(volume: &Volume, entry: &Entry, blocks: &[u64]) -> Result<()> {
+    let dir = open_dir(volume.root.as_fd(), &entry.dir)?;
+    let file = std::fs::File::from(openat(
+        dir.as_fd(),
+        entry.backing.as_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
+    let preamble = crate::io::read_preamble(&file)?;
+    let (file_id, material) = volume.open_data_file(&file)?;
+    let holes = volume
+        .file_holes(preamble.version, file_id, false)
+        .ok_or_else(|| VolumeError::Usage("a version 1 data file has no hole map".into()))?;
+    let at = crate::io::LedgerAccess {
+        file: &file,
+        file_id: &file_id,
+        sealer: &material.content,
+    };
+    for &block in blocks {
+        crate::io::HoleLedger::record(&*holes, &at, block..block + 1, crate::io::Persist::Later)?;
+    }
+    holes.flush(&at)?;
+    volume.headers.sync(&file_id)?;
+    Ok(())
+}
+
 /// Replaces a symlink whose long target sidecar another symlink shares by one with a copy of
 /// its own, atomically (a new link under a temporary name renamed over it), keeping its owner
 /// and times.
@@ -188,8 +226,10 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
     ));
     let (new, new_id, new_key) = volume.create_data_file(dir.as_fd(), &temp, st.st_mode)?;
     let copied = (|| -> Result<()> {
-        let source = volume.data_file(&old, &old_id, &old_key);
-        let target = volume.data_file(&new, &new_id, &new_key);
+        let old_holes = volume.file_holes(crate::io::read_preamble(&old)?.version, old_id, false);
+        let new_holes = volume.new_file_holes(new_id, false);
+        let source = volume.data_file(&old, &old_id, &old_key, old_holes.as_deref());
+        let target = volume.data_file(&new, &new_id, &new_key, Some(&new_holes));
         let size = source.plain_size()?;
         let mut offset = 0;
         while offset < size {
