@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use super::{FormatError, Id, Reader};
+use super::{FormatError, Id, Reader, decode_framed, encode_framed};
 
 const MAGIC: &[u8; 7] = b"SEALHOL";
 const VERSION: u8 = 1;
@@ -148,28 +148,12 @@ pub fn map_aad(file_id: &Id) -> Vec<u8> {
 
 /// The sidecar's bytes around the sealed map.
 pub fn encode_sidecar(file_id: &Id, sealed: &[u8]) -> Vec<u8> {
-    [&MAGIC[..], &[VERSION], &file_id[..], sealed].concat()
+    encode_framed(MAGIC, VERSION, file_id, sealed)
 }
 
 /// The sealed map a sidecar holds, checked to be of `file_id`.
 pub fn decode_sidecar<'a>(bytes: &'a [u8], file_id: &Id) -> Result<&'a [u8], FormatError> {
-    const WHAT: &str = "hole map";
-    let mut r = Reader::new(bytes, WHAT);
-    if r.take(7)? != MAGIC {
-        return Err(FormatError::BadMagic(WHAT));
-    }
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(FormatError::TooNew {
-            what: WHAT,
-            found: version.into(),
-            supported: VERSION.into(),
-        });
-    }
-    if &r.array::<16>()? != file_id {
-        return Err(FormatError::Invalid("hole map file id"));
-    }
-    Ok(r.rest())
+    decode_framed(bytes, MAGIC, VERSION, file_id, "hole map")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! base64url is never 1 more than a multiple of 4), so a symlink's `st_size` alone says which
 //! form it is, and the inline form's length formula stays exact.
 
-use super::{FormatError, Id, Reader, id_from_hex, id_to_hex};
+use super::{FormatError, Id, decode_framed, encode_framed, id_from_hex, id_to_hex};
 
 pub const LINKS_DIR: &str = "sealfs.links";
 pub const LONG_TARGET_PREFIX: &str = "sealfs.link.";
@@ -75,28 +75,12 @@ impl LongTarget {
 
 /// The sidecar's bytes: magic, version, link id, then the sealed target.
 pub fn encode_sidecar(link_id: &Id, sealed: &[u8]) -> Vec<u8> {
-    [&MAGIC[..], &[VERSION], &link_id[..], sealed].concat()
+    encode_framed(MAGIC, VERSION, link_id, sealed)
 }
 
 /// The sealed target a sidecar holds, checked to belong to `link_id`.
 pub fn decode_sidecar<'a>(bytes: &'a [u8], link_id: &Id) -> Result<&'a [u8], FormatError> {
-    const WHAT: &str = "symlink target sidecar";
-    let mut r = Reader::new(bytes, WHAT);
-    if r.take(7)? != MAGIC {
-        return Err(FormatError::BadMagic(WHAT));
-    }
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(FormatError::TooNew {
-            what: WHAT,
-            found: version.into(),
-            supported: VERSION.into(),
-        });
-    }
-    if &r.array::<16>()? != link_id {
-        return Err(FormatError::Invalid("symlink target sidecar id"));
-    }
-    Ok(r.rest())
+    decode_framed(bytes, MAGIC, VERSION, link_id, "symlink target sidecar")
 }
 
 #[cfg(test)]

@@ -90,6 +90,39 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The body of a small sidecar framed as `magic (7) || version (u8) || id (16) || body`: the
+/// long symlink target and hole map sidecars. A version other than `version` is refused by
+/// name, and so is an id other than `id` (a sidecar copied from another object).
+pub(crate) fn decode_framed<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 7],
+    version: u8,
+    id: &Id,
+    what: &'static str,
+) -> Result<&'a [u8], FormatError> {
+    let mut r = Reader::new(bytes, what);
+    if r.take(7)? != magic {
+        return Err(FormatError::BadMagic(what));
+    }
+    let found = r.u8()?;
+    if found != version {
+        return Err(FormatError::TooNew {
+            what,
+            found: found.into(),
+            supported: version.into(),
+        });
+    }
+    if &r.array::<16>()? != id {
+        return Err(FormatError::Invalid(what));
+    }
+    Ok(r.rest())
+}
+
+/// `decode_framed`'s inverse.
+pub(crate) fn encode_framed(magic: &[u8; 7], version: u8, id: &Id, body: &[u8]) -> Vec<u8> {
+    [&magic[..], &[version], &id[..], body].concat()
+}
+
 pub fn id_to_hex(id: &Id) -> String {
     hex(id)
 }

@@ -697,6 +697,41 @@ mod tests {
         ]
     }
 
+    /// Applies `op` to the data file and to `model`, the plaintext it must hold.
+    fn apply(df: &DataFile<'_>, op: Op, model: &mut Vec<u8>) {
+        match op {
+            Op::Write(o, d) => {
+                df.write_at(o, &d).unwrap();
+                let end = o as usize + d.len();
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[o as usize..end].copy_from_slice(&d);
+            }
+            Op::Truncate(n) => {
+                df.truncate(n).unwrap();
+                model.resize(n as usize, 0);
+            }
+            Op::ZeroRange(o, l, keep_size) => {
+                df.zero_range(o, l, keep_size).unwrap();
+                let end = (o + l) as usize;
+                if !keep_size && model.len() < end {
+                    model.resize(end, 0);
+                }
+                let stop = end.min(model.len());
+                if (o as usize) < stop {
+                    model[o as usize..stop].fill(0);
+                }
+            }
+            Op::Allocate(o, l, keep_size) => {
+                df.allocate(o, l, keep_size).unwrap();
+                if !keep_size && model.len() < (o + l) as usize {
+                    model.resize((o + l) as usize, 0);
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -705,31 +740,7 @@ mod tests {
             let df = fx.df();
             let mut model: Vec<u8> = Vec::new();
             for op in ops {
-                match op {
-                    Op::Write(o, d) => {
-                        df.write_at(o, &d).unwrap();
-                        let end = o as usize + d.len();
-                        if model.len() < end { model.resize(end, 0); }
-                        model[o as usize..end].copy_from_slice(&d);
-                    }
-                    Op::Truncate(n) => {
-                        df.truncate(n).unwrap();
-                        model.resize(n as usize, 0);
-                    }
-                    Op::ZeroRange(o, l, keep_size) => {
-                        df.zero_range(o, l, keep_size).unwrap();
-                        let end = (o + l) as usize;
-                        if !keep_size && model.len() < end { model.resize(end, 0); }
-                        let stop = end.min(model.len());
-                        if (o as usize) < stop { model[o as usize..stop].fill(0); }
-                    }
-                    Op::Allocate(o, l, keep_size) => {
-                        df.allocate(o, l, keep_size).unwrap();
-                        if !keep_size && model.len() < (o + l) as usize {
-                            model.resize((o + l) as usize, 0);
-                        }
-                    }
-                }
+                apply(&df, op, &mut model);
                 prop_assert_eq!(df.plain_size().unwrap(), model.len() as u64);
                 prop_assert_eq!(df.read_at(0, model.len() + 10).unwrap(), model.clone());
             }
@@ -744,31 +755,7 @@ mod tests {
             let df = fx.df2(&ledger);
             let mut model: Vec<u8> = Vec::new();
             for op in ops {
-                match op {
-                    Op::Write(o, d) => {
-                        df.write_at(o, &d).unwrap();
-                        let end = o as usize + d.len();
-                        if model.len() < end { model.resize(end, 0); }
-                        model[o as usize..end].copy_from_slice(&d);
-                    }
-                    Op::Truncate(n) => {
-                        df.truncate(n).unwrap();
-                        model.resize(n as usize, 0);
-                    }
-                    Op::ZeroRange(o, l, keep_size) => {
-                        df.zero_range(o, l, keep_size).unwrap();
-                        let end = (o + l) as usize;
-                        if !keep_size && model.len() < end { model.resize(end, 0); }
-                        let stop = end.min(model.len());
-                        if (o as usize) < stop { model[o as usize..stop].fill(0); }
-                    }
-                    Op::Allocate(o, l, keep_size) => {
-                        df.allocate(o, l, keep_size).unwrap();
-                        if !keep_size && model.len() < (o + l) as usize {
-                            model.resize((o + l) as usize, 0);
-                        }
-                    }
-                }
+                apply(&df, op, &mut model);
                 prop_assert_eq!(df.read_at(0, model.len() + 10).unwrap(), model.clone());
                 let blocks = (model.len() as u64).div_ceil(512);
                 prop_assert_eq!(ledger.blocks_below(blocks), fx.zero_blocks());

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
@@ -127,12 +127,8 @@ fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
     Err(VolumeError::Usage("no free name in lost+found".into()))
 }
 
-/// Copies a file that shares its file id with another into a new data file with its own id
-/// and header, then puts it in place of the old name. Both files stay readable throughout.
-/// Records all-zero blocks the hole map of a data file lacks, so that they read as zeros: what
-/// a crash between zeroing them and writing the map leaves. (Blocks someone zeroed on purpose
-/// look the same; the report has said which, and only `--repair` accepts them.)
-fn record_holes(volume: &Volume, entry: &Entry, blocks: &[u64]) -> Result<()> {
+/// The directory of a regular file's entry, and the file opened read-only.
+fn open_entry(volume: &Volume, entry: &Entry) -> Result<(OwnedFd, std::fs::File)> {
     let dir = open_dir(volume.root.as_fd(), &entry.dir)?;
     let file = std::fs::File::from(openat(
         dir.as_fd(),
@@ -140,6 +136,14 @@ fn record_holes(volume: &Volume, entry: &Entry, blocks: &[u64]) -> Result<()> {
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?);
+    Ok((dir, file))
+}
+
+/// Records all-zero blocks the hole map of a data file lacks, so that they read as zeros: what
+/// a crash between zeroing them and writing the map leaves. (Blocks someone zeroed on purpose
+/// look the same; the report has said which, and only `--repair` accepts them.)
+fn record_holes(volume: &Volume, entry: &Entry, blocks: &[u64]) -> Result<()> {
+    let (_, file) = open_entry(volume, entry)?;
     let preamble = crate::io::read_preamble(&file)?;
     let (file_id, material) = volume.open_data_file(&file)?;
     let holes = volume
@@ -191,15 +195,7 @@ fn give_own_link_target(volume: &Volume, entry: &Entry) -> Result<()> {
             &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )?;
-        renameat2(
-            dir.as_fd(),
-            temp.as_str(),
-            dir.as_fd(),
-            entry.backing.as_str(),
-            RenameFlags::empty(),
-        )?;
-        sync_dir(dir.as_fd());
-        Ok(())
+        put_in_place(dir.as_fd(), &temp, entry)
     })();
     if made.is_err() {
         let _ = unlinkat(dir.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -210,14 +206,10 @@ fn give_own_link_target(volume: &Volume, entry: &Entry) -> Result<()> {
     made
 }
 
+/// Copies a file that shares its file id with another into a new data file with its own id
+/// and header, then puts it in place of the old name. Both files stay readable throughout.
 fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id> {
-    let dir = open_dir(volume.root.as_fd(), &entry.dir)?;
-    let old = std::fs::File::from(openat(
-        dir.as_fd(),
-        entry.backing.as_str(),
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?);
+    let (dir, old) = open_entry(volume, entry)?;
     let st = fstat(old.as_fd())?;
     let (old_id, old_key) = volume.open_data_file(&old)?;
     let temp = BackingName::Short(format!(
@@ -245,15 +237,7 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
             &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
             &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
         )?;
-        renameat2(
-            dir.as_fd(),
-            temp.entry(),
-            dir.as_fd(),
-            entry.backing.as_str(),
-            RenameFlags::empty(),
-        )?;
-        sync_dir(dir.as_fd());
-        Ok(())
+        put_in_place(dir.as_fd(), temp.entry(), entry)
     })();
     if let Err(e) = copied {
         let _ = unlinkat(dir.as_fd(), temp.entry(), UnlinkatFlags::NoRemoveDir);
@@ -274,6 +258,13 @@ fn remove_leftover(root: BorrowedFd<'_>, path: &str) -> Result<()> {
         }
         other => Ok(other?),
     }
+}
+
+/// Renames the replacement `temp` over `entry` (in `dir`) and makes the rename durable.
+fn put_in_place(dir: BorrowedFd<'_>, temp: &str, entry: &Entry) -> Result<()> {
+    renameat2(dir, temp, dir, entry.backing.as_str(), RenameFlags::empty())?;
+    sync_dir(dir);
+    Ok(())
 }
 
 fn sync_dir(dir: BorrowedFd<'_>) {
