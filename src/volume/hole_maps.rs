@@ -39,6 +39,8 @@ struct State {
     dirty: bool,
     /// The sidecar was written since the last fsync of the file.
     unsynced: bool,
+    /// The file is gone (last link and handle): the map is never written again.
+    gone: bool,
 }
 
 impl FileHoles {
@@ -128,6 +130,9 @@ impl FileHoles {
 
     /// Writes the map to its sidecar (removes the sidecar when the map is empty).
     fn store(&self, state: &mut State, at: &LedgerAccess<'_>) -> Result<(), IoError> {
+        if state.gone {
+            return Ok(());
+        }
         let map = state.map.as_ref().expect("loaded before stored");
         let bytes = if map.is_empty() {
             None
@@ -149,6 +154,17 @@ impl FileHoles {
         state.unsynced = true;
         self.maybe_holes.store(!map.is_empty(), Ordering::Release);
         Ok(())
+    }
+
+    /// The file is gone: removes the sidecar and never writes it again (under the same lock
+    /// as every write of it, so a close racing the deletion cannot bring it back).
+    pub fn discard(&self) {
+        let mut state = crate::sync::lock(&self.state);
+        state.gone = true;
+        state.dirty = false;
+        if let Err(e) = self.store.write_holes(&self.file_id, None) {
+            tracing::warn!(file = %id_to_hex(&self.file_id), error = %e, "could not remove a hole map");
+        }
     }
 
     /// Whether the sidecar was written since the last call: an fsync of the file must make
@@ -303,6 +319,23 @@ mod tests {
         holes.clear(&at, 0..u64::MAX).unwrap();
         holes.flush(&at).unwrap();
         assert!(fx.store.read_holes(&ID).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_discarded_map_is_never_written_again() {
+        let fx = fixture();
+        let at = access(&fx);
+        let holes = FileHoles::new_file(ID, fx.store.clone(), false);
+        holes.record(&at, 0..4, Persist::Now).unwrap();
+        holes.record(&at, 8..9, Persist::Later).unwrap();
+        holes.discard();
+        assert!(fx.store.read_holes(&ID).unwrap().is_none());
+        holes.flush(&at).unwrap();
+        holes.record(&at, 20..21, Persist::Now).unwrap();
+        assert!(
+            fx.store.read_holes(&ID).unwrap().is_none(),
+            "a close after the deletion"
+        );
     }
 
     #[test]

@@ -312,10 +312,8 @@ impl SealFs {
             tracing::error!(error = %e, "could not write a hole map at close");
         }
         self.release_all_locks(handle.node.ino);
-        if let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take()
-            && let Err(e) = self.volume.headers.remove(&id)
-        {
-            tracing::warn!(error = %e, "could not remove header of deleted file");
+        if let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take() {
+            self.remove_header(Some(&handle.node), &id);
         }
     }
 

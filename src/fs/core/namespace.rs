@@ -198,13 +198,24 @@ impl SealFs {
 
     /// A header is removed only once its file's last link is gone and no handle is open.
     pub(super) fn drop_header(&self, backing_ino: u64, file_id: FileId) {
-        if let Some(node) = self.inodes.peek_backing(backing_ino)
+        let node = self.inodes.peek_backing(backing_ino);
+        if let Some(node) = &node
             && node.open_handles.load(Ordering::Acquire) > 0
         {
             *crate::sync::lock(&node.orphaned_header) = Some(file_id);
             return;
         }
-        if let Err(e) = self.volume.headers.remove(&file_id) {
+        self.remove_header(node.as_deref(), &file_id);
+    }
+
+    /// Removes the header (and hole map) of a file whose last link and last handle are gone.
+    /// The node's hole keeper is told first, so that a close finishing on another thread
+    /// cannot write the map back after it was removed.
+    pub(super) fn remove_header(&self, node: Option<&Node>, file_id: &FileId) {
+        if let Some(Some(holes)) = node.and_then(|n| n.holes.get()) {
+            holes.discard();
+        }
+        if let Err(e) = self.volume.headers.remove(file_id) {
             tracing::warn!(error = %e, "could not remove header of deleted file");
         }
     }

@@ -277,6 +277,12 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
             "not a symlink target sidecar; left alone",
         ));
     }
+    for id in listing.holes.iter().filter(|id| !listing.ids.contains(id)) {
+        problems.push(Problem::leftover(
+            &format!("{}{}", header_path(id), super::headers::HOLES_SUFFIX),
+            "hole map without its header (its file is gone)",
+        ));
+    }
     for temp in &listing.temps {
         problems.push(Problem::leftover(
             &format!("{}/{temp}", super::headers::HEADERS_DIR),
