@@ -136,17 +136,44 @@ class JuiceFsVolume:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def cpu_seconds():
+    """Core-seconds every CPU of the machine has been busy (/proc/stat: all but idle and
+    iowait): fio, the kernel's FUSE work and the daemon alike."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def fio(job, directory, size, runtime):
+    busy = cpu_seconds()
     out = sh(
         "fio", "--output-format=json", f"--directory={directory}",
         f"--size={size}", f"--runtime={runtime}", str(FIO_DIR / f"{job}.fio"),
     )
+    busy = cpu_seconds() - busy
     data = json.loads(out.stdout)
     result = data["jobs"][0]
     rw = "write" if result["write"]["bw_bytes"] > 0 and result["read"]["bw_bytes"] == 0 else "read"
     mib = (result["read"]["bw_bytes"] + result["write"]["bw_bytes"]) / 2**20
     iops = result["read"]["iops"] + result["write"]["iops"]
-    return {"mib_s": mib, "iops": iops, "dir": rw}
+    moved = result["read"]["io_bytes"] + result["write"]["io_bytes"]
+    return {"mib_s": mib, "iops": iops, "dir": rw,
+            "cpu_s_per_gib": busy / (moved / 2**30) if moved else 0.0}
+
+
+def cipher_cost(block_size=4096):
+    """The cipher's own cost, core-seconds per GiB, to seal and to open blocks of
+    `block_size` bytes on one core: from the criterion bench (bench/crypto.rs, `block` group,
+    run briefly here), the implementation this build seals with."""
+    sh("cargo", "bench", "--locked", "--bench", "crypto", "--", f"block/.*/{block_size}$",
+       "--quick", "--noplot")
+    cost = {}
+    for op in ["seal", "open"]:
+        est = Path("target/criterion/block") / op / str(block_size) / "new/estimates.json"
+        ns = json.loads(est.read_text())["mean"]["point_estimate"]
+        cost[op] = ns * 1e-9 * (2**30 / block_size)
+    return cost
 
 
 def small_files(directory, count):
@@ -215,8 +242,11 @@ def run_target(target, args, tarball, tar_count, tar_size):
         fio("seq-write-1M", d, args.seq_size, args.runtime)  # warm-up, not counted
         r = fio("seq-write-1M", d, args.seq_size, args.runtime)
         results["seq-write-1M"] = r["mib_s"]
+        results["cpu-seq-write-1M"] = r["cpu_s_per_gib"]
         drop_caches()
-        results["seq-read-1M"] = fio("seq-read-1M", d, args.seq_size, args.runtime)["mib_s"]
+        r = fio("seq-read-1M", d, args.seq_size, args.runtime)
+        results["seq-read-1M"] = r["mib_s"]
+        results["cpu-seq-read-1M"] = r["cpu_s_per_gib"]
         results["rand-read-4k"] = fio("rand-read-4k", d, args.rand_size, args.runtime)["iops"]
         results["rand-write-4k"] = fio("rand-write-4k", d, args.rand_size, args.runtime)["iops"]
         results["mix-64k"] = fio("mix-64k", d, args.rand_size, args.runtime)["mib_s"]
@@ -435,6 +465,25 @@ def markdown(table, targets):
     return "\n".join(lines) + "\n"
 
 
+CPU_JOBS = [("seq-write-1M", "seal"), ("seq-read-1M", "open")]
+
+
+def cpu_markdown(table, targets, cipher):
+    """Core-seconds per GiB moved, machine-wide, next to the cipher's own cost: what sealfs
+    spends beyond the passthrough (same FUSE layer, no cipher) against what the cipher needs."""
+    head = ("| job | " + " | ".join(targets)
+            + " | sealfs - passthrough | cipher alone | (sealfs - passthrough) / cipher |")
+    lines = ["## CPU: core-seconds per GiB (all cores, from /proc/stat)\n", head,
+             "|" + "---|" * (len(targets) + 4)]
+    for job, op in CPU_JOBS:
+        key = f"cpu-{job}"
+        row = [f"{table[t][key]:.3f}" for t in targets]
+        extra = table["sealfs"][key] - table["passthrough"][key]
+        lines.append(f"| {job} | " + " | ".join(row)
+                     + f" | {extra:.3f} | {cipher[op]:.3f} ({op}) | {extra / cipher[op]:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 JUICEFS_HEADING = "## On a JuiceFS backing (one client; SQLite metadata, local object store)\n\n"
 
 
@@ -506,7 +555,10 @@ def main():
         write_section(args.out, "reverse", reverse_table, reverse_runs, rmd)
         shutil.rmtree(work, ignore_errors=True)
         return
-    table = {n: {j: statistics.median(r[j] for r in runs[n]) for j, _ in JOBS} for n in names}
+    cpu_keys = [f"cpu-{j}" for j, _ in CPU_JOBS]
+    table = {n: {j: statistics.median(r[j] for r in runs[n]) for j in [j for j, _ in JOBS] + cpu_keys}
+             for n in names}
+    cipher = cipher_cost()
     juicefs_table, juicefs_runs, juicefs_names = {}, {}, []
     if args.no_juicefs or not Path(args.juicefs).exists():
         print(f"JuiceFS rows skipped: no JuiceFS client at {args.juicefs}", file=sys.stderr)
@@ -524,11 +576,11 @@ def main():
         "small_files": args.small_files, "untar_files": tar_count, "untar_bytes": tar_size,
     }
     (out / "results.json").write_text(json.dumps({
-        "meta": meta, "median": table, "runs": runs,
+        "meta": meta, "median": table, "runs": runs, "cipher_cpu_s_per_gib": cipher,
         "reverse": {"median": reverse_table, "runs": reverse_runs},
         "juicefs": {"median": juicefs_table, "runs": juicefs_runs},
     }, indent=2) + "\n")
-    md = markdown(table, names) + "\n" + rmd
+    md = markdown(table, names) + "\n" + cpu_markdown(table, names, cipher) + "\n" + rmd
     if juicefs_names:
         md += "\n" + JUICEFS_HEADING + juicefs_markdown(juicefs_table, juicefs_names)
     (out / "results.md").write_text(md)

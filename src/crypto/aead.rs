@@ -1,6 +1,4 @@
-use aes_gcm_siv::Aes256GcmSiv;
-use aes_gcm_siv::aead::{AeadInOut, KeyInit, inout::InOutBuf};
-
+use super::gcm_siv::{Cipher, Failure};
 use super::{CryptoError, SecretKey, random_array};
 
 pub const NONCE_LEN: usize = 12;
@@ -8,15 +6,25 @@ pub const TAG_LEN: usize = 16;
 /// Bytes a sealed object carries beyond its plaintext: nonce first, tag last.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
-/// AES-256-GCM-SIV with its key schedule expanded once. Sealed layout: nonce || ciphertext || tag.
+/// AES-256-GCM-SIV with its key schedule expanded once (`gcm_siv`). Sealed layout:
+/// nonce || ciphertext || tag.
 pub struct Sealer {
-    cipher: Aes256GcmSiv,
+    cipher: Cipher,
+}
+
+impl From<Failure> for CryptoError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Length => CryptoError::Length,
+            Failure::Authentication => CryptoError::Authentication,
+        }
+    }
 }
 
 impl Sealer {
     pub fn new(key: &SecretKey) -> Self {
         Sealer {
-            cipher: Aes256GcmSiv::new(key.as_array().into()),
+            cipher: Cipher::new(key.as_array()),
         }
     }
 
@@ -46,11 +54,7 @@ impl Sealer {
         let (nonce_out, rest) = out.split_at_mut(NONCE_LEN);
         let (body, tag_out) = rest.split_at_mut(plaintext.len());
         nonce_out.copy_from_slice(nonce);
-        let buf = InOutBuf::new(plaintext, body).map_err(|_| CryptoError::Length)?;
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(nonce.into(), aad, buf)
-            .map_err(|_| CryptoError::Length)?;
+        let tag = self.cipher.seal(nonce, aad, plaintext, body)?;
         tag_out.copy_from_slice(&tag);
         Ok(())
     }
@@ -86,13 +90,10 @@ impl Sealer {
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
         let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Length)?;
         let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| CryptoError::Length)?;
-        let buf = InOutBuf::new(body, &mut *out).map_err(|_| CryptoError::Length)?;
-        let result = self
-            .cipher
-            .decrypt_inout_detached(nonce.into(), aad, buf, tag.into());
-        if result.is_err() {
+        let result = self.cipher.open(nonce, aad, body, tag, out);
+        if let Err(failure) = result {
             out.fill(0);
-            return Err(CryptoError::Authentication);
+            return Err(failure.into());
         }
         Ok(())
     }

@@ -1,11 +1,14 @@
-//! Thin wrappers over aes-gcm-siv and blake3: zeroizing key types, the AEAD used for
-//! every sealed object, and every key-derivation label in one place.
+//! Thin wrappers over AES-256-GCM-SIV (AWS-LC, or the aes-gcm-siv crate) and blake3:
+//! zeroizing key types, the AEAD used for every sealed object, and every key-derivation label
+//! in one place.
 
 mod aead;
+mod gcm_siv;
 mod labels;
 mod secret;
 
 pub use aead::{NONCE_LEN, SEAL_OVERHEAD, Sealer, TAG_LEN};
+pub use gcm_siv::IMPLEMENTATION as CIPHER_IMPLEMENTATION;
 pub use labels::Label;
 pub use secret::{SecretKey, constant_time_eq, random_array, random_bytes};
 
