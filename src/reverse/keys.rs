@@ -166,30 +166,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sealed, again, "same plaintext, same ciphertext");
-        std::fs::write(dir.path().join("s"), &sealed).unwrap();
-        let data = std::fs::File::open(dir.path().join("s")).unwrap();
-        let forward_file = crate::io::DataFile::new(
-            &data,
-            layout,
-            &id,
-            &opened.content,
-            crate::io::Holes::AnyZeroBlock,
-        );
-        assert_eq!(forward_file.read_at(0, 1 << 20).unwrap(), plain);
+        // What a forward mount reads from `bytes` stored as a data file (version 1, as views
+        // are).
+        let read_forward = |bytes: &[u8], len: usize| {
+            std::fs::write(dir.path().join("s"), bytes).unwrap();
+            let data = std::fs::File::open(dir.path().join("s")).unwrap();
+            crate::io::DataFile::new(
+                &data,
+                layout,
+                &id,
+                &opened.content,
+                crate::io::Holes::AnyZeroBlock,
+            )
+            .read_at(0, len)
+        };
+        assert_eq!(read_forward(&sealed, 1 << 20).unwrap(), plain);
         // The same file sealed under another id does not open as this one.
         let other = reverse.file_keys(reverse.file_id(b"path\0a/c"));
         let foreign =
             crate::io::read_sealed(&source, &layout, &id, other.sealer(), 0, 1 << 20).unwrap();
-        std::fs::write(dir.path().join("s"), &foreign).unwrap();
-        let data = std::fs::File::open(dir.path().join("s")).unwrap();
-        let forward_file = crate::io::DataFile::new(
-            &data,
-            layout,
-            &id,
-            &opened.content,
-            crate::io::Holes::AnyZeroBlock,
-        );
-        assert!(forward_file.read_at(0, 4096).is_err());
+        assert!(read_forward(&foreign, 4096).is_err());
     }
 
     #[test]
