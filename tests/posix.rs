@@ -833,3 +833,81 @@ fn fsck_repairs_long_symlink_targets() {
     m.unmount();
     vol.assert_fsck_clean();
 }
+
+/// What a lone mount lets the kernel cache (negative lookups, symlink targets, directory
+/// listings) follows every change made through the mount: a name missed and then created,
+/// removed or renamed; a symlink replaced by another under its name; a listing taken, then
+/// changed by each kind of operation, then taken again.
+#[test]
+fn cached_misses_symlinks_and_listings_follow_every_change() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let names = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.p(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    fs::create_dir(m.p("d")).unwrap();
+    for round in 0..3 {
+        // Misses, then the name made by each kind of create.
+        for (name, make) in [
+            ("file", 0),
+            ("dir", 1),
+            ("link", 2),
+            ("fifo", 3),
+            ("hard", 4),
+        ] {
+            let path = m.p(&format!("d/{name}"));
+            assert!(
+                fs::symlink_metadata(&path).is_err(),
+                "round {round}: {name}"
+            );
+            assert!(fs::symlink_metadata(&path).is_err(), "twice: {name}");
+            match make {
+                0 => fs::write(&path, b"x").unwrap(),
+                1 => fs::create_dir(&path).unwrap(),
+                2 => std::os::unix::fs::symlink("target-1", &path).unwrap(),
+                3 => nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644))
+                    .unwrap(),
+                _ => fs::hard_link(m.p("d/file"), &path).unwrap(),
+            }
+            assert!(fs::symlink_metadata(&path).is_ok(), "made: {name}");
+        }
+        assert_eq!(names("d"), ["dir", "fifo", "file", "hard", "link"]);
+        // A symlink replaced under its name: the new target.
+        assert_eq!(
+            fs::read_link(m.p("d/link")).unwrap().to_str(),
+            Some("target-1")
+        );
+        std::os::unix::fs::symlink("target-2", m.p("d/new-link")).unwrap();
+        fs::rename(m.p("d/new-link"), m.p("d/link")).unwrap();
+        assert_eq!(
+            fs::read_link(m.p("d/link")).unwrap().to_str(),
+            Some("target-2")
+        );
+        fs::remove_file(m.p("d/link")).unwrap();
+        std::os::unix::fs::symlink("target-3", m.p("d/link")).unwrap();
+        assert_eq!(
+            fs::read_link(m.p("d/link")).unwrap().to_str(),
+            Some("target-3")
+        );
+        // Renames in and out, then every name removed.
+        fs::rename(m.p("d/file"), m.p("moved")).unwrap();
+        assert!(fs::symlink_metadata(m.p("d/file")).is_err());
+        assert_eq!(names("d"), ["dir", "fifo", "hard", "link"]);
+        fs::rename(m.p("moved"), m.p("d/file")).unwrap();
+        assert!(fs::symlink_metadata(m.p("moved")).is_err());
+        assert_eq!(names("d"), ["dir", "fifo", "file", "hard", "link"]);
+        for name in ["file", "link", "fifo", "hard"] {
+            fs::remove_file(m.p(&format!("d/{name}"))).unwrap();
+        }
+        fs::remove_dir(m.p("d/dir")).unwrap();
+        assert!(names("d").is_empty(), "round {round}");
+        assert!(fs::symlink_metadata(m.p("d/file")).is_err());
+    }
+    m.unmount();
+    vol.assert_fsck_clean();
+}

@@ -42,6 +42,11 @@ impl Filesystem for SealFs {
         if self.tuning.writeback_cache {
             flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
         }
+        if !self.tuning.shared {
+            // Symlinks never change (a new target is a new symlink, a new inode): the kernel
+            // may keep a target it has read in its page cache instead of asking for it again.
+            flags.push(InitFlags::FUSE_CACHE_SYMLINKS);
+        }
         if self.tuning.shared {
             // Locks go to the backing files, where other hosts see them (fs/core/locks.rs);
             // a read asks for fresh attributes and drops cached pages when the file changed
@@ -69,13 +74,26 @@ impl Filesystem for SealFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
-            .entry_with_ttls(
+        match self.lookup(parent.0, name) {
+            Ok(attr) => reply.entry_with_ttls(
                 &self.tuning.attr_ttl,
                 self.tuning.entry_ttl_of(attr.kind),
                 &attr,
-                GENERATION
-            ))
+                GENERATION,
+            ),
+            // A lone mount is the only writer: a name that is not there stays absent until this
+            // mount makes it, which the kernel sees. So the kernel may remember the miss (a
+            // negative entry: node id 0, for the entry TTL) instead of asking again: PATH
+            // searches, imports and build tools look up many names that do not exist.
+            Err(e) if !self.tuning.shared && shell::errno::errno_of(&e) == Errno::ENOENT => reply
+                .entry_with_ttls(
+                    &std::time::Duration::ZERO,
+                    &self.tuning.entry_ttl,
+                    &shell::attr::negative_entry(),
+                    GENERATION,
+                ),
+            Err(e) => reply.error(shell::errno::report("lookup", &e)),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -414,8 +432,14 @@ impl Filesystem for SealFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A lone mount: the kernel may keep listings across opens (dropped on every change).
+        let flags = if self.cache_dirs() {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         reply_or_error!("opendir", SealFs::opendir(self, ino.0), reply, |fh| reply
-            .opened(FileHandle(fh), FopenFlags::empty()))
+            .opened(FileHandle(fh), flags))
     }
 
     fn readdir(

@@ -1,25 +1,53 @@
-//! Directories: listings (names decrypted at opendir, served from the handle), and sync.
+//! Directories: listings (names decrypted at the first readdir of a handle, then served from
+//! it; a lone mount lets the kernel cache them, so a directory listed again is often not asked
+//! for at all), and sync.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nix::fcntl::AtFlags;
 use nix::sys::stat::fstatat;
 
 use super::{Handle, SealFs, open_dir};
+use crate::fs::inodes::Node;
 use crate::shell::attr::{entry_type, file_type};
 use crate::volume::{Result, VolumeError, names};
 
 /// A forward listing's entry: node id, type and plaintext name.
 pub type DirEntry = crate::shell::DirEntry;
 
+/// A directory handle: its node, and its listing once a readdir asked for it.
+pub struct DirHandle {
+    node: Arc<Node>,
+    listing: OnceLock<Arc<Vec<DirEntry>>>,
+}
+
 impl SealFs {
+    /// Opens a directory handle. The listing is read at the first readdir, not here: a lone
+    /// mount lets the kernel keep listings (FOPEN_CACHE_DIR), and an open it serves from its
+    /// cache sends no readdir, so nothing is decrypted for it.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
-        let fd = open_dir(&node)?;
+        Ok(self.add_handle(Handle::Dir(Arc::new(DirHandle {
+            node,
+            listing: OnceLock::new(),
+        }))))
+    }
+
+    /// Whether the kernel may cache directory listings: a lone mount is the only writer, and
+    /// the kernel drops a directory's cached listing whenever it changes the directory through
+    /// this mount (create, unlink, rename, ...), or sees its attributes change.
+    pub fn cache_dirs(&self) -> bool {
+        !self.tuning.shared
+    }
+
+    /// The plaintext listing of directory `node`: ".", "..", then every entry whose name
+    /// decrypts (others are logged and left out).
+    fn list(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let fd = open_dir(node)?;
         let mut entries = DirEntry::dots(node.ino);
         let mut dir = nix::dir::Dir::from_fd(fd)?;
         let dir_fd = unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) };
@@ -51,14 +79,21 @@ impl SealFs {
                 target: (),
             });
         }
-        Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
+        Ok(entries)
     }
 
+    /// The listing of directory handle `fh`, read at its first call (readdir at offset 0, or
+    /// any offset after a kernel that kept the handle's earlier pages).
     pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        match crate::sync::lock(&self.handles).get(&fh) {
-            Some(Handle::Dir(entries)) => Ok(entries.clone()),
-            _ => Err(VolumeError::BadHandle),
+        let handle = match crate::sync::lock(&self.handles).get(&fh) {
+            Some(Handle::Dir(handle)) => handle.clone(),
+            _ => return Err(VolumeError::BadHandle),
+        };
+        if let Some(listing) = handle.listing.get() {
+            return Ok(listing.clone());
         }
+        let listing = Arc::new(self.list(&handle.node)?);
+        Ok(handle.listing.get_or_init(|| listing).clone())
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -60,7 +60,7 @@ pub struct FileHandle {
 
 enum Handle {
     File(Arc<FileHandle>),
-    Dir(Arc<Vec<DirEntry>>),
+    Dir(Arc<dirs::DirHandle>),
 }
 
 /// Kernel-facing knobs, chosen at mount.
