@@ -54,8 +54,8 @@ impl Sealer {
         let (nonce_out, rest) = out.split_at_mut(NONCE_LEN);
         let (body, tag_out) = rest.split_at_mut(plaintext.len());
         nonce_out.copy_from_slice(nonce);
-        let tag = self.cipher.seal(nonce, aad, plaintext, body)?;
-        tag_out.copy_from_slice(&tag);
+        let tag_out: &mut [u8; TAG_LEN] = tag_out.try_into().map_err(|_| CryptoError::Length)?;
+        self.cipher.seal(nonce, aad, plaintext, body, tag_out)?;
         Ok(())
     }
 

@@ -45,24 +45,26 @@ mod aws_lc {
             Cipher(LessSafeKey::new(key))
         }
 
-        /// Encrypts `plaintext` into `ciphertext` (same length) and returns the tag.
+        /// Encrypts `plaintext` into `ciphertext` (same length) and its tag into `tag`, straight
+        /// from the caller's buffer (no copy first).
         pub fn seal(
             &self,
             nonce: &[u8; NONCE_LEN],
             aad: &[u8],
             plaintext: &[u8],
             ciphertext: &mut [u8],
-        ) -> Result<[u8; TAG_LEN], Failure> {
-            ciphertext.copy_from_slice(plaintext);
-            let tag = self
-                .0
-                .seal_in_place_separate_tag(
+            tag: &mut [u8; TAG_LEN],
+        ) -> Result<(), Failure> {
+            self.0
+                .seal_out_of_place_scatter(
                     Nonce::assume_unique_for_key(*nonce),
                     Aad::from(aad),
+                    plaintext,
                     ciphertext,
+                    &[],
+                    tag,
                 )
-                .map_err(|_| Failure::Length)?;
-            tag.as_ref().try_into().map_err(|_| Failure::Length)
+                .map_err(|_| Failure::Length)
         }
 
         /// Decrypts `ciphertext` into `plaintext` (same length) if `tag` matches.
@@ -108,13 +110,15 @@ mod rust_crypto {
             aad: &[u8],
             plaintext: &[u8],
             ciphertext: &mut [u8],
-        ) -> Result<[u8; TAG_LEN], Failure> {
+            tag: &mut [u8; TAG_LEN],
+        ) -> Result<(), Failure> {
             let buf = InOutBuf::new(plaintext, ciphertext).map_err(|_| Failure::Length)?;
-            let tag = self
+            let sealed = self
                 .0
                 .encrypt_inout_detached(nonce.into(), aad, buf)
                 .map_err(|_| Failure::Length)?;
-            Ok(tag.into())
+            tag.copy_from_slice(&sealed);
+            Ok(())
         }
 
         pub fn open(
@@ -149,8 +153,9 @@ mod tests {
         let mut plain = [0u8; 8];
         plain[0] = 2;
         let mut ct = [0u8; 8];
-        let tag = Cipher::new(&key)
-            .seal(&nonce, &[1], &plain, &mut ct)
+        let mut tag = [0u8; TAG_LEN];
+        Cipher::new(&key)
+            .seal(&nonce, &[1], &plain, &mut ct, &mut tag)
             .unwrap();
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         assert_eq!(hex(&ct), "1de22967237a8132");
@@ -174,8 +179,9 @@ mod tests {
             let oracle = rust_crypto::Cipher::new(&key);
             let mut ct_ours = vec![0u8; len];
             let mut ct_oracle = vec![0u8; len];
-            let tag_ours = ours.seal(&nonce, &aad, &plain, &mut ct_ours).unwrap();
-            let tag_oracle = oracle.seal(&nonce, &aad, &plain, &mut ct_oracle).unwrap();
+            let (mut tag_ours, mut tag_oracle) = ([0u8; TAG_LEN], [0u8; TAG_LEN]);
+            ours.seal(&nonce, &aad, &plain, &mut ct_ours, &mut tag_ours).unwrap();
+            oracle.seal(&nonce, &aad, &plain, &mut ct_oracle, &mut tag_oracle).unwrap();
             prop_assert_eq!(&ct_ours, &ct_oracle);
             prop_assert_eq!(tag_ours, tag_oracle);
             let mut back = vec![0u8; len];
