@@ -911,3 +911,74 @@ fn cached_misses_symlinks_and_listings_follow_every_change() {
     m.unmount();
     vol.assert_fsck_clean();
 }
+
+/// Listings hand the kernel each entry's attributes (readdirplus on lone mounts): what a walk
+/// sees is what a lookup would give (plaintext sizes, link counts, a long symlink target's
+/// length), on a cold mount, after changes through the mount, and after the kernel forgot
+/// every node the listings gave it.
+#[test]
+fn walks_see_each_entrys_own_attributes() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let sizes = [0usize, 1, 4096, 4097, 100_000];
+    fs::create_dir(m.p("d")).unwrap();
+    for size in sizes {
+        fs::write(m.p(&format!("d/f{size}")), vec![b'x'; size]).unwrap();
+    }
+    fs::hard_link(m.p("d/f1"), m.p("d/f1-link")).unwrap();
+    std::os::unix::fs::symlink("t".repeat(3500), m.p("d/long-link")).unwrap();
+    fs::create_dir(m.p("d/sub")).unwrap();
+    m.unmount();
+
+    let m = vol.mount();
+    let walk = || -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = fs::read_dir(m.p("d"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let meta = fs::symlink_metadata(e.path()).unwrap();
+                let name = e.file_name().into_string().unwrap();
+                (name, meta.len(), std::os::unix::fs::MetadataExt::nlink(&meta))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let expected = |grown: u64| -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = sizes
+            .iter()
+            .map(|&s| {
+                let size = if s == 4097 { grown } else { s as u64 };
+                (format!("f{s}"), size, if s == 1 { 2 } else { 1 })
+            })
+            .collect();
+        v.push(("f1-link".into(), 1, 2));
+        v.push(("long-link".into(), 3500, 1));
+        v.sort();
+        v
+    };
+    for round in 0..2 {
+        let mut seen = walk();
+        let sub = seen.iter().position(|(n, _, _)| n == "sub").unwrap();
+        seen.remove(sub);
+        assert_eq!(seen, expected(4097), "round {round}");
+        // The kernel forgets the nodes the listing gave it; they must still resolve.
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    }
+    // Changes through the mount show in the next walk.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("d/f4097"))
+        .unwrap();
+    f.write_all(&[b'y'; 3]).unwrap();
+    drop(f);
+    let mut seen = walk();
+    seen.retain(|(n, _, _)| n != "sub");
+    assert_eq!(seen, expected(4100));
+    fs::remove_file(m.p("d/f1-link")).unwrap();
+    let seen = walk();
+    assert!(seen.iter().any(|(n, _, l)| n == "f1" && *l == 1));
+    assert!(!seen.iter().any(|(n, _, _)| n == "f1-link"));
+    m.unmount();
+    vol.assert_fsck_clean();
+}

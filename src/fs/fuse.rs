@@ -7,8 +7,8 @@ use std::path::Path;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::core::{AttrChanges, Caller, SealFs};
@@ -41,6 +41,14 @@ impl Filesystem for SealFs {
         ];
         if self.tuning.writeback_cache {
             flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        if self.attrs_with_listings() {
+            // Attributes with listings (readdirplus; the kernel picks it for a walk that
+            // looks at what it lists, plain readdir otherwise): a LOOKUP per entry saved.
+            flags.extend([
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_READDIRPLUS_AUTO,
+            ]);
         }
         if !self.tuning.shared {
             // Symlinks never change (a new target is a new symlink, a new inode): the kernel
@@ -451,6 +459,34 @@ impl Filesystem for SealFs {
         reply: ReplyDirectory,
     ) {
         shell::reply_readdir(reply, offset, self.dir_entries(fh.0))
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let listed = self.listed_dir(fh.0);
+        let dir = listed.as_ref().ok().map(|(dir, _)| dir.clone());
+        shell::reply_readdirplus(
+            reply,
+            offset,
+            listed.map(|(_, entries)| entries),
+            GENERATION,
+            |entry| {
+                let listed = self.look_up_listed(dir.as_ref()?, entry)?;
+                let ttl = (*self.tuning.entry_ttl_of(listed.attr.kind)).min(self.tuning.attr_ttl);
+                Some((listed.attr, ttl, listed))
+            },
+            |entry, listed| {
+                if let Some(dir) = &dir {
+                    self.remember_listed(dir, entry, listed);
+                }
+            },
+        )
     }
 
     fn releasedir(

@@ -13,25 +13,6 @@ use fuser::{
 
 use super::view::ReverseView;
 
-fn placeholder(ino: u64, kind: fuser::FileType) -> fuser::FileAttr {
-    fuser::FileAttr {
-        ino: INodeNo(ino),
-        size: 0,
-        blocks: 0,
-        atime: std::time::UNIX_EPOCH,
-        mtime: std::time::UNIX_EPOCH,
-        ctime: std::time::UNIX_EPOCH,
-        crtime: std::time::UNIX_EPOCH,
-        kind,
-        perm: 0,
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    }
-}
 use crate::shell::{self, reply_or_error};
 
 /// The plaintext tree changes under the view at any time; a short TTL makes changes show
@@ -142,35 +123,16 @@ impl Filesystem for ReverseView {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.dir_entries(fh.0) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(shell::errno::report("readdirplus", &e)),
-        };
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            // "." and "..", and entries gone since the listing, carry no attributes the
-            // kernel may keep (zero TTL).
-            let (attr, ttl) = match self.entry_attr(entry) {
-                Some(attr) => (attr, TTL),
-                None => (placeholder(entry.ino, entry.kind), Duration::ZERO),
-            };
-            if reply.add(
-                INodeNo(entry.ino),
-                i as u64 + 1,
-                &entry.name,
-                &ttl,
-                &attr,
-                GENERATION,
-            ) {
-                break;
-            }
-            // Counted only once sent: the kernel takes every sent entry as a lookup.
-            if !ttl.is_zero() {
-                self.remember_entry(entry);
-            }
-        }
-        reply.ok();
+        shell::reply_readdirplus(
+            reply,
+            offset,
+            self.dir_entries(fh.0),
+            GENERATION,
+            |entry| self.entry_attr(entry).map(|attr| (attr, TTL, ())),
+            |entry, ()| self.remember_entry(entry),
+        )
     }
 
     fn releasedir(

@@ -33,6 +33,27 @@ pub fn entry_type(t: nix::dir::Type) -> FileType {
     }
 }
 
+/// Attributes for an entry the kernel does not keep ("." and ".." of a readdirplus reply).
+pub fn placeholder(ino: u64, kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: fuser::INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 pub fn time(secs: i64, nsecs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)

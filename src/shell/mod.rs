@@ -11,7 +11,12 @@ pub(crate) mod unanswered;
 
 use std::ffi::OsString;
 
-use fuser::{FileType, INodeNo, InitFlags, KernelConfig, ReplyDirectory, ReplyStatfs};
+use std::time::Duration;
+
+use fuser::{
+    FileAttr, FileType, Generation, INodeNo, InitFlags, KernelConfig, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyStatfs,
+};
 
 use crate::volume::Result;
 
@@ -89,6 +94,58 @@ pub fn reply_readdir<T>(
         if reply.add(INodeNo(entry.ino), i as u64 + 1, entry.kind, &entry.name) {
             break;
         }
+    }
+    reply.ok();
+}
+
+/// Sends the entries of a listing from `offset` on with their attributes (readdirplus), as
+/// many as fit. `describe` gives an entry's attributes, how long the kernel may keep them and
+/// the entry, and what `sent` needs to count the lookup; an entry it has nothing for (gone
+/// since the listing) is left out. The kernel takes every entry sent, except "." and "..", as
+/// a lookup of its node: `sent` is called for exactly those.
+pub fn reply_readdirplus<T, K>(
+    mut reply: ReplyDirectoryPlus,
+    offset: u64,
+    entries: Result<std::sync::Arc<Vec<DirEntry<T>>>>,
+    generation: Generation,
+    mut describe: impl FnMut(&DirEntry<T>) -> Option<(FileAttr, Duration, K)>,
+    mut sent: impl FnMut(&DirEntry<T>, K),
+) {
+    let entries = match entries {
+        Ok(entries) => entries,
+        Err(e) => return reply.error(errno::report("readdirplus", &e)),
+    };
+    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+        let offset = i as u64 + 1;
+        if entry.name == "." || entry.name == ".." {
+            // The kernel links neither: no attributes needed, no lookup counted.
+            let attr = attr::placeholder(entry.ino, entry.kind);
+            if reply.add(
+                INodeNo(entry.ino),
+                offset,
+                &entry.name,
+                &Duration::ZERO,
+                &attr,
+                generation,
+            ) {
+                break;
+            }
+            continue;
+        }
+        let Some((attr, ttl, token)) = describe(entry) else {
+            continue;
+        };
+        if reply.add(
+            INodeNo(entry.ino),
+            offset,
+            &entry.name,
+            &ttl,
+            &attr,
+            generation,
+        ) {
+            break;
+        }
+        sent(entry, token);
     }
     reply.ok();
 }

@@ -2,22 +2,32 @@
 //! it; a lone mount lets the kernel cache them, so a directory listed again is often not asked
 //! for at all), and sync.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, OnceLock};
 
+use fuser::FileAttr;
 use nix::fcntl::AtFlags;
-use nix::sys::stat::fstatat;
+use nix::sys::stat::{FileStat, fstatat};
 
-use super::{Handle, SealFs, open_dir};
+use super::{Handle, SealFs, o_path, open_dir, stat_fd};
 use crate::fs::inodes::Node;
 use crate::shell::attr::{entry_type, file_type};
 use crate::volume::{Result, VolumeError, names};
 
-/// A forward listing's entry: node id, type and plaintext name.
-pub type DirEntry = crate::shell::DirEntry;
+/// A forward listing's entry: node id, type, plaintext name, and the backing entry's name
+/// (empty for "." and "..") to look the entry up by for readdirplus.
+pub type DirEntry = crate::shell::DirEntry<OsString>;
+
+/// A listed entry looked up for readdirplus: its attributes, and what counting the kernel's
+/// lookup needs (the node is remembered only once the entry is sent).
+pub struct ListedEntry {
+    pub attr: FileAttr,
+    fd: OwnedFd,
+    stat: FileStat,
+}
 
 /// A directory handle: its node, and its listing once a readdir asked for it.
 pub struct DirHandle {
@@ -76,7 +86,7 @@ impl SealFs {
                 ino: self.inodes.node_id(entry.ino()),
                 kind,
                 name,
-                target: (),
+                target: raw.to_os_string(),
             });
         }
         Ok(entries)
@@ -85,15 +95,47 @@ impl SealFs {
     /// The listing of directory handle `fh`, read at its first call (readdir at offset 0, or
     /// any offset after a kernel that kept the handle's earlier pages).
     pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+        Ok(self.listed_dir(fh)?.1)
+    }
+
+    /// Directory handle `fh`'s node and listing (see `dir_entries`).
+    pub fn listed_dir(&self, fh: u64) -> Result<(Arc<Node>, Arc<Vec<DirEntry>>)> {
         let handle = match crate::sync::lock(&self.handles).get(&fh) {
             Some(Handle::Dir(handle)) => handle.clone(),
             _ => return Err(VolumeError::BadHandle),
         };
         if let Some(listing) = handle.listing.get() {
-            return Ok(listing.clone());
+            return Ok((handle.node.clone(), listing.clone()));
         }
         let listing = Arc::new(self.list(&handle.node)?);
-        Ok(handle.listing.get_or_init(|| listing).clone())
+        let listing = handle.listing.get_or_init(|| listing).clone();
+        Ok((handle.node.clone(), listing))
+    }
+
+    /// Whether the kernel should get attributes with listings (readdirplus): a lone mount lets
+    /// it keep them, which saves a LOOKUP per entry of a walk (`ls -l`, rsync, `diff -r`).
+    /// A shared mount keeps no file attributes, so there they would be work for nothing.
+    pub fn attrs_with_listings(&self) -> bool {
+        !self.tuning.shared
+    }
+
+    /// Looks up listed `entry` of directory `dir` as a LOOKUP would, without counting it yet:
+    /// None when the entry is gone since the listing (or is "." or "..").
+    pub fn look_up_listed(&self, dir: &Node, entry: &DirEntry) -> Option<ListedEntry> {
+        let raw = entry.target.to_str().filter(|raw| !raw.is_empty())?;
+        let fd = o_path(dir.fd.as_fd(), raw).ok()?;
+        let stat = stat_fd(fd.as_fd()).ok()?;
+        Some(ListedEntry {
+            attr: self.attr_of(fd.as_fd(), &stat),
+            fd,
+            stat,
+        })
+    }
+
+    /// Counts the kernel's lookup of a listed entry it was sent with its attributes.
+    pub fn remember_listed(&self, dir: &Node, entry: &DirEntry, listed: ListedEntry) {
+        self.inodes
+            .remember(listed.fd, &listed.stat, dir.ino, &entry.name);
     }
 
     pub fn releasedir(&self, fh: u64) {

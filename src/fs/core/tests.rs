@@ -100,6 +100,56 @@ fn create_write_read_list_and_unlink() {
 }
 
 #[test]
+fn listed_entries_carry_the_lookups_attributes_and_count_as_lookups() {
+    let fx = core();
+    let fs = &fx.fs;
+    let (attr, fh) = fs
+        .create(ROOT, OsStr::new("a"), 0o600, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    fs.write(fh, 0, &[7; 10_000], false).unwrap();
+    fs.release(fh);
+    fs.forget(attr.ino.0, 1);
+    assert!(fs.inodes.get(attr.ino.0).is_none(), "the create's lookup is forgotten");
+    fs.mkdir(ROOT, OsStr::new("d"), 0o700, ROOT_CALLER).unwrap();
+    let (gone, fh) = fs
+        .create(ROOT, OsStr::new("gone"), 0o600, libc::O_RDWR, ROOT_CALLER)
+        .unwrap();
+    fs.release(fh);
+
+    let dir = fs.opendir(ROOT).unwrap();
+    let (node, entries) = fs.listed_dir(dir).unwrap();
+    fs.unlink(ROOT, OsStr::new("gone")).unwrap();
+    fs.forget(gone.ino.0, 1);
+    let mut listed = Vec::new();
+    for entry in entries.iter() {
+        match fs.look_up_listed(&node, entry) {
+            Some(found) => {
+                let (ino, size, kind) = (found.attr.ino.0, found.attr.size, found.attr.kind);
+                fs.remember_listed(&node, entry, found);
+                // The attributes a GETATTR gives (plaintext size, not the backing file's).
+                let got = fs.getattr(ino).unwrap();
+                assert_eq!((size, kind), (got.size, got.kind), "{:?}", entry.name);
+                listed.push((entry.name.clone(), size));
+            }
+            None => assert!(
+                [".", "..", "gone"].contains(&entry.name.to_str().unwrap()),
+                "{:?} has no attributes",
+                entry.name
+            ),
+        }
+    }
+    fs.releasedir(dir);
+    listed.sort();
+    assert_eq!(listed[0], ("a".into(), 10_000));
+    assert_eq!(listed[1].0, "d");
+    assert_eq!(listed.len(), 2);
+    // Sent entries are lookups the kernel will forget: the node lives until then.
+    assert!(fs.inodes.get(attr.ino.0).is_some());
+    fs.forget(attr.ino.0, 1);
+    assert!(fs.inodes.get(attr.ino.0).is_none());
+}
+
+#[test]
 fn set_id_bits_follow_the_kernels_rule() {
     let fx = core();
     let fs = &fx.fs;
