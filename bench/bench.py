@@ -254,10 +254,27 @@ def untar(directory, tarball, count, size):
     return {"files_s": count / took, "mib_s": size / 2**20 / took}
 
 
+def rsync_and_diff(directory, source, count):
+    """What a sync tool and a checker do to a tree: `rsync -aHAX` of the unpacked tarball
+    (`source`, outside the target) into the target, then `diff -r` of that copy against the
+    untar job's copy, both inside the target, caches dropped first. Files/s of each."""
+    d = Path(directory) / "rsync"
+    start = time.perf_counter()
+    sh("rsync", "-aHAX", f"{source}/", str(d))
+    os.sync()
+    copied = time.perf_counter() - start
+    drop_caches()
+    start = time.perf_counter()
+    sh("diff", "-r", str(Path(directory) / "untar"), str(d), quiet=True)
+    compared = time.perf_counter() - start
+    return count / copied, count / compared
+
+
 JOBS = [
     ("seq-write-1M", "MiB/s"), ("seq-read-1M", "MiB/s"),
     ("rand-read-4k", "IOPS"), ("rand-write-4k", "IOPS"), ("mix-64k", "MiB/s"),
     ("small-create-4k", "files/s"), ("small-read-4k", "files/s"), ("untar", "files/s"),
+    ("rsync-aHAX", "files/s"), ("diff-r", "files/s"),
 ]
 
 
@@ -280,6 +297,7 @@ def run_target(target, args, tarball, tar_count, tar_size):
         results["small-create-4k"] = created["files_s"]
         results["small-read-4k"] = read["files_s"]
         results["untar"] = untar(d, tarball, tar_count, tar_size)["files_s"]
+        results["rsync-aHAX"], results["diff-r"] = rsync_and_diff(d, tarball.parent / "source", tar_count)
     return results
 
 
@@ -548,6 +566,11 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     tarball = work / "source.tar"
     tar_count, tar_size = make_tarball(tarball, tar_files)
+    # The rsync job's source: the same tree, unpacked once on the backing filesystem.
+    source = work / "source"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir()
+    sh("tar", "-xf", str(tarball), "-C", str(source))
     names = ["raw", "passthrough", "sealfs"]
     have_gocryptfs = shutil.which("gocryptfs") and not args.no_gocryptfs
     if have_gocryptfs:

@@ -41,7 +41,8 @@ def drop_caches():
 
 
 class Mount:
-    def __init__(self, binary, work, name):
+    def __init__(self, binary, work, name, extra=()):
+        self.extra = list(extra)
         self.binary, self.cipher = binary, os.path.join(work, name + ".enc")
         self.key, self.path = os.path.join(work, name + ".key"), os.path.join(work, name)
         if not os.path.exists(self.cipher):
@@ -51,7 +52,8 @@ class Mount:
 
     def __enter__(self):
         self.proc = subprocess.Popen(
-            [self.binary, "mount", self.cipher, self.path, "--keyfile", self.key, "--foreground"],
+            [self.binary, "mount", self.cipher, self.path, "--keyfile", self.key, "--foreground"]
+            + self.extra,
             stderr=subprocess.DEVNULL)
         for _ in range(200):
             if os.path.ismount(self.path):
@@ -99,13 +101,15 @@ def main():
     ap.add_argument("--bin", default="target/release/sealfs")
     ap.add_argument("--dir", default="/dev/shm/sealfs-requests")
     ap.add_argument("-n", type=int, default=1000, help="files per workload")
+    ap.add_argument("--mount-arg", action="append", default=[],
+                    help="passed on to sealfs mount (repeat for several)")
     args = ap.parse_args()
     if shutil.which("strace") is None:
         sys.exit("fuse_requests: strace is not installed")
     shutil.rmtree(args.dir, ignore_errors=True)
     os.makedirs(args.dir)
     binary, n = os.path.abspath(args.bin), args.n
-    m = Mount(binary, args.dir, "vol")
+    m = Mount(binary, args.dir, "vol", args.mount_arg)
     data = os.urandom(4096)
 
     def create():
