@@ -938,7 +938,11 @@ fn walks_see_each_entrys_own_attributes() {
                 let e = e.unwrap();
                 let meta = fs::symlink_metadata(e.path()).unwrap();
                 let name = e.file_name().into_string().unwrap();
-                (name, meta.len(), std::os::unix::fs::MetadataExt::nlink(&meta))
+                (
+                    name,
+                    meta.len(),
+                    std::os::unix::fs::MetadataExt::nlink(&meta),
+                )
             })
             .collect();
         v.sort();

@@ -109,7 +109,10 @@ fn listed_entries_carry_the_lookups_attributes_and_count_as_lookups() {
     fs.write(fh, 0, &[7; 10_000], false).unwrap();
     fs.release(fh);
     fs.forget(attr.ino.0, 1);
-    assert!(fs.inodes.get(attr.ino.0).is_none(), "the create's lookup is forgotten");
+    assert!(
+        fs.inodes.get(attr.ino.0).is_none(),
+        "the create's lookup is forgotten"
+    );
     fs.mkdir(ROOT, OsStr::new("d"), 0o700, ROOT_CALLER).unwrap();
     let (gone, fh) = fs
         .create(ROOT, OsStr::new("gone"), 0o600, libc::O_RDWR, ROOT_CALLER)
