@@ -110,6 +110,9 @@ pub struct InodeTable {
     root_backing_ino: u64,
     /// Ticks on every node access; a node's `last_used` is the tick of its last access.
     clock: AtomicU64,
+    /// The pruner, woken as soon as the table grows past its high mark (instead of at its
+    /// next poll: a fast walk adds hundreds of nodes between two polls).
+    pruner: OnceLock<(std::thread::Thread, usize)>,
 }
 
 impl InodeTable {
@@ -120,7 +123,13 @@ impl InodeTable {
             nodes: Mutex::new([(ROOT_INO, root)].into()),
             root_backing_ino: root_stat.st_ino,
             clock: AtomicU64::new(0),
+            pruner: OnceLock::new(),
         }
+    }
+
+    /// Wakes `pruner` whenever the table holds more than `high` nodes.
+    pub fn wake_above(&self, pruner: std::thread::Thread, high: usize) {
+        let _ = self.pruner.set((pruner, high));
     }
 
     /// Node ids are backing inode numbers, so they are stable across remounts; the root's
@@ -187,9 +196,15 @@ impl InodeTable {
             let mut nodes = crate::sync::lock(&self.nodes);
             let node = nodes
                 .entry(ino)
-                .or_insert_with(|| Arc::new(Node::new(ino, fd, file_type(stat.st_mode))));
+                .or_insert_with(|| Arc::new(Node::new(ino, fd, file_type(stat.st_mode))))
+                .clone();
             node.lookups.fetch_add(1, Ordering::Relaxed);
-            node.clone()
+            if let Some((pruner, high)) = self.pruner.get()
+                && nodes.len() > *high
+            {
+                pruner.unpark();
+            }
+            node
         };
         *crate::sync::lock(&node.origin) = Some((parent, name.to_os_string()));
         self.touch(&node);

@@ -13,8 +13,10 @@ use nix::sys::resource::{Resource, getrlimit};
 
 use super::inodes::InodeTable;
 
-/// How often the table size is checked.
+/// How often the table size is checked when no growth past the high mark wakes the pruner.
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// The least time between two rounds of asking the kernel to forget.
+const PRUNE_SPACING: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PruneLimits {
@@ -55,8 +57,9 @@ pub fn spawn(inodes: Arc<InodeTable>, notifier: Notifier, limits: PruneLimits) {
     let spawned = std::thread::Builder::new()
         .name("sealfs-pruner".into())
         .spawn(move || {
+            inodes.wake_above(std::thread::current(), limits.high);
             loop {
-                std::thread::sleep(CHECK_INTERVAL);
+                std::thread::park_timeout(CHECK_INTERVAL);
                 let nodes = inodes.len();
                 if nodes <= limits.high {
                     continue;
@@ -78,6 +81,8 @@ pub fn spawn(inodes: Arc<InodeTable>, notifier: Notifier, limits: PruneLimits) {
                         }
                     }
                 }
+                // The kernel forgets asynchronously: give it a moment before asking again.
+                std::thread::sleep(PRUNE_SPACING);
             }
         });
     if let Err(e) = spawned {
