@@ -4,29 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::path::PathBuf;
 
-use common::TestVolume;
-use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
+use common::{TestVolume, backing, open_volume};
 use sealfs::volume::Volume;
-
-fn open_volume(vol: &TestVolume) -> Volume {
-    let config = Volume::read_config(&vol.cipher).unwrap();
-    let key = vol.keys.join(format!("{}.key", config.volume_id));
-    let provider: Box<dyn MasterKeyProvider> = Box::new(KeyfileProvider::load(&key).unwrap());
-    Volume::open(&vol.cipher, vec![provider], Default::default()).unwrap()
-}
-
-/// The backing path of a plaintext path (components separated by '/').
-fn backing(volume: &Volume, plain: &str) -> PathBuf {
-    let mut path = volume.path.clone();
-    for part in plain.split('/') {
-        path.push(volume.encrypt_name(OsStr::new(part)).unwrap().entry());
-    }
-    path
-}
 
 fn header_of(volume: &Volume, plain: &str) -> PathBuf {
     let file = fs::File::open(backing(volume, plain)).unwrap();

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use anyhow::{Result, bail};
 
 /// sealfs settings accepted as `name=value` mount options, and the flag each becomes.
-const VALUE_OPTIONS: [(&str, &str); 14] = [
+const VALUE_OPTIONS: [(&str, &str); 16] = [
     ("keyfile", "--keyfile"),
     ("passfile", "--passfile"),
     ("pin_file", "--pin-file"),
@@ -23,11 +23,14 @@ const VALUE_OPTIONS: [(&str, &str); 14] = [
     ("inode_cache", "--inode-cache"),
     ("audit_log", "--audit-log"),
     ("exclude", "--exclude"),
+    ("metrics", "--metrics"),
+    ("metrics_textfile", "--metrics-textfile"),
 ];
-const FLAG_OPTIONS: [(&str, &str); 3] = [
+const FLAG_OPTIONS: [(&str, &str); 4] = [
     ("no_writeback_cache", "--no-writeback-cache"),
     ("audit_syslog", "--audit-syslog"),
     ("reverse", "--reverse"),
+    ("metrics_allow_remote", "--metrics-allow-remote"),
 ];
 
 /// The `sealfs mount ...` command line for what mount(8) passed; None for a fake mount (-f).

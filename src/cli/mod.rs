@@ -16,6 +16,7 @@ mod progress;
 mod rewrap;
 mod rotate;
 mod settings;
+mod stats;
 mod umount;
 mod unlock;
 
@@ -61,6 +62,9 @@ enum Command {
     Fsck(fsck::FsckArgs),
     /// Change the passphrase of a passphrase keyslot (atomically).
     Passwd(passwd::PasswdArgs),
+    /// A running mount's numbers (requests, bytes, authentication failures, key cache, KMS
+    /// calls), read from the mount itself; --check for monitoring.
+    Stats(stats::StatsArgs),
     /// The volume's audit log of key events.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -99,7 +103,10 @@ pub fn main() -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     logging::init(cli.verbose);
     audit::configure(cli.audit);
-    if !matches!(cli.command, Command::GenerateDocs { .. } | Command::Info(_)) {
+    if !matches!(
+        cli.command,
+        Command::GenerateDocs { .. } | Command::Info(_) | Command::Stats(_)
+    ) {
         hardening::protect_process();
     }
     match cli.command {
@@ -110,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rotate(args) => rotate::run(args),
         Command::Rewrap(args) => rewrap::run(args),
         Command::Info(args) => info::run(args),
+        Command::Stats(args) => stats::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Passwd(args) => passwd::run(args),
         Command::MountHelper { args } => match helper::translate(&args)? {

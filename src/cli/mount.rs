@@ -10,6 +10,7 @@ use fuser::{Config, MountOption, SessionACL};
 use sealfs::fs::pruner::{self, PruneLimits};
 use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
+use sealfs::metrics::endpoint;
 use sealfs::reverse::{Excludes, ReverseView};
 use sealfs::volume::claim::{ClaimMode, claim};
 use sealfs::volume::{self, Volume};
@@ -76,6 +77,16 @@ pub struct MountArgs {
     /// Repeatable.
     #[arg(long, value_name = "PATTERN", requires = "reverse")]
     pub exclude: Vec<String>,
+    /// Serve Prometheus metrics at ADDR, e.g. 127.0.0.1:9568 (GET /metrics). Loopback only,
+    /// unless --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Let --metrics bind an address other hosts can reach (put a firewall or a proxy in front).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Also write the metrics to FILE every 15 s, for node_exporter's textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// Everything a mount needs, after the command line, the settings file, systemd credentials
@@ -94,6 +105,14 @@ struct Resolved {
     inode_cache: usize,
     reverse: bool,
     exclude: Vec<String>,
+    metrics: Metrics,
+}
+
+/// Where the mount's metrics go.
+struct Metrics {
+    addr: Option<std::net::SocketAddr>,
+    allow_remote: bool,
+    textfile: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -163,6 +182,12 @@ impl MountArgs {
                 .unwrap_or(PruneLimits::DEFAULT_BUDGET),
             reverse: self.reverse || file.reverse.unwrap_or(false),
             exclude: file.exclude.into_iter().chain(self.exclude).collect(),
+            metrics: Metrics {
+                addr: self.metrics.or(file.metrics),
+                allow_remote: self.metrics_allow_remote
+                    || file.metrics_allow_remote.unwrap_or(false),
+                textfile: self.metrics_textfile.or(file.metrics_textfile),
+            },
         })
     }
 }
@@ -383,6 +408,14 @@ pub fn run(args: MountArgs) -> Result<()> {
     // connect on first use, which is after the fork: neither survives fork().
     let providers = args.unlock.providers(&config)?;
     let limits = args.cache;
+    let metrics = args.metrics;
+    // Refused before anything is mounted (the bind itself happens in the daemon).
+    if let Some(addr) = metrics.addr
+        && !addr.ip().is_loopback()
+        && !metrics.allow_remote
+    {
+        bail!("{}", endpoint::EndpointError::NotLoopback(addr));
+    }
     launch(args.foreground, move |ready| {
         if reverse {
             let keys = sealfs::keys::unlock(&config, &providers)?;
@@ -392,7 +425,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             for fallback in volume.backing.fallbacks() {
                 tracing::warn!(fs_type = %volume.backing.fs_type, "backing store: {fallback}");
             }
-            serve(volume, &mountpoint, parsed, ready)
+            serve(volume, &mountpoint, parsed, &metrics, ready)
         }
     })
 }
@@ -456,7 +489,13 @@ fn launch(foreground: bool, start: impl FnOnce(&mut Ready) -> Result<()>) -> Res
     }
 }
 
-fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Ready) -> Result<()> {
+fn serve(
+    mut volume: Volume,
+    mountpoint: &Path,
+    parsed: Parsed,
+    metrics: &Metrics,
+    ready: &mut Ready,
+) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
     // Shared with other mounts, exclusive for `fsck --repair`: held until the process ends.
@@ -487,6 +526,12 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
         "read_only": parsed.read_only,
         "key_mode": volume.config.key_mode,
     });
+    start_metrics(
+        &volume,
+        &cipher_dir_of(&volume),
+        parsed.tuning.shared,
+        metrics,
+    )?;
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let inodes = fs.inodes.clone();
     let notifier = fs.notifier.clone();
@@ -508,6 +553,35 @@ fn serve(mut volume: Volume, mountpoint: &Path, parsed: Parsed, ready: &mut Read
     set_read_ahead(mountpoint, parsed.read_ahead_kb);
     ready.mounted()?;
     run_until_unmounted(session)
+}
+
+fn cipher_dir_of(volume: &Volume) -> String {
+    volume.path.display().to_string()
+}
+
+/// Tells the counters about the mount, and starts the endpoint and the textfile if asked for:
+/// before the FUSE mount, so a port in use fails the mount instead of leaving it unwatched.
+fn start_metrics(volume: &Volume, cipher_dir: &str, shared: bool, metrics: &Metrics) -> Result<()> {
+    let counters = sealfs::metrics::global();
+    counters.mounted(sealfs::metrics::MountInfo {
+        started: std::time::SystemTime::now(),
+        started_at: std::time::Instant::now(),
+        shared,
+        cipher_dir: cipher_dir.to_string(),
+        key_cache: volume.key_cache.clone(),
+        cache_bound: volume.key_cache.limits().max_age,
+    });
+    counters.kek_version.store(
+        u64::from(volume.keys.current_kek()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if let Some(addr) = metrics.addr {
+        endpoint::serve(addr, metrics.allow_remote)?;
+    }
+    if let Some(path) = &metrics.textfile {
+        endpoint::keep_textfile(path.clone())?;
+    }
+    Ok(())
 }
 
 fn serve_reverse(

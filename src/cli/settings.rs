@@ -26,6 +26,12 @@ pub struct SettingsFile {
     /// Reverse mode: gitignore-style patterns left out of the view.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Serve Prometheus metrics at this address (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Let `metrics` be an address other hosts can reach (`--metrics-allow-remote`).
+    pub metrics_allow_remote: Option<bool>,
+    /// Write the metrics to this file every 15 s (`--metrics-textfile`).
+    pub metrics_textfile: Option<PathBuf>,
     #[serde(default)]
     pub keys: KeySettings,
     #[serde(default)]

@@ -13,6 +13,7 @@ use fuser::{
 
 use super::core::{AttrChanges, Caller, SealFs};
 use crate::io::file_lock::PlainLock;
+use crate::metrics::{self, Metrics, Op};
 use crate::shell::{self, reply_or_error};
 
 const GENERATION: Generation = Generation(0);
@@ -82,6 +83,7 @@ impl Filesystem for SealFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _request = metrics::request(Op::Lookup);
         match self.lookup(parent.0, name) {
             Ok(attr) => reply.entry_with_ttls(
                 &self.tuning.attr_ttl,
@@ -105,10 +107,12 @@ impl Filesystem for SealFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _request = metrics::request(Op::Forget);
         SealFs::forget(self, ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _request = metrics::request(Op::Getattr);
         reply_or_error!("getattr", SealFs::getattr(self, ino.0), reply, |attr| reply
             .attr(&self.tuning.attr_ttl, &attr))
     }
@@ -131,6 +135,7 @@ impl Filesystem for SealFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _request = metrics::request(Op::Setattr);
         let changes = AttrChanges {
             mode,
             uid,
@@ -146,6 +151,7 @@ impl Filesystem for SealFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _request = metrics::request(Op::Readlink);
         reply_or_error!("readlink", SealFs::readlink(self, ino.0), reply, |target| {
             reply.data(&target)
         })
@@ -161,6 +167,7 @@ impl Filesystem for SealFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _request = metrics::request(Op::Mknod);
         let result = SealFs::mknod(self, parent.0, name, mode & !umask, rdev, caller(req));
         reply_or_error!("mknod", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
@@ -179,6 +186,7 @@ impl Filesystem for SealFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _request = metrics::request(Op::Mkdir);
         let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
         reply_or_error!("mkdir", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
@@ -189,6 +197,7 @@ impl Filesystem for SealFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _request = metrics::request(Op::Unlink);
         reply_or_error!(
             "unlink",
             SealFs::unlink(self, parent.0, name),
@@ -198,6 +207,7 @@ impl Filesystem for SealFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _request = metrics::request(Op::Rmdir);
         reply_or_error!("rmdir", SealFs::rmdir(self, parent.0, name), reply, |_ok| {
             reply.ok()
         })
@@ -211,6 +221,7 @@ impl Filesystem for SealFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _request = metrics::request(Op::Symlink);
         let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
         reply_or_error!("symlink", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
@@ -230,6 +241,7 @@ impl Filesystem for SealFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Rename);
         let result = SealFs::rename(self, parent.0, name, newparent.0, newname, flags.bits());
         reply_or_error!("rename", result, reply, |_ok| reply.ok())
     }
@@ -242,6 +254,7 @@ impl Filesystem for SealFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _request = metrics::request(Op::Link);
         let result = SealFs::link(self, ino.0, newparent.0, newname);
         reply_or_error!("link", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
@@ -252,6 +265,7 @@ impl Filesystem for SealFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _request = metrics::request(Op::Open);
         reply_or_error!(
             "open",
             SealFs::open(self, ino.0, flags.0),
@@ -281,10 +295,12 @@ impl Filesystem for SealFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _request = metrics::request(Op::Read);
         // Replies from the decrypting thread's buffer: no copy into a fresh Vec.
         let mut reply = Some(reply);
         let sent = self.read_with(fh.0, offset, size, |data| {
             if let Some(reply) = reply.take() {
+                Metrics::add(&metrics::global().plain_read, data.len() as u64);
                 reply.data(data);
             }
         });
@@ -305,12 +321,16 @@ impl Filesystem for SealFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _request = metrics::request(Op::Write);
         let kill_set_id = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         reply_or_error!(
             "write",
             SealFs::write(self, fh.0, offset, data, kill_set_id),
             reply,
-            |n| reply.written(n)
+            |n| {
+                Metrics::add(&metrics::global().plain_written, u64::from(n));
+                reply.written(n)
+            }
         )
     }
 
@@ -327,6 +347,7 @@ impl Filesystem for SealFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Flush);
         if !self.tuning.shared {
             return reply.error(Errno::ENOSYS);
         }
@@ -344,6 +365,7 @@ impl Filesystem for SealFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Release);
         // The kernel names the owner when the open file held flock locks.
         if let Some(owner) = lock_owner {
             self.release_locks(ino.0, owner.0);
@@ -364,6 +386,7 @@ impl Filesystem for SealFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
+        let _request = metrics::request(Op::Getlk);
         let asked = PlainLock {
             start,
             end,
@@ -394,6 +417,7 @@ impl Filesystem for SealFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Setlk);
         let lock = PlainLock {
             start,
             end,
@@ -434,12 +458,14 @@ impl Filesystem for SealFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Fsync);
         reply_or_error!("fsync", SealFs::fsync(self, fh.0, datasync), reply, |_ok| {
             reply.ok()
         })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _request = metrics::request(Op::Opendir);
         // A lone mount: the kernel may keep listings across opens (dropped on every change).
         let flags = if self.cache_dirs() {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
@@ -458,6 +484,7 @@ impl Filesystem for SealFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let _request = metrics::request(Op::Readdir);
         shell::reply_readdir(reply, offset, self.dir_entries(fh.0))
     }
 
@@ -469,6 +496,7 @@ impl Filesystem for SealFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let _request = metrics::request(Op::Readdirplus);
         let listed = self.listed_dir(fh.0);
         let dir = listed.as_ref().ok().map(|(dir, _)| dir.clone());
         shell::reply_readdirplus(
@@ -497,6 +525,7 @@ impl Filesystem for SealFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Releasedir);
         SealFs::releasedir(self, fh.0);
         reply.ok();
     }
@@ -509,12 +538,14 @@ impl Filesystem for SealFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Fsyncdir);
         reply_or_error!("fsyncdir", SealFs::fsyncdir(self, ino.0), reply, |_ok| {
             reply.ok()
         })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _request = metrics::request(Op::Statfs);
         shell::reply_statfs(reply, SealFs::statfs(self))
     }
 
@@ -528,6 +559,7 @@ impl Filesystem for SealFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Setxattr);
         reply_or_error!(
             "setxattr",
             SealFs::setxattr(self, ino.0, name, value, flags),
@@ -537,6 +569,7 @@ impl Filesystem for SealFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _request = metrics::request(Op::Getxattr);
         reply_or_error!(
             "getxattr",
             SealFs::getxattr(self, ino.0, name),
@@ -546,12 +579,14 @@ impl Filesystem for SealFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _request = metrics::request(Op::Listxattr);
         reply_or_error!("listxattr", SealFs::listxattr(self, ino.0), reply, |list| {
             xattr_reply(reply, size, &list)
         })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _request = metrics::request(Op::Removexattr);
         reply_or_error!(
             "removexattr",
             SealFs::removexattr(self, ino.0, name),
@@ -561,6 +596,7 @@ impl Filesystem for SealFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _request = metrics::request(Op::Access);
         reply_or_error!(
             "access",
             SealFs::access(self, ino.0, mask.bits()),
@@ -579,6 +615,7 @@ impl Filesystem for SealFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _request = metrics::request(Op::Create);
         let result = SealFs::create(self, parent.0, name, mode & !umask, flags, caller(req));
         let fopen = if self.direct_io(flags) {
             FopenFlags::FOPEN_DIRECT_IO
@@ -608,6 +645,7 @@ impl Filesystem for SealFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Fallocate);
         let result = SealFs::fallocate(self, caller(req), fh.0, offset, length, mode);
         reply_or_error!("fallocate", result, reply, |_ok| reply.ok())
     }
@@ -621,6 +659,7 @@ impl Filesystem for SealFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _request = metrics::request(Op::Lseek);
         reply_or_error!(
             "lseek",
             SealFs::lseek(self, fh.0, offset, whence),

@@ -6,4 +6,4 @@ mod fuse;
 pub mod inodes;
 pub mod pruner;
 
-pub use self::core::{SealFs, Tuning};
+pub use self::core::{STATS_ATTRIBUTE, SealFs, Tuning};

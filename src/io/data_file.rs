@@ -15,6 +15,7 @@ use super::holes::{Holes, LedgerAccess, Persist};
 use crate::crypto::{SEAL_OVERHEAD, Sealer};
 use crate::format::Id;
 use crate::format::block::{Layout, PREAMBLE_LEN};
+use crate::metrics::Metrics;
 
 /// The largest plaintext offset sealfs accepts (2 EiB): backing offsets (plaintext plus
 /// per-block overhead, under 6% at the smallest block size) stay below 4 EiB, where the locks
@@ -190,9 +191,13 @@ impl<'a> DataFile<'a> {
                 .key
                 .integrity(first + (got / self.layout.sealed_block_size() as usize) as u64));
         }
+        let metrics = crate::metrics::global();
+        Metrics::add(&metrics.backing_read, got as u64);
         open_run(&self.layout, self.key, first, sealed, plain, &|index| {
             self.is_hole(index)
-        })
+        })?;
+        Metrics::add(&metrics.blocks_opened, last - first + 1);
+        Ok(())
     }
 
     /// Writes `data` at `offset`, growing the file as needed; gaps become holes. Whole blocks
@@ -557,6 +562,9 @@ impl<'a> DataFile<'a> {
         )?;
         self.file
             .write_all_at(sealed, self.layout.block_offset(first))?;
+        let metrics = crate::metrics::global();
+        Metrics::add(&metrics.blocks_sealed, blocks as u64);
+        Metrics::add(&metrics.backing_written, sealed.len() as u64);
         self.clear_holes(first..first + blocks as u64)
     }
 }

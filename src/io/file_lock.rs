@@ -68,9 +68,20 @@ pub fn lock_blocks<'a>(
     } else {
         libc::F_RDLCK
     };
+    // Try first without waiting: the common case costs the one call it always did, and a
+    // lock that must wait is counted with how long it waited (metrics).
+    match lock.set(kind, false) {
+        Ok(()) => return Ok(lock),
+        Err(nix::Error::EAGAIN | nix::Error::EACCES | nix::Error::EINTR) => {}
+        Err(e) => return Err(IoError::Io(e.into())),
+    }
+    let waiting = std::time::Instant::now();
     loop {
         match lock.set(kind, true) {
-            Ok(()) => return Ok(lock),
+            Ok(()) => {
+                crate::metrics::global().lock_waited(waiting.elapsed());
+                return Ok(lock);
+            }
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(IoError::Io(e.into())),
         }

@@ -38,6 +38,8 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
     pub expirations: AtomicU64,
     pub failures: AtomicU64,
+    /// Loads under way now.
+    pub loading: AtomicU64,
 }
 
 impl std::fmt::Display for CacheStats {
@@ -231,9 +233,14 @@ impl KeyCache {
             Some(material) => Ok(material),
             // A loader that panics (inside the AWS SDK or a PKCS#11 library) fails this open
             // with an error instead of taking a FUSE worker thread down with it.
-            None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
-                .unwrap_or_else(|_| Err(KeyError::LoadPanicked))
-                .map(Arc::new),
+            None => {
+                self.stats.loading.fetch_add(1, Ordering::Relaxed);
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+                    .unwrap_or_else(|_| Err(KeyError::LoadPanicked))
+                    .map(Arc::new);
+                self.stats.loading.fetch_sub(1, Ordering::Relaxed);
+                loaded
+            }
         };
         match &outcome {
             Ok(material) => self.insert(*id, material.clone()),
@@ -243,6 +250,12 @@ impl KeyCache {
         }
         landing.outcome = Some(outcome.clone());
         outcome
+    }
+
+    /// The bounds this cache keeps (its maximum key age bounds how long a key revoked at its
+    /// key service keeps working for new opens).
+    pub fn limits(&self) -> &CacheLimits {
+        &self.limits
     }
 
     pub fn len(&self) -> usize {

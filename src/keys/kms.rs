@@ -3,7 +3,7 @@
 //! daemon forks and used after.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -19,6 +19,7 @@ use crate::crypto::SecretKey;
 use crate::format::Id;
 use crate::format::config::{ConfigKeyslot, SlotProvider};
 use crate::format::header::file_key_context;
+use crate::metrics::{KeyCall, KeyService};
 
 /// Bounds every KMS call: a few attempts with backoff (the SDK's standard retry mode retries
 /// throttling, 5xx and connection errors), each attempt and the whole call time-limited.
@@ -112,10 +113,13 @@ impl KmsProvider {
         for (k, v) in context {
             request = request.encryption_context(k, v);
         }
-        let response = conn
-            .runtime
-            .block_on(request.send())
-            .map_err(|e| self.failure("GenerateDataKey", e))?;
+        let started = Instant::now();
+        let response = conn.runtime.block_on(request.send());
+        let response = self.record(
+            KeyCall::GenerateDataKey,
+            started,
+            response.map_err(|e| self.failure("GenerateDataKey", e)),
+        )?;
         if self.key_id.starts_with("arn:") && response.key_id() != Some(self.key_id.as_str()) {
             return Err(self.malformed("GenerateDataKey answered with a different key"));
         }
@@ -149,10 +153,13 @@ impl KmsProvider {
         for (k, v) in context.pairs() {
             request = request.encryption_context(k, v);
         }
-        let response = conn
-            .runtime
-            .block_on(request.send())
-            .map_err(|e| self.failure("Encrypt", e))?;
+        let started = Instant::now();
+        let response = conn.runtime.block_on(request.send());
+        let response = self.record(
+            KeyCall::Encrypt,
+            started,
+            response.map_err(|e| self.failure("Encrypt", e)),
+        )?;
         let blob = response
             .ciphertext_blob()
             .ok_or_else(|| self.malformed("Encrypt returned no ciphertext"))?;
@@ -177,10 +184,13 @@ impl KmsProvider {
         for (k, v) in context {
             request = request.encryption_context(k, v);
         }
-        let response = conn
-            .runtime
-            .block_on(request.send())
-            .map_err(|e| self.failure("Decrypt", e))?;
+        let started = Instant::now();
+        let response = conn.runtime.block_on(request.send());
+        let response = self.record(
+            KeyCall::Decrypt,
+            started,
+            response.map_err(|e| self.failure("Decrypt", e)),
+        )?;
         // The answer must come from the key the slot names, not merely from some key.
         if response.key_id() != Some(key_arn) {
             return Err(
@@ -208,10 +218,13 @@ impl KmsProvider {
                 .source_encryption_context(k, v)
                 .destination_encryption_context(k, v);
         }
-        let response = conn
-            .runtime
-            .block_on(request.send())
-            .map_err(|e| self.failure("ReEncrypt", e))?;
+        let started = Instant::now();
+        let response = conn.runtime.block_on(request.send());
+        let response = self.record(
+            KeyCall::ReEncrypt,
+            started,
+            response.map_err(|e| self.failure("ReEncrypt", e)),
+        )?;
         if self.key_id.starts_with("arn:")
             && (response.key_id() != Some(self.key_id.as_str())
                 || response.source_key_id() != Some(self.key_id.as_str()))
@@ -223,6 +236,27 @@ impl KmsProvider {
             .ok_or_else(|| self.malformed("ReEncrypt returned no ciphertext"))?
             .as_ref()
             .to_vec())
+    }
+
+    /// Counts a call (metrics) and passes its outcome on.
+    fn record<T>(
+        &self,
+        call: KeyCall,
+        started: Instant,
+        outcome: Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        let failure = match &outcome {
+            Ok(_) => None,
+            Err(KeyError::Remote { failure, .. }) => Some(*failure),
+            Err(_) => Some(RemoteFailure::Rejected),
+        };
+        crate::metrics::global().key_service_call(
+            KeyService::AwsKms,
+            call,
+            started.elapsed(),
+            failure,
+        );
+        outcome
     }
 
     fn malformed(&self, reason: &str) -> KeyError {

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -21,6 +22,7 @@ use crate::crypto::{SecretKey, random_array};
 use crate::format::Id;
 use crate::format::config::{ConfigKeyslot, SlotProvider};
 use crate::format::header::file_key_context;
+use crate::metrics::{KeyCall, KeyService};
 
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
@@ -171,13 +173,15 @@ impl Pkcs11Provider {
     fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut iv: [u8; IV_LEN] = random_array()?;
         let mut stored = iv.to_vec();
+        let started = Instant::now();
         let sealed = self.with_session(|t| {
             let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
                 .map_err(|e| self.failure("GCM parameters", e))?;
             t.session
                 .encrypt(&Mechanism::AesGcm(params), t.key, plaintext)
                 .map_err(|e| self.failure("C_Encrypt", e))
-        })?;
+        });
+        let sealed = record(KeyCall::Encrypt, started, sealed)?;
         stored.extend_from_slice(&sealed);
         Ok(stored)
     }
@@ -188,15 +192,28 @@ impl Pkcs11Provider {
         }
         let (iv, sealed) = stored.split_at(IV_LEN);
         let mut iv: [u8; IV_LEN] = iv.try_into().expect("split at IV_LEN");
-        self.with_session(|t| {
+        let started = Instant::now();
+        let opened = self.with_session(|t| {
             let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
                 .map_err(|e| self.failure("GCM parameters", e))?;
             t.session
                 .decrypt(&Mechanism::AesGcm(params), t.key, sealed)
                 .map(Zeroizing::new)
                 .map_err(|e| self.failure("C_Decrypt", e))
-        })
+        });
+        record(KeyCall::Decrypt, started, opened)
     }
+}
+
+/// Counts a token call (metrics) and passes its outcome on.
+fn record<T>(call: KeyCall, started: Instant, outcome: Result<T, KeyError>) -> Result<T, KeyError> {
+    let failure = match &outcome {
+        Ok(_) => None,
+        Err(KeyError::Remote { failure, .. }) => Some(*failure),
+        Err(_) => Some(RemoteFailure::Unavailable),
+    };
+    crate::metrics::global().key_service_call(KeyService::Pkcs11, call, started.elapsed(), failure);
+    outcome
 }
 
 impl MasterKeyProvider for Pkcs11Provider {

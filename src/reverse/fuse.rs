@@ -13,6 +13,7 @@ use fuser::{
 
 use super::view::ReverseView;
 
+use crate::metrics::{self, Op};
 use crate::shell::{self, reply_or_error};
 
 /// The plaintext tree changes under the view at any time; a short TTL makes changes show
@@ -36,26 +37,31 @@ impl Filesystem for ReverseView {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _request = metrics::request(Op::Lookup);
         reply_or_error!("lookup", self.lookup(parent.0, name), reply, |attr| reply
             .entry(&TTL, &attr, GENERATION))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _request = metrics::request(Op::Forget);
         ReverseView::forget(self, ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _request = metrics::request(Op::Getattr);
         reply_or_error!("getattr", self.getattr(ino.0), reply, |attr| reply
             .attr(&TTL, &attr))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _request = metrics::request(Op::Readlink);
         reply_or_error!("readlink", ReverseView::readlink(self, ino.0), reply, |t| {
             reply.data(&t)
         })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _request = metrics::request(Op::Open);
         // No FOPEN_KEEP_CACHE: each open reads what the plaintext holds now.
         reply_or_error!(
             "open",
@@ -76,6 +82,7 @@ impl Filesystem for ReverseView {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _request = metrics::request(Op::Read);
         reply_or_error!(
             "read",
             ReverseView::read(self, fh.0, offset, size),
@@ -96,11 +103,13 @@ impl Filesystem for ReverseView {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Release);
         ReverseView::release(self, fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _request = metrics::request(Op::Opendir);
         reply_or_error!("opendir", ReverseView::opendir(self, ino.0), reply, |fh| {
             reply.opened(FileHandle(fh), FopenFlags::empty())
         })
@@ -114,6 +123,7 @@ impl Filesystem for ReverseView {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let _request = metrics::request(Op::Readdir);
         shell::reply_readdir(reply, offset, self.dir_entries(fh.0))
     }
 
@@ -125,6 +135,7 @@ impl Filesystem for ReverseView {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let _request = metrics::request(Op::Readdirplus);
         shell::reply_readdirplus(
             reply,
             offset,
@@ -143,15 +154,18 @@ impl Filesystem for ReverseView {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _request = metrics::request(Op::Releasedir);
         ReverseView::release(self, fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _request = metrics::request(Op::Statfs);
         shell::reply_statfs(reply, ReverseView::statfs(self))
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _request = metrics::request(Op::Access);
         // Mounted with default_permissions: the kernel checks modes itself.
         reply.ok();
     }

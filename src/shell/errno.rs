@@ -9,6 +9,7 @@ use fuser::Errno;
 
 use crate::io::IoError;
 use crate::keys::{KeyError, RemoteFailure};
+use crate::metrics::IntegrityKind;
 use crate::volume::VolumeError;
 
 pub fn errno_of(err: &VolumeError) -> Errno {
@@ -91,10 +92,30 @@ fn remote_log_due(provider: &str, failure: RemoteFailure) -> bool {
     }
 }
 
+/// What failed authentication, if `err` is an authentication failure (for the metrics).
+fn integrity_kind(err: &VolumeError) -> Option<IntegrityKind> {
+    match err {
+        VolumeError::Block(IoError::Integrity { .. }) => Some(IntegrityKind::Block),
+        VolumeError::Block(IoError::UnrecordedHole { .. }) => Some(IntegrityKind::Hole),
+        VolumeError::Block(IoError::HoleMap { .. }) => Some(IntegrityKind::HoleMap),
+        VolumeError::Block(IoError::Preamble(_)) => Some(IntegrityKind::Preamble),
+        VolumeError::Keys(KeyError::Header { .. } | KeyError::Format(_) | KeyError::Crypto(_)) => {
+            Some(IntegrityKind::Header)
+        }
+        VolumeError::Corrupt(_) | VolumeError::Format(_) => Some(IntegrityKind::Metadata),
+        _ => None,
+    }
+}
+
 /// Integrity failures are what an operator must see: logged at error level, with what
 /// failed (file id, block), never key material. Ordinary errnos are only traced.
 pub fn report(op: &'static str, err: &VolumeError) -> Errno {
     let errno = errno_of(err);
+    let metrics = crate::metrics::global();
+    metrics.request_failed(op, errno.code());
+    if let Some(kind) = integrity_kind(err) {
+        metrics.integrity_failure(kind);
+    }
     match err {
         VolumeError::Keys(KeyError::Remote {
             provider, failure, ..

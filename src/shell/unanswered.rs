@@ -23,6 +23,7 @@ macro_rules! flush_and_ioctl_unanswered {
             _lock_owner: fuser::LockOwner,
             reply: fuser::ReplyEmpty,
         ) {
+            let _request = $crate::metrics::request($crate::metrics::Op::Flush);
             reply.error(fuser::Errno::ENOSYS);
         }
 
@@ -43,6 +44,7 @@ macro_rules! ioctl_unanswered {
             _out_size: u32,
             reply: fuser::ReplyIoctl,
         ) {
+            let _request = $crate::metrics::request($crate::metrics::Op::Ioctl);
             reply.error(fuser::Errno::ENOTTY);
         }
     };

@@ -5,6 +5,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -61,10 +62,23 @@ impl ConfigFollower {
         if *seen == Some(stamp) {
             return;
         }
+        let reload = seen.is_some();
         *seen = Some(stamp);
         let applied = Volume::read_config(&self.path)
             .and_then(|config| Ok(self.keys.apply_config(&config)?));
+        let metrics = crate::metrics::global();
+        metrics
+            .kek_version
+            .store(u64::from(self.keys.current_kek()), Ordering::Relaxed);
         match applied {
+            Ok(()) if reload => {
+                metrics.config_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    current_kek = self.keys.current_kek(),
+                    "volume config changed; new files use KEK version {}",
+                    self.keys.current_kek()
+                )
+            }
             Ok(()) => tracing::info!(
                 current_kek = self.keys.current_kek(),
                 "volume config changed; new files use KEK version {}",

@@ -60,7 +60,7 @@ pub struct Volume {
     pub config: VolumeConfig,
     pub keys: Arc<VolumeKeys>,
     pub file_keys: FileKeys,
-    pub key_cache: KeyCache,
+    pub key_cache: Arc<KeyCache>,
     pub layout: Layout,
     pub headers: Arc<HeaderStore>,
     /// What the backing filesystem was found to do at open, and the fallbacks in use.
@@ -233,7 +233,7 @@ impl Volume {
             config,
             keys,
             file_keys,
-            key_cache: KeyCache::new(cache),
+            key_cache: Arc::new(KeyCache::new(cache)),
             headers,
             backing,
             durable_headers: false,

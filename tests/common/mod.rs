@@ -381,3 +381,26 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// The volume behind `vol`, opened with its key file (for tests that look at backing files).
+pub fn open_volume(vol: &TestVolume) -> sealfs::volume::Volume {
+    use sealfs::keys::{KeyfileProvider, MasterKeyProvider};
+    let config = sealfs::volume::Volume::read_config(&vol.cipher).unwrap();
+    let key = vol.keys.join(format!("{}.key", config.volume_id));
+    let provider: Box<dyn MasterKeyProvider> = Box::new(KeyfileProvider::load(&key).unwrap());
+    sealfs::volume::Volume::open(&vol.cipher, vec![provider], Default::default()).unwrap()
+}
+
+/// The backing path of a plaintext path (components separated by '/').
+pub fn backing(volume: &sealfs::volume::Volume, plain: &str) -> PathBuf {
+    let mut path = volume.path.clone();
+    for part in plain.split('/') {
+        path.push(
+            volume
+                .encrypt_name(std::ffi::OsStr::new(part))
+                .unwrap()
+                .entry(),
+        );
+    }
+    path
+}

@@ -34,6 +34,7 @@ use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 pub use attrs::AttrChanges;
 pub use dirs::DirEntry;
 pub use locks::LockWait;
+pub use xattrs::STATS_ATTRIBUTE;
 
 use super::inodes::{Content, InodeTable, Node};
 use crate::shell::attr::attr_from_stat;

@@ -25,6 +25,9 @@ impl SealFs {
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.writable()?;
+        if is_stats_attribute(ino, name) {
+            return Err(reserved());
+        }
         let (_node, path) = self.xattr_path(ino)?;
         let backing = names::encrypt_xattr_name(&self.volume.keys, name)?;
         let sealed = names::seal_xattr_value(&self.volume.keys, &backing, value)?;
@@ -45,6 +48,12 @@ impl SealFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if is_stats_attribute(ino, name) {
+            // The mount's numbers, for `sealfs stats`: whoever may reach the mount may read
+            // them, no key needed (nothing in them names a file or holds a key).
+            return serde_json::to_vec(&crate::metrics::global().snapshot())
+                .map_err(|e| VolumeError::Usage(format!("stats: {e}")));
+        }
         let (_node, path) = self.xattr_path(ino)?;
         let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
             Err(VolumeError::Unsupported(_)) => {
@@ -81,6 +90,9 @@ impl SealFs {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
+        if is_stats_attribute(ino, name) {
+            return Err(reserved());
+        }
         let (_node, path) = self.xattr_path(ino)?;
         let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
             Err(VolumeError::Unsupported(_)) => {
@@ -94,6 +106,17 @@ impl SealFs {
         }
         Ok(())
     }
+}
+
+/// The attribute of the mount's root that `sealfs stats` reads (never stored, never listed).
+pub const STATS_ATTRIBUTE: &str = "user.sealfs.stats";
+
+fn is_stats_attribute(ino: u64, name: &OsStr) -> bool {
+    ino == crate::fs::inodes::ROOT_INO && name == STATS_ATTRIBUTE
+}
+
+fn reserved() -> VolumeError {
+    VolumeError::Io(std::io::Error::from_raw_os_error(libc::EPERM))
 }
 
 /// Calls a size-probing xattr syscall twice: once for the size, once to read.
