@@ -6,8 +6,6 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -29,16 +27,26 @@ fn n(v: &Value, path: &[&str]) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// A scrape by a real HTTP client (Python's urllib): the Content-Type, then the body.
 fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, urllib.request\n\
+             r = urllib.request.urlopen(sys.argv[1], timeout=10)\n\
+             assert r.status == 200, r.status\n\
+             sys.stdout.write(r.headers['Content-Type'] + '\\n' + r.read().decode())",
+        )
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
         .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(out.status.success(), "scrape: {}", common::stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (content_type, body) = text.split_once('\n').unwrap();
+    assert!(
+        content_type.contains("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     body.to_string()
 }
 
@@ -95,9 +103,15 @@ fn counters_move_by_exactly_what_the_workload_does() {
         CREATES * (4096 + 28),
         "a nonce and a tag per block"
     );
+    // A rotation while mounted: the mount takes up the new config at its next create.
+    let rotated = vol.run(&["rotate", vol.cipher_str()]);
+    assert!(rotated.status.success(), "{}", common::stderr(&rotated));
     for i in 0..READS {
         fs::write(m.p(&format!("r{i}")), vec![1u8; READ_LEN]).unwrap();
     }
+    let s = stats(&vol, &m);
+    assert_eq!(n(&s, &["mount", "config_reloads"]), 1);
+    assert_eq!(n(&s, &["mount", "kek_version"]), 2);
     m.unmount();
 
     // A fresh daemon counts from zero; the kernel reads each file once (its size is known).

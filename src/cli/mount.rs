@@ -409,6 +409,9 @@ pub fn run(args: MountArgs) -> Result<()> {
     let providers = args.unlock.providers(&config)?;
     let limits = args.cache;
     let metrics = args.metrics;
+    if reverse && (metrics.addr.is_some() || metrics.textfile.is_some()) {
+        bail!("--metrics and --metrics-textfile are for forward mounts; a reverse view has none");
+    }
     // Refused before anything is mounted (the bind itself happens in the daemon).
     if let Some(addr) = metrics.addr
         && !addr.ip().is_loopback()
@@ -552,7 +555,12 @@ fn serve(
     }
     set_read_ahead(mountpoint, parsed.read_ahead_kb);
     ready.mounted()?;
-    run_until_unmounted(session)
+    let served = run_until_unmounted(session);
+    // A textfile left behind would keep exporting the last numbers as if the mount still ran.
+    if let Some(path) = &metrics.textfile {
+        let _ = std::fs::remove_file(path);
+    }
+    served
 }
 
 fn cipher_dir_of(volume: &Volume) -> String {

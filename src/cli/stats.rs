@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,8 +102,8 @@ pub fn read(mountpoint: &Path) -> Result<Snapshot> {
                 mountpoint.display(),
                 mountpoint.display()
             ),
-            Some(libc::ENODATA | libc::ENOTSUP) => bail!(
-                "{}: not a sealfs mount (or one started by a sealfs without stats)",
+            Some(libc::ENODATA | libc::ENOTSUP | libc::ENOSYS) => bail!(
+                "{}: not a sealfs mount (or a reverse view, or a mount started by a sealfs without stats)",
                 mountpoint.display()
             ),
             _ => bail!("{}: {err}", mountpoint.display()),
@@ -128,26 +129,46 @@ struct CheckState {
     integrity_failures: u64,
 }
 
-fn default_state_path(mountpoint: &Path) -> PathBuf {
-    let name: String = mountpoint
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+/// The state file of a mount point: its path, escaped one-to-one (letters and digits kept,
+/// every other byte as `_` and two hex digits), in a directory only this user can write.
+fn default_state_path(mountpoint: &Path) -> Result<PathBuf> {
+    let mut name = String::new();
+    for &b in mountpoint.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("_{b:02x}"));
+        }
+    }
     let dir = if nix::unistd::geteuid().is_root() {
         PathBuf::from("/run/sealfs/check")
+    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(runtime).join("sealfs-check")
+    } else if let Some(home) = std::env::var_os("HOME") {
+        PathBuf::from(home).join(".local/state/sealfs/check")
     } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|d| PathBuf::from(d).join("sealfs-check"))
-            .unwrap_or_else(|| {
-                PathBuf::from(format!("/tmp/sealfs-check-{}", nix::unistd::getuid()))
-            })
+        bail!("--check: no place for its state (no XDG_RUNTIME_DIR or HOME); give --state FILE")
     };
-    dir.join(format!(
-        "{}.json",
-        if name.is_empty() { "root" } else { &name }
-    ))
+    Ok(dir.join(format!("{name}.json")))
+}
+
+/// Replaces `path` whole (a temp file renamed over it), so a check running at the same time
+/// never reads half a state.
+fn write_state(path: &Path, state: &CheckState) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("--check state directory {}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(state)?)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("--check state {}", path.display()))
 }
 
 /// (healthy, the line to print).
@@ -156,9 +177,10 @@ fn check(mountpoint: &Path, state: Option<&Path>) -> Result<(bool, String)> {
         Ok(s) => s,
         Err(e) => return Ok((false, format!("sealfs CRITICAL: {e:#}"))),
     };
-    let state_path = state
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| default_state_path(mountpoint));
+    let state_path = match state {
+        Some(path) => path.to_path_buf(),
+        None => default_state_path(mountpoint)?,
+    };
     let before: CheckState = std::fs::read(&state_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -176,12 +198,7 @@ fn check(mountpoint: &Path, state: Option<&Path>) -> Result<(bool, String)> {
         started_unix: snapshot.mount.started_unix,
         integrity_failures: failures,
     };
-    if let Some(dir) = state_path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("--check state directory {}", dir.display()))?;
-    }
-    std::fs::write(&state_path, serde_json::to_vec(&now)?)
-        .with_context(|| format!("--check state {}", state_path.display()))?;
+    write_state(&state_path, &now)?;
     let mut problems = Vec::new();
     let bound = snapshot.mount.cache_bound_seconds;
     if let Some(failing) = snapshot.key_service_failing_for(now_unix())
@@ -399,11 +416,18 @@ mod tests {
     }
 
     #[test]
-    fn state_files_are_named_after_the_mount() {
-        let p = default_state_path(Path::new("/srv/backup mnt/"));
+    fn state_files_are_named_one_to_one_after_the_mount() {
+        let name = |p: &str| default_state_path(Path::new(p)).unwrap();
+        let spaced = name("/srv/a b");
         assert!(
-            p.to_string_lossy().ends_with("srv-backup-mnt.json"),
-            "{p:?}"
+            spaced.to_string_lossy().ends_with("_2fsrv_2fa_20b.json"),
+            "{spaced:?}"
         );
+        let names = ["/srv/a-b", "/srv/a/b", "/srv/a.b", "/srv/a_b", "/srv/a_2fb"].map(name);
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }

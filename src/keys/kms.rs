@@ -103,7 +103,17 @@ impl KmsProvider {
         }
     }
 
+    /// `generate_unrecorded`, counted (metrics) with its final outcome, answer checks included.
     fn generate(&self, context: &[(String, String)]) -> Result<(SecretKey, Vec<u8>), KeyError> {
+        let started = Instant::now();
+        let outcome = self.generate_unrecorded(context);
+        self.record(KeyCall::GenerateDataKey, started, outcome)
+    }
+
+    fn generate_unrecorded(
+        &self,
+        context: &[(String, String)],
+    ) -> Result<(SecretKey, Vec<u8>), KeyError> {
         let conn = self.connection()?;
         let mut request = conn
             .client
@@ -113,13 +123,10 @@ impl KmsProvider {
         for (k, v) in context {
             request = request.encryption_context(k, v);
         }
-        let started = Instant::now();
-        let response = conn.runtime.block_on(request.send());
-        let response = self.record(
-            KeyCall::GenerateDataKey,
-            started,
-            response.map_err(|e| self.failure("GenerateDataKey", e)),
-        )?;
+        let response = conn
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| self.failure("GenerateDataKey", e))?;
         if self.key_id.starts_with("arn:") && response.key_id() != Some(self.key_id.as_str()) {
             return Err(self.malformed("GenerateDataKey answered with a different key"));
         }
@@ -139,7 +146,18 @@ impl KmsProvider {
         Ok((key, blob))
     }
 
+    /// `encrypt_unrecorded`, counted (metrics) with its final outcome, answer checks included.
     fn encrypt(
+        &self,
+        context: &SlotContext,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, String), KeyError> {
+        let started = Instant::now();
+        let outcome = self.encrypt_unrecorded(context, plaintext);
+        self.record(KeyCall::Encrypt, started, outcome)
+    }
+
+    fn encrypt_unrecorded(
         &self,
         context: &SlotContext,
         plaintext: &[u8],
@@ -153,13 +171,10 @@ impl KmsProvider {
         for (k, v) in context.pairs() {
             request = request.encryption_context(k, v);
         }
-        let started = Instant::now();
-        let response = conn.runtime.block_on(request.send());
-        let response = self.record(
-            KeyCall::Encrypt,
-            started,
-            response.map_err(|e| self.failure("Encrypt", e)),
-        )?;
+        let response = conn
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| self.failure("Encrypt", e))?;
         let blob = response
             .ciphertext_blob()
             .ok_or_else(|| self.malformed("Encrypt returned no ciphertext"))?;
@@ -169,7 +184,19 @@ impl KmsProvider {
         Ok((blob.as_ref().to_vec(), arn.to_string()))
     }
 
+    /// `decrypt_unrecorded`, counted (metrics) with its final outcome, answer checks included.
     fn decrypt(
+        &self,
+        context: &[(String, String)],
+        key_arn: &str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let started = Instant::now();
+        let outcome = self.decrypt_unrecorded(context, key_arn, blob);
+        self.record(KeyCall::Decrypt, started, outcome)
+    }
+
+    fn decrypt_unrecorded(
         &self,
         context: &[(String, String)],
         key_arn: &str,
@@ -184,13 +211,10 @@ impl KmsProvider {
         for (k, v) in context {
             request = request.encryption_context(k, v);
         }
-        let started = Instant::now();
-        let response = conn.runtime.block_on(request.send());
-        let response = self.record(
-            KeyCall::Decrypt,
-            started,
-            response.map_err(|e| self.failure("Decrypt", e)),
-        )?;
+        let response = conn
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| self.failure("Decrypt", e))?;
         // The answer must come from the key the slot names, not merely from some key.
         if response.key_id() != Some(key_arn) {
             return Err(
@@ -205,7 +229,18 @@ impl KmsProvider {
 
     /// ReEncrypt under the same key: KMS decrypts and encrypts inside the service, under the
     /// key's current backing version (after KMS key rotation), with the same context.
+    /// `reencrypt_unrecorded`, counted (metrics) with its final outcome, answer checks included.
     fn reencrypt(&self, context: &[(String, String)], blob: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let started = Instant::now();
+        let outcome = self.reencrypt_unrecorded(context, blob);
+        self.record(KeyCall::ReEncrypt, started, outcome)
+    }
+
+    fn reencrypt_unrecorded(
+        &self,
+        context: &[(String, String)],
+        blob: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
         let conn = self.connection()?;
         let mut request = conn
             .client
@@ -218,13 +253,10 @@ impl KmsProvider {
                 .source_encryption_context(k, v)
                 .destination_encryption_context(k, v);
         }
-        let started = Instant::now();
-        let response = conn.runtime.block_on(request.send());
-        let response = self.record(
-            KeyCall::ReEncrypt,
-            started,
-            response.map_err(|e| self.failure("ReEncrypt", e)),
-        )?;
+        let response = conn
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| self.failure("ReEncrypt", e))?;
         if self.key_id.starts_with("arn:")
             && (response.key_id() != Some(self.key_id.as_str())
                 || response.source_key_id() != Some(self.key_id.as_str()))

@@ -210,7 +210,7 @@ fn record<T>(call: KeyCall, started: Instant, outcome: Result<T, KeyError>) -> R
     let failure = match &outcome {
         Ok(_) => None,
         Err(KeyError::Remote { failure, .. }) => Some(*failure),
-        Err(_) => Some(RemoteFailure::Unavailable),
+        Err(_) => Some(RemoteFailure::Rejected),
     };
     crate::metrics::global().key_service_call(KeyService::Pkcs11, call, started.elapsed(), failure);
     outcome

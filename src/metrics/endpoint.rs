@@ -51,7 +51,8 @@ pub fn serve(addr: SocketAddr, allow_remote: bool) -> Result<SocketAddr, Endpoin
         .name("sealfs-metrics".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                let response = match (request.method(), request.url()) {
+                let path = request.url().split('?').next().unwrap_or_default();
+                let response = match (request.method(), path) {
                     (tiny_http::Method::Get, "/metrics") => {
                         let body = exposition::render(&super::global().snapshot());
                         tiny_http::Response::from_string(body).with_header(
@@ -88,10 +89,10 @@ pub fn write_textfile(path: &Path) -> Result<(), EndpointError> {
     };
     let body = exposition::render(&super::global().snapshot());
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(failed)?;
-    file.write_all(body.as_bytes()).map_err(failed)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(body.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         failed(e)
     })
@@ -101,6 +102,7 @@ pub fn write_textfile(path: &Path) -> Result<(), EndpointError> {
 /// happens before this returns, so a path that cannot be written fails the mount.
 pub fn keep_textfile(path: PathBuf) -> Result<(), EndpointError> {
     write_textfile(&path)?;
+    let textfile = path.clone();
     std::thread::Builder::new()
         .name("sealfs-textfile".into())
         .spawn(move || {
@@ -112,7 +114,7 @@ pub fn keep_textfile(path: PathBuf) -> Result<(), EndpointError> {
             }
         })
         .map_err(|source| EndpointError::Textfile {
-            path: PathBuf::new(),
+            path: textfile,
             source,
         })?;
     Ok(())

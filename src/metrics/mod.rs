@@ -255,11 +255,13 @@ pub fn failure_name(failure: RemoteFailure) -> &'static str {
     }
 }
 
-/// Errno values counted one by one; anything larger lands in the last slot.
+/// Errno values counted one by one (1..=133); anything else lands in slot 0, "other".
 const ERRNO_SLOTS: usize = 134;
 
 #[derive(Debug, Default)]
 struct OpStats {
+    /// Counted when a request starts, so a reply never goes out before its count.
+    requests: AtomicU64,
     errors: AtomicU64,
     latency: Histogram,
 }
@@ -286,6 +288,7 @@ pub struct Metrics {
     /// failure since then (0: none).
     key_service_ok_at: AtomicU64,
     key_service_failing_since: AtomicU64,
+    key_service_failed_at: AtomicU64,
     pub config_reloads: AtomicU64,
     pub kek_version: AtomicU64,
     lock_waits: Histogram,
@@ -327,8 +330,11 @@ impl Drop for RequestTimer {
     }
 }
 
-/// Starts counting a FUSE request.
+/// Counts a FUSE request and starts timing it.
 pub fn request(op: Op) -> RequestTimer {
+    global().ops[op.index()]
+        .requests
+        .fetch_add(1, Ordering::Relaxed);
     RequestTimer {
         op,
         started: Instant::now(),
@@ -359,6 +365,7 @@ impl Metrics {
                 .collect(),
             key_service_ok_at: AtomicU64::new(0),
             key_service_failing_since: AtomicU64::new(0),
+            key_service_failed_at: AtomicU64::new(0),
             config_reloads: AtomicU64::new(0),
             kek_version: AtomicU64::new(0),
             lock_waits: Histogram::default(),
@@ -376,7 +383,10 @@ impl Metrics {
         if let Some(op) = Op::from_name(op) {
             self.ops[op.index()].errors.fetch_add(1, Ordering::Relaxed);
         }
-        let slot = usize::try_from(errno).unwrap_or(0).min(ERRNO_SLOTS - 1);
+        let slot = usize::try_from(errno)
+            .ok()
+            .filter(|&e| e < ERRNO_SLOTS)
+            .unwrap_or(0);
         self.errnos[slot].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -409,6 +419,8 @@ impl Metrics {
                 // Only an outage counts as the service failing; a refused key is the answer
                 // of a service that works (and ends an outage).
                 if failure == RemoteFailure::Unavailable {
+                    self.key_service_failed_at
+                        .store(unix_now(), Ordering::Relaxed);
                     let _ = self.key_service_failing_since.compare_exchange(
                         0,
                         unix_now(),

@@ -77,8 +77,10 @@ pub struct KeyServiceSnapshot {
     /// "aws-kms/Decrypt" -> its calls; calls never made are left out.
     pub calls: BTreeMap<String, CallSnapshot>,
     pub last_success_unix: Option<u64>,
-    /// Since when the service has been unreachable (no success since), if it is.
+    /// Since when the service has been unreachable (no answer since), if it is.
     pub failing_since_unix: Option<u64>,
+    /// The last time it was found unreachable.
+    pub last_failure_unix: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,11 +92,15 @@ pub struct CallSnapshot {
 }
 
 impl Snapshot {
-    /// Seconds the key service has been failing at `now`, if it is.
+    /// Seconds the key service has been failing at `now`, if it is: unreachable at every
+    /// call since `failing_since`, the last time within the key cache bound or the last
+    /// minute, whichever is longer (an outage nobody has run into for longer than that is not
+    /// known to go on).
     pub fn key_service_failing_for(&self, now_unix: u64) -> Option<u64> {
-        self.key_service
-            .failing_since_unix
-            .map(|since| now_unix.saturating_sub(since))
+        let since = self.key_service.failing_since_unix?;
+        let last = self.key_service.last_failure_unix.unwrap_or(since);
+        (now_unix.saturating_sub(last) <= self.mount.cache_bound_seconds.max(60))
+            .then(|| now_unix.saturating_sub(since))
     }
 
     pub fn integrity_failures_total(&self) -> u64 {
@@ -118,14 +124,14 @@ impl Metrics {
         let mut requests = BTreeMap::new();
         for op in Op::ALL {
             let stats = &self.ops[op.index()];
-            let latency = stats.latency.snapshot();
-            if latency.count > 0 {
+            let count = get(&stats.requests);
+            if count > 0 {
                 requests.insert(
                     op.name().to_string(),
                     RequestSnapshot {
-                        count: latency.count,
+                        count,
                         errors: get(&stats.errors),
-                        latency,
+                        latency: stats.latency.snapshot(),
                     },
                 );
             }
@@ -133,7 +139,12 @@ impl Metrics {
         let errors_by_errno = (0..ERRNO_SLOTS)
             .filter_map(|code| {
                 let n = get(&self.errnos[code]);
-                (n > 0).then(|| (errno_name(code as i32), n))
+                let name = if code == 0 {
+                    "other".to_string()
+                } else {
+                    errno_name(code as i32)
+                };
+                (n > 0).then_some((name, n))
             })
             .collect();
         let integrity_failures = IntegrityKind::ALL
@@ -226,6 +237,7 @@ impl Metrics {
                 calls,
                 last_success_unix: nonzero(get(&self.key_service_ok_at)),
                 failing_since_unix: nonzero(get(&self.key_service_failing_since)),
+                last_failure_unix: nonzero(get(&self.key_service_failed_at)),
             },
             lock_waits: self.lock_waits.snapshot(),
         }

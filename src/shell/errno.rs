@@ -99,9 +99,11 @@ fn integrity_kind(err: &VolumeError) -> Option<IntegrityKind> {
         VolumeError::Block(IoError::UnrecordedHole { .. }) => Some(IntegrityKind::Hole),
         VolumeError::Block(IoError::HoleMap { .. }) => Some(IntegrityKind::HoleMap),
         VolumeError::Block(IoError::Preamble(_)) => Some(IntegrityKind::Preamble),
-        VolumeError::Keys(KeyError::Header { .. } | KeyError::Format(_) | KeyError::Crypto(_)) => {
-            Some(IntegrityKind::Header)
-        }
+        VolumeError::Keys(
+            KeyError::Header { .. }
+            | KeyError::Format(_)
+            | KeyError::Crypto(crate::crypto::CryptoError::Authentication),
+        ) => Some(IntegrityKind::Header),
         VolumeError::Corrupt(_) | VolumeError::Format(_) => Some(IntegrityKind::Metadata),
         _ => None,
     }

@@ -14,6 +14,7 @@ use nix::sys::stat::{FileStat, fstatat};
 
 use super::{Handle, SealFs, o_path, open_dir, stat_fd};
 use crate::fs::inodes::Node;
+use crate::metrics::IntegrityKind;
 use crate::shell::attr::{entry_type, file_type};
 use crate::volume::{Result, VolumeError, names};
 
@@ -72,6 +73,7 @@ impl SealFs {
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(entry = ?raw, error = %e, "skipping a directory entry whose name does not decrypt");
+                    crate::metrics::global().integrity_failure(IntegrityKind::Metadata);
                     continue;
                 }
             };

@@ -10,6 +10,7 @@ use fuser::FileType;
 
 use super::SealFs;
 use crate::fs::inodes::Node;
+use crate::metrics::IntegrityKind;
 use crate::volume::{Result, VolumeError, names, proc_fd_path};
 
 impl SealFs {
@@ -80,9 +81,18 @@ impl SealFs {
         })?;
         let mut out = Vec::new();
         for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if let Some(plain) = names::decrypt_xattr_name(&self.volume.keys, backing) {
-                out.extend_from_slice(&plain);
-                out.push(0);
+            match names::decrypt_xattr_name(&self.volume.keys, backing) {
+                Some(plain) => {
+                    out.extend_from_slice(&plain);
+                    out.push(0);
+                }
+                // Another namespace's attribute (security.*, ...) is not ours to list; a
+                // user.* one that does not decrypt failed authentication.
+                None if backing.starts_with(names::USER_XATTR_PREFIX) => {
+                    tracing::error!("skipping an extended attribute whose name does not decrypt");
+                    crate::metrics::global().integrity_failure(IntegrityKind::Metadata);
+                }
+                None => {}
             }
         }
         Ok(out)
