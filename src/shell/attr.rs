@@ -89,21 +89,9 @@ pub fn attr_from_stat(ino: u64, stat: &FileStat, size: u64, blocks: u64, blksize
 /// entry: node id 0 (FUSE's "no such entry, but remember it").
 pub fn negative_entry() -> FileAttr {
     FileAttr {
-        ino: fuser::INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
         nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
         blksize: 0,
-        flags: 0,
+        ..placeholder(0, FileType::RegularFile)
     }
 }
 
