@@ -8,7 +8,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::HistogramSnapshot;
-use super::snapshot::Snapshot;
+use super::snapshot::{RequestSnapshot, Snapshot};
 
 /// The Content-Type of what `render` returns.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -28,6 +28,21 @@ struct SnapshotCollector(Snapshot);
 
 fn counter(metric: &mut MetricEncoder<'_>, value: u64) -> std::fmt::Result {
     metric.encode_counter::<NoLabelSet, u64, u64>(&value, None)
+}
+
+/// A counter with one label, one sample per (label value, count).
+fn counter_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl Iterator<Item = (&'a str, u64)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in samples {
+        counter(&mut metric.encode_family(&[(label, value)])?, n)?;
+    }
+    Ok(())
 }
 
 fn gauge(metric: &mut MetricEncoder<'_>, value: f64) -> std::fmt::Result {
@@ -52,33 +67,32 @@ fn histogram(metric: &mut MetricEncoder<'_>, h: &HistogramSnapshot) -> std::fmt:
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.0;
-        let mut m = encoder.encode_descriptor(
+        let ops = |value: fn(&RequestSnapshot) -> u64| {
+            s.requests
+                .iter()
+                .map(move |(op, r)| (op.as_str(), value(r)))
+        };
+        counter_family(
+            &mut encoder,
             "fuse_requests",
             "FUSE requests answered, by operation.",
-            None,
-            MetricType::Counter,
+            "op",
+            ops(|r| r.count),
         )?;
-        for (op, r) in &s.requests {
-            counter(&mut m.encode_family(&[("op", op.as_str())])?, r.count)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "fuse_request_errors",
             "FUSE requests answered with an error, by operation.",
-            None,
-            MetricType::Counter,
+            "op",
+            ops(|r| r.errors),
         )?;
-        for (op, r) in &s.requests {
-            counter(&mut m.encode_family(&[("op", op.as_str())])?, r.errors)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "fuse_errors_by_errno",
             "FUSE requests answered with an error, by errno.",
-            None,
-            MetricType::Counter,
+            "errno",
+            s.errors_by_errno.iter().map(|(e, n)| (e.as_str(), *n)),
         )?;
-        for (errno, n) in &s.errors_by_errno {
-            counter(&mut m.encode_family(&[("errno", errno.as_str())])?, *n)?;
-        }
         let mut m = encoder.encode_descriptor(
             "fuse_request_duration_seconds",
             "Time from a FUSE request's arrival to its answer, by operation.",
@@ -88,51 +102,42 @@ impl Collector for SnapshotCollector {
         for (op, r) in &s.requests {
             histogram(&mut m.encode_family(&[("op", op.as_str())])?, &r.latency)?;
         }
-        let mut m = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "plaintext_bytes",
             "Plaintext bytes read and written through the mount.",
-            None,
-            MetricType::Counter,
+            "direction",
+            [
+                ("read", s.bytes.plaintext_read),
+                ("write", s.bytes.plaintext_written),
+            ]
+            .into_iter(),
         )?;
-        counter(
-            &mut m.encode_family(&[("direction", "read")])?,
-            s.bytes.plaintext_read,
-        )?;
-        counter(
-            &mut m.encode_family(&[("direction", "write")])?,
-            s.bytes.plaintext_written,
-        )?;
-        let mut m = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "backing_bytes",
             "Ciphertext bytes read from and written to the backing data files.",
-            None,
-            MetricType::Counter,
+            "direction",
+            [
+                ("read", s.bytes.backing_read),
+                ("write", s.bytes.backing_written),
+            ]
+            .into_iter(),
         )?;
-        counter(
-            &mut m.encode_family(&[("direction", "read")])?,
-            s.bytes.backing_read,
-        )?;
-        counter(
-            &mut m.encode_family(&[("direction", "write")])?,
-            s.bytes.backing_written,
-        )?;
-        let mut m = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "blocks",
             "Data blocks sealed (encrypted) and opened (decrypted and authenticated).",
-            None,
-            MetricType::Counter,
+            "op",
+            [("seal", s.blocks_sealed), ("open", s.blocks_opened)].into_iter(),
         )?;
-        counter(&mut m.encode_family(&[("op", "seal")])?, s.blocks_sealed)?;
-        counter(&mut m.encode_family(&[("op", "open")])?, s.blocks_opened)?;
-        let mut m = encoder.encode_descriptor(
+        counter_family(
+            &mut encoder,
             "integrity_failures",
             "Authentication failures (tampering or damage), by what failed.",
-            None,
-            MetricType::Counter,
+            "kind",
+            s.integrity_failures.iter().map(|(k, n)| (k.as_str(), *n)),
         )?;
-        for (kind, n) in &s.integrity_failures {
-            counter(&mut m.encode_family(&[("kind", kind.as_str())])?, *n)?;
-        }
         let cache = &s.key_cache;
         for (name, help, value) in [
             (
@@ -298,7 +303,6 @@ impl Collector for SnapshotCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::RequestSnapshot;
 
     #[test]
     fn renders_counters_histograms_and_labels() {

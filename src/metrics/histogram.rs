@@ -51,10 +51,6 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
         let buckets = BOUNDS_US

@@ -183,40 +183,43 @@ impl Metrics {
             }
         }
         let nonzero = |v: u64| (v != 0).then_some(v);
-        let mount = match self.mount.get() {
-            Some(info) => MountSnapshot {
-                pid: std::process::id(),
-                cipher_dir: info.cipher_dir.clone(),
-                shared: info.shared,
-                started_unix: info
-                    .started
-                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-                uptime_seconds: info.started_at.elapsed().as_secs_f64(),
-                kek_version: get(&self.kek_version),
-                config_reloads: get(&self.config_reloads),
-                cache_bound_seconds: info.cache_bound.as_secs(),
-            },
-            None => MountSnapshot {
-                pid: std::process::id(),
-                ..Default::default()
-            },
-        };
-        let key_cache = match self.mount.get() {
+        let (mount, key_cache) = match self.mount.get() {
             Some(info) => {
                 let stats = &info.key_cache.stats;
-                KeyCacheSnapshot {
-                    entries: info.key_cache.len() as u64,
-                    hits: get(&stats.hits),
-                    misses: get(&stats.misses),
-                    evictions: get(&stats.evictions),
-                    expirations: get(&stats.expirations),
-                    load_failures: get(&stats.failures),
-                    loads_in_flight: get(&stats.loading),
-                }
+                (
+                    MountSnapshot {
+                        pid: std::process::id(),
+                        cipher_dir: info.cipher_dir.clone(),
+                        shared: info.shared,
+                        started_unix: info
+                            .started
+                            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                        uptime_seconds: info.started_at.elapsed().as_secs_f64(),
+                        kek_version: get(&self.kek_version),
+                        config_reloads: get(&self.config_reloads),
+                        cache_bound_seconds: info.cache_bound.as_secs(),
+                    },
+                    KeyCacheSnapshot {
+                        entries: info.key_cache.len() as u64,
+                        hits: get(&stats.hits),
+                        misses: get(&stats.misses),
+                        evictions: get(&stats.evictions),
+                        expirations: get(&stats.expirations),
+                        load_failures: get(&stats.failures),
+                        loads_in_flight: get(&stats.loading),
+                    },
+                )
             }
-            None => KeyCacheSnapshot::default(),
+            // Not mounted (a test process): counters only.
+            None => (
+                MountSnapshot {
+                    pid: std::process::id(),
+                    ..Default::default()
+                },
+                KeyCacheSnapshot::default(),
+            ),
         };
         Snapshot {
             version: SNAPSHOT_VERSION,
