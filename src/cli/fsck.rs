@@ -77,11 +77,15 @@ pub fn run(args: FsckArgs) -> Result<i32> {
 
 fn open(args: &FsckArgs) -> Result<Volume> {
     let config = Volume::read_config(&args.cipher_dir)?;
-    Ok(Volume::open(
+    let volume = Volume::open(
         &args.cipher_dir,
         args.unlock.providers(&config)?,
         CacheLimits::default(),
-    )?)
+    )?;
+    volume
+        .tenants
+        .set_access(args.unlock.remote.tenant_access());
+    Ok(volume)
 }
 
 fn print_text(report: &FsckReport) {

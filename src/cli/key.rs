@@ -38,7 +38,7 @@ pub struct ExistingKeyArgs {
 }
 
 impl ExistingKeyArgs {
-    fn with_remote(&self, remote: &RemoteArgs) -> UnlockArgs {
+    pub(super) fn with_remote(&self, remote: &RemoteArgs) -> UnlockArgs {
         UnlockArgs {
             keyfile: self.unlock_keyfile.clone(),
             passphrase: self.unlock_passphrase,

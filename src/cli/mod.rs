@@ -12,6 +12,7 @@ mod logging;
 mod mount;
 mod notify;
 mod passwd;
+mod policy;
 mod progress;
 mod rewrap;
 mod rotate;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage keyslots: the master keys that can unlock a volume.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Key policies: a directory and everything beneath it under a tenant's own master key.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Make a new KEK version current; new files use it at once, also in running mounts.
     Rotate(rotate::RotateArgs),
     /// Re-wrap every file key under the current KEK (headers only; resumable).
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
         Command::Key(command) => key::run(command),
+        Command::Policy(command) => policy::run(command),
         Command::Rotate(args) => rotate::run(args),
         Command::Rewrap(args) => rewrap::run(args),
         Command::Info(args) => info::run(args),

@@ -407,6 +407,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     // Local keys are read (and passphrases asked) here, on the terminal; KMS and PKCS#11
     // connect on first use, which is after the fork: neither survives fork().
     let providers = args.unlock.providers(&config)?;
+    let tenant_access = args.unlock.remote.tenant_access();
     let limits = args.cache;
     let metrics = args.metrics;
     if reverse && (metrics.addr.is_some() || metrics.textfile.is_some()) {
@@ -425,6 +426,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             serve_reverse(keys, &cipher_dir, excludes, &mountpoint, parsed, ready)
         } else {
             let volume = Volume::open(&cipher_dir, providers, limits)?;
+            volume.tenants.set_access(tenant_access);
             for fallback in volume.backing.fallbacks() {
                 tracing::warn!(fs_type = %volume.backing.fs_type, "backing store: {fallback}");
             }

@@ -37,6 +37,9 @@ pub fn run(args: RewrapArgs) -> Result<()> {
         args.unlock.providers(&config)?,
         CacheLimits::default(),
     )?;
+    volume
+        .tenants
+        .set_access(args.unlock.remote.tenant_access());
     let log = audit::open(&args.cipher_dir, &volume.keys, "rewrap");
     let started = std::time::Instant::now();
     let progress = Reporter::new("rewrap");

@@ -5,10 +5,14 @@ use clap::Args;
 use zeroize::Zeroizing;
 
 use sealfs::format::Id;
-use sealfs::format::config::{SlotProvider, VolumeConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sealfs::format::config::{SlotProvider, TenantPolicy, VolumeConfig};
 use sealfs::keys::{
-    KeyfileProvider, KmsProvider, MasterKeyProvider, PassphraseProvider, PassphraseSource,
-    Pkcs11Provider, Pkcs11Settings, default_key_path, write_new_keyfile,
+    KeyError, KeyfileProvider, KmsProvider, MasterKeyProvider, PassphraseProvider,
+    PassphraseSource, Pkcs11Provider, Pkcs11Settings, TenantAccess, default_key_path,
+    write_new_keyfile,
 };
 
 /// Settings for reaching remote key services, shared by every command.
@@ -23,11 +27,97 @@ pub struct RemoteArgs {
     /// File whose first line is the PKCS#11 user PIN (or set SEALFS_PKCS11_PIN).
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
+    /// The key file of key policy ID, where it is not where `policy set` found it
+    /// (repeatable).
+    #[arg(long = "policy-keyfile", value_name = "ID=PATH", value_parser = parse_policy_keyfile)]
+    pub policy_keyfiles: Vec<(u32, PathBuf)>,
+}
+
+fn parse_policy_keyfile(text: &str) -> std::result::Result<(u32, PathBuf), String> {
+    let (id, path) = text
+        .split_once('=')
+        .ok_or_else(|| "expected ID=PATH, e.g. 3=/etc/sealfs/tenants/acme.key".to_string())?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{id:?} is not a policy id (see `sealfs policy list`)"))?;
+    Ok((id, PathBuf::from(path)))
 }
 
 impl RemoteArgs {
     fn endpoint(&self) -> Option<String> {
         self.kms_endpoint.clone()
+    }
+
+    /// How a volume reaches its key policies' master keys: KMS keys and PKCS#11 tokens as
+    /// their slots name them (one provider per policy, kept, so a token's session and a KMS
+    /// client live across unseals), key files read afresh at each unseal (so a tenant whose
+    /// key file is gone is locked at the next one).
+    pub fn tenant_access(&self) -> Box<TenantAccess> {
+        let remote = self.clone();
+        let made: Mutex<HashMap<u32, Arc<dyn MasterKeyProvider>>> = Mutex::default();
+        Box::new(move |policy: &TenantPolicy| {
+            let unavailable = |reason: String| KeyError::TenantKeyUnavailable {
+                policy: policy.id,
+                reason,
+            };
+            if let SlotProvider::Keyfile = &policy.slot.provider {
+                let path = remote
+                    .policy_keyfiles
+                    .iter()
+                    .rev()
+                    .find(|(id, _)| *id == policy.id)
+                    .map(|(_, path)| path.clone())
+                    .or_else(|| policy.key_file.as_ref().map(PathBuf::from))
+                    .ok_or_else(|| {
+                        unavailable(format!(
+                            "give its key file: --policy-keyfile {}=PATH",
+                            policy.id
+                        ))
+                    })?;
+                let provider =
+                    KeyfileProvider::load(&path).map_err(|e| unavailable(e.to_string()))?;
+                return Ok(Arc::new(provider) as Arc<dyn MasterKeyProvider>);
+            }
+            let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(provider) = made.get(&policy.id) {
+                return Ok(provider.clone());
+            }
+            let provider: Arc<dyn MasterKeyProvider> = match &policy.slot.provider {
+                SlotProvider::AwsKms { key_arn, .. } => {
+                    Arc::new(KmsProvider::new(key_arn.clone(), remote.endpoint()))
+                }
+                SlotProvider::Pkcs11 {
+                    token_label,
+                    key_label,
+                    module,
+                    ..
+                } => {
+                    let pin = remote
+                        .pin()
+                        .map_err(|e| unavailable(e.to_string()))?
+                        .ok_or_else(|| {
+                            unavailable(
+                                "a PKCS#11 policy needs the PIN: --pin-file FILE or SEALFS_PKCS11_PIN"
+                                    .into(),
+                            )
+                        })?;
+                    Arc::new(Pkcs11Provider::new(Pkcs11Settings {
+                        module: remote
+                            .pkcs11_module
+                            .clone()
+                            .unwrap_or_else(|| PathBuf::from(module)),
+                        token_label: token_label.clone(),
+                        key_label: key_label.clone(),
+                        pin,
+                    }))
+                }
+                SlotProvider::Keyfile | SlotProvider::Passphrase { .. } => {
+                    return Err(unavailable("a policy cannot be under a passphrase".into()));
+                }
+            };
+            made.insert(policy.id, provider.clone());
+            Ok(provider)
+        })
     }
 
     fn pin(&self) -> Result<Option<Zeroizing<String>>> {

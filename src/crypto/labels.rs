@@ -16,6 +16,7 @@ pub enum Label {
     AuditMac,
     ReverseFileId,
     ReverseDataKey,
+    TenantKek,
 }
 
 impl Label {
@@ -35,6 +36,7 @@ impl Label {
             Label::AuditMac => "sealfs 2026-11 v3 audit chain key",
             Label::ReverseFileId => "sealfs 2026-11 v3 reverse file id",
             Label::ReverseDataKey => "sealfs 2026-11 v3 reverse data key",
+            Label::TenantKek => "sealfs 2026-12 v4 tenant kek",
         }
     }
 }

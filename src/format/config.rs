@@ -13,9 +13,15 @@ pub const REVERSE_CONFIG_FILE: &str = ".sealfs.reverse.conf";
 /// Root entries of a reverse volume's plaintext dir that start with this never enter the view.
 pub const REVERSE_PRIVATE_PREFIX: &str = ".sealfs.reverse.";
 /// Version 1: key-file and passphrase keyslots. Version 2 adds AWS KMS and PKCS#11 keyslots.
-/// Version 3 adds rotated KEKs sealed in the config and retired KEK versions. A config is written with the lowest version that can express it, so volumes that use no
-/// version-2 feature stay readable by version-1 readers.
-pub const CONFIG_VERSION_MAX: u32 = 3;
+/// Version 3 adds rotated KEKs sealed in the config and retired KEK versions. Version 4 adds
+/// key policies (tenants). A config is written with the lowest version that can express it, so
+/// volumes that use no version-2 feature stay readable by version-1 readers.
+pub const CONFIG_VERSION_MAX: u32 = 4;
+/// Policy ids are 1..=MAX_POLICY_ID; their keyslots take ids from TENANT_SLOT_BASE up, a range
+/// volume keyslots never reach, so a slot id alone says which purpose its context names.
+pub const MAX_POLICIES: usize = 1024;
+pub const MAX_POLICY_ID: u32 = 1 << 20;
+pub const TENANT_SLOT_BASE: u32 = 0x8000_0000;
 pub const CIPHER: &str = "aes-256-gcm-siv";
 /// Hostile configs must not make us allocate or hash without bound.
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
@@ -161,9 +167,45 @@ pub struct VolumeConfig {
     /// KEK versions no header uses any more, refused from then on (version 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_keks: Vec<u32>,
+    /// Key policies (version 4): each one's tenant secret, sealed under the tenant's own
+    /// master key. Directories carry the policy id in a marker (`format::policy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<TenantPolicy>,
+    /// Policy ids removed or shredded: never given out again, so an old marker can only ever
+    /// name a key that is gone (version 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_policies: Vec<u32>,
     /// hex, 32 bytes: keyed blake3 over the canonical encoding with this field empty.
     #[serde(default)]
     pub mac: String,
+}
+
+/// A key policy: one tenant's master key, and the tenant secret it seals (names, symlink
+/// targets, xattrs and the tenant KEK that wraps file keys all derive from that secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    pub id: u32,
+    /// The administrator's name for the tenant (listings, audit log, the KMS context); never
+    /// a path.
+    pub label: String,
+    /// A key-file policy: where the key file was when the policy was made (`--policy-keyfile`
+    /// overrides it). Not secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The tenant secret sealed exactly as a volume keyslot seals the keyring; its id is
+    /// `tenant_slot_id(id)`.
+    pub slot: ConfigKeyslot,
+}
+
+/// The keyslot id of policy `policy`'s sealed secret.
+pub fn tenant_slot_id(policy: u32) -> u32 {
+    TENANT_SLOT_BASE + policy
+}
+
+/// The policy a keyslot id belongs to, if it is a tenant slot.
+pub fn policy_of_slot(slot_id: u32) -> Option<u32> {
+    slot_id.checked_sub(TENANT_SLOT_BASE)
 }
 
 /// A KEK version added by rotation.
@@ -264,28 +306,86 @@ impl VolumeConfig {
             return Err(FormatError::Invalid("keyslot kind for this config version"));
         }
         for slot in &self.keyslots {
-            slot.key_check()?;
-            if let SlotProvider::AwsKms {
-                encrypted_slot_key, ..
-            }
-            | SlotProvider::Pkcs11 {
-                encrypted_slot_key, ..
-            } = &slot.provider
+            slot.validate()?;
+        }
+        self.validate_policies()
+    }
+
+    fn validate_policies(&self) -> Result<(), FormatError> {
+        if self.policies.len() > MAX_POLICIES
+            || self.retired_policies.len() > MAX_POLICY_ID as usize
+        {
+            return Err(FormatError::Invalid("policy count"));
+        }
+        let mut ids: Vec<u32> = self.policies.iter().map(|p| p.id).collect();
+        ids.extend(&self.retired_policies);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.policies.len() + self.retired_policies.len()
+            || ids.first() == Some(&0)
+            || ids.last().is_some_and(|id| *id > MAX_POLICY_ID)
+        {
+            return Err(FormatError::Invalid(
+                "policy ids (zero, duplicate or retired)",
+            ));
+        }
+        for policy in &self.policies {
+            if policy.slot.id != tenant_slot_id(policy.id)
+                || matches!(policy.slot.provider, SlotProvider::Passphrase { .. })
+                || policy.label.is_empty()
+                || policy.label.len() > 128
+                || policy.label.chars().any(char::is_control)
             {
-                slot.encrypted_slot_key()?;
-                if encrypted_slot_key.is_empty() {
-                    return Err(FormatError::Invalid("keyslot encrypted slot key"));
-                }
+                return Err(FormatError::Invalid("policy"));
             }
-            slot.wrapped_keyring()?;
-            if let SlotProvider::Passphrase { argon2id, .. } = &slot.provider {
-                argon2id.validate()?;
-                slot.salt()?;
-            }
+            policy.slot.validate()?;
         }
         Ok(())
     }
 
+    /// The policy with id `id`, if it is live.
+    pub fn policy(&self, id: u32) -> Option<&TenantPolicy> {
+        self.policies.iter().find(|p| p.id == id)
+    }
+
+    /// The id a new policy gets: never one in use or retired.
+    pub fn next_policy_id(&self) -> u32 {
+        self.policies
+            .iter()
+            .map(|p| p.id)
+            .chain(self.retired_policies.iter().copied())
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+}
+
+impl ConfigKeyslot {
+    /// Structure of one keyslot: its check value, wrapped bytes and provider fields.
+    fn validate(&self) -> Result<(), FormatError> {
+        self.key_check()?;
+        if let SlotProvider::AwsKms {
+            encrypted_slot_key, ..
+        }
+        | SlotProvider::Pkcs11 {
+            encrypted_slot_key, ..
+        } = &self.provider
+        {
+            self.encrypted_slot_key()?;
+            if encrypted_slot_key.is_empty() {
+                return Err(FormatError::Invalid("keyslot encrypted slot key"));
+            }
+        }
+        self.wrapped_keyring()?;
+        if let SlotProvider::Passphrase { argon2id, .. } = &self.provider {
+            argon2id.validate()?;
+            self.salt()?;
+        }
+        Ok(())
+    }
+}
+
+impl VolumeConfig {
     /// The version this config must be written with.
     pub fn required_version(&self) -> u32 {
         let slots = self
@@ -303,7 +403,12 @@ impl VolumeConfig {
         } else {
             3
         };
-        slots.max(mode).max(rotated)
+        let policies = if self.policies.is_empty() && self.retired_policies.is_empty() {
+            1
+        } else {
+            4
+        };
+        slots.max(mode).max(rotated).max(policies)
     }
 
     /// The highest KEK version this config names, sealed or retired (keyring versions are
@@ -440,6 +545,8 @@ mod tests {
             file_key_slot: None,
             keks: vec![],
             retired_keks: vec![],
+            policies: vec![],
+            retired_policies: vec![],
             keyslots: vec![
                 ConfigKeyslot {
                     id: 0,

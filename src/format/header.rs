@@ -5,9 +5,10 @@ use super::{FormatError, Id, Reader};
 
 pub const HEADER_MAGIC: &[u8; 7] = b"SEALHDR";
 /// The newest header version this build reads. Version 1 holds only KEK-wrapped slots;
-/// version 2 adds slots wrapped directly by a master key (per-file key mode). A header is
-/// written with the lowest version that can hold its slots.
-pub const HEADER_VERSION: u8 = 2;
+/// version 2 adds slots wrapped directly by a master key (per-file key mode); version 3 adds
+/// slots wrapped under a tenant KEK (key policies). A header is written with the lowest
+/// version that can hold its slots.
+pub const HEADER_VERSION: u8 = 3;
 pub const MAX_SLOTS: usize = 8;
 /// Larger than any wrap a provider produces today (KMS blobs run to a few hundred bytes).
 pub const MAX_WRAPPED_LEN: usize = 4096;
@@ -20,6 +21,20 @@ pub enum SlotKind {
     /// The data key wrapped directly by the master key of a volume keyslot (KMS blob, or an
     /// HSM's iv || ciphertext || tag); `key_version` is that keyslot's id. Header version 2.
     MasterKey = 2,
+    /// The data key sealed under the KEK of key policy `key_version` (derived from that
+    /// tenant's secret). Header version 3.
+    TenantKek = 3,
+}
+
+impl SlotKind {
+    /// The header version that introduced this kind of slot.
+    fn min_version(self) -> u8 {
+        match self {
+            SlotKind::VolumeKek => 1,
+            SlotKind::MasterKey => 2,
+            SlotKind::TenantKek => 3,
+        }
+    }
 }
 
 impl SlotKind {
@@ -27,6 +42,7 @@ impl SlotKind {
         match byte {
             1 => Ok(SlotKind::VolumeKek),
             2 => Ok(SlotKind::MasterKey),
+            3 => Ok(SlotKind::TenantKek),
             _ => Err(FormatError::Invalid("header keyslot kind")),
         }
     }
@@ -35,7 +51,8 @@ impl SlotKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderSlot {
     pub kind: SlotKind,
-    /// For `VolumeKek`, the KEK version that wrapped this slot; for `MasterKey`, the keyslot.
+    /// For `VolumeKek`, the KEK version that wrapped this slot; for `MasterKey`, the keyslot;
+    /// for `TenantKek`, the policy id.
     pub key_version: u32,
     pub wrapped: Vec<u8>,
 }
@@ -74,11 +91,20 @@ impl FileHeader {
 
     /// The lowest version that can hold these slots.
     pub fn version(&self) -> u8 {
-        if self.slots.iter().any(|s| s.kind == SlotKind::MasterKey) {
-            2
-        } else {
-            1
-        }
+        self.slots
+            .iter()
+            .map(|s| s.kind.min_version())
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The key policy this file belongs to: the policy of its tenant-KEK slot, or 0 (the
+    /// volume's keys).
+    pub fn policy(&self) -> u32 {
+        self.slots
+            .iter()
+            .find(|s| s.kind == SlotKind::TenantKek)
+            .map_or(crate::format::policy::VOLUME_POLICY, |s| s.key_version)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
@@ -103,8 +129,8 @@ impl FileHeader {
         let mut slots = Vec::with_capacity(count);
         for _ in 0..count {
             let kind = SlotKind::from_byte(r.u8()?)?;
-            if kind == SlotKind::MasterKey && version < 2 {
-                return Err(FormatError::Invalid("header keyslot kind for version 1"));
+            if kind.min_version() > version {
+                return Err(FormatError::Invalid("header keyslot kind for its version"));
             }
             let key_version = r.u32()?;
             let len = r.u16()? as usize;
@@ -151,6 +177,17 @@ pub fn file_key_context(volume_id: &Id, file_id: &Id) -> (Vec<(String, String)>,
     aad.extend_from_slice(volume_id);
     aad.extend_from_slice(file_id);
     (pairs, aad)
+}
+
+/// Associated data for wrapping a data key under the KEK of key policy `policy`: binds the
+/// wrap to this volume, this file and this tenant.
+pub fn tenant_wrap_aad(volume_id: &Id, file_id: &Id, policy: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(57);
+    aad.extend_from_slice(b"sealfs.tenant-wrap.v1");
+    aad.extend_from_slice(volume_id);
+    aad.extend_from_slice(file_id);
+    aad.extend_from_slice(&policy.to_be_bytes());
+    aad
 }
 
 /// Associated data for wrapping a data key under KEK version `kek_version`: binds the wrap to
@@ -225,6 +262,20 @@ mod tests {
         assert_eq!(bytes[7], 2);
         assert_eq!(FileHeader::decode(&bytes).unwrap(), h);
         bytes[7] = 1;
+        assert!(FileHeader::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn tenant_slots_need_version_3() {
+        let mut h = sample();
+        h.slots[0].kind = SlotKind::TenantKek;
+        h.slots[0].key_version = 5;
+        let mut bytes = h.encode().unwrap();
+        assert_eq!(bytes[7], 3);
+        assert_eq!(FileHeader::decode(&bytes).unwrap(), h);
+        assert_eq!(h.policy(), 5);
+        assert_eq!(sample().policy(), 0);
+        bytes[7] = 2;
         assert!(FileHeader::decode(&bytes).is_err());
     }
 

@@ -9,6 +9,7 @@ pub mod holes;
 pub mod keyring;
 pub mod link;
 pub mod name;
+pub mod policy;
 
 use thiserror::Error;
 

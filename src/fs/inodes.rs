@@ -80,6 +80,11 @@ pub struct Node {
     origin: Mutex<Option<(u64, OsString)>>,
     /// The table's use counter when this node was last used.
     last_used: AtomicU64,
+    /// The key policy protecting this node (a directory's: its own marker's or its parent's;
+    /// anything else's: its directory's) and the tenants' generation it was found in, packed
+    /// as generation << 32 | policy (`SealFs::policy_of` looks again when the generation
+    /// moved).
+    policy: AtomicU64,
 }
 
 impl Node {
@@ -101,7 +106,31 @@ impl Node {
             reader: Mutex::new(None),
             origin: Mutex::new(None),
             last_used: AtomicU64::new(0),
+            policy: AtomicU64::new(0),
         }
+    }
+
+    /// The policy this node was found under, if found in tenants' generation `generation`.
+    pub fn policy_in(&self, generation: u32) -> Option<u32> {
+        let packed = self.policy.load(Ordering::Acquire);
+        ((packed >> 32) as u32 == generation).then_some(packed as u32)
+    }
+
+    /// The policy last found, whatever the generation.
+    pub fn last_policy(&self) -> u32 {
+        self.policy.load(Ordering::Acquire) as u32
+    }
+
+    pub fn set_policy(&self, generation: u32, policy: u32) {
+        self.policy.store(
+            (u64::from(generation) << 32) | u64::from(policy),
+            Ordering::Release,
+        );
+    }
+
+    /// The node this one was last looked up in.
+    pub fn parent(&self) -> Option<u64> {
+        crate::sync::lock(&self.origin).as_ref().map(|(p, _)| *p)
     }
 }
 

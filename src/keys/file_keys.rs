@@ -3,9 +3,12 @@
 //! mode). Either way every header carries a commitment to its one data key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::pool::{KeyPool, Pregenerated};
-use super::{DataKeyMaterial, FileKeyContext, HeaderKeys, KeyError, MasterKeyProvider, VolumeKeys};
+use super::{
+    DataKeyMaterial, FileKeyContext, HeaderKeys, KeyError, MasterKeyProvider, Tenants, VolumeKeys,
+};
 use crate::crypto::{SecretKey, random_array};
 use crate::format::header::{FileHeader, HeaderSlot, SlotKind};
 use crate::format::id_to_hex;
@@ -22,14 +25,23 @@ struct PerFile {
 pub struct FileKeys {
     volume: Arc<VolumeKeys>,
     per_file: Option<PerFile>,
+    /// Key policies: files created under one get their data key wrapped by its tenant KEK.
+    tenants: Arc<Tenants>,
 }
 
 impl FileKeys {
     pub fn volume_mode(volume: Arc<VolumeKeys>) -> Self {
         FileKeys {
+            tenants: Arc::new(Tenants::new(*volume.volume_id(), Duration::MAX)),
             volume,
             per_file: None,
         }
+    }
+
+    /// These file keys with the volume's key policies.
+    pub fn with_tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = tenants;
+        self
     }
 
     /// Per-file mode with `provider`, the master key of keyslot `slot_id`.
@@ -53,6 +65,7 @@ impl FileKeys {
             }),
         );
         FileKeys {
+            tenants: Arc::new(Tenants::new(*volume.volume_id(), Duration::MAX)),
             volume,
             per_file: Some(PerFile {
                 provider,
@@ -97,6 +110,11 @@ impl FileKeys {
                 };
                 Some(per_file.provider.unwrap_file_key(&context, &slot.wrapped))
             }
+            SlotKind::TenantKek => Some(self.tenants.keys(slot.key_version).and_then(|tenant| {
+                tenant
+                    .unwrap(self.volume.volume_id(), &header.file_id, slot)
+                    .map_err(|reason| fail(reason.into()))
+            })),
         }
     }
 }
@@ -181,6 +199,24 @@ impl FileKeys {
     }
 }
 
+impl FileKeys {
+    /// A new file's id, data key and header under key policy `policy` (0: the key mode's
+    /// usual way). A tenant's file key is wrapped under the tenant KEK, in either key mode.
+    pub fn new_header_in(&self, policy: u32) -> Result<(FileHeader, DataKeyMaterial), KeyError> {
+        if policy == crate::format::policy::VOLUME_POLICY {
+            return self.new_header();
+        }
+        let tenant = self.tenants.keys(policy)?;
+        let file_id = random_array()?;
+        let data_key = SecretKey::generate()?;
+        let slot = tenant.wrap(self.volume.volume_id(), &file_id, &data_key)?;
+        let header = self.volume.header_for(&file_id, &data_key, vec![slot]);
+        let mut material = DataKeyMaterial::from_data_key(&data_key, &file_id);
+        material.policy = policy;
+        Ok((header, material))
+    }
+}
+
 impl HeaderKeys for FileKeys {
     fn new_header(&self) -> Result<(FileHeader, DataKeyMaterial), KeyError> {
         let (file_id, data_key, slot) = match &self.per_file {
@@ -206,6 +242,11 @@ impl HeaderKeys for FileKeys {
 
     fn open_header(&self, header: &FileHeader) -> Result<DataKeyMaterial, KeyError> {
         let data_key = self.data_key(header)?;
-        Ok(DataKeyMaterial::from_data_key(&data_key, &header.file_id))
+        let mut material = DataKeyMaterial::from_data_key(&data_key, &header.file_id);
+        material.policy = header.policy();
+        if material.policy != crate::format::policy::VOLUME_POLICY {
+            self.tenants.count_unwrap(material.policy);
+        }
+        Ok(material)
     }
 }

@@ -8,10 +8,12 @@ mod file_keys;
 mod keyfile;
 mod kms;
 mod local;
+mod name_keys;
 mod passphrase;
 mod pkcs11;
 mod pool;
 mod remote;
+mod tenants;
 mod unlock;
 mod volume_keys;
 
@@ -19,8 +21,10 @@ pub use cache::{CacheLimits, CacheStats, KeyCache};
 pub use file_keys::FileKeys;
 pub use keyfile::{KeyfileProvider, default_key_path, write_new_keyfile};
 pub use kms::KmsProvider;
+pub use name_keys::NameKeys;
 pub use passphrase::{PassphraseProvider, PassphraseSource};
 pub use pkcs11::{Pkcs11Provider, Pkcs11Settings};
+pub use tenants::{TenantAccess, TenantKeys, Tenants, seal_new_policy};
 pub use unlock::unlock;
 pub use volume_keys::{DataKeyMaterial, VolumeKeys};
 
@@ -67,6 +71,26 @@ pub enum KeyError {
         provider: String,
         failure: RemoteFailure,
         reason: String,
+    },
+    /// The policy was removed or shredded: nothing can open its files any more.
+    #[error("key policy {0} was removed (shredded): its files cannot be opened")]
+    PolicyRemoved(u32),
+    /// A directory marker names a policy the config does not know (damage, tampering, or a
+    /// config older than the marker).
+    #[error("key policy {0} is not in this volume's config")]
+    UnknownPolicy(u32),
+    /// This process has no way to reach the tenant's master key (no PIN, no key file...).
+    #[error("key policy {policy}: tenant key unavailable here: {reason}")]
+    TenantKeyUnavailable { policy: u32, reason: String },
+    /// A file whose header belongs to one policy sits in a directory of another: moved or
+    /// copied across tenants in the cipher dir.
+    #[error(
+        "header of file {file} belongs to key policy {header}, but the file is in a directory of policy {directory}"
+    )]
+    PolicyMismatch {
+        file: String,
+        header: u32,
+        directory: u32,
     },
     #[error("no way to unlock the volume was given")]
     NoProvider,

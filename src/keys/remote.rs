@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use super::{KeyError, local};
 use crate::crypto::{SecretKey, random_array};
-use crate::format::config::{ConfigKeyslot, SlotProvider};
+use crate::format::config::{ConfigKeyslot, SlotProvider, policy_of_slot};
 use crate::format::{Id, id_to_hex};
 
 /// The encryption context of a keyslot's slot key, as name/value pairs (KMS), and as the
@@ -17,17 +17,31 @@ pub struct SlotContext {
 }
 
 impl SlotContext {
+    /// A volume keyslot's context names the volume and the slot; a key policy's (tenant slot
+    /// ids, see `config::TENANT_SLOT_BASE`) names the volume and the tenant, so each unwrap of
+    /// a tenant's secret shows in its KMS key's trail as that tenant's.
     pub fn pairs(&self) -> Vec<(String, String)> {
-        vec![
-            ("sealfs:volume-id".into(), id_to_hex(&self.volume_id)),
-            ("sealfs:keyslot".into(), self.slot_id.to_string()),
-            ("sealfs:purpose".into(), "keyslot".into()),
-        ]
+        let volume = ("sealfs:volume-id".into(), id_to_hex(&self.volume_id));
+        match policy_of_slot(self.slot_id) {
+            None => vec![
+                volume,
+                ("sealfs:keyslot".into(), self.slot_id.to_string()),
+                ("sealfs:purpose".into(), "keyslot".into()),
+            ],
+            Some(policy) => vec![
+                volume,
+                ("sealfs:tenant".into(), policy.to_string()),
+                ("sealfs:purpose".into(), "tenant-key".into()),
+            ],
+        }
     }
 
     /// Fixed-size fields only, so the concatenation is unambiguous.
     pub fn aad(&self) -> Vec<u8> {
-        let mut aad = b"sealfs.remote-keyslot.v1".to_vec();
+        let mut aad = match policy_of_slot(self.slot_id) {
+            None => b"sealfs.remote-keyslot.v1".to_vec(),
+            Some(_) => b"sealfs.remote-tenant.v1".to_vec(),
+        };
         aad.extend_from_slice(&self.volume_id);
         aad.extend_from_slice(&self.slot_id.to_be_bytes());
         aad

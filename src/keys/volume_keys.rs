@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use super::KeyError;
+use super::{KeyError, NameKeys};
 use crate::crypto::{Label, Sealer, SecretKey, constant_time_eq, derive_key, mac};
 use crate::format::Id;
 use crate::format::config::{ConfigKeyslot, SealedKek, VolumeConfig, kek_seal_aad};
@@ -11,6 +11,9 @@ use crate::format::keyring::Keyring;
 /// The content key of one file, ready to seal and open its blocks.
 pub struct DataKeyMaterial {
     pub content: Sealer,
+    /// The key policy whose key the file's data key was unwrapped with (0: the volume's): a
+    /// file must sit in a directory of that policy.
+    pub policy: u32,
 }
 
 impl DataKeyMaterial {
@@ -18,6 +21,7 @@ impl DataKeyMaterial {
         let content = derive_key(Label::ContentKey, &[data_key.as_bytes(), file_id]);
         DataKeyMaterial {
             content: Sealer::new(&content),
+            policy: crate::format::policy::VOLUME_POLICY,
         }
     }
 }
@@ -63,10 +67,8 @@ pub struct VolumeKeys {
     config_mac_key: SecretKey,
     audit_key: SecretKey,
     opened_by: Option<(u32, &'static str)>,
-    pub names: Sealer,
-    pub symlinks: Sealer,
-    pub xattr_names: Sealer,
-    pub xattr_values: Sealer,
+    /// The volume's own name keys: names, symlink targets and xattrs outside any key policy.
+    pub names: Arc<NameKeys>,
 }
 
 impl VolumeKeys {
@@ -86,10 +88,7 @@ impl VolumeKeys {
             config_mac_key: derive_key(Label::ConfigMac, &[secret]),
             audit_key: derive_key(Label::AuditMac, &[secret]),
             opened_by: None,
-            names: sealer(Label::NameKey),
-            symlinks: sealer(Label::SymlinkKey),
-            xattr_names: sealer(Label::XattrNameKey),
-            xattr_values: sealer(Label::XattrValueKey),
+            names: Arc::new(NameKeys::derive(secret)),
             keyring_keks: keyring.keks,
             volume_secret: keyring.volume_secret,
         })
@@ -366,6 +365,8 @@ mod tests {
             file_key_slot: None,
             keks: vec![keys.seal_new_kek(2).unwrap()],
             retired_keks: vec![],
+            policies: vec![],
+            retired_policies: vec![],
             keyslots: vec![],
             mac: String::new(),
         };
@@ -421,6 +422,8 @@ mod tests {
             file_key_slot: None,
             keks: vec![],
             retired_keks: vec![],
+            policies: vec![],
+            retired_policies: vec![],
             keyslots: vec![],
             mac: String::new(),
         };

@@ -103,6 +103,7 @@ impl ReverseKeys {
         }
         let mut sealed = vec![0u8; target.len() + SEAL_OVERHEAD];
         self.volume
+            .names
             .symlinks
             .seal_into_with_nonce(&[0u8; NONCE_LEN], SYMLINK_AAD, target, &mut sealed)
             .map_err(VolumeError::Seal)?;
@@ -194,9 +195,11 @@ mod tests {
         let a = reverse.symlink_target(b"../target").unwrap();
         assert_eq!(a, reverse.symlink_target(b"../target").unwrap());
         assert_eq!(a.len() as u64, symlink_view_len(9));
-        let opened =
-            crate::volume::names::decrypt_symlink(forward.volume(), std::ffi::OsStr::new(&a))
-                .unwrap();
+        let opened = crate::volume::names::decrypt_symlink(
+            &forward.volume().names,
+            std::ffi::OsStr::new(&a),
+        )
+        .unwrap();
         assert_eq!(opened, b"../target");
     }
 }

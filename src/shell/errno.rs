@@ -38,6 +38,7 @@ pub fn errno_of(err: &VolumeError) -> Errno {
         VolumeError::IsDirectory => Errno::EISDIR,
         VolumeError::NotDirectory => Errno::ENOTDIR,
         VolumeError::NoAttribute => Errno::ENODATA,
+        VolumeError::CrossPolicy => Errno::EXDEV,
         VolumeError::InUse(_) => Errno::EBUSY,
         VolumeError::LockAbandoned => Errno::EINTR,
         VolumeError::Usage(_) => Errno::EIO,
@@ -53,7 +54,11 @@ fn key_errno(err: &KeyError) -> Errno {
             RemoteFailure::Denied => Errno::EACCES,
             RemoteFailure::Rejected => Errno::EIO,
         },
+        KeyError::PolicyRemoved(_) => Errno::from_i32(libc::EKEYREVOKED),
+        KeyError::TenantKeyUnavailable { .. } => Errno::from_i32(libc::ENOKEY),
         KeyError::WrongKey(_)
+        | KeyError::UnknownPolicy(_)
+        | KeyError::PolicyMismatch { .. }
         | KeyError::NoSlotForProvider(..)
         | KeyError::SlotDamaged(_)
         | KeyError::ConfigTampered
@@ -101,6 +106,7 @@ fn integrity_kind(err: &VolumeError) -> Option<IntegrityKind> {
         VolumeError::Block(IoError::Preamble(_)) => Some(IntegrityKind::Preamble),
         VolumeError::Keys(
             KeyError::Header { .. }
+            | KeyError::PolicyMismatch { .. }
             | KeyError::Format(_)
             | KeyError::Crypto(crate::crypto::CryptoError::Authentication),
         ) => Some(IntegrityKind::Header),

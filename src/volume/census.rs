@@ -17,6 +17,8 @@ pub struct HeaderCensus {
     pub by_kek: BTreeMap<u32, u64>,
     /// Headers with a slot wrapped by each master keyslot (per-file mode).
     pub by_master_slot: BTreeMap<u32, u64>,
+    /// Headers wrapped under each key policy's tenant KEK.
+    pub by_policy: BTreeMap<u32, u64>,
     /// Headers that do not parse.
     pub unreadable: u64,
     /// Temp files left by an interrupted header write.
@@ -38,6 +40,7 @@ pub fn census(store: &HeaderStore) -> Result<HeaderCensus> {
                         let map = match slot.kind {
                             SlotKind::VolumeKek => &mut census.by_kek,
                             SlotKind::MasterKey => &mut census.by_master_slot,
+                            SlotKind::TenantKek => &mut census.by_policy,
                         };
                         *map.entry(slot.key_version).or_default() += 1;
                     }
@@ -62,6 +65,9 @@ fn merge(mut a: HeaderCensus, b: HeaderCensus) -> HeaderCensus {
     }
     for (k, v) in b.by_master_slot {
         *a.by_master_slot.entry(k).or_default() += v;
+    }
+    for (k, v) in b.by_policy {
+        *a.by_policy.entry(k).or_default() += v;
     }
     a
 }

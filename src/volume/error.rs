@@ -53,6 +53,9 @@ pub enum VolumeError {
     NotDirectory,
     #[error("no such extended attribute")]
     NoAttribute,
+    /// A rename or link between directories of two key policies (see `fs::core::namespace`).
+    #[error("the entry belongs to another key policy (tenant); copy it instead")]
+    CrossPolicy,
     /// The cipher dir is claimed by a mount that excludes this one (see `volume::claim`).
     #[error("{0}")]
     InUse(String),

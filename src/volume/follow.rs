@@ -14,7 +14,7 @@ use nix::sys::stat::Mode;
 use super::claim::RecordUpdater;
 use super::{Result, Volume};
 use crate::format::config::CONFIG_FILE;
-use crate::keys::VolumeKeys;
+use crate::keys::{Tenants, VolumeKeys};
 
 /// Inode, change time and size of `sealfs.conf`: every rewrite (temp + rename) changes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,6 +29,7 @@ pub struct ConfigFollower {
     path: PathBuf,
     root: OwnedFd,
     keys: Arc<VolumeKeys>,
+    tenants: Arc<Tenants>,
     /// What `sealfs.conf` looked like when its KEKs were last applied. None at first: the
     /// first look rereads it, so a rotation that landed while the volume was being unlocked is
     /// not missed.
@@ -36,7 +37,12 @@ pub struct ConfigFollower {
 }
 
 impl ConfigFollower {
-    pub fn new(cipher_dir: &Path, root: BorrowedFd<'_>, keys: Arc<VolumeKeys>) -> Result<Self> {
+    pub fn new(
+        cipher_dir: &Path,
+        root: BorrowedFd<'_>,
+        keys: Arc<VolumeKeys>,
+        tenants: Arc<Tenants>,
+    ) -> Result<Self> {
         let root = openat(
             root,
             ".",
@@ -47,6 +53,7 @@ impl ConfigFollower {
             path: cipher_dir.to_path_buf(),
             root,
             keys,
+            tenants,
             seen: Mutex::new(None),
         })
     }
@@ -64,8 +71,11 @@ impl ConfigFollower {
         }
         let reload = seen.is_some();
         *seen = Some(stamp);
-        let applied = Volume::read_config(&self.path)
-            .and_then(|config| Ok(self.keys.apply_config(&config)?));
+        let applied = Volume::read_config(&self.path).and_then(|config| {
+            self.keys.apply_config(&config)?;
+            self.tenants.apply_config(&config);
+            Ok(())
+        });
         let metrics = crate::metrics::global();
         metrics
             .kek_version

@@ -18,10 +18,10 @@ use crate::format::link::{
     LINKS_DIR, LongTarget, MAX_TARGET, SIDECAR_PREAMBLE, decode_sidecar, encode_sidecar,
 };
 use crate::format::{Id, id_from_hex, id_to_hex};
-use crate::keys::VolumeKeys;
+use crate::keys::NameKeys;
 
 /// Seals `target` into a new sidecar and returns what the backing symlink must point at.
-pub fn seal(root: BorrowedFd<'_>, keys: &VolumeKeys, target: &[u8]) -> Result<String> {
+pub fn seal(root: BorrowedFd<'_>, keys: &NameKeys, target: &[u8]) -> Result<String> {
     if target.len() > MAX_TARGET {
         return Err(VolumeError::NameTooLong);
     }
@@ -50,7 +50,7 @@ pub fn seal(root: BorrowedFd<'_>, keys: &VolumeKeys, target: &[u8]) -> Result<St
 
 /// The plaintext target of `long`, from its sidecar: EIO-class `Corrupt` if the sidecar is
 /// missing, damaged, belongs to another link or holds a target of another length.
-pub fn open(root: BorrowedFd<'_>, keys: &VolumeKeys, long: &LongTarget) -> Result<Vec<u8>> {
+pub fn open(root: BorrowedFd<'_>, keys: &NameKeys, long: &LongTarget) -> Result<Vec<u8>> {
     let path = long.sidecar_path();
     let corrupt = |why: String| {
         VolumeError::Corrupt(format!("symlink target sidecar {LINKS_DIR}/{path}: {why}"))
@@ -165,8 +165,8 @@ fn read_sidecar(root: BorrowedFd<'_>, path: &str) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn keys() -> VolumeKeys {
-        VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap()
+    fn keys() -> NameKeys {
+        NameKeys::derive(&[5; 32])
     }
 
     #[test]

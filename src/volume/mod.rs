@@ -15,6 +15,7 @@ pub mod keyslots;
 pub mod long_links;
 pub mod maintenance;
 pub mod names;
+pub mod policy;
 pub mod progress;
 pub mod rewrap;
 pub mod rotate;
@@ -45,7 +46,7 @@ use crate::format::{Id, id_to_hex};
 use crate::io::{self, DataFile, Layout};
 use crate::keys::{
     self, CacheLimits, DataKeyMaterial, FileKeys, HeaderKeys, KeyCache, KeyError,
-    MasterKeyProvider, VolumeKeys,
+    MasterKeyProvider, NameKeys, Tenants, VolumeKeys,
 };
 use backing::CreateMethod;
 use headers::{HEADERS_DIR, HeaderStore};
@@ -74,6 +75,8 @@ pub struct Volume {
     pub follower: Arc<follow::ConfigFollower>,
     /// Where key events go, once the caller has said where (`set_audit`).
     pub audit: Option<Arc<audit::AuditLog>>,
+    /// The key policies (tenants), following the config.
+    pub tenants: Arc<Tenants>,
 }
 
 /// What `init` decides beyond the master key.
@@ -197,6 +200,8 @@ impl Volume {
         }
         let config = Self::read_config(cipher_dir)?;
         let keys = Arc::new(keys::unlock(&config, &providers)?);
+        let tenants = Arc::new(Tenants::new(*keys.volume_id(), cache.max_age));
+        tenants.apply_config(&config);
         let file_keys = match config.file_key_slot() {
             None => FileKeys::volume_mode(keys.clone()),
             Some(slot) => {
@@ -209,7 +214,8 @@ impl Volume {
                 })?;
                 FileKeys::per_file(keys.clone(), Arc::from(provider), slot.id)
             }
-        };
+        }
+        .with_tenants(tenants.clone());
         let root = openat(
             nix::fcntl::AT_FDCWD,
             cipher_dir,
@@ -223,8 +229,10 @@ impl Volume {
             cipher_dir,
             root.as_fd(),
             keys.clone(),
+            tenants.clone(),
         )?);
         Ok(Volume {
+            tenants,
             audit: None,
             follower,
             path: cipher_dir.to_path_buf(),
@@ -240,18 +248,20 @@ impl Volume {
         })
     }
 
-    /// Creates a regular data file named `name` in directory `dir`: its header first, then the
-    /// data file, which appears under its name only once it carries its file id.
+    /// Creates a regular data file named `name` in directory `dir`, whose key policy is
+    /// `policy`: its header first, then the data file, which appears under its name only once
+    /// it carries its file id.
     pub fn create_data_file(
         &self,
         dir: BorrowedFd<'_>,
         name: &BackingName,
         mode: u32,
+        policy: u32,
     ) -> Result<(File, Id, Arc<DataKeyMaterial>)> {
         self.follow_config();
         let (header, material) = self
             .file_keys
-            .new_header()
+            .new_header_in(policy)
             .inspect_err(|e| self.audit_key_failure(e))?;
         let file_id = header.file_id;
         self.headers.create(&header, self.durable_headers)?;
@@ -395,23 +405,64 @@ impl Volume {
         }
     }
 
-    /// What a new backing symlink points at for plaintext `target`: its inline encoding, or
-    /// for a target too long for that, a sidecar made here (`long_links`).
-    pub fn seal_symlink(&self, target: &[u8]) -> Result<String> {
-        match names::encrypt_symlink(&self.keys, target) {
-            Err(VolumeError::NameTooLong) => {
-                long_links::seal(self.root.as_fd(), &self.keys, target)
-            }
+    /// What a new backing symlink points at for plaintext `target`, under name keys `keys`:
+    /// its inline encoding, or for a target too long for that, a sidecar made here
+    /// (`long_links`).
+    pub fn seal_symlink(&self, keys: &NameKeys, target: &[u8]) -> Result<String> {
+        match names::encrypt_symlink(keys, target) {
+            Err(VolumeError::NameTooLong) => long_links::seal(self.root.as_fd(), keys, target),
             inline => inline,
         }
     }
 
     /// The plaintext target of a backing symlink that points at `backing`.
-    pub fn open_symlink(&self, backing: &OsStr) -> Result<Vec<u8>> {
+    pub fn open_symlink(&self, keys: &NameKeys, backing: &OsStr) -> Result<Vec<u8>> {
         match crate::format::link::LongTarget::decode(backing.as_bytes()) {
-            Some(long) => long_links::open(self.root.as_fd(), &self.keys, &long),
-            None => names::decrypt_symlink(&self.keys, backing),
+            Some(long) => long_links::open(self.root.as_fd(), keys, &long),
+            None => names::decrypt_symlink(keys, backing),
         }
+    }
+
+    /// The name keys of key policy `policy` (0: the volume's own). A tenant's come from its
+    /// tenant secret, unsealed when first needed and again after the key cache's bound.
+    pub fn name_keys(&self, policy: u32) -> Result<Arc<NameKeys>> {
+        if policy == crate::format::policy::VOLUME_POLICY {
+            return Ok(self.keys.names.clone());
+        }
+        self.tenants
+            .keys(policy)
+            .map(|tenant| tenant.names.clone())
+            .inspect_err(|e| self.audit_key_failure(e))
+            .map_err(VolumeError::from)
+    }
+
+    /// Checks that a file whose key `material` came from its header may sit in a directory of
+    /// policy `directory`, and that its tenant's key is still live (re-checked after the
+    /// key cache's bound): a file moved across tenants in the cipher dir is refused.
+    pub fn check_policy(
+        &self,
+        file_id: &Id,
+        material: &DataKeyMaterial,
+        directory: u32,
+    ) -> Result<()> {
+        if material.policy != directory {
+            return Err(KeyError::PolicyMismatch {
+                file: id_to_hex(file_id),
+                header: material.policy,
+                directory,
+            }
+            .into());
+        }
+        if material.policy != crate::format::policy::VOLUME_POLICY {
+            self.tenants.keys(material.policy)?;
+        }
+        Ok(())
+    }
+
+    /// The key policy of backing directory `dir`: its own marker's, else `inherited` (its
+    /// parent's). A marker that cannot be read is an error, never "no policy".
+    pub fn dir_policy(&self, dir: BorrowedFd<'_>, inherited: u32) -> Result<u32> {
+        policy::read_marker(dir).map(|own| own.unwrap_or(inherited))
     }
 
     /// The block I/O of data file `file`, whose id and key are `file_id` and `material`, and
@@ -457,8 +508,9 @@ impl Volume {
         ))
     }
 
+    /// `plain` as an entry of a directory outside any key policy (the root's, for fsck).
     pub fn encrypt_name(&self, plain: &OsStr) -> Result<BackingName> {
-        names::encrypt_name(&self.keys, plain)
+        names::encrypt_name(&self.keys.names, plain)
     }
 }
 
@@ -498,6 +550,8 @@ fn new_config(
         file_key_slot: None,
         keks: vec![],
         retired_keks: vec![],
+        policies: vec![],
+        retired_policies: vec![],
         keyslots,
         mac: String::new(),
     };

@@ -16,13 +16,13 @@ use crate::format::name::{
     self, BackingName, EntryKind, MAX_LONG_ENCODING, MAX_PLAIN_NAME, NAME_AAD, SYMLINK_AAD,
     XATTR_NAME_AAD, XATTR_VALUE_AAD,
 };
-use crate::keys::VolumeKeys;
+use crate::keys::NameKeys;
 
 /// Longest backing symlink target the kernel accepts (PATH_MAX less the terminating NUL).
 const MAX_BACKING_TARGET: usize = 4095;
 pub const USER_XATTR_PREFIX: &[u8] = b"user.";
 
-pub fn encrypt_name(keys: &VolumeKeys, plain: &OsStr) -> Result<BackingName> {
+pub fn encrypt_name(keys: &NameKeys, plain: &OsStr) -> Result<BackingName> {
     let bytes = plain.as_bytes();
     if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
         return Err(VolumeError::InvalidName);
@@ -31,18 +31,18 @@ pub fn encrypt_name(keys: &VolumeKeys, plain: &OsStr) -> Result<BackingName> {
         return Err(VolumeError::NameTooLong);
     }
     let sealed = keys
-        .names
+        .entries
         .seal_deterministic(NAME_AAD, &name::pad(bytes))
         .map_err(VolumeError::Seal)?;
     Ok(BackingName::from_sealed(&sealed))
 }
 
 /// The plaintext of an encrypted (short-form) backing name.
-pub fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
+pub fn decrypt_encoded(keys: &NameKeys, encoded: &str) -> Result<OsString> {
     let corrupt = || VolumeError::Corrupt(format!("encrypted name {encoded:.40} does not decrypt"));
     let sealed = name::decode_b64(encoded, "name").map_err(|_| corrupt())?;
     let padded = keys
-        .names
+        .entries
         .open_deterministic(NAME_AAD, &sealed)
         .map_err(|_| corrupt())?;
     let plain = name::unpad(&padded).map_err(|_| corrupt())?;
@@ -54,7 +54,7 @@ pub fn decrypt_encoded(keys: &VolumeKeys, encoded: &str) -> Result<OsString> {
 
 /// The plaintext name of a backing directory entry; None for sealfs's own files.
 pub fn decrypt_entry(
-    keys: &VolumeKeys,
+    keys: &NameKeys,
     dir: BorrowedFd<'_>,
     entry: &OsStr,
 ) -> Result<Option<OsString>> {
@@ -117,7 +117,7 @@ pub fn remove_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) {
     }
 }
 
-pub fn encrypt_symlink(keys: &VolumeKeys, target: &[u8]) -> Result<String> {
+pub fn encrypt_symlink(keys: &NameKeys, target: &[u8]) -> Result<String> {
     if target.is_empty() {
         return Err(VolumeError::InvalidName);
     }
@@ -132,7 +132,7 @@ pub fn encrypt_symlink(keys: &VolumeKeys, target: &[u8]) -> Result<String> {
     Ok(encoded)
 }
 
-pub fn decrypt_symlink(keys: &VolumeKeys, encoded: &OsStr) -> Result<Vec<u8>> {
+pub fn decrypt_symlink(keys: &NameKeys, encoded: &OsStr) -> Result<Vec<u8>> {
     let corrupt = || VolumeError::Corrupt("symlink target does not decrypt".into());
     let text = encoded.to_str().ok_or_else(corrupt)?;
     let sealed = name::decode_b64(text, "symlink").map_err(|_| corrupt())?;
@@ -142,7 +142,7 @@ pub fn decrypt_symlink(keys: &VolumeKeys, encoded: &OsStr) -> Result<Vec<u8>> {
 }
 
 /// Backing xattr name for a plaintext `user.*` name: `user.` + base64url(sealed name).
-pub fn encrypt_xattr_name(keys: &VolumeKeys, plain: &OsStr) -> Result<Vec<u8>> {
+pub fn encrypt_xattr_name(keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
     let bytes = plain.as_bytes();
     if !bytes.starts_with(USER_XATTR_PREFIX) {
         return Err(VolumeError::Unsupported("only user.* extended attributes"));
@@ -159,7 +159,7 @@ pub fn encrypt_xattr_name(keys: &VolumeKeys, plain: &OsStr) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-pub fn decrypt_xattr_name(keys: &VolumeKeys, backing: &[u8]) -> Option<Vec<u8>> {
+pub fn decrypt_xattr_name(keys: &NameKeys, backing: &[u8]) -> Option<Vec<u8>> {
     let encoded = std::str::from_utf8(backing.strip_prefix(USER_XATTR_PREFIX)?).ok()?;
     let sealed = name::decode_b64(encoded, "xattr").ok()?;
     let padded = keys
@@ -169,14 +169,14 @@ pub fn decrypt_xattr_name(keys: &VolumeKeys, backing: &[u8]) -> Option<Vec<u8>> 
     name::unpad(&padded).ok().map(<[u8]>::to_vec)
 }
 
-pub fn seal_xattr_value(keys: &VolumeKeys, backing_name: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+pub fn seal_xattr_value(keys: &NameKeys, backing_name: &[u8], value: &[u8]) -> Result<Vec<u8>> {
     let aad = [XATTR_VALUE_AAD, backing_name].concat();
     keys.xattr_values
         .seal(&aad, value)
         .map_err(VolumeError::Seal)
 }
 
-pub fn open_xattr_value(keys: &VolumeKeys, backing_name: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+pub fn open_xattr_value(keys: &NameKeys, backing_name: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     let aad = [XATTR_VALUE_AAD, backing_name].concat();
     keys.xattr_values
         .open(&aad, sealed)
@@ -188,8 +188,8 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd as _;
 
-    fn keys() -> VolumeKeys {
-        VolumeKeys::from_keyring([1; 16], VolumeKeys::generate_keyring().unwrap()).unwrap()
+    fn keys() -> NameKeys {
+        NameKeys::derive(&[3; 32])
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl SealFs {
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
         let encoded = readlinkat(node.fd.as_fd(), "")?;
-        self.volume.open_symlink(&encoded)
+        self.volume.open_symlink(&*self.node_keys(&node)?, &encoded)
     }
 }
 

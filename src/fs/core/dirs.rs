@@ -58,6 +58,7 @@ impl SealFs {
     /// The plaintext listing of directory `node`: ".", "..", then every entry whose name
     /// decrypts (others are logged and left out).
     fn list(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let (_, keys) = self.dir_keys(node)?;
         let fd = open_dir(node)?;
         let mut entries = DirEntry::dots(node.ino);
         let mut dir = nix::dir::Dir::from_fd(fd)?;
@@ -68,7 +69,7 @@ impl SealFs {
             if raw == "." || raw == ".." {
                 continue;
             }
-            let name = match names::decrypt_entry(&self.volume.keys, dir_fd, raw) {
+            let name = match names::decrypt_entry(&keys, dir_fd, raw) {
                 Ok(Some(name)) => name,
                 Ok(None) => continue,
                 Err(e) => {
@@ -136,8 +137,14 @@ impl SealFs {
 
     /// Counts the kernel's lookup of a listed entry it was sent with its attributes.
     pub fn remember_listed(&self, dir: &Node, entry: &DirEntry, listed: ListedEntry) {
-        self.inodes
+        let node = self
+            .inodes
             .remember(listed.fd, &listed.stat, dir.ino, &entry.name);
+        // The listing was decrypted under the directory's policy, known by now; a marker
+        // that cannot be read leaves the child to be found again at its next use.
+        if let Ok(policy) = self.policy_of(dir) {
+            let _ = self.note_policy(&node, policy);
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -102,6 +102,8 @@ impl SealFs {
             }
         };
         let material = self.volume.file_key(&file_id)?;
+        self.volume
+            .check_policy(&file_id, &material, self.policy_of(node)?)?;
         Ok(Arc::new(Content {
             file_id,
             material,

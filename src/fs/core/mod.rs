@@ -36,7 +36,9 @@ pub use dirs::DirEntry;
 pub use locks::LockWait;
 pub use xattrs::STATS_ATTRIBUTE;
 
-use super::inodes::{Content, InodeTable, Node};
+use super::inodes::{Content, InodeTable, Node, ROOT_INO};
+use crate::format::policy::VOLUME_POLICY;
+use crate::keys::NameKeys;
 use crate::shell::attr::attr_from_stat;
 use crate::volume::{Result, Volume, VolumeError};
 
@@ -199,6 +201,53 @@ impl SealFs {
 
     fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.inodes.get(ino).ok_or(VolumeError::StaleNode)
+    }
+
+    /// The key policy protecting `node` (see `Node::policy_in`): as found at its lookup, or,
+    /// once the set of policies changed, found again (a directory's marker read anew, the
+    /// rest from its parent). The root is always under the volume's own keys.
+    fn policy_of(&self, node: &Node) -> Result<u32> {
+        if node.ino == ROOT_INO {
+            return Ok(VOLUME_POLICY);
+        }
+        let generation = self.volume.tenants.generation() as u32;
+        if let Some(policy) = node.policy_in(generation) {
+            return Ok(policy);
+        }
+        let inherited = match node.parent().and_then(|p| self.inodes.get(p)) {
+            Some(parent) => self.policy_of(&parent)?,
+            None => node.last_policy(),
+        };
+        let policy = if node.kind == fuser::FileType::Directory {
+            self.volume.dir_policy(node.fd.as_fd(), inherited)?
+        } else {
+            inherited
+        };
+        node.set_policy(generation, policy);
+        Ok(policy)
+    }
+
+    /// The policy of directory `dir` and the name keys of its entries.
+    fn dir_keys(&self, dir: &Node) -> Result<(u32, Arc<NameKeys>)> {
+        let policy = self.policy_of(dir)?;
+        Ok((policy, self.volume.name_keys(policy)?))
+    }
+
+    /// The name keys protecting `node` itself (its xattrs, a symlink's target).
+    fn node_keys(&self, node: &Node) -> Result<Arc<NameKeys>> {
+        self.volume.name_keys(self.policy_of(node)?)
+    }
+
+    /// Records the policy of `child`, just looked up in a directory of policy `parent_policy`.
+    fn note_policy(&self, child: &Node, parent_policy: u32) -> Result<()> {
+        let generation = self.volume.tenants.generation() as u32;
+        let policy = if child.kind == fuser::FileType::Directory {
+            self.volume.dir_policy(child.fd.as_fd(), parent_policy)?
+        } else {
+            parent_policy
+        };
+        child.set_policy(generation, policy);
+        Ok(())
     }
 
     fn writable(&self) -> Result<()> {

@@ -18,6 +18,7 @@ use super::{Caller, FileHandle, Handle, SealFs, o_path, stat_fd};
 use crate::format::link::{LONG_TARGET_LEN, LongTarget};
 use crate::fs::inodes::{Content, Node};
 use crate::io::FileId;
+use crate::keys::NameKeys;
 use crate::volume::{Result, VolumeError, names, proc_fd_path};
 
 /// What an entry's last link takes with it.
@@ -27,19 +28,35 @@ pub(super) enum LastLink {
 }
 
 impl SealFs {
-    /// Looks up `entry` in `parent`, the backing name of `name`, and counts a kernel lookup.
-    pub(super) fn entry_of(&self, parent: &Node, name: &OsStr, entry: &str) -> Result<FileAttr> {
+    /// Looks up `entry` in `parent` (of key policy `policy`), the backing name of `name`, and
+    /// counts a kernel lookup.
+    pub(super) fn entry_of(
+        &self,
+        parent: &Node,
+        policy: u32,
+        name: &OsStr,
+        entry: &str,
+    ) -> Result<FileAttr> {
         let fd = o_path(parent.fd.as_fd(), entry)?;
         let stat = stat_fd(fd.as_fd())?;
         let attr = self.attr_of(fd.as_fd(), &stat);
-        self.inodes.remember(fd, &stat, parent.ino, name);
+        let node = self.inodes.remember(fd, &stat, parent.ino, name);
+        self.note_policy(&node, policy)?;
         Ok(attr)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
-        self.entry_of(&parent, name, backing.entry())
+        let (policy, keys) = self.dir_keys(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
+        self.entry_of(&parent, policy, name, backing.entry())
+    }
+
+    /// For operations that make an entry: the config followed first (a policy set a moment
+    /// ago applies at once), then `dir_keys`.
+    fn keys_for_new_entry(&self, dir: &Node) -> Result<(u32, Arc<NameKeys>)> {
+        self.volume.follow_config();
+        self.dir_keys(dir)
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
@@ -101,7 +118,8 @@ impl SealFs {
             _ => return Err(VolumeError::InvalidArgument("mknod file type")),
         };
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
+        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mknodat(
             parent.fd.as_fd(),
@@ -111,13 +129,14 @@ impl SealFs {
             rdev,
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
-        self.entry_of(&parent, name, backing.entry())
+        self.entry_of(&parent, policy, name, backing.entry())
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
+        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mkdirat(
             parent.fd.as_fd(),
@@ -125,7 +144,7 @@ impl SealFs {
             Mode::from_bits_truncate(mode & 0o7777),
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
-        self.entry_of(&parent, name, backing.entry())
+        self.entry_of(&parent, policy, name, backing.entry())
     }
 
     pub fn symlink(
@@ -137,8 +156,9 @@ impl SealFs {
     ) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
-        let encoded = self.volume.seal_symlink(target.as_bytes())?;
+        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
+        let encoded = self.volume.seal_symlink(&keys, target.as_bytes())?;
         let long = LongTarget::decode(encoded.as_bytes());
         let made = names::write_long_sidecar(parent.fd.as_fd(), &backing).and_then(|()| {
             Ok(symlinkat(
@@ -152,7 +172,7 @@ impl SealFs {
         }
         made?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
-        self.entry_of(&parent, name, backing.entry())
+        self.entry_of(&parent, policy, name, backing.entry())
     }
 
     /// What goes with entry `entry` if it is the last link of its inode: a data file's header
@@ -223,7 +243,8 @@ impl SealFs {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
+        let (_, keys) = self.dir_keys(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
         let last = self.last_link(parent.fd.as_fd(), backing.entry());
         unlinkat(
             parent.fd.as_fd(),
@@ -238,10 +259,36 @@ impl SealFs {
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
+        let (_, keys) = self.dir_keys(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
         unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::RemoveDir)?;
         names::remove_long_sidecar(parent.fd.as_fd(), &backing);
         Ok(())
+    }
+
+    /// A rename between directories of two key policies is refused with EXDEV, so `mv`
+    /// copies and the copy is the new tenant's: an entry's file key, symlink target and the
+    /// names beneath it are its tenant's. The one exception is a directory carrying its own
+    /// marker: its policy goes with it, and only its name (under its parent's keys) changes.
+    fn same_policy_for_move(
+        &self,
+        parent: &Node,
+        old: &crate::format::name::BackingName,
+        from: u32,
+        to: u32,
+    ) -> Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        let fd = o_path(parent.fd.as_fd(), old.entry())?;
+        let stat = stat_fd(fd.as_fd())?;
+        let carries_own = stat.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && crate::volume::policy::read_marker(fd.as_fd())?.is_some();
+        if carries_own {
+            Ok(())
+        } else {
+            Err(VolumeError::CrossPolicy)
+        }
     }
 
     pub fn rename(
@@ -255,11 +302,17 @@ impl SealFs {
         self.writable()?;
         let parent = self.node(parent)?;
         let new_parent_node = self.node(new_parent)?;
-        let old = self.volume.encrypt_name(name)?;
-        let new = self.volume.encrypt_name(new_name)?;
+        let (from_policy, from_keys) = self.dir_keys(&parent)?;
+        let (to_policy, to_keys) = self.keys_for_new_entry(&new_parent_node)?;
+        let old = names::encrypt_name(&from_keys, name)?;
+        let new = names::encrypt_name(&to_keys, new_name)?;
+        self.same_policy_for_move(&parent, &old, from_policy, to_policy)?;
         let flags =
             RenameFlags::from_bits(flags).ok_or(VolumeError::Unsupported("rename flags"))?;
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        if exchange && from_policy != to_policy {
+            return Err(VolumeError::CrossPolicy);
+        }
         let same = parent.ino == new_parent_node.ino && old == new;
         let replaced = if exchange || same {
             None
@@ -293,7 +346,12 @@ impl SealFs {
         self.writable()?;
         let node = self.node(ino)?;
         let parent = self.node(new_parent)?;
-        let backing = self.volume.encrypt_name(new_name)?;
+        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        if self.policy_of(&node)? != policy {
+            // A file's key is its tenant's; a link elsewhere would put it under another's.
+            return Err(VolumeError::CrossPolicy);
+        }
+        let backing = names::encrypt_name(&keys, new_name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         let linked = linkat(
             node.fd.as_fd(),
@@ -315,7 +373,7 @@ impl SealFs {
         } else {
             linked?;
         }
-        self.entry_of(&parent, new_name, backing.entry())
+        self.entry_of(&parent, policy, new_name, backing.entry())
     }
 
     /// Creates and opens a regular file: a new data file with its own key and header.
@@ -329,15 +387,17 @@ impl SealFs {
     ) -> Result<(FileAttr, u64)> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let backing = self.volume.encrypt_name(name)?;
+        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let backing = names::encrypt_name(&keys, name)?;
         let (file, file_id, material) =
             self.volume
-                .create_data_file(parent.fd.as_fd(), &backing, mode)?;
+                .create_data_file(parent.fd.as_fd(), &backing, mode, policy)?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         let fd = o_path(parent.fd.as_fd(), backing.entry())?;
         let stat = stat_fd(fd.as_fd())?;
         let attr = self.attr_of(fd.as_fd(), &stat);
         let node = self.inodes.remember(fd, &stat, parent.ino, name);
+        node.set_policy(self.volume.tenants.generation() as u32, policy);
         let _ = node.file_id.set(file_id);
         let holes = node
             .holes

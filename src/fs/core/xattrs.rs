@@ -29,9 +29,10 @@ impl SealFs {
         if is_stats_attribute(ino, name) {
             return Err(reserved());
         }
-        let (_node, path) = self.xattr_path(ino)?;
-        let backing = names::encrypt_xattr_name(&self.volume.keys, name)?;
-        let sealed = names::seal_xattr_value(&self.volume.keys, &backing, value)?;
+        let (node, path) = self.xattr_path(ino)?;
+        let keys = self.node_keys(&node)?;
+        let backing = names::encrypt_xattr_name(&keys, name)?;
+        let sealed = names::seal_xattr_value(&keys, &backing, value)?;
         let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
         let rc = unsafe {
             libc::setxattr(
@@ -55,8 +56,9 @@ impl SealFs {
             return serde_json::to_vec(&crate::metrics::global().snapshot())
                 .map_err(|e| VolumeError::Usage(format!("stats: {e}")));
         }
-        let (_node, path) = self.xattr_path(ino)?;
-        let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
+        let (node, path) = self.xattr_path(ino)?;
+        let keys = self.node_keys(&node)?;
+        let backing = match names::encrypt_xattr_name(&keys, name) {
             Err(VolumeError::Unsupported(_)) => {
                 return Err(VolumeError::NoAttribute);
             }
@@ -71,17 +73,18 @@ impl SealFs {
                 buf.len(),
             )
         })?;
-        names::open_xattr_value(&self.volume.keys, &backing, &sealed)
+        names::open_xattr_value(&keys, &backing, &sealed)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        let (_node, path) = self.xattr_path(ino)?;
+        let (node, path) = self.xattr_path(ino)?;
+        let keys = self.node_keys(&node)?;
         let raw = read_xattr(|buf| unsafe {
             libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
         })?;
         let mut out = Vec::new();
         for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            match names::decrypt_xattr_name(&self.volume.keys, backing) {
+            match names::decrypt_xattr_name(&keys, backing) {
                 Some(plain) => {
                     out.extend_from_slice(&plain);
                     out.push(0);
@@ -103,8 +106,8 @@ impl SealFs {
         if is_stats_attribute(ino, name) {
             return Err(reserved());
         }
-        let (_node, path) = self.xattr_path(ino)?;
-        let backing = match names::encrypt_xattr_name(&self.volume.keys, name) {
+        let (node, path) = self.xattr_path(ino)?;
+        let backing = match names::encrypt_xattr_name(&*self.node_keys(&node)?, name) {
             Err(VolumeError::Unsupported(_)) => {
                 return Err(VolumeError::NoAttribute);
             }

@@ -370,7 +370,7 @@ impl ReverseView {
             });
         }
         for (name, kind, ino) in self.list_plain(dir)? {
-            let encrypted = match encrypt_name(self.volume_keys(), &name) {
+            let encrypted = match encrypt_name(&self.volume_keys().names, &name) {
                 Ok(encrypted) => encrypted,
                 Err(e) => {
                     tracing::error!(entry = ?dir.join(&name), error = %e, "leaving out an entry whose name cannot be encrypted");

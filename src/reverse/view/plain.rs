@@ -72,9 +72,8 @@ impl ReverseView {
         }
         let text = name.to_str().ok_or(VolumeError::NotFound)?;
         let plain = match classify_entry(text) {
-            EntryKind::Encrypted(encoded) => {
-                decrypt_encoded(self.volume_keys(), encoded).map_err(|_| VolumeError::NotFound)?
-            }
+            EntryKind::Encrypted(encoded) => decrypt_encoded(&self.volume_keys().names, encoded)
+                .map_err(|_| VolumeError::NotFound)?,
             EntryKind::Long(hashed) => self.find_long(dir, hashed)?,
             EntryKind::Internal => {
                 let hashed = text
@@ -115,7 +114,8 @@ impl ReverseView {
     /// The plaintext name in `dir` whose encrypted name is the long entry `hashed`.
     pub(super) fn find_long(&self, dir: &Path, hashed: &str) -> Result<OsString> {
         for (name, _, _) in self.list_plain(dir)? {
-            if let Ok(BackingName::Long { hashed: h, .. }) = encrypt_name(self.volume_keys(), &name)
+            if let Ok(BackingName::Long { hashed: h, .. }) =
+                encrypt_name(&self.volume_keys().names, &name)
                 && h == hashed
             {
                 return Ok(name);

@@ -49,7 +49,7 @@ fn view_with(excludes: &[&str]) -> Fixture {
 
 impl Fixture {
     fn encrypted(&self, name: &str) -> OsString {
-        encrypt_name(&self.keys, OsStr::new(name))
+        encrypt_name(&self.keys.names, OsStr::new(name))
             .unwrap()
             .entry()
             .into()
@@ -194,7 +194,7 @@ fn excluded_undecryptable_and_write_requests_are_refused() {
     assert_eq!(target, fx.view.readlink(ln.ino.0).unwrap());
     assert_eq!(
         crate::volume::names::decrypt_symlink(
-            &fx.keys,
+            &fx.keys.names,
             OsStr::new(std::str::from_utf8(&target).unwrap())
         )
         .unwrap(),

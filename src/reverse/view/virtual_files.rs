@@ -61,7 +61,7 @@ impl ReverseView {
     /// checked, and its KEKs applied, so headers follow the current KEK.
     pub(super) fn sidecar_bytes(&self, path: &Path) -> Result<Vec<u8>> {
         let name = path.file_name().ok_or(VolumeError::NotFound)?;
-        match encrypt_name(self.volume_keys(), name)? {
+        match encrypt_name(&self.volume_keys().names, name)? {
             BackingName::Long { full, .. } => Ok(full.into_bytes()),
             BackingName::Short(_) => Err(VolumeError::NotFound),
         }

@@ -81,6 +81,9 @@ pub struct Problem {
     /// UnrecordedHole: the blocks.
     #[serde(skip)]
     holes: Vec<u64>,
+    /// KeyUnavailable of a directory: the policy whose key is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<u32>,
 }
 
 impl Problem {
@@ -94,6 +97,7 @@ impl Problem {
             entry: None,
             header: None,
             holes: Vec::new(),
+            policy: None,
         }
     }
 
@@ -360,7 +364,7 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
     };
     let file_id = preamble.file_id;
     checked.file_id = Some(file_id);
-    if entry.quarantined {
+    if entry.quarantined || entry.locked {
         return checked;
     }
     let header = match volume.headers.load(&file_id) {
@@ -375,11 +379,25 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    let material = match volume.file_keys.open_header(&header) {
+    let material = match volume.file_keys.open_header(&header).and_then(|m| {
+        volume
+            .check_policy(&file_id, &m, entry.policy)
+            .map(|()| m)
+            .map_err(|e| match e {
+                VolumeError::Keys(k) => k,
+                other => KeyError::Header {
+                    file: id_to_hex(&file_id),
+                    reason: other.to_string(),
+                },
+            })
+    }) {
         Ok(material) => material,
         Err(e) => {
             let kind = match &e {
                 KeyError::Remote { failure, .. } if *failure != RemoteFailure::Rejected => {
+                    ProblemKind::KeyUnavailable
+                }
+                KeyError::PolicyRemoved(_) | KeyError::TenantKeyUnavailable { .. } => {
                     ProblemKind::KeyUnavailable
                 }
                 _ => ProblemKind::BadHeader,

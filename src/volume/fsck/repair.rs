@@ -173,8 +173,9 @@ fn give_own_link_target(volume: &Volume, entry: &Entry) -> Result<()> {
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )?;
     let backing = nix::fcntl::readlinkat(dir.as_fd(), entry.backing.as_str())?;
-    let target = volume.open_symlink(&backing)?;
-    let sealed = volume.seal_symlink(&target)?;
+    let keys = volume.name_keys(entry.policy)?;
+    let target = volume.open_symlink(&keys, &backing)?;
+    let sealed = volume.seal_symlink(&keys, &target)?;
     let temp = format!(
         "sealfs.fsck-copy.{}",
         id_to_hex(&crate::crypto::random_array::<16>().map_err(KeyError::from)?)
@@ -216,7 +217,8 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
         "sealfs.fsck-copy.{}",
         id_to_hex(&crate::crypto::random_array::<16>().map_err(KeyError::from)?)
     ));
-    let (new, new_id, new_key) = volume.create_data_file(dir.as_fd(), &temp, st.st_mode)?;
+    let (new, new_id, new_key) =
+        volume.create_data_file(dir.as_fd(), &temp, st.st_mode, entry.policy)?;
     let copied = (|| -> Result<()> {
         let old_holes = volume.file_holes(crate::io::read_preamble(&old)?.version, old_id, false);
         let new_holes = volume.new_file_holes(new_id, false);

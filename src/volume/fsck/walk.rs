@@ -18,8 +18,10 @@ use super::{Problem, ProblemKind};
 use crate::format::config::CONFIG_FILE;
 use crate::format::link::{LINKS_DIR, LongTarget};
 use crate::format::name::{self, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX};
+use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
+use crate::keys::KeyError;
 use crate::volume::headers::HEADERS_DIR;
-use crate::volume::{Result, Volume, names};
+use crate::volume::{Result, Volume, VolumeError, names};
 
 /// The plaintext name of the quarantine directory at the volume root.
 pub const LOST_AND_FOUND: &str = "lost+found";
@@ -36,6 +38,10 @@ pub struct Entry {
     pub path: String,
     /// In /lost+found: already quarantined, not checked again.
     pub quarantined: bool,
+    /// The key policy of the directory holding it.
+    pub policy: u32,
+    /// Beneath a policy whose key this fsck cannot reach: only its file id is read.
+    pub locked: bool,
 }
 
 impl Entry {
@@ -66,6 +72,17 @@ pub struct WalkResult {
     pub long_links: Vec<LongLink>,
 }
 
+/// A directory on the walk's stack.
+struct Pending {
+    dir: String,
+    plain_dir: String,
+    quarantined: bool,
+    /// The policy of the directory holding it.
+    inherited: u32,
+    /// Beneath a policy whose key is unavailable (names cannot be read).
+    locked: bool,
+}
+
 /// A symlink whose target is in a sidecar, by backing inode.
 pub struct LongLink {
     pub link_id: crate::format::Id,
@@ -80,9 +97,63 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
         .encrypt_name(OsStr::new(LOST_AND_FOUND))?
         .entry()
         .to_string();
-    let mut stack = vec![(String::new(), String::new(), false)];
-    while let Some((dir, plain_dir, quarantined)) = stack.pop() {
+    let mut stack = vec![Pending {
+        dir: String::new(),
+        plain_dir: String::new(),
+        quarantined: false,
+        inherited: VOLUME_POLICY,
+        locked: false,
+    }];
+    while let Some(Pending {
+        dir,
+        plain_dir,
+        quarantined,
+        inherited,
+        mut locked,
+    }) = stack.pop()
+    {
         let fd = open_dir(volume.root.as_fd(), &dir)?;
+        let at = if plain_dir.is_empty() {
+            "/"
+        } else {
+            &plain_dir
+        };
+        let policy = match volume.dir_policy(fd.as_fd(), inherited) {
+            Ok(policy) => policy,
+            Err(e) => {
+                out.problems.push(Problem::new(
+                    ProblemKind::BadName,
+                    format!("{at} ({})", join(&dir, POLICY_MARKER)),
+                    e.to_string(),
+                ));
+                locked = true;
+                inherited
+            }
+        };
+        let keys = if locked {
+            None
+        } else {
+            match volume.name_keys(policy) {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    let mut problem = Problem::new(
+                        if matches!(e, VolumeError::Keys(KeyError::UnknownPolicy(_))) {
+                            ProblemKind::BadName
+                        } else {
+                            ProblemKind::KeyUnavailable
+                        },
+                        at.to_string(),
+                        format!(
+                            "key policy {policy}: {e}; nothing beneath it can be checked (only file ids are read)"
+                        ),
+                    );
+                    problem.policy = Some(policy);
+                    out.problems.push(problem);
+                    None
+                }
+            }
+        };
+        let locked = keys.is_none();
         let mut entries = Vec::new();
         for item in Dir::from_fd(fd.try_clone()?)?.iter() {
             let item = item?;
@@ -111,6 +182,7 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                 continue;
             }
             match name::classify_entry(text) {
+                EntryKind::Internal if text == POLICY_MARKER => continue,
                 EntryKind::Internal => {
                     if let Some(hashed) = text.strip_suffix(LONG_NAME_SUFFIX)
                         && hashed.starts_with(LONG_PREFIX)
@@ -143,7 +215,11 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                 }
                 EntryKind::Encrypted(_) | EntryKind::Long(_) => {}
             }
-            let (path, bad_name) = match names::decrypt_entry(&volume.keys, fd.as_fd(), backing) {
+            let decrypted = match &keys {
+                Some(keys) => names::decrypt_entry(keys, fd.as_fd(), backing),
+                None => Ok(Some(OsString::from(format!("?{text}")))),
+            };
+            let (path, bad_name) = match decrypted {
                 Ok(Some(plain)) => (format!("{plain_dir}/{}", plain.to_string_lossy()), None),
                 Ok(None) => continue,
                 Err(e) => (format!("{plain_dir}/?{text}"), Some(e.to_string())),
@@ -153,6 +229,8 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                 backing: text.to_string(),
                 path: path.clone(),
                 quarantined,
+                policy,
+                locked,
             };
             if let Some(reason) = bad_name
                 && !quarantined
@@ -170,7 +248,13 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                     out.dirs += 1;
                     let in_quarantine =
                         quarantined || (dir.is_empty() && text == lost_found.as_str());
-                    stack.push((join(&dir, text), path, in_quarantine));
+                    stack.push(Pending {
+                        dir: join(&dir, text),
+                        plain_dir: path,
+                        quarantined: in_quarantine,
+                        inherited: policy,
+                        locked,
+                    });
                 }
                 Type::File => {
                     if quarantined {
@@ -197,7 +281,8 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                         out.quarantined += 1;
                         continue;
                     }
-                    if let Err(e) = volume.open_symlink(&target) {
+                    let Some(keys) = &keys else { continue };
+                    if let Err(e) = volume.open_symlink(keys, &target) {
                         out.problems.push(
                             Problem::new(ProblemKind::BadSymlink, path, e.to_string()).at(&entry),
                         );

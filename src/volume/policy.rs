@@ -1,0 +1,336 @@
+//! Key policies on directories: the marker a policy's directory carries, finding a directory
+//! by its plaintext path, and setting, listing and removing policies (`sealfs policy`).
+//!
+//! A policy applies to the directory carrying its marker and everything beneath it, down to a
+//! deeper marker. The marker is written before the config names the policy, so a running mount
+//! that notices the config change finds the marker in place (a mount that reads the marker
+//! first refuses the directory for a moment: its policy is not known yet).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path};
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use super::error::{Result, VolumeError};
+use super::headers::read_names;
+use super::{Volume, lock_config, names, write_config};
+use crate::format::config::TenantPolicy;
+use crate::format::name::{EntryKind, classify_entry};
+use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY, decode_marker, encode_marker};
+use crate::keys::{MasterKeyProvider, seal_new_policy};
+
+/// The policy named by the marker in backing directory `dir`, if it has one.
+pub fn read_marker(dir: BorrowedFd<'_>) -> Result<Option<u32>> {
+    let fd = match openat(
+        dir,
+        POLICY_MARKER,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::Error::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = Vec::new();
+    File::from(fd).take(64).read_to_end(&mut bytes)?;
+    decode_marker(&bytes)
+        .map(Some)
+        .map_err(|e| VolumeError::Corrupt(format!("policy marker: {e}")))
+}
+
+/// Writes the marker of policy `policy` into backing directory `dir`, durably. Readable by
+/// all (mode 0644): it says which key, not the key, and a mount running as another user than
+/// the one who set the policy must read it.
+fn write_marker(dir: BorrowedFd<'_>, policy: u32) -> Result<()> {
+    let fd = openat(
+        dir,
+        POLICY_MARKER,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    let mut file = File::from(fd);
+    let written = file
+        .write_all(&encode_marker(policy))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            File::from(openat(
+                dir,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?)
+            .sync_all()
+        });
+    if written.is_err() {
+        let _ = unlinkat(dir, POLICY_MARKER, UnlinkatFlags::NoRemoveDir);
+    }
+    Ok(written?)
+}
+
+/// A directory found by its plaintext path: its backing fd, the policy of what is inside it,
+/// and whether it carries that policy's marker itself.
+pub struct PolicyDir {
+    pub fd: OwnedFd,
+    pub policy: u32,
+    pub own_marker: bool,
+    /// The policy of the directory holding this one (whose keys encrypt its name).
+    pub parent_policy: u32,
+}
+
+fn open_dir_at(dir: BorrowedFd<'_>, entry: &str) -> Result<OwnedFd> {
+    Ok(openat(
+        dir,
+        entry,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The components of a plaintext path inside the volume ("/clients/acme", "clients/acme").
+fn components(path: &Path) -> Result<Vec<&OsStr>> {
+    path.components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(VolumeError::Usage(format!(
+                "{}: give the directory's path inside the volume, without ..",
+                path.display()
+            ))),
+        })
+        .collect()
+}
+
+/// Finds directory `path` (plaintext, inside the volume), decrypting with each directory's
+/// keys on the way; with `create`, makes missing directories (as `mkdir -p`).
+pub fn find_dir(volume: &Volume, path: &Path, create: bool) -> Result<PolicyDir> {
+    let parts = components(path)?;
+    let mut fd = open_dir_at(volume.root.as_fd(), ".")?;
+    let (mut policy, mut parent_policy, mut own_marker) = (VOLUME_POLICY, VOLUME_POLICY, false);
+    for part in &parts {
+        let keys = volume.name_keys(policy)?;
+        let backing = names::encrypt_name(&keys, part)?;
+        let next = match open_dir_at(fd.as_fd(), backing.entry()) {
+            Err(VolumeError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                names::write_long_sidecar(fd.as_fd(), &backing)?;
+                mkdirat(fd.as_fd(), backing.entry(), Mode::from_bits_truncate(0o755))?;
+                open_dir_at(fd.as_fd(), backing.entry())?
+            }
+            Err(VolumeError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VolumeError::Usage(format!(
+                    "{}: no such directory in the volume",
+                    path.display()
+                )));
+            }
+            other => other?,
+        };
+        let own = read_marker(next.as_fd())?;
+        parent_policy = policy;
+        own_marker = own.is_some();
+        policy = own.unwrap_or(policy);
+        fd = next;
+    }
+    Ok(PolicyDir {
+        fd,
+        policy,
+        own_marker,
+        parent_policy,
+    })
+}
+
+/// Whether backing directory `dir` holds no entry a user would see.
+fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
+    Ok(read_names(dir)?
+        .iter()
+        .all(|n| classify_entry(n) == EntryKind::Internal))
+}
+
+/// Puts directory `path` (made if missing, else it must be empty) under a new policy whose
+/// tenant secret `provider` seals; returns the policy id. As fscrypt, a policy starts on an
+/// empty directory: whatever is put in it from then on is the tenant's.
+pub fn set_policy(
+    volume: &Volume,
+    path: &Path,
+    label: &str,
+    provider: &dyn MasterKeyProvider,
+    key_file: Option<String>,
+) -> Result<u32> {
+    let _lock = lock_config(&volume.path)?;
+    let mut config = Volume::read_config(&volume.path)?;
+    volume.keys.apply_config(&config)?;
+    volume.tenants.apply_config(&config);
+    if components(path)?.is_empty() {
+        return Err(VolumeError::Usage(
+            "the volume's root is under the volume's own keys; give a directory inside it".into(),
+        ));
+    }
+    if config.policies.iter().any(|p| p.label == label) {
+        return Err(VolumeError::Usage(format!(
+            "a policy is already called {label:?}; give another --label"
+        )));
+    }
+    let dir = find_dir(volume, path, true)?;
+    if dir.own_marker {
+        return Err(VolumeError::Usage(format!(
+            "{} already has policy {}; remove it first",
+            path.display(),
+            dir.policy
+        )));
+    }
+    if !is_empty(dir.fd.as_fd())? {
+        return Err(VolumeError::Usage(format!(
+            "{} is not empty: a policy starts on an empty directory (make a new one, set the policy, then move the files in with cp or rsync)",
+            path.display()
+        )));
+    }
+    let id = config.next_policy_id();
+    let volume_id = config.volume_id()?;
+    let (slot, _) = seal_new_policy(provider, &volume_id, id)?;
+    write_marker(dir.fd.as_fd(), id)?;
+    config.policies.push(TenantPolicy {
+        id,
+        label: label.to_string(),
+        key_file,
+        slot,
+    });
+    let written = finish_config(volume, &mut config);
+    if written.is_err() {
+        let _ = unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir);
+    }
+    written?;
+    Ok(id)
+}
+
+fn finish_config(volume: &Volume, config: &mut crate::format::config::VolumeConfig) -> Result<()> {
+    config.format_version = config.required_version();
+    config.validate()?;
+    volume.keys.seal_config(config);
+    write_config(&volume.path, config)?;
+    volume.tenants.apply_config(config);
+    Ok(())
+}
+
+/// What `remove_policy` did.
+pub struct Removed {
+    pub policy: u32,
+    pub label: String,
+    pub shredded: bool,
+}
+
+/// Takes policy of directory `path` away. Without `shred` the directory must be empty and
+/// goes back to its parent's keys. With `shred` the policy's sealed tenant secret is dropped
+/// from the config and its id retired: whatever the directory holds stays as ciphertext no key
+/// opens (`fsck --repair --clear-policy` removes it).
+pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Removed> {
+    let _lock = lock_config(&volume.path)?;
+    let mut config = Volume::read_config(&volume.path)?;
+    volume.keys.apply_config(&config)?;
+    volume.tenants.apply_config(&config);
+    // Only the ancestors' keys are needed: a shredded tenant's own key may be long gone.
+    let dir = find_dir(volume, path, false)?;
+    if !dir.own_marker {
+        return Err(VolumeError::Usage(format!(
+            "{} carries no policy of its own{}",
+            path.display(),
+            if dir.policy == VOLUME_POLICY {
+                String::new()
+            } else {
+                format!(" (it is under policy {} from above)", dir.policy)
+            }
+        )));
+    }
+    if !shred && !is_empty(dir.fd.as_fd())? {
+        return Err(VolumeError::Usage(format!(
+            "{} is not empty: move its files out first, or destroy them with --shred",
+            path.display()
+        )));
+    }
+    let label = config
+        .policy(dir.policy)
+        .map(|p| p.label.clone())
+        .unwrap_or_default();
+    config.policies.retain(|p| p.id != dir.policy);
+    if !config.retired_policies.contains(&dir.policy) {
+        config.retired_policies.push(dir.policy);
+    }
+    if !shred {
+        unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
+    }
+    finish_config(volume, &mut config)?;
+    Ok(Removed {
+        policy: dir.policy,
+        label,
+        shredded: shred,
+    })
+}
+
+/// A directory carrying a policy marker, found by `find_policy_dirs`.
+pub struct PolicyDirEntry {
+    /// Plaintext path inside the volume.
+    pub path: String,
+    pub policy: u32,
+}
+
+/// What `find_policy_dirs` found.
+#[derive(Default)]
+pub struct PolicyDirs {
+    pub marked: Vec<PolicyDirEntry>,
+    /// Directories beneath which nothing could be read (path, why): their policy's key is
+    /// unavailable here.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Every directory carrying a marker, walking directories only; beneath a policy whose key
+/// is unavailable here the walk cannot read names and goes no deeper.
+pub fn find_policy_dirs(volume: &Volume) -> Result<PolicyDirs> {
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut stack = vec![(
+        open_dir_at(volume.root.as_fd(), ".")?,
+        String::new(),
+        VOLUME_POLICY,
+    )];
+    while let Some((fd, path, policy)) = stack.pop() {
+        let keys = match volume.name_keys(policy) {
+            Ok(keys) => keys,
+            Err(e) => {
+                unreadable.push((display(&path), e.to_string()));
+                continue;
+            }
+        };
+        for entry in read_names(fd.as_fd())? {
+            let Ok(Some(name)) = names::decrypt_entry(&keys, fd.as_fd(), OsStr::new(&entry)) else {
+                continue;
+            };
+            let Ok(child) = open_dir_at(fd.as_fd(), &entry) else {
+                continue;
+            };
+            let child_path = format!("{path}/{}", name.to_string_lossy());
+            let own = read_marker(child.as_fd())?;
+            if let Some(id) = own {
+                found.push(PolicyDirEntry {
+                    path: child_path.clone(),
+                    policy: id,
+                });
+            }
+            stack.push((child, child_path, own.unwrap_or(policy)));
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(PolicyDirs {
+        marked: found,
+        unreadable,
+    })
+}
+
+fn display(path: &str) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.into()
+    }
+}
