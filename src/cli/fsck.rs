@@ -24,6 +24,10 @@ pub struct FsckArgs {
     /// unmounted.
     #[arg(long)]
     pub repair: bool,
+    /// With --repair: remove what key policy ID left behind once its key is gone for good
+    /// (deleted in KMS, or the policy shredded); its directories stay, empty. Repeatable.
+    #[arg(long, value_name = "ID", requires = "repair")]
+    pub clear_policy: Vec<u32>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +51,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
         &volume,
         FsckOptions {
             repair: args.repair,
+            clear_policies: args.clear_policy.clone(),
         },
         &progress,
     );

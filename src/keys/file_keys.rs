@@ -244,9 +244,6 @@ impl HeaderKeys for FileKeys {
         let data_key = self.data_key(header)?;
         let mut material = DataKeyMaterial::from_data_key(&data_key, &header.file_id);
         material.policy = header.policy();
-        if material.policy != crate::format::policy::VOLUME_POLICY {
-            self.tenants.count_unwrap(material.policy);
-        }
         Ok(material)
     }
 }

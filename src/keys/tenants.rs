@@ -81,7 +81,6 @@ pub type TenantAccess =
 #[derive(Default)]
 struct Unsealed {
     keys: Mutex<Option<(Arc<TenantKeys>, Instant)>>,
-    unwraps: AtomicU64,
 }
 
 #[derive(Default)]
@@ -200,22 +199,6 @@ impl Tenants {
         let secret = SecretKey::from_slice(&secret)
             .map_err(|_| KeyError::SlotDamaged(tenant_slot_id(id)))?;
         Ok(TenantKeys::from_secret(id, &secret))
-    }
-
-    /// Counts a file key unwrapped under policy `id` (for the audit log's per-tenant counts).
-    pub fn count_unwrap(&self, id: u32) {
-        if let Some(state) = crate::sync::lock(&self.unsealed).get(&id) {
-            state.unwraps.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// File-key unwraps per policy since the last call.
-    pub fn take_unwrap_counts(&self) -> Vec<(u32, u64)> {
-        crate::sync::lock(&self.unsealed)
-            .iter()
-            .map(|(id, s)| (*id, s.unwraps.swap(0, Ordering::Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
     }
 }
 

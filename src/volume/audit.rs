@@ -34,6 +34,8 @@ pub struct AuditLog {
     key: SecretKey,
     syslog: bool,
     unwraps: AtomicU64,
+    /// File keys unwrapped under each key policy's tenant KEK since the last summary.
+    tenant_unwraps: Mutex<std::collections::BTreeMap<u32, u64>>,
     last_summary: Mutex<Instant>,
     failures: Mutex<HashMap<(String, String), Instant>>,
 }
@@ -47,6 +49,7 @@ impl AuditLog {
             key: keys.audit_key().clone(),
             syslog,
             unwraps: AtomicU64::new(0),
+            tenant_unwraps: Mutex::default(),
             last_summary: Mutex::new(Instant::now()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -119,6 +122,19 @@ impl AuditLog {
     /// record at most every 10 minutes.
     pub fn count_file_key_unwrap(&self) {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
+        self.summary_due();
+    }
+
+    /// Counts a file key unwrapped under key policy `policy` (a cache miss); summarized with
+    /// the per-file unwraps, per tenant.
+    pub fn count_tenant_unwrap(&self, policy: u32) {
+        *crate::sync::lock(&self.tenant_unwraps)
+            .entry(policy)
+            .or_default() += 1;
+        self.summary_due();
+    }
+
+    fn summary_due(&self) {
         let mut last = crate::sync::lock(&self.last_summary);
         if last.elapsed() >= UNWRAP_SUMMARY_INTERVAL {
             *last = Instant::now();
@@ -130,8 +146,16 @@ impl AuditLog {
     /// Writes the unwraps counted since the last summary, if any (also at unmount).
     pub fn flush_unwrap_summary(&self) {
         let count = self.unwraps.swap(0, Ordering::Relaxed);
-        if count > 0 {
-            self.record("file-key-unwraps", json!({ "count": count }));
+        let tenants = std::mem::take(&mut *crate::sync::lock(&self.tenant_unwraps));
+        if count > 0 || !tenants.is_empty() {
+            let by_policy: serde_json::Map<String, serde_json::Value> = tenants
+                .iter()
+                .map(|(policy, n)| (policy.to_string(), json!(n)))
+                .collect();
+            self.record(
+                "file-key-unwraps",
+                json!({ "count": count + tenants.values().sum::<u64>(), "by_policy": by_policy }),
+            );
         }
     }
 

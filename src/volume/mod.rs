@@ -361,6 +361,9 @@ impl Volume {
             let opened = self.file_keys.open_header(&header);
             match (&opened, &self.audit) {
                 (Err(e), _) => self.audit_key_failure(e),
+                (Ok(m), Some(audit)) if m.policy != crate::format::policy::VOLUME_POLICY => {
+                    audit.count_tenant_unwrap(m.policy)
+                }
                 (Ok(_), Some(audit)) if self.config.key_mode == KeyMode::PerFile => {
                     audit.count_file_key_unwrap()
                 }

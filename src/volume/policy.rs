@@ -334,3 +334,108 @@ fn display(path: &str) -> String {
         path.into()
     }
 }
+
+/// Clears away what a policy whose key is gone left in backing directory `backing_dir`
+/// (relative to the cipher dir): every entry beneath it, with the headers, hole maps and long
+/// symlink targets of its files and links, and its marker; the directory stays, empty, under
+/// its parent's keys, and the policy is retired if it was not yet. On request only (`fsck
+/// --repair --clear-policy ID`): nothing here can be read, so nothing is checked first but
+/// that no other live policy's directory lies beneath. Returns the entries removed.
+pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Result<u64> {
+    let rel = if backing_dir.is_empty() {
+        return Err(VolumeError::Usage(
+            "the volume root carries no policy".into(),
+        ));
+    } else {
+        backing_dir
+    };
+    let top = open_dir_at(volume.root.as_fd(), rel)?;
+    if read_marker(top.as_fd())? != Some(policy) {
+        return Err(VolumeError::Usage(format!(
+            "{backing_dir} does not carry the marker of policy {policy}"
+        )));
+    }
+    // First look, then remove: a live tenant's directory nested beneath stops it all.
+    let mut dirs = vec![top.try_clone()?];
+    let mut i = 0;
+    while i < dirs.len() {
+        let fd = dirs[i].try_clone()?;
+        for entry in read_names(fd.as_fd())? {
+            let Ok(child) = open_dir_at(fd.as_fd(), &entry) else {
+                continue;
+            };
+            if let Some(other) = read_marker(child.as_fd())?
+                && other != policy
+                && volume.tenants.policy(other).is_ok()
+            {
+                return Err(VolumeError::Usage(format!(
+                    "{backing_dir} holds a directory of live policy {other}; move or clear that first"
+                )));
+            }
+            dirs.push(child);
+        }
+        i += 1;
+    }
+    let removed = remove_tree_contents(volume, top.as_fd())?;
+    retire_policy(volume, policy)?;
+    Ok(removed)
+}
+
+/// Removes everything inside backing directory `dir` (and what its files and links keep
+/// elsewhere: headers, hole maps, long-target sidecars).
+fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>) -> Result<u64> {
+    use nix::sys::stat::{SFlag, fstatat};
+    let mut removed = 0;
+    for entry in read_names(dir)? {
+        let st = fstatat(
+            dir,
+            entry.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFDIR => {
+                let child = open_dir_at(dir, &entry)?;
+                removed += remove_tree_contents(volume, child.as_fd())?;
+                unlinkat(dir, entry.as_str(), UnlinkatFlags::RemoveDir)?;
+            }
+            kind => {
+                if kind == SFlag::S_IFREG && st.st_nlink == 1 {
+                    let file = File::from(openat(
+                        dir,
+                        entry.as_str(),
+                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )?);
+                    if let Ok(id) = crate::io::read_file_id(&file) {
+                        let _ = volume.headers.remove(&id);
+                    }
+                }
+                if kind == SFlag::S_IFLNK
+                    && st.st_nlink == 1
+                    && let Ok(target) = nix::fcntl::readlinkat(dir, entry.as_str())
+                    && let Some(long) = crate::format::link::LongTarget::decode(
+                        std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()),
+                    )
+                {
+                    super::long_links::remove(volume.root.as_fd(), &long);
+                }
+                unlinkat(dir, entry.as_str(), UnlinkatFlags::NoRemoveDir)?;
+            }
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Drops policy `id`'s sealed secret from the config and retires its id (if still live).
+fn retire_policy(volume: &Volume, id: u32) -> Result<()> {
+    let _lock = lock_config(&volume.path)?;
+    let mut config = Volume::read_config(&volume.path)?;
+    volume.keys.apply_config(&config)?;
+    if config.retired_policies.contains(&id) {
+        return Ok(());
+    }
+    config.policies.retain(|p| p.id != id);
+    config.retired_policies.push(id);
+    finish_config(volume, &mut config)
+}

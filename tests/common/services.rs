@@ -57,24 +57,80 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Creates a symmetric key; returns its ARN.
-    pub fn create_key(&self) -> String {
+    /// Runs `call` with a KMS client of this server.
+    fn with_client<T, F: std::future::Future<Output = T>>(
+        &self,
+        call: impl FnOnce(aws_sdk_kms::Client) -> F,
+    ) -> T {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let config = aws_sdk_kms::Config::builder()
-                .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-                .endpoint_url(self.endpoint())
-                .region(aws_sdk_kms::config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_kms::config::Credentials::new(
-                    "testing", "testing", None, None, "test",
-                ))
-                .build();
-            let client = aws_sdk_kms::Client::from_conf(config);
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        runtime.block_on(call(aws_sdk_kms::Client::from_conf(config)))
+    }
+
+    /// Creates a symmetric key; returns its ARN.
+    pub fn create_key(&self) -> String {
+        self.with_client(|client| async move {
             let key = client.create_key().send().await.expect("CreateKey");
             key.key_metadata().unwrap().arn().unwrap().to_string()
+        })
+    }
+
+    /// Moves key `arn` to `state` in moto ("Disabled", "Enabled", "PendingDeletion"), and
+    /// returns the state moto reports then. moto records the state but does not enforce it
+    /// on Decrypt: the fault proxy answers for the key as KMS would (`FaultProxy::key_state`).
+    pub fn set_key_state(&self, arn: &str, state: &str) -> String {
+        // moto keys its keys by id, not ARN.
+        let arn = arn.rsplit('/').next().unwrap().to_string();
+        let state = state.to_string();
+        self.with_client(|client| async move {
+            match state.as_str() {
+                "Disabled" => {
+                    client
+                        .disable_key()
+                        .key_id(&arn)
+                        .send()
+                        .await
+                        .expect("DisableKey");
+                }
+                "Enabled" => {
+                    client
+                        .enable_key()
+                        .key_id(&arn)
+                        .send()
+                        .await
+                        .expect("EnableKey");
+                }
+                "PendingDeletion" => {
+                    client
+                        .schedule_key_deletion()
+                        .key_id(&arn)
+                        .pending_window_in_days(7)
+                        .send()
+                        .await
+                        .expect("ScheduleKeyDeletion");
+                }
+                other => panic!("unknown key state {other}"),
+            }
+            let described = client
+                .describe_key()
+                .key_id(&arn)
+                .send()
+                .await
+                .expect("DescribeKey");
+            format!(
+                "{:?}",
+                described.key_metadata().unwrap().key_state().unwrap()
+            )
         })
     }
 }
@@ -88,7 +144,7 @@ impl Drop for Moto {
 
 /// A moto KMS server with one key, reached through a fault proxy.
 pub struct Kms {
-    _moto: Moto,
+    pub moto: Moto,
     pub proxy: FaultProxy,
     /// The key's ARN.
     pub key: String,
@@ -99,11 +155,7 @@ pub fn kms() -> Kms {
     let moto = Moto::start();
     let key = moto.create_key();
     let proxy = FaultProxy::start(moto.port);
-    Kms {
-        _moto: moto,
-        proxy,
-        key,
-    }
+    Kms { moto, proxy, key }
 }
 
 /// What the proxy does with the next requests.
@@ -125,6 +177,10 @@ pub struct FaultProxy {
     fault: Arc<Mutex<Fault>>,
     counts: Arc<Mutex<Vec<String>>>,
     connections: Arc<AtomicUsize>,
+    /// Requests passed on, as (X-Amz-Target, JSON body).
+    bodies: Arc<Mutex<Vec<(String, String)>>>,
+    /// Keys answered with an error whatever the request (a key state moto does not enforce).
+    key_faults: Arc<Mutex<Vec<KeyFault>>>,
 }
 
 impl FaultProxy {
@@ -134,12 +190,19 @@ impl FaultProxy {
         let fault = Arc::new(Mutex::new(Fault::Pass));
         let counts = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let key_faults = Arc::new(Mutex::new(Vec::new()));
         let (f, c, n) = (fault.clone(), counts.clone(), connections.clone());
+        let (b, k) = (bodies.clone(), key_faults.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 n.fetch_add(1, Ordering::Relaxed);
                 let (f, c) = (f.clone(), c.clone());
-                std::thread::spawn(move || serve(client, upstream, &f, &c));
+                let log = Log {
+                    bodies: b.clone(),
+                    key_faults: k.clone(),
+                };
+                std::thread::spawn(move || serve(client, upstream, &f, &c, &log));
             }
         });
         FaultProxy {
@@ -147,7 +210,34 @@ impl FaultProxy {
             fault,
             counts,
             connections,
+            bodies,
+            key_faults,
         }
+    }
+
+    /// Answers every request naming key `arn` as KMS does for a key in `state`: "Disabled"
+    /// (DisabledException), "PendingDeletion" (KMSInvalidStateException) or "Enabled".
+    pub fn key_state(&self, arn: &str, state: &str) {
+        let mut faults = self.key_faults.lock().unwrap();
+        faults.retain(|(key, _, _)| key != arn);
+        match state {
+            "Enabled" => {}
+            "Disabled" => faults.push((arn.to_string(), 400, "DisabledException")),
+            "PendingDeletion" => faults.push((arn.to_string(), 400, "KMSInvalidStateException")),
+            other => panic!("unknown key state {other}"),
+        }
+    }
+
+    /// The JSON bodies of the requests with this target passed to moto so far.
+    pub fn bodies(&self, op: &str) -> Vec<serde_json::Value> {
+        let target = format!("TrentService.{op}");
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t == target)
+            .filter_map(|(_, body)| serde_json::from_str(body).ok())
+            .collect()
     }
 
     pub fn endpoint(&self) -> String {
@@ -198,7 +288,22 @@ fn read_message(stream: &mut TcpStream) -> Option<(Vec<u8>, String)> {
 
 /// One request at a time, each checked against the current fault, so a fault takes effect
 /// on connections the client already holds.
-fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mutex<Vec<String>>) {
+/// A key answered with an error whatever the request: (key ARN, HTTP status, KMS code).
+type KeyFault = (String, u16, &'static str);
+
+/// What the proxy keeps per request besides counts.
+struct Log {
+    bodies: Arc<Mutex<Vec<(String, String)>>>,
+    key_faults: Arc<Mutex<Vec<KeyFault>>>,
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: u16,
+    fault: &Mutex<Fault>,
+    counts: &Mutex<Vec<String>>,
+    log: &Log,
+) {
     let mut server: Option<TcpStream> = None;
     loop {
         if *fault.lock().unwrap() == Fault::Down {
@@ -208,7 +313,19 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
         let Some((request, target)) = read_message(&mut client) else {
             return;
         };
-        let current = {
+        let text = String::from_utf8_lossy(&request).to_string();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        let key_fault = log
+            .key_faults
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(arn, _, _)| body.contains(arn.as_str()))
+            .map(|(_, status, code)| Fault::Error(*status, code));
+        let current = key_fault.unwrap_or_else(|| {
             let mut fault = fault.lock().unwrap();
             let current = fault.clone();
             if let Fault::ErrorTimes(n, status, code) = current {
@@ -221,7 +338,7 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
             } else {
                 current
             }
-        };
+        });
         match current {
             Fault::Down => {
                 let _ = client.shutdown(Shutdown::Both);
@@ -239,6 +356,7 @@ fn serve(mut client: TcpStream, upstream: u16, fault: &Mutex<Fault>, counts: &Mu
                 }
             }
             Fault::Pass | Fault::ErrorTimes(..) => {
+                log.bodies.lock().unwrap().push((target.clone(), body));
                 counts.lock().unwrap().push(target);
                 if server.is_none() {
                     server = TcpStream::connect(("127.0.0.1", upstream)).ok();

@@ -84,6 +84,9 @@ pub struct Problem {
     /// KeyUnavailable of a directory: the policy whose key is missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<u32>,
+    /// KeyUnavailable of a directory: its backing path.
+    #[serde(skip)]
+    backing_dir: Option<String>,
 }
 
 impl Problem {
@@ -98,6 +101,7 @@ impl Problem {
             header: None,
             holes: Vec::new(),
             policy: None,
+            backing_dir: None,
         }
     }
 
@@ -140,9 +144,12 @@ impl FsckReport {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FsckOptions {
     pub repair: bool,
+    /// With `repair`: policies whose directories are cleared away (their key is gone for
+    /// good: deleted in KMS, or the policy shredded).
+    pub clear_policies: Vec<u32>,
 }
 
 pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> Result<FsckReport> {
@@ -301,7 +308,7 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
         ));
     }
     if options.repair {
-        repair::repair(volume, &mut problems);
+        repair::repair(volume, &mut problems, &options.clear_policies);
     }
     Ok(FsckReport {
         files: files.len() as u64,

@@ -17,10 +17,18 @@ use crate::format::{id_to_hex, name};
 use crate::keys::KeyError;
 use crate::volume::{Result, Volume, VolumeError, names};
 
-pub fn repair(volume: &Volume, problems: &mut [Problem]) {
+pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32]) {
     let mut moved: HashSet<String> = HashSet::new();
     for problem in problems.iter_mut() {
         let outcome = match problem.kind {
+            ProblemKind::KeyUnavailable => match (&problem.backing_dir, problem.policy) {
+                (Some(dir), Some(policy)) if clear_policies.contains(&policy) => {
+                    crate::volume::policy::clear_policy_tree(volume, dir, policy).map(|n| {
+                        format!("cleared: {n} entries of policy {policy} removed, which no key could open")
+                    })
+                }
+                _ => continue,
+            },
             ProblemKind::Leftover => {
                 remove_leftover(volume.root.as_fd(), &problem.path).map(|()| "removed".to_string())
             }
@@ -63,7 +71,7 @@ pub fn repair(volume: &Volume, problems: &mut [Problem]) {
                 }),
                 None => continue,
             },
-            ProblemKind::KeyUnavailable | ProblemKind::Stray => continue,
+            ProblemKind::Stray => continue,
         };
         match outcome {
             Ok(done) => {

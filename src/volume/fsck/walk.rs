@@ -148,6 +148,7 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                         ),
                     );
                     problem.policy = Some(policy);
+                    problem.backing_dir = Some(dir.clone());
                     out.problems.push(problem);
                     None
                 }
