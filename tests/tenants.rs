@@ -195,7 +195,7 @@ fn a_deleted_tenant_key_shreds_that_tenant_and_fsck_clears_it_on_request() {
     for dir in ["clients/a", "clients/b", "plain"] {
         fs::create_dir(m.p(&format!("{dir}/sub"))).unwrap();
         fs::write(m.p(&format!("{dir}/sub/f")), dir).unwrap();
-        symlink(&"t".repeat(3000), m.p(&format!("{dir}/long"))).unwrap();
+        symlink("t".repeat(3000), m.p(&format!("{dir}/long"))).unwrap();
     }
     m.unmount();
 
