@@ -27,7 +27,10 @@ fn mounted_copy(tenant_keys: bool) -> (tempfile::TempDir, TestVolume, common::Mo
     let (acme, beta) = if tenant_keys {
         (dir.path().join("acme.key"), dir.path().join("beta.key"))
     } else {
-        (dir.path().join("no-acme.key"), dir.path().join("no-beta.key"))
+        (
+            dir.path().join("no-acme.key"),
+            dir.path().join("no-beta.key"),
+        )
     };
     let acme = format!("1={}", acme.display());
     let beta = format!("2={}", beta.display());
@@ -103,10 +106,17 @@ fn fixture_v4_tenants_format_and_census() {
         info.files.by_policy.into_iter().collect::<Vec<_>>(),
         vec![(1, 2), (2, 2)]
     );
-    assert_eq!(info.files.by_kek.into_iter().collect::<Vec<_>>(), vec![(1, 1)]);
+    assert_eq!(
+        info.files.by_kek.into_iter().collect::<Vec<_>>(),
+        vec![(1, 1)]
+    );
     let config = sealfs::volume::Volume::read_config(&root.join("cipher")).unwrap();
     assert_eq!(
-        config.policies.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(),
+        config
+            .policies
+            .iter()
+            .map(|p| p.label.as_str())
+            .collect::<Vec<_>>(),
         ["acme", "beta"]
     );
     assert_eq!(config.retired_policies, [3]);

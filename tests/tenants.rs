@@ -422,3 +422,76 @@ fn a_tenant_on_a_pkcs11_token() {
     fs::write(m.p("outside"), b"fine").unwrap();
     m.unmount();
 }
+
+#[test]
+fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed_move() {
+    let vol = TestVolume::new();
+    let key = vol.dir.path().join("t.key");
+    let m = vol.mount();
+    fs::create_dir_all(m.p("d/sub")).unwrap();
+    for i in 0..20 {
+        fs::write(m.p(&format!("d/f{i}")), format!("file {i}")).unwrap();
+    }
+    fs::write(m.p("d/sub/deep"), b"deep").unwrap();
+    symlink("x".repeat(3500), m.p("d/sub/long")).unwrap();
+    symlink("f1", m.p("d/short")).unwrap();
+    fs::hard_link(m.p("d/f2"), m.p("d/sub/f2")).unwrap();
+    fs::write(m.p("outside"), b"volume's").unwrap();
+    let set = [
+        "policy",
+        "set",
+        vol.cipher_str(),
+        "/d",
+        "--keyfile",
+        key.to_str().unwrap(),
+    ];
+
+    // Mounted: refused, nothing changed.
+    let out = vol.run(&set);
+    assert!(
+        stderr(&out).contains("unmount the volume first"),
+        "{}",
+        stderr(&out)
+    );
+    m.unmount();
+
+    // Killed after its first rename: the volume refuses to mount until rewrap finishes.
+    let mut env = vol.env.clone();
+    env.push(("SEALFS_CRASH_AT".into(), "policy-move-renamed".into()));
+    let out = common::sealfs_env(&vol.keys, &env, &set);
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    let mnt = vol.mnt.to_str().unwrap();
+    let out = vol.run(&["mount", vol.cipher_str(), mnt]);
+    assert!(
+        stderr(&out).contains("run `sealfs rewrap"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ok(vol.run(&["rewrap", vol.cipher_str()]));
+    assert!(out.contains("moved under key policies"), "{out}");
+    assert!(out.contains("21 files' keys"), "{out}");
+
+    let m = vol.mount();
+    for i in 0..20 {
+        assert_eq!(
+            fs::read(m.p(&format!("d/f{i}"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert_eq!(fs::read(m.p("d/sub/deep")).unwrap(), b"deep");
+    assert_eq!(fs::read(m.p("d/sub/f2")).unwrap(), b"file 2");
+    assert_eq!(
+        fs::read_link(m.p("d/sub/long")).unwrap(),
+        Path::new(&"x".repeat(3500))
+    );
+    assert_eq!(fs::read_link(m.p("d/short")).unwrap(), Path::new("f1"));
+    assert_eq!(fs::read(m.p("outside")).unwrap(), b"volume's");
+    m.unmount();
+    vol.assert_fsck_clean();
+    let info = ok(vol.run(&["info", vol.cipher_str()]));
+    assert!(info.contains("21  under key policy 1"), "{info}");
+    assert!(info.contains("1  under KEK version 1"), "{info}");
+    // The move is over: a second rewrap has nothing to move.
+    let out = ok(vol.run(&["rewrap", vol.cipher_str()]));
+    assert!(!out.contains("moved under"), "{out}");
+}

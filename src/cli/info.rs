@@ -65,6 +65,18 @@ fn print_text(info: &VolumeInfo) {
         println!("  {:>4}  {:<10}  {}", slot.id, slot.provider, slot.detail);
     }
     let files = &info.files;
+    if !info.policies.is_empty() || !info.retired_policies.is_empty() {
+        println!("key policies  {}", info.policies.len());
+        for p in &info.policies {
+            println!(
+                "  {:>4}  {:<16} {:<10}  {}",
+                p.id, p.label, p.provider, p.detail
+            );
+        }
+        if !info.retired_policies.is_empty() {
+            println!("  removed     {}", list(&info.retired_policies));
+        }
+    }
     if info.reverse {
         return;
     }
@@ -74,6 +86,16 @@ fn print_text(info: &VolumeInfo) {
     }
     for (slot, count) in &files.by_master_slot {
         println!("  {count:>10}  under the master key of keyslot {slot}");
+    }
+    for (policy, count) in &files.by_policy {
+        let label = info
+            .policies
+            .iter()
+            .find(|p| p.id == *policy)
+            .map_or("removed: no key opens them".to_string(), |p| {
+                p.label.clone()
+            });
+        println!("  {count:>10}  under key policy {policy} ({label})");
     }
     if files.unreadable > 0 {
         println!(

@@ -426,6 +426,12 @@ pub fn run(args: MountArgs) -> Result<()> {
             serve_reverse(keys, &cipher_dir, excludes, &mountpoint, parsed, ready)
         } else {
             let volume = Volume::open(&cipher_dir, providers, limits)?;
+            if let Some((policy, _)) = sealfs::volume::migrate::pending(&volume.config).first() {
+                bail!(
+                    "files are moving under key policy {policy} (a `sealfs policy set` on a directory that held them was interrupted): run `sealfs rewrap {}` first",
+                    cipher_dir.display()
+                );
+            }
             volume.tenants.set_access(tenant_access);
             for fallback in volume.backing.fallbacks() {
                 tracing::warn!(fs_type = %volume.backing.fs_type, "backing store: {fallback}");

@@ -150,13 +150,14 @@ fn set(args: SetArgs) -> Result<()> {
         provider.as_ref(),
         key_file.map(|p| p.display().to_string()),
     );
-    let id = match set {
-        Ok(id) => id,
+    let set = match set {
+        Ok(set) => set,
         Err(e) => {
             new.discard_created();
             return Err(e.into());
         }
     };
+    let id = set.id;
     let log = audit::open(&args.volume.cipher_dir, &volume.keys, "policy set");
     log.record(
         "policy-set",
@@ -169,6 +170,22 @@ fn set(args: SetArgs) -> Result<()> {
     );
     if let Some(path) = &new.created_keyfile {
         println!("{}", describe_created(path));
+    }
+    if set.move_pending {
+        println!(
+            "{} held files: moving their names and keys under policy {id} (`sealfs rewrap` resumes this if interrupted; the volume does not mount until it is done)",
+            args.path.display()
+        );
+        let progress = super::progress::Reporter::new("move");
+        let report = sealfs::volume::rewrap::rewrap(&volume, Default::default(), &progress)?;
+        progress.finish();
+        super::rewrap::print_moved(&report);
+        if !report.failed.is_empty() || report.moved.as_ref().is_some_and(|m| !m.failed.is_empty())
+        {
+            bail!(
+                "some entries could not be moved (see above); run `sealfs fsck`, then `sealfs rewrap` again"
+            );
+        }
     }
     Ok(())
 }

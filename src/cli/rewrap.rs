@@ -79,6 +79,19 @@ pub fn run(args: RewrapArgs) -> Result<()> {
         for failure in &report.failed {
             println!("  file {}: {}", failure.file_id, failure.reason);
         }
+        print_moved(&report);
+    }
+    if let Some(moved) = &report.moved {
+        log.record(
+            "policy-move",
+            json!({ "renamed": moved.renamed, "files": moved.files.len(), "failed": moved.failed.len() }),
+        );
+        if !moved.failed.is_empty() {
+            bail!(
+                "{} entries could not be moved under their policy; run `sealfs fsck`",
+                moved.failed.len()
+            );
+        }
     }
     if !report.failed.is_empty() {
         bail!(
@@ -94,4 +107,20 @@ pub fn run(args: RewrapArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a move under a key policy did (part of a rewrap).
+pub fn print_moved(report: &rewrap::RewrapReport) {
+    if let Some(moved) = &report.moved {
+        println!(
+            "moved under key policies: {} names, {} symlink targets, {} xattrs re-encrypted; {} files' keys",
+            moved.renamed,
+            moved.symlinks,
+            moved.xattrs,
+            moved.files.len()
+        );
+        for failure in &moved.failed {
+            println!("  {failure}");
+        }
+    }
 }

@@ -193,6 +193,11 @@ pub struct TenantPolicy {
     /// overrides it). Not secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// Set while entries that were under this policy's keys' predecessor (the policy named
+    /// here, 0 for the volume's own) are being moved under it (`sealfs rewrap` finishes it);
+    /// no mount starts meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrating_from: Option<u32>,
     /// The tenant secret sealed exactly as a volume keyslot seals the keyring; its id is
     /// `tenant_slot_id(id)`.
     pub slot: ConfigKeyslot,

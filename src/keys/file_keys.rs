@@ -174,6 +174,27 @@ impl FileKeys {
         )))
     }
 
+    /// The header with its data key wrapped under key policy `policy`'s tenant KEK instead
+    /// (a file whose directory was put under the policy), or None when it already is. The
+    /// data key, and so the file data, stay the same.
+    pub fn rewrap_to_policy(
+        &self,
+        header: &FileHeader,
+        policy: u32,
+    ) -> Result<Option<FileHeader>, KeyError> {
+        if header.policy() == policy {
+            return Ok(None);
+        }
+        let data_key = self.data_key(header)?;
+        let tenant = self.tenants.keys(policy)?;
+        let slot = tenant.wrap(self.volume.volume_id(), &header.file_id, &data_key)?;
+        Ok(Some(self.volume.header_for(
+            &header.file_id,
+            &data_key,
+            vec![slot],
+        )))
+    }
+
     /// The data key a header holds, checked against its commitment.
     fn data_key(&self, header: &FileHeader) -> Result<SecretKey, KeyError> {
         let mut last_error = KeyError::Header {

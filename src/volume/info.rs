@@ -26,6 +26,10 @@ pub struct VolumeInfo {
     pub rotated_keks: Vec<u32>,
     pub retired_keks: Vec<u32>,
     pub keyslots: Vec<SlotInfo>,
+    /// Key policies (tenants), each with the key that seals its secret.
+    pub policies: Vec<PolicyInfo>,
+    /// Ids of removed (or shredded) policies.
+    pub retired_policies: Vec<u32>,
     /// A reverse volume (plaintext dir, encrypted view): its headers exist only in the view.
     pub reverse: bool,
     /// The backing filesystem and the fallbacks sealfs uses on it (not probed for a reverse
@@ -33,6 +37,14 @@ pub struct VolumeInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backing: Option<super::backing::Backing>,
     pub files: HeaderCensus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyInfo {
+    pub id: u32,
+    pub label: String,
+    pub provider: &'static str,
+    pub detail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +84,17 @@ pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
                 detail: s.provider.detail(),
             })
             .collect(),
+        policies: config
+            .policies
+            .iter()
+            .map(|p| PolicyInfo {
+                id: p.id,
+                label: p.label.clone(),
+                provider: p.slot.provider.kind(),
+                detail: p.slot.provider.detail(),
+            })
+            .collect(),
+        retired_policies: config.retired_policies.clone(),
         reverse,
         backing,
         files,

@@ -14,6 +14,7 @@ pub mod info;
 pub mod keyslots;
 pub mod long_links;
 pub mod maintenance;
+pub mod migrate;
 pub mod names;
 pub mod policy;
 pub mod progress;

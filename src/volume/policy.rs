@@ -149,16 +149,25 @@ fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
         .all(|n| classify_entry(n) == EntryKind::Internal))
 }
 
-/// Puts directory `path` (made if missing, else it must be empty) under a new policy whose
-/// tenant secret `provider` seals; returns the policy id. As fscrypt, a policy starts on an
-/// empty directory: whatever is put in it from then on is the tenant's.
+/// What `set_policy` did.
+pub struct Set {
+    pub id: u32,
+    /// The directory held entries: their names, targets and xattrs, and their files' keys, are
+    /// to move under the policy (`rewrap`, which the caller runs next); no mount starts until
+    /// they have.
+    pub move_pending: bool,
+}
+
+/// Puts directory `path` (made if missing) under a new policy whose tenant secret `provider`
+/// seals. Whatever is put in it from then on is the tenant's; what it already holds is marked
+/// to move (see `Set::move_pending`), which needs the volume unmounted.
 pub fn set_policy(
     volume: &Volume,
     path: &Path,
     label: &str,
     provider: &dyn MasterKeyProvider,
     key_file: Option<String>,
-) -> Result<u32> {
+) -> Result<Set> {
     let _lock = lock_config(&volume.path)?;
     let mut config = Volume::read_config(&volume.path)?;
     volume.keys.apply_config(&config)?;
@@ -181,12 +190,19 @@ pub fn set_policy(
             dir.policy
         )));
     }
-    if !is_empty(dir.fd.as_fd())? {
-        return Err(VolumeError::Usage(format!(
-            "{} is not empty: a policy starts on an empty directory (make a new one, set the policy, then move the files in with cp or rsync)",
-            path.display()
-        )));
-    }
+    let move_pending = !is_empty(dir.fd.as_fd())?;
+    // Names beneath change keys: no mount may be reading them meanwhile.
+    let _alone = if move_pending {
+        Some(super::migrate::claim_alone(volume, "policy set").map_err(|e| match e {
+            VolumeError::InUse(holder) => VolumeError::Usage(format!(
+                "{} holds files, which move under the new policy: unmount the volume first ({holder})",
+                path.display()
+            )),
+            e => e,
+        })?)
+    } else {
+        None
+    };
     let id = config.next_policy_id();
     let volume_id = config.volume_id()?;
     let (slot, _) = seal_new_policy(provider, &volume_id, id)?;
@@ -195,6 +211,7 @@ pub fn set_policy(
         id,
         label: label.to_string(),
         key_file,
+        migrating_from: move_pending.then_some(dir.policy),
         slot,
     });
     let written = finish_config(volume, &mut config);
@@ -202,7 +219,7 @@ pub fn set_policy(
         let _ = unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir);
     }
     written?;
-    Ok(id)
+    Ok(Set { id, move_pending })
 }
 
 fn finish_config(volume: &Volume, config: &mut crate::format::config::VolumeConfig) -> Result<()> {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::progress::Progress;
 use super::{Result, Volume};
+
 use crate::format::{Id, id_to_hex};
 
 #[derive(Debug, Default, Serialize)]
@@ -28,6 +29,10 @@ pub struct RewrapReport {
     /// Headers that could not be read or opened: fsck's business; they are left alone.
     pub failed: Vec<RewrapFailure>,
     pub kek: u32,
+    /// Entries moved under a key policy set on a directory that held them (names, targets,
+    /// xattrs; their headers count as rewrapped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<super::migrate::Moved>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +73,15 @@ pub fn rewrap(
     // One rewrap at a time, on every host: two would remove each other's staged headers.
     let _alone = super::maintenance::lock_rewrap(&volume.path)?;
     volume.follow_config();
+    // A policy set on a directory that held entries: their names move first (no mount may
+    // run meanwhile), then their headers with everyone else's.
+    let pending = super::migrate::pending(&Volume::read_config(&volume.path)?);
+    let _no_mounts = if pending.is_empty() {
+        None
+    } else {
+        Some(super::migrate::claim_alone(volume, "rewrap")?)
+    };
+    let moved = super::migrate::move_names(volume)?;
     let listing = volume.headers.list()?;
     // A rewrap killed between its exchange and its unlink leaves the old header as `<id>.tmp`
     // beside the new one. Mounts write new headers in place (and older versions wrote
@@ -101,7 +115,12 @@ pub fn rewrap(
         // then swap each into place.
         let staged: Vec<(&Id, Staged)> = batch
             .par_iter()
-            .map(|id| (id, stage_one(volume, id, options)))
+            .map(|id| {
+                (
+                    id,
+                    stage_one(volume, id, options, moved.files.get(id).copied()),
+                )
+            })
             .collect();
         if staged.iter().any(|(_, s)| matches!(s, Staged::Ready)) {
             volume.headers.sync_staged()?;
@@ -131,17 +150,23 @@ pub fn rewrap(
         progress.advance(batch.len() as u64);
     }
     volume.headers.sync_dirs()?;
+    let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !pending.is_empty() && failed.is_empty() && moved.failed.is_empty() {
+        super::migrate::finish(volume)?;
+    }
     Ok(RewrapReport {
         headers: ids.len() as u64,
         rewrapped,
         current,
         gone,
-        failed: failed.into_inner().unwrap_or_else(|e| e.into_inner()),
+        failed,
         kek: volume.keys.current_kek(),
+        moved: (!pending.is_empty()).then_some(moved),
     })
 }
 
-fn stage_one(volume: &Volume, id: &Id, options: RewrapOptions) -> Staged {
+/// `into_policy`: the key policy this file moves under (its directory was put under it).
+fn stage_one(volume: &Volume, id: &Id, options: RewrapOptions, into_policy: Option<u32>) -> Staged {
     let mut loaded = volume.headers.load(id);
     if loaded.is_err() && volume.headers.is_empty(id) {
         // A mount creating this file has made the header's name but not yet written it (it
@@ -154,7 +179,9 @@ fn stage_one(volume: &Volume, id: &Id, options: RewrapOptions) -> Staged {
         Err(e) if volume.headers.exists(id) => return Staged::Failed(e.to_string()),
         Err(_) => return Staged::Gone,
     };
-    let rewrapped = if options.reencrypt {
+    let rewrapped = if let Some(policy) = into_policy {
+        volume.file_keys.rewrap_to_policy(&header, policy)
+    } else if options.reencrypt {
         volume.file_keys.reencrypt_header(&header)
     } else {
         volume.file_keys.rewrap_header(&header)

@@ -11,6 +11,7 @@ use fuser::FileType;
 use super::SealFs;
 use crate::fs::inodes::Node;
 use crate::metrics::IntegrityKind;
+use crate::volume::names::read_xattr;
 use crate::volume::{Result, VolumeError, names, proc_fd_path};
 
 impl SealFs {
@@ -130,25 +131,4 @@ fn is_stats_attribute(ino: u64, name: &OsStr) -> bool {
 
 fn reserved() -> VolumeError {
     VolumeError::Io(std::io::Error::from_raw_os_error(libc::EPERM))
-}
-
-/// Calls a size-probing xattr syscall twice: once for the size, once to read.
-fn read_xattr(call: impl Fn(&mut [u8]) -> isize) -> Result<Vec<u8>> {
-    loop {
-        let size = call(&mut []);
-        if size < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let mut buf = vec![0u8; size as usize];
-        let got = call(&mut buf);
-        if got < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(err.into());
-        }
-        buf.truncate(got as usize);
-        return Ok(buf);
-    }
 }

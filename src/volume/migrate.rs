@@ -1,0 +1,282 @@
+//! Moving a directory tree that already holds entries into a key policy (`sealfs policy set`
+//! on a non-empty directory; `sealfs rewrap` finishes a move a crash interrupted). Names,
+//! symlink targets and user xattrs beneath are re-encrypted under the tenant's name keys here;
+//! the file keys move with the header pass of `rewrap` (batched, parallel, crash-safe), which
+//! is given the files found here.
+//!
+//! Every step can be run again: a name that already decrypts under the tenant's keys is left
+//! as it is, one that decrypts under the old keys is moved, so a move killed at any point is
+//! finished by running it again. While a move is pending the volume does not mount (its
+//! directories hold names under two keys), and only one runs at a time (the volume claimed
+//! exclusively).
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat2};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+use serde::Serialize;
+
+use super::error::{Result, VolumeError};
+use super::headers::read_names;
+use super::policy::{find_policy_dirs, read_marker};
+use super::{Volume, lock_config, names, proc_fd_path, write_config};
+use crate::format::Id;
+use crate::format::name::{EntryKind, classify_entry};
+use crate::keys::NameKeys;
+
+/// What moving names found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct Moved {
+    /// Entries whose name, symlink target or xattrs were re-encrypted.
+    pub renamed: u64,
+    pub symlinks: u64,
+    pub xattrs: u64,
+    /// Entries that decrypt under neither key: left alone, for fsck.
+    pub failed: Vec<String>,
+    /// Every regular file beneath, with the policy its header must move to.
+    #[serde(skip)]
+    pub files: HashMap<Id, u32>,
+}
+
+/// The policies a move into is pending for: (policy, the policy its entries come from).
+pub fn pending(config: &crate::format::config::VolumeConfig) -> Vec<(u32, u32)> {
+    config
+        .policies
+        .iter()
+        .filter_map(|p| p.migrating_from.map(|from| (p.id, from)))
+        .collect()
+}
+
+/// Re-encrypts the names beneath every directory whose policy has a move pending.
+pub fn move_names(volume: &Volume) -> Result<Moved> {
+    let mut moved = Moved::default();
+    let config = Volume::read_config(&volume.path)?;
+    let pending = pending(&config);
+    if pending.is_empty() {
+        return Ok(moved);
+    }
+    let dirs = find_policy_dirs(volume)?;
+    for (policy, from) in pending {
+        let to_keys = volume.name_keys(policy)?;
+        let from_keys = volume.name_keys(from)?;
+        let keys = Keys {
+            from: &from_keys,
+            to: &to_keys,
+            policy,
+        };
+        for dir in dirs.marked.iter().filter(|d| d.policy == policy) {
+            let fd = super::policy::find_dir(volume, std::path::Path::new(&dir.path), false)?.fd;
+            move_dir(volume, fd.as_fd(), &keys, &dir.path, &mut moved)?;
+        }
+    }
+    Ok(moved)
+}
+
+/// Ends the pending moves in the config, once names and headers have moved.
+pub fn finish(volume: &Volume) -> Result<()> {
+    let _lock = lock_config(&volume.path)?;
+    let mut config = Volume::read_config(&volume.path)?;
+    volume.keys.apply_config(&config)?;
+    for policy in &mut config.policies {
+        policy.migrating_from = None;
+    }
+    config.format_version = config.required_version();
+    config.validate()?;
+    volume.keys.seal_config(&mut config);
+    write_config(&volume.path, &config)?;
+    volume.tenants.apply_config(&config);
+    Ok(())
+}
+
+struct Keys<'a> {
+    from: &'a NameKeys,
+    to: &'a NameKeys,
+    policy: u32,
+}
+
+fn move_dir(
+    volume: &Volume,
+    dir: BorrowedFd<'_>,
+    keys: &Keys<'_>,
+    path: &str,
+    moved: &mut Moved,
+) -> Result<()> {
+    for entry in read_names(dir)? {
+        if classify_entry(&entry) == EntryKind::Internal {
+            continue;
+        }
+        let entry_os = OsStr::new(&entry);
+        let (plain, current) = match names::decrypt_entry(keys.to, dir, entry_os) {
+            Ok(Some(plain)) => (plain, entry.clone()),
+            _ => match names::decrypt_entry(keys.from, dir, entry_os) {
+                Ok(Some(plain)) => {
+                    let old = names::encrypt_name(keys.from, &plain)?;
+                    let new = names::encrypt_name(keys.to, &plain)?;
+                    names::write_long_sidecar(dir, &new)?;
+                    renameat2(
+                        dir,
+                        entry.as_str(),
+                        dir,
+                        new.entry(),
+                        RenameFlags::RENAME_NOREPLACE,
+                    )?;
+                    names::remove_long_sidecar(dir, &old);
+                    super::crash_point("policy-move-renamed");
+                    moved.renamed += 1;
+                    (plain, new.entry().to_string())
+                }
+                _ => {
+                    moved
+                        .failed
+                        .push(format!("{path}/?{entry}: name decrypts under neither key"));
+                    continue;
+                }
+            },
+        };
+        let child_path = format!("{path}/{}", plain.to_string_lossy());
+        let st = fstatat(dir, current.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFDIR => {
+                let child = openat(
+                    dir,
+                    current.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                moved.xattrs += move_xattrs(child.as_fd(), keys)?;
+                // A deeper policy's directory keeps its own keys beneath.
+                if read_marker(child.as_fd())?.is_none() {
+                    move_dir(volume, child.as_fd(), keys, &child_path, moved)?;
+                }
+            }
+            SFlag::S_IFREG => {
+                let file = File::from(openat(
+                    dir,
+                    current.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?);
+                moved.xattrs += move_xattrs(file.as_fd(), keys)?;
+                match crate::io::read_file_id(&file) {
+                    Ok(id) => {
+                        moved.files.insert(id, keys.policy);
+                    }
+                    Err(e) => moved.failed.push(format!("{child_path}: {e}")),
+                }
+            }
+            SFlag::S_IFLNK => {
+                moved.symlinks += u64::from(move_symlink(volume, dir, &current, keys, &st)?)
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Re-seals a symlink's target under the tenant's keys (a new link under a temporary name,
+/// with the old one's owner and times, renamed over it). False when it already is.
+fn move_symlink(
+    volume: &Volume,
+    dir: BorrowedFd<'_>,
+    entry: &str,
+    keys: &Keys<'_>,
+    st: &nix::sys::stat::FileStat,
+) -> Result<bool> {
+    let backing = readlinkat(dir, entry)?;
+    if volume.open_symlink(keys.to, &backing).is_ok() {
+        return Ok(false);
+    }
+    let target = volume.open_symlink(keys.from, &backing)?;
+    let sealed = volume.seal_symlink(keys.to, &target)?;
+    let temp = super::backing::random_name("sealfs.migrate.")?;
+    let made = (|| -> Result<()> {
+        nix::unistd::symlinkat(sealed.as_str(), dir, temp.as_str())?;
+        nix::unistd::fchownat(
+            dir,
+            temp.as_str(),
+            Some(st.st_uid.into()),
+            Some(st.st_gid.into()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        nix::sys::stat::utimensat(
+            dir,
+            temp.as_str(),
+            &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
+            &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )?;
+        renameat2(dir, temp.as_str(), dir, entry, RenameFlags::empty())?;
+        Ok(())
+    })();
+    if made.is_err() {
+        let _ = nix::unistd::unlinkat(dir, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        if let Some(long) = crate::format::link::LongTarget::decode(sealed.as_bytes()) {
+            super::long_links::remove(volume.root.as_fd(), &long);
+        }
+        return made.map(|()| false);
+    }
+    if let Some(long) = crate::format::link::LongTarget::decode(backing.as_bytes()) {
+        super::long_links::remove(volume.root.as_fd(), &long);
+    }
+    Ok(true)
+}
+
+/// Re-encrypts the user xattrs of the inode `fd` opens; returns how many moved.
+fn move_xattrs(fd: BorrowedFd<'_>, keys: &Keys<'_>) -> Result<u64> {
+    let path = CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL");
+    let listed = names::read_xattr(|buf| unsafe {
+        libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    let mut count = 0;
+    for backing in listed.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !backing.starts_with(names::USER_XATTR_PREFIX)
+            || names::decrypt_xattr_name(keys.to, backing).is_some()
+        {
+            continue;
+        }
+        let Some(plain) = names::decrypt_xattr_name(keys.from, backing) else {
+            continue;
+        };
+        let old = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
+        let sealed = names::read_xattr(|buf| unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                old.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })?;
+        let value = names::open_xattr_value(keys.from, backing, &sealed)?;
+        let new_name = names::encrypt_xattr_name(keys.to, OsStr::from_bytes(&plain))?;
+        let new_value = names::seal_xattr_value(keys.to, &new_name, &value)?;
+        let new = CString::new(new_name).map_err(|_| VolumeError::InvalidName)?;
+        let set = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                new.as_ptr(),
+                new_value.as_ptr().cast(),
+                new_value.len(),
+                0,
+            )
+        };
+        if set != 0 || unsafe { libc::removexattr(path.as_ptr(), old.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The claim that keeps mounts away while names move.
+pub fn claim_alone(volume: &Volume, what: &str) -> Result<super::claim::Claim> {
+    super::claim::claim(
+        volume.root.as_fd(),
+        super::claim::ClaimMode::Exclusive,
+        &volume.backing,
+        what,
+    )
+}
