@@ -360,6 +360,29 @@ fn rename_and_link_across_tenants_and_policy_changes_while_mounted() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     vol.assert_fsck_clean();
 
+    // Killed between its marker and its config: the directory refuses until set again.
+    let mut env = vol.env.clone();
+    env.push(("SEALFS_CRASH_AT".into(), "policy-marker-written".into()));
+    let set = [
+        "policy",
+        "set",
+        vol.cipher_str(),
+        "/k",
+        "--keyfile",
+        key.to_str().unwrap(),
+    ];
+    let out = common::sealfs_env(&vol.keys, &env, &set);
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    let m = vol.mount();
+    assert_eq!(errno(fs::write(m.p("k/x"), b"x")), libc::EIO);
+    m.unmount();
+    let out = ok(vol.run(&set));
+    assert!(out.contains("policy 2"), "{out}");
+    let m = vol.mount();
+    fs::write(m.p("k/x"), b"tenant's").unwrap();
+    m.unmount();
+    ok(vol.run(&["policy", "remove", vol.cipher_str(), "/k", "--shred"]));
+
     // A policy on an empty directory comes off cleanly; the root never takes one.
     ok(vol.run(&[
         "policy",
@@ -370,7 +393,7 @@ fn rename_and_link_across_tenants_and_policy_changes_while_mounted() {
         key.to_str().unwrap(),
     ]));
     let shown = ok(vol.run(&["policy", "show", vol.cipher_str(), "/e"]));
-    assert!(shown.contains("policy 2"), "{shown}");
+    assert!(shown.contains("policy 3"), "{shown}");
     ok(vol.run(&["policy", "remove", vol.cipher_str(), "/e"]));
     let shown = ok(vol.run(&["policy", "show", vol.cipher_str(), "/e"]));
     assert!(shown.contains("volume's own keys"), "{shown}");

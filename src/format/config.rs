@@ -573,6 +573,58 @@ mod tests {
         }
     }
 
+    fn with_policy(id: u32) -> VolumeConfig {
+        let mut c = sample();
+        c.format_version = 4;
+        c.policies.push(TenantPolicy {
+            id,
+            label: format!("tenant {id}"),
+            key_file: None,
+            migrating_from: None,
+            slot: ConfigKeyslot {
+                id: tenant_slot_id(id),
+                ..c.keyslots[0].clone()
+            },
+        });
+        c
+    }
+
+    #[test]
+    fn policies_need_version_4_and_valid_ids_slots_and_labels() {
+        let c = with_policy(1);
+        assert_eq!(c.required_version(), 4);
+        assert_eq!(VolumeConfig::parse(&c.to_pretty_json()).unwrap(), c);
+        let mut old = c.clone();
+        old.format_version = 3;
+        assert!(old.validate().is_err(), "a policy needs version 4");
+        let mut retired = c.clone();
+        retired.retired_policies = vec![1];
+        assert!(retired.validate().is_err(), "live and retired at once");
+        let mut slot = c.clone();
+        slot.policies[0].slot.id = 0;
+        assert!(slot.validate().is_err(), "slot id outside the tenant range");
+        let mut zero = with_policy(0);
+        zero.policies[0].slot.id = tenant_slot_id(0);
+        assert!(zero.validate().is_err(), "policy 0 is the volume's own");
+        let mut passphrase = c.clone();
+        passphrase.policies[0].slot = ConfigKeyslot {
+            id: tenant_slot_id(1),
+            ..c.keyslots[1].clone()
+        };
+        assert!(passphrase.validate().is_err(), "no passphrase tenants");
+        let mut label = c.clone();
+        label.policies[0].label = "a\nb".into();
+        assert!(label.validate().is_err());
+        let mut two = c.clone();
+        two.policies.push(with_policy(1).policies[0].clone());
+        assert!(two.validate().is_err(), "duplicate ids");
+        let mut next = c.clone();
+        next.retired_policies = vec![7];
+        assert_eq!(next.next_policy_id(), 8, "retired ids are never reused");
+        assert_eq!(policy_of_slot(tenant_slot_id(5)), Some(5));
+        assert_eq!(policy_of_slot(3), None);
+    }
+
     #[test]
     fn round_trip() {
         let c = sample();

@@ -28,6 +28,9 @@ use crate::format::Id;
 use crate::format::name::{EntryKind, classify_entry};
 use crate::keys::NameKeys;
 
+/// Prefix of a symlink being re-sealed under a policy (fsck removes one a crash left).
+pub const TEMP_PREFIX: &str = "sealfs.migrate.";
+
 /// What moving names found and did.
 #[derive(Debug, Default, Serialize)]
 pub struct Moved {
@@ -192,7 +195,7 @@ fn move_symlink(
     }
     let target = volume.open_symlink(keys.from, &backing)?;
     let sealed = volume.seal_symlink(keys.to, &target)?;
-    let temp = super::backing::random_name("sealfs.migrate.")?;
+    let temp = super::backing::random_name(TEMP_PREFIX)?;
     let made = (|| -> Result<()> {
         nix::unistd::symlinkat(sealed.as_str(), dir, temp.as_str())?;
         nix::unistd::fchownat(

@@ -182,7 +182,16 @@ pub fn set_policy(
             "a policy is already called {label:?}; give another --label"
         )));
     }
-    let dir = find_dir(volume, path, true)?;
+    let mut dir = find_dir(volume, path, true)?;
+    let leftover = dir.own_marker
+        && config.policy(dir.policy).is_none()
+        && !config.retired_policies.contains(&dir.policy);
+    if leftover {
+        // A `policy set` that died between its marker and its config: start afresh.
+        unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
+        dir.own_marker = false;
+        dir.policy = dir.parent_policy;
+    }
     if dir.own_marker {
         return Err(VolumeError::Usage(format!(
             "{} already has policy {}; remove it first",
@@ -207,6 +216,7 @@ pub fn set_policy(
     let volume_id = config.volume_id()?;
     let (slot, _) = seal_new_policy(provider, &volume_id, id)?;
     write_marker(dir.fd.as_fd(), id)?;
+    super::crash_point("policy-marker-written");
     config.policies.push(TenantPolicy {
         id,
         label: label.to_string(),
