@@ -397,6 +397,31 @@ fn rename_and_link_across_tenants_and_policy_changes_while_mounted() {
     ok(vol.run(&["policy", "remove", vol.cipher_str(), "/e"]));
     let shown = ok(vol.run(&["policy", "show", vol.cipher_str(), "/e"]));
     assert!(shown.contains("volume's own keys"), "{shown}");
+    // An empty tenant directory can be removed (rm -r); its policy is then retired by id.
+    ok(vol.run(&[
+        "policy",
+        "set",
+        vol.cipher_str(),
+        "/gone",
+        "--keyfile",
+        key.to_str().unwrap(),
+    ]));
+    let m = vol.mount();
+    fs::create_dir(m.p("gone/sub")).unwrap();
+    assert_eq!(errno(fs::remove_dir(m.p("gone"))), libc::ENOTEMPTY);
+    let rm = std::process::Command::new("rm")
+        .arg("-r")
+        .arg(m.p("gone"))
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    m.unmount();
+    let list = ok(vol.run(&["policy", "list", vol.cipher_str()]));
+    assert!(list.contains("policy remove --id 4"), "{list}");
+    ok(vol.run(&["policy", "remove", vol.cipher_str(), "--id", "4"]));
+    let out = vol.run(&["fsck", vol.cipher_str(), "--repair", "--clear-policy", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    vol.assert_fsck_clean();
     let out = vol.run(&[
         "policy",
         "set",

@@ -98,7 +98,12 @@ pub struct ShowArgs {
 pub struct RemoveArgs {
     #[command(flatten)]
     pub volume: VolumeArgs,
-    pub path: PathBuf,
+    /// The directory carrying the policy.
+    #[arg(required_unless_present = "id", conflicts_with = "id")]
+    pub path: Option<PathBuf>,
+    /// A policy whose directory was removed (`policy list` shows it with none).
+    #[arg(long)]
+    pub id: Option<u32>,
     /// Destroy the tenant's files: drop the policy's sealed secret from the config (with
     /// the tenant's KMS key deleted, nothing anywhere can open them again).
     #[arg(long)]
@@ -248,6 +253,12 @@ fn list(args: ListArgs) -> Result<()> {
         for dir in row["directories"].as_array().into_iter().flatten() {
             println!("      {}", dir.as_str().unwrap_or(""));
         }
+        if row["directories"].as_array().is_some_and(|d| d.is_empty()) {
+            println!(
+                "      (no directory: removed; `sealfs policy remove --id {}` retires it)",
+                row["id"]
+            );
+        }
     }
     for row in &shredded {
         println!(
@@ -296,7 +307,15 @@ fn show(args: ShowArgs) -> Result<()> {
 
 fn remove(args: RemoveArgs) -> Result<()> {
     let volume = args.volume.open()?;
-    let removed = policy::remove_policy(&volume, &args.path, args.shred)?;
+    let Some(path) = &args.path else {
+        let id = args.id.expect("clap requires a path or an id");
+        let label = policy::forget_policy(&volume, id)?;
+        audit::open(&args.volume.cipher_dir, &volume.keys, "policy remove")
+            .record("policy-remove", json!({ "policy": id, "label": label }));
+        println!("policy {id} ({label}) removed; it had no directory left");
+        return Ok(());
+    };
+    let removed = policy::remove_policy(&volume, path, args.shred)?;
     let log = audit::open(&args.volume.cipher_dir, &volume.keys, "policy remove");
     log.record(
         if removed.shredded {
@@ -311,7 +330,7 @@ fn remove(args: RemoveArgs) -> Result<()> {
             "policy {} ({}) shredded: its sealed secret is gone from the config; the files of {} cannot be opened again (`sealfs fsck --repair --clear-policy {}` removes them). Older copies of sealfs.conf still hold the secret: delete the tenant's KMS key (or key file) too.",
             removed.policy,
             removed.label,
-            args.path.display(),
+            path.display(),
             removed.policy
         );
     } else {
@@ -319,7 +338,7 @@ fn remove(args: RemoveArgs) -> Result<()> {
             "policy {} ({}) removed from {}",
             removed.policy,
             removed.label,
-            args.path.display()
+            path.display()
         );
     }
     Ok(())

@@ -72,6 +72,28 @@ fn write_marker(dir: BorrowedFd<'_>, policy: u32) -> Result<()> {
     Ok(written?)
 }
 
+/// Removes backing directory `entry` of `parent` if all it holds is its policy marker (the
+/// `rmdir` of an empty tenant directory); Ok(false) when it holds more. The policy stays in
+/// the config, with no directory (`policy remove --id`). If the rmdir fails the marker is put
+/// back, so the directory never loses its policy while it exists.
+pub fn rmdir_policy_root(parent: BorrowedFd<'_>, entry: &str) -> Result<bool> {
+    let dir = open_dir_at(parent, entry)?;
+    if read_names(dir.as_fd())?.iter().any(|n| n != POLICY_MARKER) {
+        return Ok(false);
+    }
+    let Some(policy) = read_marker(dir.as_fd())? else {
+        return Ok(false);
+    };
+    unlinkat(dir.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
+    match unlinkat(parent, entry, UnlinkatFlags::RemoveDir) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            write_marker(dir.as_fd(), policy)?;
+            Err(e.into())
+        }
+    }
+}
+
 /// A directory found by its plaintext path: its backing fd, the policy of what is inside it,
 /// and whether it carries that policy's marker itself.
 pub struct PolicyDir {
@@ -246,6 +268,35 @@ pub struct Removed {
     pub policy: u32,
     pub label: String,
     pub shredded: bool,
+}
+
+/// Retires policy `id`, which no directory carries and no file uses any more (its directory
+/// was removed): the `policy remove --id` of a tenant that is gone.
+pub fn forget_policy(volume: &Volume, id: u32) -> Result<String> {
+    let dirs = find_policy_dirs(volume)?;
+    if let Some(dir) = dirs.marked.iter().find(|d| d.policy == id) {
+        return Err(VolumeError::Usage(format!(
+            "policy {id} is on {}: give that path instead",
+            dir.path
+        )));
+    }
+    let files = super::census::census(&volume.headers)?
+        .by_policy
+        .get(&id)
+        .copied()
+        .unwrap_or(0);
+    if files > 0 {
+        return Err(VolumeError::Usage(format!(
+            "{files} files still use policy {id}; run `sealfs fsck` to find them"
+        )));
+    }
+    let label = volume
+        .tenants
+        .policy(id)
+        .map(|p| p.label)
+        .map_err(VolumeError::from)?;
+    retire_policy(volume, id)?;
+    Ok(label)
 }
 
 /// Takes policy of directory `path` away. Without `shred` the directory must be empty and

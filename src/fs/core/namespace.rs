@@ -261,7 +261,15 @@ impl SealFs {
         let parent = self.node(parent)?;
         let (_, keys) = self.dir_keys(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
-        unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::RemoveDir)?;
+        match unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::RemoveDir) {
+            // An empty tenant directory still holds its policy marker.
+            Err(nix::Error::ENOTEMPTY)
+                if crate::volume::policy::rmdir_policy_root(
+                    parent.fd.as_fd(),
+                    backing.entry(),
+                )? => {}
+            other => other?,
+        }
         names::remove_long_sidecar(parent.fd.as_fd(), &backing);
         Ok(())
     }
