@@ -71,7 +71,9 @@ pub struct SetArgs {
     pub volume: VolumeArgs,
     /// The directory's path inside the volume, e.g. /clients/acme.
     pub path: PathBuf,
-    /// A name for the tenant in listings, the audit log and errors (default: tenant-ID).
+    /// A name for the tenant in listings, the audit log and errors (default: the path). A
+    /// `policy set` with the label of a policy left with no directory (killed half way, or its
+    /// directory removed) puts that policy on the directory, if the key given opens it.
     #[arg(long)]
     pub label: Option<String>,
     #[command(flatten)]
@@ -144,14 +146,10 @@ fn set(args: SetArgs) -> Result<()> {
     }
     .build(&args.volume.remote, volume.keys.volume_id(), false)?;
     let provider = &new.providers[0];
-    let label = args
-        .label
-        .clone()
-        .unwrap_or_else(|| format!("tenant-{}", volume.config.next_policy_id()));
     let set = policy::set_policy(
         &volume,
         &args.path,
-        &label,
+        args.label.as_deref(),
         provider.as_ref(),
         key_file.map(|p| p.display().to_string()),
     );
@@ -162,14 +160,19 @@ fn set(args: SetArgs) -> Result<()> {
             return Err(e.into());
         }
     };
-    let id = set.id;
+    let (id, label) = (set.id, &set.label);
     let log = audit::open(&args.volume.cipher_dir, &volume.keys, "policy set");
     log.record(
         "policy-set",
-        json!({ "policy": id, "label": label, "key": provider.describe() }),
+        json!({ "policy": id, "label": label, "key": provider.describe(), "reattached": set.reattached }),
     );
     println!(
-        "policy {id} ({label}) set on {}: {}",
+        "policy {id} ({label}) {} {}: {}",
+        if set.reattached {
+            "put again on"
+        } else {
+            "set on"
+        },
         args.path.display(),
         provider.describe()
     );

@@ -77,10 +77,24 @@ impl TenantKeys {
 pub type TenantAccess =
     dyn Fn(&TenantPolicy) -> Result<Arc<dyn MasterKeyProvider>, KeyError> + Send + Sync;
 
-/// One policy's unsealed keys and when they were unsealed; one unseal at a time per policy.
+/// How long a failed unseal is answered from memory before the master key is tried again:
+/// while a tenant's key is disabled or its KMS is down, each of the tenant's requests would
+/// otherwise make a KMS call of its own (and wait for its timeout).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What is known of one policy's keys: unsealed (when), or failing (since when).
+#[derive(Default)]
+enum UnsealState {
+    #[default]
+    None,
+    Ready(Arc<TenantKeys>, Instant),
+    Failed(KeyError, Instant),
+}
+
+/// One policy's unseal state; one unseal at a time per policy.
 #[derive(Default)]
 struct Unsealed {
-    keys: Mutex<Option<(Arc<TenantKeys>, Instant)>>,
+    keys: Mutex<UnsealState>,
 }
 
 #[derive(Default)]
@@ -136,6 +150,13 @@ impl Tenants {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Makes whoever caches directories' policies look at their markers again: the config was
+    /// rewritten, maybe to say a marker was written since (`policy set` rewrites it after
+    /// writing its marker, for mounts that looked at the directory in between).
+    pub fn markers_may_have_changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -159,22 +180,31 @@ impl Tenants {
     }
 
     /// The keys of policy `id`: unsealed at first use and again once older than the bound.
-    /// A failure drops what was unsealed before, so a disabled key stops its tenant.
+    /// A failure drops what was unsealed before, so a disabled key stops its tenant, and is
+    /// given again without asking for `RETRY_AFTER_FAILURE` (or the bound, if shorter).
     pub fn keys(&self, id: u32) -> Result<Arc<TenantKeys>, KeyError> {
         let state = crate::sync::lock(&self.unsealed)
             .entry(id)
             .or_default()
             .clone();
         let mut keys = crate::sync::lock(&state.keys);
-        if let Some((unsealed, at)) = keys.as_ref()
-            && at.elapsed() < self.max_age
-        {
-            return Ok(unsealed.clone());
+        match &*keys {
+            UnsealState::Ready(unsealed, at) if at.elapsed() < self.max_age => {
+                return Ok(unsealed.clone());
+            }
+            UnsealState::Failed(error, at)
+                if at.elapsed() < RETRY_AFTER_FAILURE.min(self.max_age) =>
+            {
+                return Err(error.clone());
+            }
+            _ => {}
         }
-        *keys = None;
-        let fresh = Arc::new(self.unseal(id)?);
-        *keys = Some((fresh.clone(), Instant::now()));
-        Ok(fresh)
+        let unsealed = self.unseal(id).map(Arc::new);
+        *keys = match &unsealed {
+            Ok(fresh) => UnsealState::Ready(fresh.clone(), Instant::now()),
+            Err(e) => UnsealState::Failed(e.clone(), Instant::now()),
+        };
+        unsealed
     }
 
     fn unseal(&self, id: u32) -> Result<TenantKeys, KeyError> {

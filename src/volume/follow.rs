@@ -74,6 +74,7 @@ impl ConfigFollower {
         let applied = Volume::read_config(&self.path).and_then(|config| {
             self.keys.apply_config(&config)?;
             self.tenants.apply_config(&config);
+            self.tenants.markers_may_have_changed();
             Ok(())
         });
         let metrics = crate::metrics::global();

@@ -73,6 +73,8 @@ pub fn move_names(volume: &Volume) -> Result<Moved> {
         };
         for dir in dirs.marked.iter().filter(|d| d.policy == policy) {
             let fd = super::policy::find_dir(volume, std::path::Path::new(&dir.path), false)?.fd;
+            // The directory's own xattrs are under the keys of what it holds.
+            moved.xattrs += move_xattrs(fd.as_fd(), &from_keys, &to_keys)?;
             move_dir(volume, fd.as_fd(), &keys, &dir.path, &mut moved)?;
         }
     }
@@ -112,70 +114,83 @@ fn move_dir(
         if classify_entry(&entry) == EntryKind::Internal {
             continue;
         }
-        let entry_os = OsStr::new(&entry);
-        let (plain, current) = match names::decrypt_entry(keys.to, dir, entry_os) {
-            Ok(Some(plain)) => (plain, entry.clone()),
-            _ => match names::decrypt_entry(keys.from, dir, entry_os) {
-                Ok(Some(plain)) => {
-                    let old = names::encrypt_name(keys.from, &plain)?;
-                    let new = names::encrypt_name(keys.to, &plain)?;
-                    names::write_long_sidecar(dir, &new)?;
-                    renameat2(
-                        dir,
-                        entry.as_str(),
-                        dir,
-                        new.entry(),
-                        RenameFlags::RENAME_NOREPLACE,
-                    )?;
-                    names::remove_long_sidecar(dir, &old);
-                    super::crash_point("policy-move-renamed");
-                    moved.renamed += 1;
-                    (plain, new.entry().to_string())
-                }
-                _ => {
-                    moved
-                        .failed
-                        .push(format!("{path}/?{entry}: name decrypts under neither key"));
-                    continue;
-                }
-            },
-        };
-        let child_path = format!("{path}/{}", plain.to_string_lossy());
-        let st = fstatat(dir, current.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-            SFlag::S_IFDIR => {
-                let child = openat(
-                    dir,
-                    current.as_str(),
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                moved.xattrs += move_xattrs(child.as_fd(), keys)?;
-                // A deeper policy's directory keeps its own keys beneath.
-                if read_marker(child.as_fd())?.is_none() {
-                    move_dir(volume, child.as_fd(), keys, &child_path, moved)?;
-                }
-            }
-            SFlag::S_IFREG => {
-                let file = File::from(openat(
-                    dir,
-                    current.as_str(),
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?);
-                moved.xattrs += move_xattrs(file.as_fd(), keys)?;
-                match crate::io::read_file_id(&file) {
-                    Ok(id) => {
-                        moved.files.insert(id, keys.policy);
-                    }
-                    Err(e) => moved.failed.push(format!("{child_path}: {e}")),
-                }
-            }
-            SFlag::S_IFLNK => {
-                moved.symlinks += u64::from(move_symlink(volume, dir, &current, keys, &st)?)
-            }
-            _ => {}
+        match move_entry(volume, dir, &entry, keys, path, moved) {
+            Ok(()) => {}
+            // The backing store failing stops the move (run it again); a damaged entry is
+            // left for fsck, and the rest moves on.
+            Err(e @ VolumeError::Io(_)) => return Err(e),
+            Err(e) => moved.failed.push(format!("{path}/?{entry}: {e}")),
         }
+    }
+    Ok(())
+}
+
+/// Moves one entry of `dir` (and what lies beneath it) under the tenant's keys.
+fn move_entry(
+    volume: &Volume,
+    dir: BorrowedFd<'_>,
+    entry: &str,
+    keys: &Keys<'_>,
+    path: &str,
+    moved: &mut Moved,
+) -> Result<()> {
+    let entry_os = OsStr::new(entry);
+    let (plain, current) = match names::decrypt_entry(keys.to, dir, entry_os) {
+        Ok(Some(plain)) => (plain, entry.to_string()),
+        _ => match names::decrypt_entry(keys.from, dir, entry_os) {
+            Ok(Some(plain)) => {
+                let old = names::encrypt_name(keys.from, &plain)?;
+                let new = names::encrypt_name(keys.to, &plain)?;
+                names::write_long_sidecar(dir, &new)?;
+                renameat2(dir, entry, dir, new.entry(), RenameFlags::RENAME_NOREPLACE)?;
+                names::remove_long_sidecar(dir, &old);
+                super::crash_point("policy-move-renamed");
+                moved.renamed += 1;
+                (plain, new.entry().to_string())
+            }
+            _ => {
+                moved
+                    .failed
+                    .push(format!("{path}/?{entry}: name decrypts under neither key"));
+                return Ok(());
+            }
+        },
+    };
+    let child_path = format!("{path}/{}", plain.to_string_lossy());
+    let st = fstatat(dir, current.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFDIR => {
+            let child = openat(
+                dir,
+                current.as_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            moved.xattrs += move_xattrs(child.as_fd(), keys.from, keys.to)?;
+            // A deeper policy's directory keeps its own keys beneath.
+            if read_marker(child.as_fd())?.is_none() {
+                move_dir(volume, child.as_fd(), keys, &child_path, moved)?;
+            }
+        }
+        SFlag::S_IFREG => {
+            let file = File::from(openat(
+                dir,
+                current.as_str(),
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?);
+            moved.xattrs += move_xattrs(file.as_fd(), keys.from, keys.to)?;
+            match crate::io::read_file_id(&file) {
+                Ok(id) => {
+                    moved.files.insert(id, keys.policy);
+                }
+                Err(e) => moved.failed.push(format!("{child_path}: {e}")),
+            }
+        }
+        SFlag::S_IFLNK => {
+            moved.symlinks += u64::from(move_symlink(volume, dir, &current, keys, &st)?);
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -222,29 +237,46 @@ fn move_symlink(
         }
         return made.map(|()| false);
     }
-    if let Some(long) = crate::format::link::LongTarget::decode(backing.as_bytes()) {
+    // A hard link to the old symlink still names the old target, until its own turn.
+    if st.st_nlink == 1
+        && let Some(long) = crate::format::link::LongTarget::decode(backing.as_bytes())
+    {
         super::long_links::remove(volume.root.as_fd(), &long);
     }
     Ok(true)
 }
 
-/// Re-encrypts the user xattrs of the inode `fd` opens; returns how many moved.
-fn move_xattrs(fd: BorrowedFd<'_>, keys: &Keys<'_>) -> Result<u64> {
+/// The backing names of the user xattrs of the inode `fd` opens.
+pub fn user_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
     let path = CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL");
-    let listed = names::read_xattr(|buf| unsafe {
+    let listed = match names::read_xattr(|buf| unsafe {
         libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-    })?;
+    }) {
+        Ok(listed) => listed,
+        // A backing store without xattrs has none to move.
+        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    Ok(listed
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(names::USER_XATTR_PREFIX))
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Re-encrypts the user xattrs of the inode `fd` opens from keys `from` to keys `to`; returns
+/// how many moved. One already under `to` is left as it is, so this can run again.
+pub fn move_xattrs(fd: BorrowedFd<'_>, from: &NameKeys, to: &NameKeys) -> Result<u64> {
+    let path = CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL");
     let mut count = 0;
-    for backing in listed.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !backing.starts_with(names::USER_XATTR_PREFIX)
-            || names::decrypt_xattr_name(keys.to, backing).is_some()
-        {
+    for backing in user_xattrs(fd)? {
+        if names::decrypt_xattr_name(to, &backing).is_some() {
             continue;
         }
-        let Some(plain) = names::decrypt_xattr_name(keys.from, backing) else {
+        let Some(plain) = names::decrypt_xattr_name(from, &backing) else {
             continue;
         };
-        let old = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
+        let old = CString::new(backing.clone()).map_err(|_| VolumeError::InvalidName)?;
         let sealed = names::read_xattr(|buf| unsafe {
             libc::getxattr(
                 path.as_ptr(),
@@ -253,9 +285,9 @@ fn move_xattrs(fd: BorrowedFd<'_>, keys: &Keys<'_>) -> Result<u64> {
                 buf.len(),
             )
         })?;
-        let value = names::open_xattr_value(keys.from, backing, &sealed)?;
-        let new_name = names::encrypt_xattr_name(keys.to, OsStr::from_bytes(&plain))?;
-        let new_value = names::seal_xattr_value(keys.to, &new_name, &value)?;
+        let value = names::open_xattr_value(from, &backing, &sealed)?;
+        let new_name = names::encrypt_xattr_name(to, OsStr::from_bytes(&plain))?;
+        let new_value = names::seal_xattr_value(to, &new_name, &value)?;
         let new = CString::new(new_name).map_err(|_| VolumeError::InvalidName)?;
         let set = unsafe {
             libc::setxattr(

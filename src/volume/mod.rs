@@ -251,7 +251,8 @@ impl Volume {
 
     /// Creates a regular data file named `name` in directory `dir`, whose key policy is
     /// `policy`: its header first, then the data file, which appears under its name only once
-    /// it carries its file id.
+    /// it carries its file id. The caller has followed the config (the mount does so under the
+    /// directory's lock, as it finds `policy`).
     pub fn create_data_file(
         &self,
         dir: BorrowedFd<'_>,
@@ -259,7 +260,6 @@ impl Volume {
         mode: u32,
         policy: u32,
     ) -> Result<(File, Id, Arc<DataKeyMaterial>)> {
-        self.follow_config();
         let (header, material) = self
             .file_keys
             .new_header_in(policy)

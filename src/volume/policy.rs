@@ -22,7 +22,7 @@ use super::{Volume, lock_config, names, write_config};
 use crate::format::config::TenantPolicy;
 use crate::format::name::{EntryKind, classify_entry};
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY, decode_marker, encode_marker};
-use crate::keys::{MasterKeyProvider, seal_new_policy};
+use crate::keys::{KeyError, MasterKeyProvider, RemoteFailure, seal_new_policy};
 
 /// The policy named by the marker in backing directory `dir`, if it has one.
 pub fn read_marker(dir: BorrowedFd<'_>) -> Result<Option<u32>> {
@@ -171,22 +171,88 @@ fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
         .all(|n| classify_entry(n) == EntryKind::Internal))
 }
 
+/// Whether backing directory `dir` has user xattrs of its own (encrypted under the keys of
+/// the policy of what it holds, as its entries' names are).
+fn has_user_xattrs(dir: BorrowedFd<'_>) -> Result<bool> {
+    Ok(!super::migrate::user_xattrs(dir)?.is_empty())
+}
+
+/// A lock on a backing directory that orders the entries made in it against a policy set on
+/// it or removed from it: whoever makes an entry holds it shared while it reads the
+/// directory's marker and makes the entry, so the entry is under the policy the marker names;
+/// `policy set` and `remove` hold it exclusively while they check that the directory is empty
+/// and write or unlink its marker. A flock, so it holds between hosts where the backing store
+/// forwards flocks (JuiceFS, CephFS, NFSv4). Released on drop.
+pub struct DirLock {
+    _held: nix::fcntl::Flock<File>,
+}
+
+/// Locks backing directory `dir` (any descriptor of it, O_PATH too), waiting for the lock.
+/// None where it cannot be locked: a backing store without flock on directories, or a
+/// directory this process may not read (then `policy set` and `remove` want the volume
+/// unmounted instead).
+pub fn lock_dir(dir: BorrowedFd<'_>, exclusive: bool) -> Result<Option<DirLock>> {
+    let fd = match openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::Error::EACCES | nix::Error::EPERM) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let how = if exclusive {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockShared
+    };
+    let mut file = File::from(fd);
+    loop {
+        match nix::fcntl::Flock::lock(file, how) {
+            Ok(held) => return Ok(Some(DirLock { _held: held })),
+            Err((back, nix::Error::EINTR)) => file = back,
+            Err((
+                _,
+                nix::Error::EINVAL
+                | nix::Error::ENOLCK
+                | nix::Error::EOPNOTSUPP
+                | nix::Error::EBADF,
+            )) => return Ok(None),
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
+}
+
 /// What `set_policy` did.
 pub struct Set {
     pub id: u32,
+    pub label: String,
+    /// The policy was already there: live, with no directory (a `policy set` killed before
+    /// its marker, or a tenant directory removed with rmdir), now put on this one; or on this
+    /// directory already (a `policy set` run twice).
+    pub reattached: bool,
     /// The directory held entries: their names, targets and xattrs, and their files' keys, are
     /// to move under the policy (`rewrap`, which the caller runs next); no mount starts until
     /// they have.
     pub move_pending: bool,
 }
 
-/// Puts directory `path` (made if missing) under a new policy whose tenant secret `provider`
-/// seals. Whatever is put in it from then on is the tenant's; what it already holds is marked
-/// to move (see `Set::move_pending`), which needs the volume unmounted.
+/// Puts directory `path` (made if missing) under the policy called `label` (by default the
+/// path), whose tenant secret `provider` seals: a new policy, or the live one of that label
+/// if it has no directory and `provider` opens it (see `Set::reattached`). Whatever is put in
+/// the directory from then on is the tenant's; what it already holds is marked to move (see
+/// `Set::move_pending`), which needs the volume unmounted.
+///
+/// The config names the policy before the marker is written, so that no marker ever names an
+/// id the config could give out again; and is written once more after the marker, so that
+/// every mount looks at the directory's marker again (one that looked in between took the
+/// directory to be its parent's). Makers of entries in the directory are held off meanwhile
+/// (`DirLock`).
 pub fn set_policy(
     volume: &Volume,
     path: &Path,
-    label: &str,
+    label: Option<&str>,
     provider: &dyn MasterKeyProvider,
     key_file: Option<String>,
 ) -> Result<Set> {
@@ -194,64 +260,149 @@ pub fn set_policy(
     let mut config = Volume::read_config(&volume.path)?;
     volume.keys.apply_config(&config)?;
     volume.tenants.apply_config(&config);
-    if components(path)?.is_empty() {
+    let parts = components(path)?;
+    if parts.is_empty() {
         return Err(VolumeError::Usage(
             "the volume's root is under the volume's own keys; give a directory inside it".into(),
         ));
     }
-    if config.policies.iter().any(|p| p.label == label) {
-        return Err(VolumeError::Usage(format!(
-            "a policy is already called {label:?}; give another --label"
-        )));
-    }
+    let label = label.map_or_else(
+        || {
+            parts
+                .iter()
+                .map(|p| format!("/{}", p.to_string_lossy()))
+                .collect()
+        },
+        str::to_string,
+    );
+    let volume_id = config.volume_id()?;
+    let opens =
+        |policy: &TenantPolicy| matches!(provider.open_slot(&policy.slot, &volume_id), Ok(Some(_)));
     let mut dir = find_dir(volume, path, true)?;
-    let leftover = dir.own_marker
-        && config.policy(dir.policy).is_none()
-        && !config.retired_policies.contains(&dir.policy);
-    if leftover {
-        // A `policy set` that died between its marker and its config: start afresh.
-        unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
-        dir.own_marker = false;
-        dir.policy = dir.parent_policy;
-    }
+    let dir_lock = lock_dir(dir.fd.as_fd(), true)?;
     if dir.own_marker {
-        return Err(VolumeError::Usage(format!(
-            "{} already has policy {}; remove it first",
-            path.display(),
-            dir.policy
-        )));
+        match config.policy(dir.policy) {
+            // Run twice: the first may have died before its last config write.
+            Some(own) if own.label == label && opens(own) => {
+                let set = Set {
+                    id: own.id,
+                    label,
+                    reattached: true,
+                    move_pending: own.migrating_from.is_some(),
+                };
+                finish_config(volume, &mut config)?;
+                return Ok(set);
+            }
+            Some(own) => {
+                return Err(VolumeError::Usage(format!(
+                    "{} already has policy {} ({:?}); remove it first",
+                    path.display(),
+                    own.id,
+                    own.label
+                )));
+            }
+            // What a `policy remove` killed between its config and its marker left.
+            None if config.retired_policies.contains(&dir.policy) && is_empty(dir.fd.as_fd())? => {
+                unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
+                dir.own_marker = false;
+                dir.policy = dir.parent_policy;
+            }
+            None => {
+                return Err(VolumeError::Usage(format!(
+                    "{} carries the marker of policy {}, which {}; `sealfs fsck --repair --clear-policy {}` clears what it holds",
+                    path.display(),
+                    dir.policy,
+                    if config.retired_policies.contains(&dir.policy) {
+                        "was shredded"
+                    } else {
+                        "this volume's config does not know (damage or tampering)"
+                    },
+                    dir.policy
+                )));
+            }
+        }
     }
-    let move_pending = !is_empty(dir.fd.as_fd())?;
-    // Names beneath change keys: no mount may be reading them meanwhile.
-    let _alone = if move_pending {
-        Some(super::migrate::claim_alone(volume, "policy set").map_err(|e| match e {
-            VolumeError::InUse(holder) => VolumeError::Usage(format!(
-                "{} holds files, which move under the new policy: unmount the volume first ({holder})",
-                path.display()
-            )),
-            e => e,
-        })?)
+    let existing = match config.policies.iter().find(|p| p.label == label) {
+        None => None,
+        Some(p)
+            if find_policy_dirs(volume)?
+                .marked
+                .iter()
+                .any(|d| d.policy == p.id) =>
+        {
+            return Err(VolumeError::Usage(format!(
+                "policy {} is already called {label:?} and is on a directory; give another --label",
+                p.id
+            )));
+        }
+        Some(p) if !opens(p) => {
+            return Err(VolumeError::Usage(format!(
+                "policy {} is already called {label:?}, under another key than {}; give another --label",
+                p.id,
+                provider.describe()
+            )));
+        }
+        Some(p) => Some(p.id),
+    };
+    let move_pending = !is_empty(dir.fd.as_fd())? || has_user_xattrs(dir.fd.as_fd())?;
+    // Names beneath change keys: no mount may be reading them meanwhile. Nor may one make an
+    // entry where the backing store cannot lock the directory against it.
+    let _alone = if move_pending || dir_lock.is_none() {
+        let why = if move_pending {
+            "holds files, which move under the new policy"
+        } else {
+            "is on a backing store that cannot lock directories against a mount's creates"
+        };
+        Some(
+            super::migrate::claim_alone(volume, "policy set").map_err(|e| match e {
+                VolumeError::InUse(holder) => VolumeError::Usage(format!(
+                    "{} {why}: unmount the volume first ({holder})",
+                    path.display()
+                )),
+                e => e,
+            })?,
+        )
     } else {
         None
     };
-    let id = config.next_policy_id();
-    let volume_id = config.volume_id()?;
-    let (slot, _) = seal_new_policy(provider, &volume_id, id)?;
-    write_marker(dir.fd.as_fd(), id)?;
-    super::crash_point("policy-marker-written");
-    config.policies.push(TenantPolicy {
-        id,
-        label: label.to_string(),
-        key_file,
-        migrating_from: move_pending.then_some(dir.policy),
-        slot,
-    });
-    let written = finish_config(volume, &mut config);
-    if written.is_err() {
-        let _ = unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir);
+    let migrating_from = move_pending.then_some(dir.policy);
+    let id = match config.policies.iter_mut().find(|p| Some(p.id) == existing) {
+        Some(policy) => {
+            policy.migrating_from = migrating_from;
+            policy.id
+        }
+        None => {
+            let id = config.next_policy_id();
+            let (slot, _) = seal_new_policy(provider, &volume_id, id)?;
+            config.policies.push(TenantPolicy {
+                id,
+                label: label.clone(),
+                key_file,
+                migrating_from,
+                slot,
+            });
+            id
+        }
+    };
+    finish_config(volume, &mut config)?;
+    super::crash_point("policy-config-written");
+    if let Err(e) = write_marker(dir.fd.as_fd(), id) {
+        // The policy stays, with no directory: `policy set` again puts it on one.
+        if let Some(policy) = config.policies.iter_mut().find(|p| p.id == id) {
+            policy.migrating_from = None;
+        }
+        let _ = finish_config(volume, &mut config);
+        return Err(e);
     }
-    written?;
-    Ok(Set { id, move_pending })
+    super::crash_point("policy-marker-written");
+    finish_config(volume, &mut config)?;
+    drop(dir_lock);
+    Ok(Set {
+        id,
+        label,
+        reattached: existing.is_some(),
+        move_pending,
+    })
 }
 
 fn finish_config(volume: &Volume, config: &mut crate::format::config::VolumeConfig) -> Result<()> {
@@ -299,10 +450,12 @@ pub fn forget_policy(volume: &Volume, id: u32) -> Result<String> {
     Ok(label)
 }
 
-/// Takes policy of directory `path` away. Without `shred` the directory must be empty and
-/// goes back to its parent's keys. With `shred` the policy's sealed tenant secret is dropped
-/// from the config and its id retired: whatever the directory holds stays as ciphertext no key
-/// opens (`fsck --repair --clear-policy` removes it).
+/// Takes policy of directory `path` away. Without `shred` the directory must be empty, no
+/// file may use the policy any more, and its key must open (the directory's own xattrs go
+/// back under its parent's keys); the directory goes back to its parent's keys. With `shred`
+/// the policy's sealed tenant secret is dropped from the config and its id retired: whatever
+/// the directory holds stays as ciphertext no key opens (`fsck --repair --clear-policy`
+/// removes it).
 pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Removed> {
     let _lock = lock_config(&volume.path)?;
     let mut config = Volume::read_config(&volume.path)?;
@@ -321,24 +474,54 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
             }
         )));
     }
-    if !shred && !is_empty(dir.fd.as_fd())? {
-        return Err(VolumeError::Usage(format!(
-            "{} is not empty: move its files out first, or destroy them with --shred",
-            path.display()
-        )));
-    }
     let label = config
         .policy(dir.policy)
         .map(|p| p.label.clone())
         .unwrap_or_default();
+    let dir_lock = lock_dir(dir.fd.as_fd(), true)?;
+    let _alone = if dir_lock.is_none() && !shred {
+        Some(super::migrate::claim_alone(volume, "policy remove")?)
+    } else {
+        None
+    };
+    if !shred {
+        if !is_empty(dir.fd.as_fd())? {
+            return Err(VolumeError::Usage(format!(
+                "{} is not empty: move its files out first, or destroy them with --shred",
+                path.display()
+            )));
+        }
+        let files = super::census::census(&volume.headers)?
+            .by_policy
+            .get(&dir.policy)
+            .copied()
+            .unwrap_or(0);
+        if files > 0 {
+            return Err(VolumeError::Usage(format!(
+                "{files} files elsewhere still use policy {}; run `sealfs fsck` to find them, or use --shred",
+                dir.policy
+            )));
+        }
+        let tenant = volume.name_keys(dir.policy).map_err(|e| {
+            VolumeError::Usage(format!(
+                "{e}: without it the directory's own xattrs cannot move back; use --shred to drop them"
+            ))
+        })?;
+        let parent = volume.name_keys(dir.parent_policy)?;
+        super::migrate::move_xattrs(dir.fd.as_fd(), &tenant, &parent)?;
+    }
     config.policies.retain(|p| p.id != dir.policy);
     if !config.retired_policies.contains(&dir.policy) {
         config.retired_policies.push(dir.policy);
     }
+    finish_config(volume, &mut config)?;
+    super::crash_point("policy-remove-retired");
     if !shred {
+        // Makers of entries see the directory as its parent's from here on (the config
+        // rewrite made them look again; they wait on `dir_lock` till the marker is gone).
         unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
     }
-    finish_config(volume, &mut config)?;
+    drop(dir_lock);
     Ok(Removed {
         policy: dir.policy,
         label,
@@ -415,10 +598,13 @@ fn display(path: &str) -> String {
 
 /// Clears away what a policy whose key is gone left in backing directory `backing_dir`
 /// (relative to the cipher dir): every entry beneath it, with the headers, hole maps and long
-/// symlink targets of its files and links, and its marker; the directory stays, empty, under
-/// its parent's keys, and the policy is retired if it was not yet. On request only (`fsck
-/// --repair --clear-policy ID`): nothing here can be read, so nothing is checked first but
-/// that no other live policy's directory lies beneath. Returns the entries removed.
+/// symlink targets of its files and links, the directory's own xattrs, and its marker, last;
+/// the directory stays, empty, under its parent's keys, and the policy is retired if it was
+/// not yet. On request only (`fsck --repair --clear-policy ID`), and only for a policy
+/// shredded, or whose key refuses (disabled, pending deletion, denied): not for one whose key
+/// is merely out of reach here (no PIN given, KMS down). Nothing beneath can be read, so
+/// nothing is checked first but that no other live policy's directory lies beneath. Returns
+/// the entries removed. A clear killed half way is finished by running it again.
 pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Result<u64> {
     let rel = if backing_dir.is_empty() {
         return Err(VolumeError::Usage(
@@ -432,6 +618,23 @@ pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Res
         return Err(VolumeError::Usage(format!(
             "{backing_dir} does not carry the marker of policy {policy}"
         )));
+    }
+    match volume.tenants.keys(policy) {
+        Err(KeyError::PolicyRemoved(_))
+        | Err(KeyError::Remote {
+            failure: RemoteFailure::KeyDisabled | RemoteFailure::Denied,
+            ..
+        }) => {}
+        Ok(_) => {
+            return Err(VolumeError::Usage(format!(
+                "policy {policy}'s key opens it: nothing to clear (destroy it with `sealfs policy remove --shred` first)"
+            )));
+        }
+        Err(e) => {
+            return Err(VolumeError::Usage(format!(
+                "policy {policy}'s key is out of reach here, not gone ({e}): give its key rather than destroy its files"
+            )));
+        }
     }
     // First look, then remove: a live tenant's directory nested beneath stops it all.
     let mut dirs = vec![top.try_clone()?];
@@ -454,17 +657,37 @@ pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Res
         }
         i += 1;
     }
-    let removed = remove_tree_contents(volume, top.as_fd())?;
+    let removed = remove_tree_contents(volume, top.as_fd(), Some(POLICY_MARKER))?;
+    remove_user_xattrs(top.as_fd())?;
     retire_policy(volume, policy)?;
+    unlinkat(top.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
     Ok(removed)
 }
 
-/// Removes everything inside backing directory `dir` (and what its files and links keep
-/// elsewhere: headers, hole maps, long-target sidecars).
-fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>) -> Result<u64> {
+/// Removes the user xattrs of the inode `fd` opens (sealed under keys that are gone).
+fn remove_user_xattrs(fd: BorrowedFd<'_>) -> Result<()> {
+    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+        super::proc_fd_path(fd).as_os_str(),
+    ))
+    .map_err(|_| VolumeError::InvalidName)?;
+    for name in super::migrate::user_xattrs(fd)? {
+        let name = std::ffi::CString::new(name).map_err(|_| VolumeError::InvalidName)?;
+        if unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything inside backing directory `dir` but the entry named `keep` (and what
+/// its files and links keep elsewhere: headers, hole maps, long-target sidecars).
+fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>, keep: Option<&str>) -> Result<u64> {
     use nix::sys::stat::{SFlag, fstatat};
     let mut removed = 0;
     for entry in read_names(dir)? {
+        if Some(entry.as_str()) == keep {
+            continue;
+        }
         let st = fstatat(
             dir,
             entry.as_str(),
@@ -473,7 +696,7 @@ fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>) -> Result<u64> {
         match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
             SFlag::S_IFDIR => {
                 let child = open_dir_at(dir, &entry)?;
-                removed += remove_tree_contents(volume, child.as_fd())?;
+                removed += remove_tree_contents(volume, child.as_fd(), None)?;
                 unlinkat(dir, entry.as_str(), UnlinkatFlags::RemoveDir)?;
             }
             kind => {

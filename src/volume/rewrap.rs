@@ -151,7 +151,13 @@ pub fn rewrap(
     }
     volume.headers.sync_dirs()?;
     let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
-    if !pending.is_empty() && failed.is_empty() && moved.failed.is_empty() {
+    // The move is done once every moved file's header has moved. A header failing that has
+    // nothing to do with it, or an entry too damaged to move (fsck's business), does not keep
+    // the volume from mounting.
+    let moved_header_failed = failed.iter().any(|f| {
+        crate::format::id_from_hex(&f.file_id).is_ok_and(|id| moved.files.contains_key(&id))
+    });
+    if !pending.is_empty() && !moved_header_failed {
         super::migrate::finish(volume)?;
     }
     Ok(RewrapReport {

@@ -181,6 +181,8 @@ pub struct FaultProxy {
     bodies: Arc<Mutex<Vec<(String, String)>>>,
     /// Keys answered with an error whatever the request (a key state moto does not enforce).
     key_faults: Arc<Mutex<Vec<KeyFault>>>,
+    /// X-Amz-Target of each request answered by a key fault.
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
@@ -192,8 +194,9 @@ impl FaultProxy {
         let connections = Arc::new(AtomicUsize::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let key_faults = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
         let (f, c, n) = (fault.clone(), counts.clone(), connections.clone());
-        let (b, k) = (bodies.clone(), key_faults.clone());
+        let (b, k, r) = (bodies.clone(), key_faults.clone(), refused.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 n.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +204,7 @@ impl FaultProxy {
                 let log = Log {
                     bodies: b.clone(),
                     key_faults: k.clone(),
+                    refused: r.clone(),
                 };
                 std::thread::spawn(move || serve(client, upstream, &f, &c, &log));
             }
@@ -212,6 +216,7 @@ impl FaultProxy {
             connections,
             bodies,
             key_faults,
+            refused,
         }
     }
 
@@ -226,6 +231,17 @@ impl FaultProxy {
             "PendingDeletion" => faults.push((arn.to_string(), 400, "KMSInvalidStateException")),
             other => panic!("unknown key state {other}"),
         }
+    }
+
+    /// How many requests with this target a key state set by `key_state` answered.
+    pub fn refused(&self, op: &str) -> usize {
+        let target = format!("TrentService.{op}");
+        self.refused
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t == target)
+            .count()
     }
 
     /// The JSON bodies of the requests with this target passed to moto so far.
@@ -295,6 +311,7 @@ type KeyFault = (String, u16, &'static str);
 struct Log {
     bodies: Arc<Mutex<Vec<(String, String)>>>,
     key_faults: Arc<Mutex<Vec<KeyFault>>>,
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 fn serve(
@@ -325,6 +342,9 @@ fn serve(
             .iter()
             .find(|(arn, _, _)| body.contains(arn.as_str()))
             .map(|(_, status, code)| Fault::Error(*status, code));
+        if key_fault.is_some() {
+            log.refused.lock().unwrap().push(target.clone());
+        }
         let current = key_fault.unwrap_or_else(|| {
             let mut fault = fault.lock().unwrap();
             let current = fault.clone();

@@ -227,6 +227,22 @@ impl SealFs {
         Ok(policy)
     }
 
+    /// The policy of directory `dir` from its marker read now (a policy set on it a moment
+    /// ago may not have moved the generation yet); remembered.
+    fn policy_of_afresh(&self, dir: &Node) -> Result<u32> {
+        if dir.ino == ROOT_INO {
+            return Ok(VOLUME_POLICY);
+        }
+        let generation = self.volume.tenants.generation() as u32;
+        let inherited = match dir.parent().and_then(|p| self.inodes.get(p)) {
+            Some(parent) => self.policy_of(&parent)?,
+            None => dir.last_policy(),
+        };
+        let policy = self.volume.dir_policy(dir.fd.as_fd(), inherited)?;
+        dir.set_policy(generation, policy);
+        Ok(policy)
+    }
+
     /// The policy of directory `dir` and the name keys of its entries.
     fn dir_keys(&self, dir: &Node) -> Result<(u32, Arc<NameKeys>)> {
         let policy = self.policy_of(dir)?;

@@ -16,7 +16,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat
 
 use super::{Caller, FileHandle, Handle, SealFs, o_path, stat_fd};
 use crate::format::link::{LONG_TARGET_LEN, LongTarget};
-use crate::fs::inodes::{Content, Node};
+use crate::fs::inodes::{Content, Node, ROOT_INO};
 use crate::io::FileId;
 use crate::keys::NameKeys;
 use crate::volume::{Result, VolumeError, names, proc_fd_path};
@@ -25,6 +25,14 @@ use crate::volume::{Result, VolumeError, names, proc_fd_path};
 pub(super) enum LastLink {
     DataFile(u64, FileId),
     LongSymlink(LongTarget),
+}
+
+/// What an operation making an entry needs (`SealFs::keys_for_new_entry`).
+struct NewEntryKeys {
+    policy: u32,
+    keys: Arc<NameKeys>,
+    /// Held until the entry is made.
+    _lock: Option<crate::volume::policy::DirLock>,
 }
 
 impl SealFs {
@@ -52,11 +60,25 @@ impl SealFs {
         self.entry_of(&parent, policy, name, backing.entry())
     }
 
-    /// For operations that make an entry: the config followed first (a policy set a moment
-    /// ago applies at once), then `dir_keys`.
-    fn keys_for_new_entry(&self, dir: &Node) -> Result<(u32, Arc<NameKeys>)> {
+    /// For operations that make an entry in `dir`: the directory locked against a policy set
+    /// on it or removed from it (`policy::DirLock`), the config followed, and the directory's
+    /// policy found from its marker read afresh under the lock, so that a policy set a moment
+    /// ago, on this host or another, applies at once. The caller holds the returned lock
+    /// until its entry is made.
+    fn keys_for_new_entry(&self, dir: &Node) -> Result<NewEntryKeys> {
+        // The root never takes a policy; creates there need no lock.
+        let lock = if dir.ino == ROOT_INO {
+            None
+        } else {
+            crate::volume::policy::lock_dir(dir.fd.as_fd(), false)?
+        };
         self.volume.follow_config();
-        self.dir_keys(dir)
+        let policy = self.policy_of_afresh(dir)?;
+        Ok(NewEntryKeys {
+            policy,
+            keys: self.volume.name_keys(policy)?,
+            _lock: lock,
+        })
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
@@ -118,7 +140,11 @@ impl SealFs {
             _ => return Err(VolumeError::InvalidArgument("mknod file type")),
         };
         let parent = self.node(parent)?;
-        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let NewEntryKeys {
+            policy,
+            keys,
+            _lock,
+        } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mknodat(
@@ -135,7 +161,11 @@ impl SealFs {
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let NewEntryKeys {
+            policy,
+            keys,
+            _lock,
+        } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mkdirat(
@@ -156,7 +186,11 @@ impl SealFs {
     ) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let NewEntryKeys {
+            policy,
+            keys,
+            _lock,
+        } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         let encoded = self.volume.seal_symlink(&keys, target.as_bytes())?;
         let long = LongTarget::decode(encoded.as_bytes());
@@ -311,7 +345,11 @@ impl SealFs {
         let parent = self.node(parent)?;
         let new_parent_node = self.node(new_parent)?;
         let (from_policy, from_keys) = self.dir_keys(&parent)?;
-        let (to_policy, to_keys) = self.keys_for_new_entry(&new_parent_node)?;
+        let NewEntryKeys {
+            policy: to_policy,
+            keys: to_keys,
+            _lock,
+        } = self.keys_for_new_entry(&new_parent_node)?;
         let old = names::encrypt_name(&from_keys, name)?;
         let new = names::encrypt_name(&to_keys, new_name)?;
         self.same_policy_for_move(&parent, &old, from_policy, to_policy)?;
@@ -354,7 +392,11 @@ impl SealFs {
         self.writable()?;
         let node = self.node(ino)?;
         let parent = self.node(new_parent)?;
-        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let NewEntryKeys {
+            policy,
+            keys,
+            _lock,
+        } = self.keys_for_new_entry(&parent)?;
         if self.policy_of(&node)? != policy {
             // A file's key is its tenant's; a link elsewhere would put it under another's.
             return Err(VolumeError::CrossPolicy);
@@ -395,7 +437,11 @@ impl SealFs {
     ) -> Result<(FileAttr, u64)> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let (policy, keys) = self.keys_for_new_entry(&parent)?;
+        let NewEntryKeys {
+            policy,
+            keys,
+            _lock,
+        } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         let (file, file_id, material) =
             self.volume

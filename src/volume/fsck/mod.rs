@@ -157,6 +157,14 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
     // A mount creates headers before their data files and keeps headers of open, unlinked
     // files: only with no mount can an unclaimed header be proven an orphan.
     let _exclusive = if options.repair {
+        // Mid-move, a directory holds names under two policies' keys: repair would take the
+        // ones not moved yet for damage.
+        if !super::migrate::pending(&Volume::read_config(&volume.path)?).is_empty() {
+            return Err(VolumeError::Usage(
+                "a move under a key policy is pending: run `sealfs rewrap` to finish it before fsck --repair"
+                    .into(),
+            ));
+        }
         // The claim excludes mounts on every host that shares the cipher dir (and names them);
         // the header-directory lock also mounts of sealfs versions before claims.
         let claim = claim::claim(

@@ -83,16 +83,21 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
     }
 }
 
-/// Moves an entry into /lost+found under its own name (or `unnamed-…` when its name does not
-/// decrypt), with a numeric suffix when taken. Returns its new plaintext path.
+/// Moves an entry into the /lost+found of its policy's directory (the volume root's for the
+/// volume's own files), under its own name (or `unnamed-…` when its name does not decrypt),
+/// encrypted under its policy's keys, with a numeric suffix when taken. Returns its new
+/// plaintext path.
 fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
     let root = volume.root.as_fd();
-    let lost = volume.encrypt_name(OsStr::new(LOST_AND_FOUND))?;
-    match mkdirat(root, lost.entry(), Mode::from_bits_truncate(0o700)) {
+    let (home, plain_home) = policy_home(volume, entry)?;
+    let keys = volume.name_keys(entry.policy)?;
+    let home = open_dir(root, &home)?;
+    let lost = names::encrypt_name(&keys, OsStr::new(LOST_AND_FOUND))?;
+    match mkdirat(home.as_fd(), lost.entry(), Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(nix::Error::EEXIST) => {}
         Err(e) => return Err(e.into()),
     }
-    let lost_dir = open_dir(root, lost.entry())?;
+    let lost_dir = open_dir(home.as_fd(), lost.entry())?;
     let source_dir = open_dir(root, &entry.dir)?;
     let base = quarantine_name(entry);
     for attempt in 0..1000u32 {
@@ -100,7 +105,7 @@ fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
         if attempt > 0 {
             candidate.push(format!(".{attempt}"));
         }
-        let Ok(target) = volume.encrypt_name(&candidate) else {
+        let Ok(target) = names::encrypt_name(&keys, &candidate) else {
             continue;
         };
         if fstatat(
@@ -130,9 +135,29 @@ fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
         }
         sync_dir(source_dir.as_fd());
         sync_dir(lost_dir.as_fd());
-        return Ok(format!("/{LOST_AND_FOUND}/{}", candidate.to_string_lossy()));
+        return Ok(format!(
+            "{plain_home}/{LOST_AND_FOUND}/{}",
+            candidate.to_string_lossy()
+        ));
     }
     Err(VolumeError::Usage("no free name in lost+found".into()))
+}
+
+/// The directory whose marker puts `entry` under its policy (backing path, plaintext path):
+/// the nearest one above it that carries one, or the volume root.
+fn policy_home(volume: &Volume, entry: &Entry) -> Result<(String, String)> {
+    let backing: Vec<&str> = entry.dir.split('/').filter(|p| !p.is_empty()).collect();
+    let plain: Vec<&str> = entry.path.split('/').filter(|p| !p.is_empty()).collect();
+    for depth in (1..=backing.len()).rev() {
+        let dir = backing[..depth].join("/");
+        if crate::volume::policy::read_marker(open_dir(volume.root.as_fd(), &dir)?.as_fd())?
+            .is_some()
+        {
+            let plain_dir = plain.get(..depth).unwrap_or_default().join("/");
+            return Ok((dir, format!("/{plain_dir}")));
+        }
+    }
+    Ok((String::new(), String::new()))
 }
 
 /// The directory of a regular file's entry, and the file opened read-only.

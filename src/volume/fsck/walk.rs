@@ -21,6 +21,7 @@ use crate::format::name::{self, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX};
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
 use crate::keys::KeyError;
 use crate::volume::headers::HEADERS_DIR;
+use crate::volume::policy::read_marker;
 use crate::volume::{Result, Volume, VolumeError, names};
 
 /// The plaintext name of the quarantine directory at the volume root.
@@ -93,10 +94,6 @@ pub struct LongLink {
 
 pub fn walk(volume: &Volume) -> Result<WalkResult> {
     let mut out = WalkResult::default();
-    let lost_found = volume
-        .encrypt_name(OsStr::new(LOST_AND_FOUND))?
-        .entry()
-        .to_string();
     let mut stack = vec![Pending {
         dir: String::new(),
         plain_dir: String::new(),
@@ -118,6 +115,9 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
         } else {
             &plain_dir
         };
+        // The volume root and each policy's directory have a /lost+found of their own, so
+        // that what fsck moves aside stays under its tenant's keys.
+        let policy_root = dir.is_empty() || matches!(read_marker(fd.as_fd()), Ok(Some(_)));
         let policy = match volume.dir_policy(fd.as_fd(), inherited) {
             Ok(policy) => policy,
             Err(e) => {
@@ -252,8 +252,10 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
             match type_of(st.st_mode) {
                 Type::Directory => {
                     out.dirs += 1;
-                    let in_quarantine =
-                        quarantined || (dir.is_empty() && text == lost_found.as_str());
+                    let in_quarantine = quarantined
+                        || (policy_root
+                            && !locked
+                            && path == format!("{plain_dir}/{LOST_AND_FOUND}"));
                     stack.push(Pending {
                         dir: join(&dir, text),
                         plain_dir: path,
