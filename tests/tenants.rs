@@ -86,6 +86,42 @@ fn policy_dir(cipher: &Path, id: u32) -> PathBuf {
         .to_path_buf()
 }
 
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let (path, name) = (cstr(path), std::ffi::CString::new(name).unwrap());
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let (path, name) = (cstr(path), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 256];
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn cstr(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).unwrap()
+}
+
 /// The data files directly in backing directory `dir`.
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
@@ -527,6 +563,17 @@ fn a_tenant_on_a_pkcs11_token() {
     assert_eq!(errno(fs::read(m.p("hsm-tenant/f"))), libc::ENOKEY);
     fs::write(m.p("outside"), b"fine").unwrap();
     m.unmount();
+    // A key out of reach is not a key gone: fsck will not clear the tenant away.
+    let out = no_pin.run(&["fsck", vol.cipher_str(), "--repair", "--clear-policy", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("out of reach here"),
+        "{}",
+        stderr(&out)
+    );
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("hsm-tenant/f")).unwrap(), b"under the token");
+    m.unmount();
 }
 
 #[test]
@@ -542,6 +589,10 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
     symlink("x".repeat(3500), m.p("d/sub/long")).unwrap();
     symlink("f1", m.p("d/short")).unwrap();
     fs::hard_link(m.p("d/f2"), m.p("d/sub/f2")).unwrap();
+    // A hard link to a symlink whose target is in a sidecar: both names keep reading it.
+    fs::hard_link(m.p("d/sub/long"), m.p("d/long-link")).unwrap();
+    set_xattr(&m.p("d"), "user.owner", b"tenant t");
+    set_xattr(&m.p("d/f3"), "user.tag", b"three");
     fs::write(m.p("outside"), b"volume's").unwrap();
     let set = [
         "policy",
@@ -573,9 +624,26 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
         "{}",
         stderr(&out)
     );
-    let out = ok(vol.run(&["rewrap", vol.cipher_str()]));
-    assert!(out.contains("moved under key policies"), "{out}");
-    assert!(out.contains("21 files' keys"), "{out}");
+    // Mid-move, fsck --repair would take the names not moved yet for damage.
+    let out = vol.run(&["fsck", vol.cipher_str(), "--repair"]);
+    assert!(
+        stderr(&out).contains("move under a key policy is pending"),
+        "{}",
+        stderr(&out)
+    );
+    // An entry too damaged to move is left for fsck; the move finishes around it.
+    let backing_d = policy_dir(&vol.cipher, 1);
+    fs::write(backing_d.join("A".repeat(43)), b"not a sealfs file").unwrap();
+    let out = vol.run(&["rewrap", vol.cipher_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("moved under key policies"), "{text}");
+    assert!(text.contains("21 files' keys"), "{text}");
+    assert!(text.contains("decrypts under neither key"), "{text}");
+    assert!(
+        stderr(&out).contains("1 entries could not be moved"),
+        "{}",
+        stderr(&out)
+    );
 
     let m = vol.mount();
     for i in 0..20 {
@@ -591,13 +659,115 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
         Path::new(&"x".repeat(3500))
     );
     assert_eq!(fs::read_link(m.p("d/short")).unwrap(), Path::new("f1"));
+    assert_eq!(
+        fs::read_link(m.p("d/long-link")).unwrap(),
+        Path::new(&"x".repeat(3500))
+    );
+    assert_eq!(get_xattr(&m.p("d"), "user.owner").unwrap(), b"tenant t");
+    assert_eq!(get_xattr(&m.p("d/f3"), "user.tag").unwrap(), b"three");
     assert_eq!(fs::read(m.p("outside")).unwrap(), b"volume's");
     m.unmount();
+    // The damaged entry goes to the tenant's own lost+found, its name under the tenant's keys.
+    let out = vol.run(&["fsck", vol.cipher_str(), "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("moved to /d/lost+found/unnamed-"), "{text}");
     vol.assert_fsck_clean();
+    let m = vol.mount();
+    assert_eq!(fs::read_dir(m.p("d/lost+found")).unwrap().count(), 1);
+    assert!(
+        !m.p("lost+found").exists(),
+        "nothing of the tenant's in the volume's"
+    );
+    m.unmount();
     let info = ok(vol.run(&["info", vol.cipher_str()]));
     assert!(info.contains("21  under key policy 1"), "{info}");
     assert!(info.contains("1  under KEK version 1"), "{info}");
     // The move is over: a second rewrap has nothing to move.
     let out = ok(vol.run(&["rewrap", vol.cipher_str()]));
     assert!(!out.contains("moved under"), "{out}");
+
+    // Emptied, the directory's policy comes off, and its own xattrs go back under the
+    // volume's keys.
+    let m = vol.mount();
+    let rm = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("rm -rf {0}/* {0}/lost+found", m.p("d").display()))
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    m.unmount();
+    ok(vol.run(&["policy", "remove", vol.cipher_str(), "/d"]));
+    let m = vol.mount();
+    assert_eq!(get_xattr(&m.p("d"), "user.owner").unwrap(), b"tenant t");
+    m.unmount();
+    vol.assert_fsck_clean();
+}
+
+#[test]
+fn a_create_and_a_policy_set_on_its_directory_wait_for_each_other() {
+    let vol = TestVolume::new();
+    let key = vol.dir.path().join("t.key");
+    let m = vol.mount();
+    fs::create_dir(m.p("d")).unwrap();
+    // The backing directory of /d: the one directory of the cipher dir not sealfs's own.
+    let backing = fs::read_dir(&vol.cipher)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("sealfs.")
+        })
+        .unwrap();
+    let held = fs::File::open(&backing).unwrap();
+    let lock = |op| {
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), op) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    };
+    lock(libc::LOCK_EX);
+    let set = [
+        "policy",
+        "set",
+        vol.cipher_str(),
+        "/d",
+        "--keyfile",
+        key.to_str().unwrap(),
+    ];
+    let (written, set) = std::thread::scope(|s| {
+        let writer = s.spawn(|| fs::write(m.p("d/f"), b"made in the race"));
+        let setter = s.spawn(|| vol.run(&set));
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            !writer.is_finished() && !setter.is_finished(),
+            "both wait while the directory is locked"
+        );
+        lock(libc::LOCK_UN);
+        (writer.join().unwrap(), setter.join().unwrap())
+    });
+    written.unwrap();
+    // Whichever went first, the file is under the policy its directory has.
+    let tenant_files = if set.status.success() {
+        1
+    } else {
+        assert!(
+            stderr(&set).contains("unmount the volume first"),
+            "{}",
+            stderr(&set)
+        );
+        0
+    };
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"made in the race");
+    m.unmount();
+    vol.assert_fsck_clean();
+    let list = ok(vol.run(&["policy", "list", vol.cipher_str(), "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let files = list["policies"][0]["files"].as_u64().unwrap_or(0);
+    assert_eq!(files, tenant_files, "{list}");
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"made in the race");
+    m.unmount();
 }
