@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use sealfs::keys::CacheLimits;
 use sealfs::volume::Volume;
 use sealfs::volume::fsck::{FsckOptions, FsckReport, fsck};
 
@@ -81,16 +80,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
 }
 
 fn open(args: &FsckArgs) -> Result<Volume> {
-    let config = Volume::read_config(&args.cipher_dir)?;
-    let volume = Volume::open(
-        &args.cipher_dir,
-        args.unlock.providers(&config)?,
-        CacheLimits::default(),
-    )?;
-    volume
-        .tenants
-        .set_access(args.unlock.remote.tenant_access());
-    Ok(volume)
+    args.unlock.open_volume(&args.cipher_dir)
 }
 
 fn print_text(report: &FsckReport) {

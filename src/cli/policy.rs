@@ -7,7 +7,6 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use sealfs::keys::CacheLimits;
 use sealfs::volume::{Volume, census, policy};
 
 use super::audit;
@@ -57,11 +56,9 @@ pub struct VolumeArgs {
 
 impl VolumeArgs {
     fn open(&self) -> Result<Volume> {
-        let config = Volume::read_config(&self.cipher_dir)?;
-        let providers = self.existing.with_remote(&self.remote).providers(&config)?;
-        let volume = Volume::open(&self.cipher_dir, providers, CacheLimits::default())?;
-        volume.tenants.set_access(self.remote.tenant_access());
-        Ok(volume)
+        self.existing
+            .with_remote(&self.remote)
+            .open_volume(&self.cipher_dir)
     }
 }
 

@@ -3,8 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use sealfs::keys::CacheLimits;
-use sealfs::volume::{Volume, rewrap, rotate};
+use sealfs::volume::{rewrap, rotate};
 
 use serde_json::json;
 
@@ -31,15 +30,7 @@ pub struct RewrapArgs {
 }
 
 pub fn run(args: RewrapArgs) -> Result<()> {
-    let config = Volume::read_config(&args.cipher_dir)?;
-    let volume = Volume::open(
-        &args.cipher_dir,
-        args.unlock.providers(&config)?,
-        CacheLimits::default(),
-    )?;
-    volume
-        .tenants
-        .set_access(args.unlock.remote.tenant_access());
+    let volume = args.unlock.open_volume(&args.cipher_dir)?;
     let log = audit::open(&args.cipher_dir, &volume.keys, "rewrap");
     let started = std::time::Instant::now();
     let progress = Reporter::new("rewrap");

@@ -174,6 +174,19 @@ fn passphrase_source(
 }
 
 impl UnlockArgs {
+    /// Opens the volume in `cipher_dir` for an offline command (fsck, rewrap, policy): unlocked
+    /// with `providers`, reaching tenants' keys as `--policy-keyfile`, KMS and PKCS#11 allow.
+    pub fn open_volume(&self, cipher_dir: &std::path::Path) -> Result<sealfs::volume::Volume> {
+        let config = sealfs::volume::Volume::read_config(cipher_dir)?;
+        let volume = sealfs::volume::Volume::open(
+            cipher_dir,
+            self.providers(&config)?,
+            sealfs::keys::CacheLimits::default(),
+        )?;
+        volume.tenants.set_access(self.remote.tenant_access());
+        Ok(volume)
+    }
+
     /// Providers to try, in order: what was given, the default key file, then every KMS and
     /// PKCS#11 keyslot of the volume. Remote ones connect only when first used.
     pub fn providers(&self, config: &VolumeConfig) -> Result<Vec<Box<dyn MasterKeyProvider>>> {

@@ -209,34 +209,16 @@ fn move_symlink(
         return Ok(false);
     }
     let target = volume.open_symlink(keys.from, &backing)?;
-    let sealed = volume.seal_symlink(keys.to, &target)?;
     let temp = super::backing::random_name(TEMP_PREFIX)?;
-    let made = (|| -> Result<()> {
-        nix::unistd::symlinkat(sealed.as_str(), dir, temp.as_str())?;
-        nix::unistd::fchownat(
+    volume.reseal_symlink(dir, st, keys.to, &target, &temp, || {
+        Ok(renameat2(
             dir,
             temp.as_str(),
-            Some(st.st_uid.into()),
-            Some(st.st_gid.into()),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-        nix::sys::stat::utimensat(
             dir,
-            temp.as_str(),
-            &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
-            &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )?;
-        renameat2(dir, temp.as_str(), dir, entry, RenameFlags::empty())?;
-        Ok(())
-    })();
-    if made.is_err() {
-        let _ = nix::unistd::unlinkat(dir, temp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-        if let Some(long) = crate::format::link::LongTarget::decode(sealed.as_bytes()) {
-            super::long_links::remove(volume.root.as_fd(), &long);
-        }
-        return made.map(|()| false);
-    }
+            entry,
+            RenameFlags::empty(),
+        )?)
+    })?;
     // A hard link to the old symlink still names the old target, until its own turn.
     if st.st_nlink == 1
         && let Some(long) = crate::format::link::LongTarget::decode(backing.as_bytes())

@@ -208,36 +208,14 @@ fn give_own_link_target(volume: &Volume, entry: &Entry) -> Result<()> {
     let backing = nix::fcntl::readlinkat(dir.as_fd(), entry.backing.as_str())?;
     let keys = volume.name_keys(entry.policy)?;
     let target = volume.open_symlink(&keys, &backing)?;
-    let sealed = volume.seal_symlink(&keys, &target)?;
     let temp = format!(
         "sealfs.fsck-copy.{}",
         id_to_hex(&crate::crypto::random_array::<16>().map_err(KeyError::from)?)
     );
-    let made = (|| -> Result<()> {
-        nix::unistd::symlinkat(sealed.as_str(), dir.as_fd(), temp.as_str())?;
-        nix::unistd::fchownat(
-            dir.as_fd(),
-            temp.as_str(),
-            Some(st.st_uid.into()),
-            Some(st.st_gid.into()),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-        nix::sys::stat::utimensat(
-            dir.as_fd(),
-            temp.as_str(),
-            &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
-            &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )?;
+    volume.reseal_symlink(dir.as_fd(), &st, &keys, &target, &temp, || {
         put_in_place(dir.as_fd(), &temp, entry)
-    })();
-    if made.is_err() {
-        let _ = unlinkat(dir.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
-        if let Some(long) = crate::format::link::LongTarget::decode(sealed.as_bytes()) {
-            crate::volume::long_links::remove(volume.root.as_fd(), &long);
-        }
-    }
-    made
+    })?;
+    Ok(())
 }
 
 /// Copies a file that shares its file id with another into a new data file with its own id
