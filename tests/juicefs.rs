@@ -216,3 +216,53 @@ fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
     b.unmount();
     host_a.assert_fsck_clean();
 }
+
+/// A key policy set on an empty directory while two hosts have the volume mounted: the host
+/// that did not set it creates the directory's next file under the tenant's keys (it reads the
+/// marker again under the directory's flock, which JuiceFS carries across clients), and the
+/// other host reads it.
+#[test]
+fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
+    let jfs = JuiceFs::start_with(
+        2,
+        &[
+            "--attr-cache",
+            "0",
+            "--entry-cache",
+            "0",
+            "--dir-entry-cache",
+            "0",
+        ],
+    );
+    let keys = jfs.dir.path().join("keys");
+    let cipher_a = jfs.mounts[0].join("vault");
+    ok(sealfs(&keys, &["init", cipher_a.to_str().unwrap()]));
+    let host_a = TestVolume::existing(tempfile::tempdir().unwrap(), cipher_a, keys.clone());
+    let host_b = TestVolume::existing(
+        tempfile::tempdir().unwrap(),
+        jfs.mounts[1].join("vault"),
+        keys.clone(),
+    );
+    let a = host_a.mount_with(&["-o", "shared"]);
+    let b = host_b.mount_with(&["-o", "shared"]);
+    fs::create_dir(a.p("t")).unwrap();
+    fs::write(b.p("t/before"), b"volume's").unwrap();
+    fs::remove_file(b.p("t/before")).unwrap();
+    let tenant_key = jfs.dir.path().join("tenant.key");
+    ok(host_a.run(&[
+        "policy",
+        "set",
+        host_a.cipher_str(),
+        "/t",
+        "--keyfile",
+        tenant_key.to_str().unwrap(),
+    ]));
+    fs::write(b.p("t/after"), b"tenant's").unwrap();
+    assert_eq!(fs::read(a.p("t/after")).unwrap(), b"tenant's");
+    a.unmount();
+    b.unmount();
+    let list = ok(host_a.run(&["policy", "list", host_a.cipher_str(), "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["policies"][0]["files"], 1, "{list}");
+    host_a.assert_fsck_clean();
+}

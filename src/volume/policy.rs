@@ -78,6 +78,8 @@ fn write_marker(dir: BorrowedFd<'_>, policy: u32) -> Result<()> {
 /// back, so the directory never loses its policy while it exists.
 pub fn rmdir_policy_root(parent: BorrowedFd<'_>, entry: &str) -> Result<bool> {
     let dir = open_dir_at(parent, entry)?;
+    // No create may slip in between the marker's unlink and the rmdir (under the parent's keys).
+    let _no_creates = lock_dir(dir.as_fd(), true)?;
     if read_names(dir.as_fd())?.iter().any(|n| n != POLICY_MARKER) {
         return Ok(false);
     }

@@ -42,6 +42,9 @@ impl SealFs {
     /// cache sends no readdir, so nothing is decrypted for it.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
+        // A policy set on this directory a moment ago (by another process or host) changes
+        // the keys its listing is under.
+        self.volume.follow_config();
         Ok(self.add_handle(Handle::Dir(Arc::new(DirHandle {
             node,
             listing: OnceLock::new(),

@@ -55,9 +55,26 @@ impl SealFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
         let parent = self.node(parent)?;
-        let (policy, keys) = self.dir_keys(&parent)?;
-        let backing = names::encrypt_name(&keys, name)?;
-        self.entry_of(&parent, policy, name, backing.entry())
+        let lookup = || {
+            let (policy, keys) = self.dir_keys(&parent)?;
+            let backing = names::encrypt_name(&keys, name)?;
+            self.entry_of(&parent, policy, name, backing.entry())
+        };
+        match lookup() {
+            // Not found under the keys this mount takes the directory's to be: a policy set on
+            // it a moment ago (by another process or host) may have changed them. One look at
+            // the config (an fstatat) tells.
+            Err(e) if is_not_found(&e) && self.policies_moved() => lookup(),
+            found => found,
+        }
+    }
+
+    /// Follows the config; whether the set of policies (or the config, so maybe a marker)
+    /// changed since this mount last looked.
+    pub(super) fn policies_moved(&self) -> bool {
+        let before = self.volume.tenants.generation();
+        self.volume.follow_config();
+        self.volume.tenants.generation() != before
     }
 
     /// For operations that make an entry in `dir`: the directory locked against a policy set
@@ -473,5 +490,13 @@ impl SealFs {
             opened_in_epoch: 0,
         })));
         Ok((attr, fh))
+    }
+}
+
+fn is_not_found(e: &VolumeError) -> bool {
+    match e {
+        VolumeError::NotFound => true,
+        VolumeError::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
