@@ -248,6 +248,32 @@ fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
     fs::create_dir(a.p("t")).unwrap();
     fs::write(b.p("t/before"), b"volume's").unwrap();
     fs::remove_file(b.p("t/before")).unwrap();
+    // The directory lock reaches across clients: held through client A's view of the cipher
+    // dir, it holds off a create through host B's mount (on client B) until released.
+    let backing_t = fs::read_dir(&host_a.cipher)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("sealfs.")
+        })
+        .unwrap();
+    let held = common::hold_directory_lock(&host_a.cipher, &backing_t);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| fs::write(b.p("t/waited"), b"x"));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert!(
+            !writer.is_finished(),
+            "host B's create waits for the lock held via client A"
+        );
+        drop(held);
+        writer.join().unwrap().unwrap();
+    });
+    fs::remove_file(a.p("t/waited")).unwrap();
     let tenant_key = jfs.dir.path().join("tenant.key");
     ok(host_a.run(&[
         "policy",

@@ -118,6 +118,18 @@ fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+fn list_xattrs(path: &Path) -> Vec<String> {
+    let path = cstr(path);
+    let mut buf = vec![0u8; 4096];
+    let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0, "listxattr: {}", std::io::Error::last_os_error());
+    buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect()
+}
+
 fn cstr(path: &Path) -> std::ffi::CString {
     std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).unwrap()
 }
@@ -481,6 +493,17 @@ fn rename_and_link_across_tenants_and_policy_changes_while_mounted() {
     ok(vol.run(&["policy", "remove", vol.cipher_str(), "/e"]));
     let shown = ok(vol.run(&["policy", "show", vol.cipher_str(), "/e"]));
     assert!(shown.contains("volume's own keys"), "{shown}");
+    // A remove killed after its config, before its marker went: run again, it is done.
+    let out = set("/r", None);
+    assert!(stdout(&out).contains("policy 6"), "{}", stderr(&out));
+    let mut env = vol.env.clone();
+    env.push(("SEALFS_CRASH_AT".into(), "policy-remove-retired".into()));
+    let remove = ["policy", "remove", vol.cipher_str(), "/r"];
+    let out = common::sealfs_env(&vol.keys, &env, &remove);
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    ok(vol.run(&remove));
+    let shown = ok(vol.run(&["policy", "show", vol.cipher_str(), "/r"]));
+    assert!(shown.contains("volume's own keys"), "{shown}");
     // An empty tenant directory can be removed (rm -r); its policy is then retired by id.
     ok(vol.run(&[
         "policy",
@@ -501,8 +524,8 @@ fn rename_and_link_across_tenants_and_policy_changes_while_mounted() {
     assert!(rm.status.success(), "{}", stderr(&rm));
     m.unmount();
     let list = ok(vol.run(&["policy", "list", vol.cipher_str()]));
-    assert!(list.contains("policy remove --id 6"), "{list}");
-    ok(vol.run(&["policy", "remove", vol.cipher_str(), "--id", "6"]));
+    assert!(list.contains("policy remove --id 7"), "{list}");
+    ok(vol.run(&["policy", "remove", vol.cipher_str(), "--id", "7"]));
     let out = vol.run(&[
         "fsck",
         vol.cipher_str(),
@@ -593,6 +616,7 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
     fs::hard_link(m.p("d/sub/long"), m.p("d/long-link")).unwrap();
     set_xattr(&m.p("d"), "user.owner", b"tenant t");
     set_xattr(&m.p("d/f3"), "user.tag", b"three");
+    set_xattr(&m.p("d/f5"), "user.bad", b"to be damaged");
     fs::write(m.p("outside"), b"volume's").unwrap();
     let set = [
         "policy",
@@ -611,6 +635,11 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
         stderr(&out)
     );
     m.unmount();
+    // One xattr value damaged in the cipher dir: it stays behind, the file still moves.
+    let backing_f5 = common::backing(&common::open_volume(&vol), "d/f5");
+    let names = list_xattrs(&backing_f5);
+    let sealed_name = names.iter().find(|n| n.starts_with("user.")).unwrap();
+    set_xattr(&backing_f5, sealed_name, b"garbage, not a sealed value");
 
     // Killed after its first rename: the volume refuses to mount until rewrap finishes.
     let mut env = vol.env.clone();
@@ -639,8 +668,9 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
     assert!(text.contains("moved under key policies"), "{text}");
     assert!(text.contains("21 files' keys"), "{text}");
     assert!(text.contains("decrypts under neither key"), "{text}");
+    assert!(text.contains("/d/f5: xattr user.bad"), "{text}");
     assert!(
-        stderr(&out).contains("1 entries could not be moved"),
+        stderr(&out).contains("2 entries could not be moved"),
         "{}",
         stderr(&out)
     );
@@ -665,6 +695,7 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
     );
     assert_eq!(get_xattr(&m.p("d"), "user.owner").unwrap(), b"tenant t");
     assert_eq!(get_xattr(&m.p("d/f3"), "user.tag").unwrap(), b"three");
+    assert_eq!(fs::read(m.p("d/f5")).unwrap(), b"file 5");
     assert_eq!(fs::read(m.p("outside")).unwrap(), b"volume's");
     m.unmount();
     // The damaged entry goes to the tenant's own lost+found, its name under the tenant's keys.
@@ -723,12 +754,7 @@ fn a_create_and_a_policy_set_on_its_directory_wait_for_each_other() {
                     .starts_with("sealfs.")
         })
         .unwrap();
-    let held = fs::File::open(&backing).unwrap();
-    let lock = |op| {
-        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), op) };
-        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-    };
-    lock(libc::LOCK_EX);
+    let held = common::hold_directory_lock(&vol.cipher, &backing);
     let set = [
         "policy",
         "set",
@@ -745,7 +771,7 @@ fn a_create_and_a_policy_set_on_its_directory_wait_for_each_other() {
             !writer.is_finished() && !setter.is_finished(),
             "both wait while the directory is locked"
         );
-        lock(libc::LOCK_UN);
+        drop(held);
         (writer.join().unwrap(), setter.join().unwrap())
     });
     written.unwrap();

@@ -153,7 +153,21 @@ fn set(args: SetArgs) -> Result<()> {
     let set = match set {
         Ok(set) => set,
         Err(e) => {
-            new.discard_created();
+            // A key file the config already names (the set failed after its first config
+            // write) seals a live policy: it stays, whatever failed after.
+            let named = Volume::read_config(&args.volume.cipher_dir).is_ok_and(|config| {
+                config.policies.iter().any(|p| {
+                    p.key_file.as_deref().map(std::path::Path::new)
+                        == new.created_keyfile.as_deref()
+                })
+            });
+            if named {
+                if let Some(path) = &new.created_keyfile {
+                    eprintln!("{}", describe_created(path));
+                }
+            } else {
+                new.discard_created();
+            }
             return Err(e.into());
         }
     };

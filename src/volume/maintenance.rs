@@ -8,12 +8,17 @@
 //! plus the flock on the cipher dir that sealfs versions before them take for the config, so
 //! those still exclude on this host. Where the backing store has no OFD locks, the flock alone
 //! remains (one host).
+//!
+//! The same file holds the directory locks (`lock_directory`): one byte per backing directory,
+//! from `DIRECTORY_LOCKS_AT` on, which order the entries made in a directory against a key
+//! policy set on it or removed from it. Not a flock on the directory: FUSE and NFS clients
+//! keep a directory's flocks to their own host.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-use nix::fcntl::{Flock, FlockArg, OFlag, open};
+use nix::fcntl::{Flock, FlockArg, OFlag, open, openat};
 use nix::sys::stat::Mode;
 
 use super::{Result, VolumeError};
@@ -84,6 +89,77 @@ fn take(cipher_dir: &Path, slot: Slot, wait: bool) -> Result<Option<File>> {
             Ok(_) => return Ok(Some(file)),
             Err(nix::Error::EINTR) => continue,
             Err(nix::Error::EACCES | nix::Error::EAGAIN) => return Err(nix::Error::EAGAIN.into()),
+            Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Where the directory locks start in `MAINTENANCE_FILE`.
+const DIRECTORY_LOCKS_AT: i64 = 1 << 20;
+/// How many bytes the directory locks spread over: two directories whose inode numbers are
+/// equal modulo this share a lock, which only makes one wait for the other.
+const DIRECTORY_LOCK_BYTES: u64 = 1 << 40;
+
+/// The byte of `MAINTENANCE_FILE` that locks the backing directory with inode number `ino`.
+pub fn directory_lock_byte(ino: u64) -> i64 {
+    DIRECTORY_LOCKS_AT + (ino % DIRECTORY_LOCK_BYTES) as i64
+}
+
+/// A directory lock (`lock_directory`), released when dropped.
+pub struct DirectoryLock {
+    _file: File,
+}
+
+/// Locks backing directory `dir` (any descriptor of it, O_PATH too) of the cipher dir whose
+/// root is `root`, waiting for whoever holds it here or on another host: shared by whoever
+/// makes an entry in it, while it reads the directory's policy marker and makes the entry;
+/// exclusive by `policy set` and `remove`, while they check the directory is empty and write
+/// or unlink its marker. None where there is nothing to lock with (a read-only cipher dir, a
+/// store without OFD locks, a lock file this process may not open): then `policy set` and
+/// `remove` want the volume unmounted instead.
+pub fn lock_directory(
+    root: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    exclusive: bool,
+) -> Result<Option<DirectoryLock>> {
+    let ino = nix::sys::stat::fstat(dir)?.st_ino;
+    let flags = OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let opened = openat(
+        root,
+        MAINTENANCE_FILE,
+        flags | OFlag::O_RDWR | OFlag::O_CREAT,
+        Mode::from_bits_truncate(0o600),
+    )
+    .or_else(|e| match e {
+        // A read lock needs only read access (a mount running as another user than the one
+        // who made the file).
+        nix::Error::EACCES | nix::Error::EROFS if !exclusive => openat(
+            root,
+            MAINTENANCE_FILE,
+            flags | OFlag::O_RDONLY,
+            Mode::empty(),
+        ),
+        e => Err(e),
+    });
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(nix::Error::EACCES | nix::Error::EROFS | nix::Error::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let kind = if exclusive {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    };
+    let lock = crate::io::file_lock::flock(kind, directory_lock_byte(ino), 1);
+    let file = File::from(fd);
+    loop {
+        match nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)) {
+            Ok(_) => return Ok(Some(DirectoryLock { _file: file })),
+            Err(nix::Error::EINTR) => continue,
             Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => {
                 return Ok(None);
             }

@@ -74,7 +74,11 @@ pub fn move_names(volume: &Volume) -> Result<Moved> {
         for dir in dirs.marked.iter().filter(|d| d.policy == policy) {
             let fd = super::policy::find_dir(volume, std::path::Path::new(&dir.path), false)?.fd;
             // The directory's own xattrs are under the keys of what it holds.
-            moved.xattrs += move_xattrs(fd.as_fd(), &from_keys, &to_keys)?;
+            let mut failed = Vec::new();
+            moved.xattrs += move_xattrs(fd.as_fd(), &from_keys, &to_keys, &mut failed)?;
+            moved
+                .failed
+                .extend(failed.into_iter().map(|f| format!("{}: {f}", dir.path)));
             move_dir(volume, fd.as_fd(), &keys, &dir.path, &mut moved)?;
         }
     }
@@ -166,7 +170,7 @@ fn move_entry(
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
-            moved.xattrs += move_xattrs(child.as_fd(), keys.from, keys.to)?;
+            moved.xattrs += move_entry_xattrs(child.as_fd(), keys, &child_path, moved)?;
             // A deeper policy's directory keeps its own keys beneath.
             if read_marker(child.as_fd())?.is_none() {
                 move_dir(volume, child.as_fd(), keys, &child_path, moved)?;
@@ -179,7 +183,7 @@ fn move_entry(
                 OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?);
-            moved.xattrs += move_xattrs(file.as_fd(), keys.from, keys.to)?;
+            moved.xattrs += move_entry_xattrs(file.as_fd(), keys, &child_path, moved)?;
             match crate::io::read_file_id(&file) {
                 Ok(id) => {
                     moved.files.insert(id, keys.policy);
@@ -193,6 +197,21 @@ fn move_entry(
         _ => {}
     }
     Ok(())
+}
+
+/// `move_xattrs` for an entry at plaintext `path`, its failures noted in `moved`.
+fn move_entry_xattrs(
+    fd: BorrowedFd<'_>,
+    keys: &Keys<'_>,
+    path: &str,
+    moved: &mut Moved,
+) -> Result<u64> {
+    let mut failed = Vec::new();
+    let count = move_xattrs(fd, keys.from, keys.to, &mut failed)?;
+    moved
+        .failed
+        .extend(failed.into_iter().map(|f| format!("{path}: {f}")));
+    Ok(count)
 }
 
 /// Re-seals a symlink's target under the tenant's keys (a new link under a temporary name,
@@ -247,8 +266,14 @@ pub fn user_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Re-encrypts the user xattrs of the inode `fd` opens from keys `from` to keys `to`; returns
-/// how many moved. One already under `to` is left as it is, so this can run again.
-pub fn move_xattrs(fd: BorrowedFd<'_>, from: &NameKeys, to: &NameKeys) -> Result<u64> {
+/// how many moved. One already under `to` is left as it is, so this can run again; one whose
+/// value does not open is left as it is too, and said in `failed`.
+pub fn move_xattrs(
+    fd: BorrowedFd<'_>,
+    from: &NameKeys,
+    to: &NameKeys,
+    failed: &mut Vec<String>,
+) -> Result<u64> {
     let path = CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL");
     let mut count = 0;
     for backing in user_xattrs(fd)? {
@@ -267,7 +292,13 @@ pub fn move_xattrs(fd: BorrowedFd<'_>, from: &NameKeys, to: &NameKeys) -> Result
                 buf.len(),
             )
         })?;
-        let value = names::open_xattr_value(from, &backing, &sealed)?;
+        let value = match names::open_xattr_value(from, &backing, &sealed) {
+            Ok(value) => value,
+            Err(e) => {
+                failed.push(format!("xattr {}: {e}", String::from_utf8_lossy(&plain)));
+                continue;
+            }
+        };
         let new_name = names::encrypt_xattr_name(to, OsStr::from_bytes(&plain))?;
         let new_value = names::seal_xattr_value(to, &new_name, &value)?;
         let new = CString::new(new_name).map_err(|_| VolumeError::InvalidName)?;

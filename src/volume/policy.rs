@@ -2,9 +2,9 @@
 //! by its plaintext path, and setting, listing and removing policies (`sealfs policy`).
 //!
 //! A policy applies to the directory carrying its marker and everything beneath it, down to a
-//! deeper marker. The marker is written before the config names the policy, so a running mount
-//! that notices the config change finds the marker in place (a mount that reads the marker
-//! first refuses the directory for a moment: its policy is not known yet).
+//! deeper marker. The config names a policy before any marker does (so no marker names an id
+//! the config could give out again), and is written again once the marker is there (so every
+//! running mount reads the directory's marker again).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -76,10 +76,14 @@ fn write_marker(dir: BorrowedFd<'_>, policy: u32) -> Result<()> {
 /// `rmdir` of an empty tenant directory); Ok(false) when it holds more. The policy stays in
 /// the config, with no directory (`policy remove --id`). If the rmdir fails the marker is put
 /// back, so the directory never loses its policy while it exists.
-pub fn rmdir_policy_root(parent: BorrowedFd<'_>, entry: &str) -> Result<bool> {
+pub fn rmdir_policy_root(
+    root: BorrowedFd<'_>,
+    parent: BorrowedFd<'_>,
+    entry: &str,
+) -> Result<bool> {
     let dir = open_dir_at(parent, entry)?;
     // No create may slip in between the marker's unlink and the rmdir (under the parent's keys).
-    let _no_creates = lock_dir(dir.as_fd(), true)?;
+    let _no_creates = super::maintenance::lock_directory(root, dir.as_fd(), true)?;
     if read_names(dir.as_fd())?.iter().any(|n| n != POLICY_MARKER) {
         return Ok(false);
     }
@@ -179,53 +183,6 @@ fn has_user_xattrs(dir: BorrowedFd<'_>) -> Result<bool> {
     Ok(!super::migrate::user_xattrs(dir)?.is_empty())
 }
 
-/// A lock on a backing directory that orders the entries made in it against a policy set on
-/// it or removed from it: whoever makes an entry holds it shared while it reads the
-/// directory's marker and makes the entry, so the entry is under the policy the marker names;
-/// `policy set` and `remove` hold it exclusively while they check that the directory is empty
-/// and write or unlink its marker. A flock, so it holds between hosts where the backing store
-/// forwards flocks (JuiceFS, CephFS, NFSv4). Released on drop.
-pub struct DirLock {
-    _held: nix::fcntl::Flock<File>,
-}
-
-/// Locks backing directory `dir` (any descriptor of it, O_PATH too), waiting for the lock.
-/// None where it cannot be locked: a backing store without flock on directories, or a
-/// directory this process may not read (then `policy set` and `remove` want the volume
-/// unmounted instead).
-pub fn lock_dir(dir: BorrowedFd<'_>, exclusive: bool) -> Result<Option<DirLock>> {
-    let fd = match openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(nix::Error::EACCES | nix::Error::EPERM) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let how = if exclusive {
-        nix::fcntl::FlockArg::LockExclusive
-    } else {
-        nix::fcntl::FlockArg::LockShared
-    };
-    let mut file = File::from(fd);
-    loop {
-        match nix::fcntl::Flock::lock(file, how) {
-            Ok(held) => return Ok(Some(DirLock { _held: held })),
-            Err((back, nix::Error::EINTR)) => file = back,
-            Err((
-                _,
-                nix::Error::EINVAL
-                | nix::Error::ENOLCK
-                | nix::Error::EOPNOTSUPP
-                | nix::Error::EBADF,
-            )) => return Ok(None),
-            Err((_, e)) => return Err(e.into()),
-        }
-    }
-}
-
 /// What `set_policy` did.
 pub struct Set {
     pub id: u32,
@@ -250,7 +207,7 @@ pub struct Set {
 /// id the config could give out again; and is written once more after the marker, so that
 /// every mount looks at the directory's marker again (one that looked in between took the
 /// directory to be its parent's). Makers of entries in the directory are held off meanwhile
-/// (`DirLock`).
+/// (`maintenance::lock_directory`).
 pub fn set_policy(
     volume: &Volume,
     path: &Path,
@@ -280,8 +237,9 @@ pub fn set_policy(
     let volume_id = config.volume_id()?;
     let opens =
         |policy: &TenantPolicy| matches!(provider.open_slot(&policy.slot, &volume_id), Ok(Some(_)));
-    let mut dir = find_dir(volume, path, true)?;
-    let dir_lock = lock_dir(dir.fd.as_fd(), true)?;
+    let dir = find_dir(volume, path, true)?;
+    // Everything slow (KMS, the walk) before the directory is locked: creates in it wait.
+    let mut stale_marker = false;
     if dir.own_marker {
         match config.policy(dir.policy) {
             // Run twice: the first may have died before its last config write.
@@ -303,57 +261,72 @@ pub fn set_policy(
                     own.label
                 )));
             }
-            // What a `policy remove` killed between its config and its marker left.
-            None if config.retired_policies.contains(&dir.policy) && is_empty(dir.fd.as_fd())? => {
-                unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
-                dir.own_marker = false;
-                dir.policy = dir.parent_policy;
-            }
-            None => {
-                return Err(VolumeError::Usage(format!(
-                    "{} carries the marker of policy {}, which {}; `sealfs fsck --repair --clear-policy {}` clears what it holds",
-                    path.display(),
-                    dir.policy,
-                    if config.retired_policies.contains(&dir.policy) {
-                        "was shredded"
-                    } else {
-                        "this volume's config does not know (damage or tampering)"
-                    },
-                    dir.policy
-                )));
-            }
+            // A marker no live policy has: left by a `policy remove` killed between its config
+            // and its marker, or (retired or unknown) over what nothing opens any more.
+            None => stale_marker = true,
         }
     }
     let existing = match config.policies.iter().find(|p| p.label == label) {
         None => None,
-        Some(p)
-            if find_policy_dirs(volume)?
-                .marked
-                .iter()
-                .any(|d| d.policy == p.id) =>
-        {
-            return Err(VolumeError::Usage(format!(
-                "policy {} is already called {label:?} and is on a directory; give another --label",
-                p.id
-            )));
+        Some(p) => {
+            let dirs = find_policy_dirs(volume)?;
+            if dirs.marked.iter().any(|d| d.policy == p.id) {
+                return Err(VolumeError::Usage(format!(
+                    "policy {} is already called {label:?} and is on a directory; give another --label",
+                    p.id
+                )));
+            }
+            if let Some((beneath, why)) = dirs.unreadable.first() {
+                return Err(VolumeError::Usage(format!(
+                    "policy {} is already called {label:?}; whether it is on a directory beneath {beneath} cannot be seen ({why}): give that policy's key (--policy-keyfile), or another --label",
+                    p.id
+                )));
+            }
+            if !opens(p) {
+                return Err(VolumeError::Usage(format!(
+                    "policy {} is already called {label:?}, under another key than {}; give another --label",
+                    p.id,
+                    provider.describe()
+                )));
+            }
+            Some(p.id)
         }
-        Some(p) if !opens(p) => {
-            return Err(VolumeError::Usage(format!(
-                "policy {} is already called {label:?}, under another key than {}; give another --label",
-                p.id,
-                provider.describe()
-            )));
-        }
-        Some(p) => Some(p.id),
     };
+    let (id, new_slot) = match existing {
+        Some(id) => (id, None),
+        None => {
+            let id = config.next_policy_id();
+            (id, Some(seal_new_policy(provider, &volume_id, id)?.0))
+        }
+    };
+    let dir_lock = super::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
+    let mut from = dir.policy;
+    if stale_marker {
+        if !is_empty(dir.fd.as_fd())? {
+            return Err(VolumeError::Usage(format!(
+                "{} carries the marker of policy {}, which {}; `sealfs fsck --repair --clear-policy {}` clears what it holds",
+                path.display(),
+                dir.policy,
+                if config.retired_policies.contains(&dir.policy) {
+                    "was removed or shredded"
+                } else {
+                    "this volume's config does not know (damage, or a config older than the marker)"
+                },
+                dir.policy
+            )));
+        }
+        // Empty: nothing of it to lose.
+        unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
+        from = dir.parent_policy;
+    }
     let move_pending = !is_empty(dir.fd.as_fd())? || has_user_xattrs(dir.fd.as_fd())?;
     // Names beneath change keys: no mount may be reading them meanwhile. Nor may one make an
     // entry where the backing store cannot lock the directory against it.
     let _alone = if move_pending || dir_lock.is_none() {
         let why = if move_pending {
-            "holds files, which move under the new policy"
+            "holds files (or xattrs), which move under the new policy"
         } else {
-            "is on a backing store that cannot lock directories against a mount's creates"
+            "is on a backing store without byte-range locks to hold a mount's creates off"
         };
         Some(
             super::migrate::claim_alone(volume, "policy set").map_err(|e| match e {
@@ -367,25 +340,21 @@ pub fn set_policy(
     } else {
         None
     };
-    let migrating_from = move_pending.then_some(dir.policy);
-    let id = match config.policies.iter_mut().find(|p| Some(p.id) == existing) {
-        Some(policy) => {
-            policy.migrating_from = migrating_from;
-            policy.id
-        }
+    let migrating_from = move_pending.then_some(from);
+    match new_slot {
+        Some(slot) => config.policies.push(TenantPolicy {
+            id,
+            label: label.clone(),
+            key_file,
+            migrating_from,
+            slot,
+        }),
         None => {
-            let id = config.next_policy_id();
-            let (slot, _) = seal_new_policy(provider, &volume_id, id)?;
-            config.policies.push(TenantPolicy {
-                id,
-                label: label.clone(),
-                key_file,
-                migrating_from,
-                slot,
-            });
-            id
+            if let Some(policy) = config.policies.iter_mut().find(|p| p.id == id) {
+                policy.migrating_from = migrating_from;
+            }
         }
-    };
+    }
     finish_config(volume, &mut config)?;
     super::crash_point("policy-config-written");
     if let Err(e) = write_marker(dir.fd.as_fd(), id) {
@@ -476,11 +445,40 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
             }
         )));
     }
-    let label = config
-        .policy(dir.policy)
-        .map(|p| p.label.clone())
-        .unwrap_or_default();
-    let dir_lock = lock_dir(dir.fd.as_fd(), true)?;
+    let live = config.policy(dir.policy).cloned();
+    if live.is_none() && shred {
+        return Err(VolumeError::Usage(format!(
+            "policy {} is shredded already; `sealfs fsck --repair --clear-policy {}` clears what it left",
+            dir.policy, dir.policy
+        )));
+    }
+    // Everything slow (KMS, the census) before the directory is locked: creates in it wait.
+    // A marker of a retired policy is what a remove killed after its config left: only the
+    // marker is left to go (the xattrs moved before the config was written).
+    let xattr_keys = match (&live, shred) {
+        (Some(_), false) => {
+            let files = super::census::census(&volume.headers)?
+                .by_policy
+                .get(&dir.policy)
+                .copied()
+                .unwrap_or(0);
+            if files > 0 {
+                return Err(VolumeError::Usage(format!(
+                    "{} is not empty, or {files} files elsewhere still use policy {}: move them out first, or destroy them with --shred",
+                    path.display(),
+                    dir.policy
+                )));
+            }
+            let tenant = volume.name_keys(dir.policy).map_err(|e| {
+                VolumeError::Usage(format!(
+                    "{e}: without it the directory's own xattrs cannot move back; use --shred to drop them"
+                ))
+            })?;
+            Some((tenant, volume.name_keys(dir.parent_policy)?))
+        }
+        _ => None,
+    };
+    let dir_lock = super::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
     let _alone = if dir_lock.is_none() && !shred {
         Some(super::migrate::claim_alone(volume, "policy remove")?)
     } else {
@@ -493,31 +491,25 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
                 path.display()
             )));
         }
-        let files = super::census::census(&volume.headers)?
-            .by_policy
-            .get(&dir.policy)
-            .copied()
-            .unwrap_or(0);
-        if files > 0 {
-            return Err(VolumeError::Usage(format!(
-                "{files} files elsewhere still use policy {}; run `sealfs fsck` to find them, or use --shred",
-                dir.policy
-            )));
+        if let Some((tenant, parent)) = &xattr_keys {
+            let mut failed = Vec::new();
+            super::migrate::move_xattrs(dir.fd.as_fd(), tenant, parent, &mut failed)?;
+            if let Some(first) = failed.first() {
+                return Err(VolumeError::Corrupt(format!(
+                    "{}: {first}; use --shred to drop it",
+                    path.display()
+                )));
+            }
         }
-        let tenant = volume.name_keys(dir.policy).map_err(|e| {
-            VolumeError::Usage(format!(
-                "{e}: without it the directory's own xattrs cannot move back; use --shred to drop them"
-            ))
-        })?;
-        let parent = volume.name_keys(dir.parent_policy)?;
-        super::migrate::move_xattrs(dir.fd.as_fd(), &tenant, &parent)?;
     }
-    config.policies.retain(|p| p.id != dir.policy);
-    if !config.retired_policies.contains(&dir.policy) {
-        config.retired_policies.push(dir.policy);
+    if live.is_some() {
+        config.policies.retain(|p| p.id != dir.policy);
+        if !config.retired_policies.contains(&dir.policy) {
+            config.retired_policies.push(dir.policy);
+        }
+        finish_config(volume, &mut config)?;
+        super::crash_point("policy-remove-retired");
     }
-    finish_config(volume, &mut config)?;
-    super::crash_point("policy-remove-retired");
     if !shred {
         // Makers of entries see the directory as its parent's from here on (the config
         // rewrite made them look again; they wait on `dir_lock` till the marker is gone).
@@ -526,7 +518,7 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
     drop(dir_lock);
     Ok(Removed {
         policy: dir.policy,
-        label,
+        label: live.map(|p| p.label).unwrap_or_default(),
         shredded: shred,
     })
 }
@@ -622,7 +614,7 @@ pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Res
         )));
     }
     match volume.tenants.keys(policy) {
-        Err(KeyError::PolicyRemoved(_))
+        Err(KeyError::PolicyRemoved(_) | KeyError::UnknownPolicy(_))
         | Err(KeyError::Remote {
             failure: RemoteFailure::KeyDisabled | RemoteFailure::Denied,
             ..

@@ -404,3 +404,33 @@ pub fn backing(volume: &sealfs::volume::Volume, plain: &str) -> PathBuf {
     }
     path
 }
+
+/// Holds the directory lock of backing directory `backing_dir` of the cipher dir `cipher` the
+/// way `policy set` does (an OFD write lock on its byte of `sealfs.maintenance`), until dropped.
+pub fn hold_directory_lock(cipher: &Path, backing_dir: &Path) -> std::fs::File {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(backing_dir).unwrap().ino();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(cipher.join("sealfs.maintenance"))
+        .unwrap();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: sealfs::volume::maintenance::directory_lock_byte(ino),
+        l_len: 1,
+        l_pid: 0,
+    };
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_OFD_SETLKW,
+            &lock,
+        )
+    };
+    assert_eq!(rc, 0, "F_OFD_SETLKW: {}", std::io::Error::last_os_error());
+    file
+}

@@ -32,7 +32,7 @@ struct NewEntryKeys {
     policy: u32,
     keys: Arc<NameKeys>,
     /// Held until the entry is made.
-    _lock: Option<crate::volume::policy::DirLock>,
+    _lock: Option<crate::volume::maintenance::DirectoryLock>,
 }
 
 impl SealFs {
@@ -78,7 +78,7 @@ impl SealFs {
     }
 
     /// For operations that make an entry in `dir`: the directory locked against a policy set
-    /// on it or removed from it (`policy::DirLock`), the config followed, and the directory's
+    /// on it or removed from it (`maintenance::lock_directory`), the config followed, and the directory's
     /// policy found from its marker read afresh under the lock, so that a policy set a moment
     /// ago, on this host or another, applies at once. The caller holds the returned lock
     /// until its entry is made.
@@ -87,7 +87,11 @@ impl SealFs {
         let lock = if dir.ino == ROOT_INO {
             None
         } else {
-            crate::volume::policy::lock_dir(dir.fd.as_fd(), false)?
+            crate::volume::maintenance::lock_directory(
+                self.volume.root.as_fd(),
+                dir.fd.as_fd(),
+                false,
+            )?
         };
         self.volume.follow_config();
         let policy = self.policy_of_afresh(dir)?;
@@ -316,6 +320,7 @@ impl SealFs {
             // An empty tenant directory still holds its policy marker.
             Err(nix::Error::ENOTEMPTY)
                 if crate::volume::policy::rmdir_policy_root(
+                    self.volume.root.as_fd(),
                     parent.fd.as_fd(),
                     backing.entry(),
                 )? => {}

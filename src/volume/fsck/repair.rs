@@ -20,15 +20,24 @@ use crate::volume::{Result, Volume, VolumeError, names};
 pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32]) {
     let mut moved: HashSet<String> = HashSet::new();
     for problem in problems.iter_mut() {
+        // A subtree under a policy nothing here opens (its key gone, or a marker naming a
+        // policy the config does not know), cleared on request.
+        let to_clear = match (&problem.backing_dir, problem.policy) {
+            (Some(dir), Some(policy)) if clear_policies.contains(&policy) => Some((dir, policy)),
+            _ => None,
+        };
         let outcome = match problem.kind {
-            ProblemKind::KeyUnavailable => match (&problem.backing_dir, problem.policy) {
-                (Some(dir), Some(policy)) if clear_policies.contains(&policy) => {
-                    crate::volume::policy::clear_policy_tree(volume, dir, policy).map(|n| {
-                        format!("cleared: {n} entries of policy {policy} removed, which no key could open")
-                    })
-                }
-                _ => continue,
-            },
+            ProblemKind::KeyUnavailable | ProblemKind::BadName if to_clear.is_some() => {
+                let Some((dir, policy)) = to_clear else {
+                    continue;
+                };
+                crate::volume::policy::clear_policy_tree(volume, dir, policy).map(|n| {
+                    format!(
+                        "cleared: {n} entries of policy {policy} removed, which no key could open"
+                    )
+                })
+            }
+            ProblemKind::KeyUnavailable => continue,
             ProblemKind::Leftover => {
                 remove_leftover(volume.root.as_fd(), &problem.path).map(|()| "removed".to_string())
             }
