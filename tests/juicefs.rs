@@ -110,26 +110,7 @@ fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
     // sqlite from several hosts needs names fresh at every open (its journal comes and goes
     // with each transaction): the JuiceFS clients keep no entries or attributes of their own,
     // as README "Scaling out" says to mount them for it.
-    let jfs = JuiceFs::start_with(
-        2,
-        &[
-            "--attr-cache",
-            "0",
-            "--entry-cache",
-            "0",
-            "--dir-entry-cache",
-            "0",
-        ],
-    );
-    let keys = jfs.dir.path().join("keys");
-    let cipher_a = jfs.mounts[0].join("vault");
-    ok(sealfs(&keys, &["init", cipher_a.to_str().unwrap()]));
-    let host_a = TestVolume::existing(tempfile::tempdir().unwrap(), cipher_a, keys.clone());
-    let host_b = TestVolume::existing(
-        tempfile::tempdir().unwrap(),
-        jfs.mounts[1].join("vault"),
-        keys.clone(),
-    );
+    let (_juicefs, host_a, host_b) = two_hosts_on_juicefs();
     let a = host_a.mount_with(&["-o", "shared"]);
     let b = host_b.mount_with(&["-o", "shared"]);
     fs::write(a.p("block"), vec![0u8; 4096]).unwrap();
@@ -217,12 +198,9 @@ fn shared_mounts_on_two_juicefs_clients_keep_every_byte() {
     host_a.assert_fsck_clean();
 }
 
-/// A key policy set on an empty directory while two hosts have the volume mounted: the host
-/// that did not set it creates the directory's next file under the tenant's keys (it reads the
-/// marker again under the directory's flock, which JuiceFS carries across clients), and the
-/// other host reads it.
-#[test]
-fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
+/// One volume on two JuiceFS clients (two hosts) that keep no entries or attributes of their
+/// own, as README "Scaling out" says to mount them for sharing: (JuiceFS, host A, host B).
+fn two_hosts_on_juicefs() -> (JuiceFs, TestVolume, TestVolume) {
     let jfs = JuiceFs::start_with(
         2,
         &[
@@ -241,8 +219,18 @@ fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
     let host_b = TestVolume::existing(
         tempfile::tempdir().unwrap(),
         jfs.mounts[1].join("vault"),
-        keys.clone(),
+        keys,
     );
+    (jfs, host_a, host_b)
+}
+
+/// A key policy set on an empty directory while two hosts have the volume mounted: the host
+/// that did not set it creates the directory's next file under the tenant's keys (it reads the
+/// marker again under the directory's lock, which JuiceFS carries across clients), and the
+/// other host reads it.
+#[test]
+fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
+    let (jfs, host_a, host_b) = two_hosts_on_juicefs();
     let a = host_a.mount_with(&["-o", "shared"]);
     let b = host_b.mount_with(&["-o", "shared"]);
     fs::create_dir(a.p("t")).unwrap();
@@ -250,18 +238,7 @@ fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
     fs::remove_file(b.p("t/before")).unwrap();
     // The directory lock reaches across clients: held through client A's view of the cipher
     // dir, it holds off a create through host B's mount (on client B) until released.
-    let backing_t = fs::read_dir(&host_a.cipher)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.is_dir()
-                && !p
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("sealfs.")
-        })
-        .unwrap();
+    let backing_t = common::only_backing_dir(&host_a.cipher);
     let held = common::hold_directory_lock(&host_a.cipher, &backing_t);
     std::thread::scope(|s| {
         let writer = s.spawn(|| fs::write(b.p("t/waited"), b"x"));

@@ -742,18 +742,7 @@ fn a_create_and_a_policy_set_on_its_directory_wait_for_each_other() {
     let m = vol.mount();
     fs::create_dir(m.p("d")).unwrap();
     // The backing directory of /d: the one directory of the cipher dir not sealfs's own.
-    let backing = fs::read_dir(&vol.cipher)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.is_dir()
-                && !p
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("sealfs.")
-        })
-        .unwrap();
+    let backing = common::only_backing_dir(&vol.cipher);
     let held = common::hold_directory_lock(&vol.cipher, &backing);
     let set = [
         "policy",

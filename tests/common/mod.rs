@@ -434,3 +434,19 @@ pub fn hold_directory_lock(cipher: &Path, backing_dir: &Path) -> std::fs::File {
     assert_eq!(rc, 0, "F_OFD_SETLKW: {}", std::io::Error::last_os_error());
     file
 }
+
+/// The one directory of cipher dir `cipher` that is not sealfs's own (a volume holding one).
+pub fn only_backing_dir(cipher: &Path) -> PathBuf {
+    std::fs::read_dir(cipher)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("sealfs.")
+        })
+        .unwrap()
+}
