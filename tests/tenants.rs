@@ -754,13 +754,15 @@ fn a_create_and_a_policy_set_on_its_directory_wait_for_each_other() {
     ];
     let (written, set) = std::thread::scope(|s| {
         let writer = s.spawn(|| fs::write(m.p("d/f"), b"made in the race"));
+        let tagger = s.spawn(|| set_xattr(&m.p("d"), "user.tag", b"set in the race"));
         let setter = s.spawn(|| vol.run(&set));
         std::thread::sleep(Duration::from_millis(700));
         assert!(
-            !writer.is_finished() && !setter.is_finished(),
-            "both wait while the directory is locked"
+            !writer.is_finished() && !tagger.is_finished() && !setter.is_finished(),
+            "all three wait while the directory is locked"
         );
         drop(held);
+        tagger.join().unwrap();
         (writer.join().unwrap(), setter.join().unwrap())
     });
     written.unwrap();
@@ -784,5 +786,9 @@ fn a_create_and_a_policy_set_on_its_directory_wait_for_each_other() {
     assert_eq!(files, tenant_files, "{list}");
     let m = vol.mount();
     assert_eq!(fs::read(m.p("d/f")).unwrap(), b"made in the race");
+    assert_eq!(
+        get_xattr(&m.p("d"), "user.tag").unwrap(),
+        b"set in the race"
+    );
     m.unmount();
 }

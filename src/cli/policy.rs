@@ -155,12 +155,15 @@ fn set(args: SetArgs) -> Result<()> {
         Err(e) => {
             // A key file the config already names (the set failed after its first config
             // write) seals a live policy: it stays, whatever failed after.
-            let named = Volume::read_config(&args.volume.cipher_dir).is_ok_and(|config| {
-                config.policies.iter().any(|p| {
-                    p.key_file.as_deref().map(std::path::Path::new)
-                        == new.created_keyfile.as_deref()
-                })
-            });
+            // When in doubt (the config unreadable), the key stays.
+            let named = Volume::read_config(&args.volume.cipher_dir)
+                .ok()
+                .is_none_or(|config| {
+                    config.policies.iter().any(|p| {
+                        p.key_file.as_deref().map(std::path::Path::new)
+                            == new.created_keyfile.as_deref()
+                    })
+                });
             if named {
                 if let Some(path) = &new.created_keyfile {
                     eprintln!("{}", describe_created(path));

@@ -97,6 +97,30 @@ fn take(cipher_dir: &Path, slot: Slot, wait: bool) -> Result<Option<File>> {
     }
 }
 
+/// Makes `MAINTENANCE_FILE` (empty; readable by all, as a read lock needs it to be) owned by
+/// the owner of the cipher dir, whoever runs this: a mount by root must not leave the volume's
+/// owner a lock file it cannot write.
+fn create_maintenance_file(root: BorrowedFd<'_>) -> nix::Result<std::os::fd::OwnedFd> {
+    let flags = OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_RDWR;
+    match openat(
+        root,
+        MAINTENANCE_FILE,
+        flags | OFlag::O_CREAT | OFlag::O_EXCL,
+        Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(fd) => {
+            if let Ok(owner) = nix::sys::stat::fstat(root) {
+                let _ =
+                    nix::unistd::fchown(&fd, Some(owner.st_uid.into()), Some(owner.st_gid.into()));
+            }
+            Ok(fd)
+        }
+        // Made by someone else meanwhile.
+        Err(nix::Error::EEXIST) => openat(root, MAINTENANCE_FILE, flags, Mode::empty()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Where the directory locks start in `MAINTENANCE_FILE`.
 const DIRECTORY_LOCKS_AT: i64 = 1 << 20;
 /// How many bytes the directory locks spread over: two directories whose inode numbers are
@@ -127,26 +151,30 @@ pub fn lock_directory(
 ) -> Result<Option<DirectoryLock>> {
     let ino = nix::sys::stat::fstat(dir)?.st_ino;
     let flags = OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-    let opened = openat(
-        root,
-        MAINTENANCE_FILE,
-        flags | OFlag::O_RDWR | OFlag::O_CREAT,
-        Mode::from_bits_truncate(0o600),
-    )
-    .or_else(|e| match e {
-        // A read lock needs only read access (a mount running as another user than the one
-        // who made the file).
-        nix::Error::EACCES | nix::Error::EROFS if !exclusive => openat(
-            root,
-            MAINTENANCE_FILE,
-            flags | OFlag::O_RDONLY,
-            Mode::empty(),
-        ),
-        e => Err(e),
-    });
+    let opened =
+        openat(root, MAINTENANCE_FILE, flags | OFlag::O_RDWR, Mode::empty()).or_else(|e| match e {
+            nix::Error::ENOENT => create_maintenance_file(root),
+            // A read lock needs only read access (a mount running as another user than the
+            // volume's owner).
+            nix::Error::EACCES | nix::Error::EROFS if !exclusive => openat(
+                root,
+                MAINTENANCE_FILE,
+                flags | OFlag::O_RDONLY,
+                Mode::empty(),
+            ),
+            e => Err(e),
+        });
     let fd = match opened {
         Ok(fd) => fd,
-        Err(nix::Error::EACCES | nix::Error::EROFS | nix::Error::ENOENT) => return Ok(None),
+        Err(e @ (nix::Error::EACCES | nix::Error::EROFS)) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "cannot open {MAINTENANCE_FILE} ({e}): creates are not held off while a key policy is set on their directory; mount as the volume's owner"
+                )
+            });
+            return Ok(None);
+        }
         Err(e) => return Err(e.into()),
     };
     let kind = if exclusive {

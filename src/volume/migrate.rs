@@ -281,6 +281,10 @@ pub fn move_xattrs(
             continue;
         }
         let Some(plain) = names::decrypt_xattr_name(from, &backing) else {
+            failed.push(format!(
+                "xattr {}: name decrypts under neither key",
+                String::from_utf8_lossy(&backing)
+            ));
             continue;
         };
         let old = CString::new(backing.clone()).map_err(|_| VolumeError::InvalidName)?;

@@ -170,6 +170,34 @@ pub fn find_dir(volume: &Volume, path: &Path, create: bool) -> Result<PolicyDir>
     })
 }
 
+/// The policies some directory's marker names, anywhere in the volume: markers are read
+/// without keys, so this sees beneath tenants whose keys are out of reach too.
+fn marked_policies(volume: &Volume) -> Result<std::collections::BTreeSet<u32>> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![open_dir_at(volume.root.as_fd(), ".")?];
+    while let Some(dir) = stack.pop() {
+        for entry in nix::dir::Dir::from_fd(dir.try_clone()?)?.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy();
+            if name == "." || name == ".." || classify_entry(&name) == EntryKind::Internal {
+                continue;
+            }
+            if matches!(entry.file_type(), Some(t) if t != nix::dir::Type::Directory) {
+                continue;
+            }
+            let Ok(child) = open_dir_at(dir.as_fd(), &name) else {
+                continue;
+            };
+            // A marker that does not parse names no policy that could be reattached.
+            if let Ok(Some(id)) = read_marker(child.as_fd()) {
+                found.insert(id);
+            }
+            stack.push(child);
+        }
+    }
+    Ok(found)
+}
+
 /// Whether backing directory `dir` holds no entry a user would see.
 fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
     Ok(read_names(dir)?
@@ -269,16 +297,9 @@ pub fn set_policy(
     let existing = match config.policies.iter().find(|p| p.label == label) {
         None => None,
         Some(p) => {
-            let dirs = find_policy_dirs(volume)?;
-            if dirs.marked.iter().any(|d| d.policy == p.id) {
+            if marked_policies(volume)?.contains(&p.id) {
                 return Err(VolumeError::Usage(format!(
                     "policy {} is already called {label:?} and is on a directory; give another --label",
-                    p.id
-                )));
-            }
-            if let Some((beneath, why)) = dirs.unreadable.first() {
-                return Err(VolumeError::Usage(format!(
-                    "policy {} is already called {label:?}; whether it is on a directory beneath {beneath} cannot be seen ({why}): give that policy's key (--policy-keyfile), or another --label",
                     p.id
                 )));
             }
@@ -315,8 +336,6 @@ pub fn set_policy(
                 dir.policy
             )));
         }
-        // Empty: nothing of it to lose.
-        unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
         from = dir.parent_policy;
     }
     let move_pending = !is_empty(dir.fd.as_fd())? || has_user_xattrs(dir.fd.as_fd())?;
@@ -340,6 +359,10 @@ pub fn set_policy(
     } else {
         None
     };
+    if stale_marker {
+        // On an empty directory: nothing of it to lose.
+        unlinkat(dir.fd.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
+    }
     let migrating_from = move_pending.then_some(from);
     match new_slot {
         Some(slot) => config.policies.push(TenantPolicy {
@@ -446,11 +469,19 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
         )));
     }
     let live = config.policy(dir.policy).cloned();
-    if live.is_none() && shred {
-        return Err(VolumeError::Usage(format!(
-            "policy {} is shredded already; `sealfs fsck --repair --clear-policy {}` clears what it left",
+    let gone = |what: &str| {
+        VolumeError::Usage(format!(
+            "policy {} {what}; `sealfs fsck --repair --clear-policy {}` clears what it left",
             dir.policy, dir.policy
-        )));
+        ))
+    };
+    if live.is_none() && shred {
+        return Err(gone("is not live (shredded, removed or unknown)"));
+    }
+    if live.is_none() && !is_empty(dir.fd.as_fd())? {
+        return Err(gone(
+            "is not live, and nothing opens what the directory holds",
+        ));
     }
     // Everything slow (KMS, the census) before the directory is locked: creates in it wait.
     // A marker of a retired policy is what a remove killed after its config left: only the
@@ -496,7 +527,7 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
             super::migrate::move_xattrs(dir.fd.as_fd(), tenant, parent, &mut failed)?;
             if let Some(first) = failed.first() {
                 return Err(VolumeError::Corrupt(format!(
-                    "{}: {first}; use --shred to drop it",
+                    "{}: {first}: the directory's own xattrs cannot all move back under its parent's keys (remove the damaged one from the backing directory, or use --shred)",
                     path.display()
                 )));
             }
@@ -724,6 +755,10 @@ fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>, keep: Option<&str>
 
 /// Drops policy `id`'s sealed secret from the config and retires its id (if still live).
 fn retire_policy(volume: &Volume, id: u32) -> Result<()> {
+    if id == VOLUME_POLICY || id > crate::format::config::MAX_POLICY_ID {
+        // Named by a damaged marker only: the config never gives such an id out.
+        return Ok(());
+    }
     let _lock = lock_config(&volume.path)?;
     let mut config = Volume::read_config(&volume.path)?;
     volume.keys.apply_config(&config)?;

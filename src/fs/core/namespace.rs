@@ -28,11 +28,11 @@ pub(super) enum LastLink {
 }
 
 /// What an operation making an entry needs (`SealFs::keys_for_new_entry`).
-struct NewEntryKeys {
-    policy: u32,
-    keys: Arc<NameKeys>,
+pub(super) struct NewEntryKeys {
+    pub policy: u32,
+    pub keys: Arc<NameKeys>,
     /// Held until the entry is made.
-    _lock: Option<crate::volume::maintenance::DirectoryLock>,
+    pub lock: Option<crate::volume::maintenance::DirectoryLock>,
 }
 
 impl SealFs {
@@ -82,7 +82,7 @@ impl SealFs {
     /// policy found from its marker read afresh under the lock, so that a policy set a moment
     /// ago, on this host or another, applies at once. The caller holds the returned lock
     /// until its entry is made.
-    fn keys_for_new_entry(&self, dir: &Node) -> Result<NewEntryKeys> {
+    pub(super) fn keys_for_new_entry(&self, dir: &Node) -> Result<NewEntryKeys> {
         // The root never takes a policy; creates there need no lock.
         let lock = if dir.ino == ROOT_INO {
             None
@@ -98,7 +98,7 @@ impl SealFs {
         Ok(NewEntryKeys {
             policy,
             keys: self.volume.name_keys(policy)?,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -164,7 +164,7 @@ impl SealFs {
         let NewEntryKeys {
             policy,
             keys,
-            _lock,
+            lock: _lock,
         } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
@@ -185,7 +185,7 @@ impl SealFs {
         let NewEntryKeys {
             policy,
             keys,
-            _lock,
+            lock: _lock,
         } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
@@ -210,7 +210,7 @@ impl SealFs {
         let NewEntryKeys {
             policy,
             keys,
-            _lock,
+            lock: _lock,
         } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         let encoded = self.volume.seal_symlink(&keys, target.as_bytes())?;
@@ -370,7 +370,7 @@ impl SealFs {
         let NewEntryKeys {
             policy: to_policy,
             keys: to_keys,
-            _lock,
+            lock: _lock,
         } = self.keys_for_new_entry(&new_parent_node)?;
         let old = names::encrypt_name(&from_keys, name)?;
         let new = names::encrypt_name(&to_keys, new_name)?;
@@ -417,7 +417,7 @@ impl SealFs {
         let NewEntryKeys {
             policy,
             keys,
-            _lock,
+            lock: _lock,
         } = self.keys_for_new_entry(&parent)?;
         if self.policy_of(&node)? != policy {
             // A file's key is its tenant's; a link elsewhere would put it under another's.
@@ -462,7 +462,7 @@ impl SealFs {
         let NewEntryKeys {
             policy,
             keys,
-            _lock,
+            lock: _lock,
         } = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         let (file, file_id, material) =

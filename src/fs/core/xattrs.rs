@@ -31,7 +31,7 @@ impl SealFs {
             return Err(reserved());
         }
         let (node, path) = self.xattr_path(ino)?;
-        let keys = self.node_keys(&node)?;
+        let (keys, _lock) = self.keys_for_xattr_write(&node)?;
         let backing = names::encrypt_xattr_name(&keys, name)?;
         let sealed = names::seal_xattr_value(&keys, &backing, value)?;
         let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
@@ -48,6 +48,23 @@ impl SealFs {
             return Err(std::io::Error::last_os_error().into());
         }
         Ok(())
+    }
+
+    /// The keys an xattr written on `node` goes under. A directory's are its policy's, which
+    /// a `policy set` or `remove` on it changes: as for a create in it, its lock is taken and
+    /// its marker read afresh, and the lock held until the xattr is written.
+    fn keys_for_xattr_write(
+        &self,
+        node: &Node,
+    ) -> Result<(
+        Arc<crate::keys::NameKeys>,
+        Option<crate::volume::maintenance::DirectoryLock>,
+    )> {
+        if node.kind != FileType::Directory {
+            return Ok((self.node_keys(node)?, None));
+        }
+        let entry = self.keys_for_new_entry(node)?;
+        Ok((entry.keys, entry.lock))
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
@@ -108,7 +125,8 @@ impl SealFs {
             return Err(reserved());
         }
         let (node, path) = self.xattr_path(ino)?;
-        let backing = match names::encrypt_xattr_name(&*self.node_keys(&node)?, name) {
+        let (keys, _lock) = self.keys_for_xattr_write(&node)?;
+        let backing = match names::encrypt_xattr_name(&keys, name) {
             Err(VolumeError::Unsupported(_)) => {
                 return Err(VolumeError::NoAttribute);
             }
