@@ -261,7 +261,17 @@ fn a_policy_set_while_two_juicefs_hosts_are_mounted_applies_on_both() {
         tenant_key.to_str().unwrap(),
     ]));
     fs::write(b.p("t/after"), b"tenant's").unwrap();
-    assert_eq!(fs::read(a.p("t/after")).unwrap(), b"tenant's");
+    // Past the entry timeout, host A looks /t up again, reads its marker and meets a policy it
+    // may not have seen in the config yet.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    match fs::read(a.p("t/after")) {
+        Ok(read) => assert_eq!(read, b"tenant's"),
+        Err(e) => panic!(
+            "host A: {e}\nA's log:\n{}\nB's log:\n{}",
+            a.log_text(),
+            b.log_text()
+        ),
+    }
     a.unmount();
     b.unmount();
     let list = ok(host_a.run(&["policy", "list", host_a.cipher_str(), "--json"]));

@@ -478,6 +478,15 @@ impl Volume {
         }
         self.tenants
             .keys(policy)
+            .or_else(|e| match e {
+                // A marker read a moment ago may name a policy set since this volume last
+                // looked at the config (by another process or host): look now.
+                KeyError::UnknownPolicy(_) => {
+                    self.follow_config();
+                    self.tenants.keys(policy)
+                }
+                e => Err(e),
+            })
             .map(|tenant| tenant.names.clone())
             .inspect_err(|e| self.audit_key_failure(e))
             .map_err(VolumeError::from)

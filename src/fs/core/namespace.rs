@@ -27,13 +27,13 @@ pub(super) enum LastLink {
     LongSymlink(LongTarget),
 }
 
-/// What an operation making an entry needs (`SealFs::keys_for_new_entry`).
-pub(super) struct NewEntryKeys {
-    pub policy: u32,
-    pub keys: Arc<NameKeys>,
-    /// Held until the entry is made.
-    pub lock: Option<crate::volume::maintenance::DirectoryLock>,
-}
+/// What an operation making an entry needs (`SealFs::keys_for_new_entry`): the directory's
+/// policy, its name keys, and its lock, held until the entry is made.
+pub(super) type NewEntryKeys = (
+    u32,
+    Arc<NameKeys>,
+    Option<crate::volume::maintenance::DirectoryLock>,
+);
 
 impl SealFs {
     /// Looks up `entry` in `parent` (of key policy `policy`), the backing name of `name`, and
@@ -78,10 +78,10 @@ impl SealFs {
     }
 
     /// For operations that make an entry in `dir`: the directory locked against a policy set
-    /// on it or removed from it (`maintenance::lock_directory`), the config followed, and the directory's
-    /// policy found from its marker read afresh under the lock, so that a policy set a moment
-    /// ago, on this host or another, applies at once. The caller holds the returned lock
-    /// until its entry is made.
+    /// on it or removed from it (`maintenance::lock_directory`), the config followed, and the
+    /// directory's policy found from its marker read afresh under the lock, so that a policy
+    /// set a moment ago, on this host or another, applies at once. The caller keeps what this
+    /// returns (and so the lock) until its entry is made.
     pub(super) fn keys_for_new_entry(&self, dir: &Node) -> Result<NewEntryKeys> {
         // The root never takes a policy; creates there need no lock.
         let lock = if dir.ino == ROOT_INO {
@@ -95,11 +95,7 @@ impl SealFs {
         };
         self.volume.follow_config();
         let policy = self.policy_of_afresh(dir)?;
-        Ok(NewEntryKeys {
-            policy,
-            keys: self.volume.name_keys(policy)?,
-            lock,
-        })
+        Ok((policy, self.volume.name_keys(policy)?, lock))
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
@@ -161,11 +157,7 @@ impl SealFs {
             _ => return Err(VolumeError::InvalidArgument("mknod file type")),
         };
         let parent = self.node(parent)?;
-        let NewEntryKeys {
-            policy,
-            keys,
-            lock: _lock,
-        } = self.keys_for_new_entry(&parent)?;
+        let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mknodat(
@@ -182,11 +174,7 @@ impl SealFs {
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let NewEntryKeys {
-            policy,
-            keys,
-            lock: _lock,
-        } = self.keys_for_new_entry(&parent)?;
+        let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mkdirat(
@@ -207,11 +195,7 @@ impl SealFs {
     ) -> Result<FileAttr> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let NewEntryKeys {
-            policy,
-            keys,
-            lock: _lock,
-        } = self.keys_for_new_entry(&parent)?;
+        let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         let encoded = self.volume.seal_symlink(&keys, target.as_bytes())?;
         let long = LongTarget::decode(encoded.as_bytes());
@@ -367,11 +351,7 @@ impl SealFs {
         let parent = self.node(parent)?;
         let new_parent_node = self.node(new_parent)?;
         let (from_policy, from_keys) = self.dir_keys(&parent)?;
-        let NewEntryKeys {
-            policy: to_policy,
-            keys: to_keys,
-            lock: _lock,
-        } = self.keys_for_new_entry(&new_parent_node)?;
+        let (to_policy, to_keys, _lock) = self.keys_for_new_entry(&new_parent_node)?;
         let old = names::encrypt_name(&from_keys, name)?;
         let new = names::encrypt_name(&to_keys, new_name)?;
         self.same_policy_for_move(&parent, &old, from_policy, to_policy)?;
@@ -414,11 +394,7 @@ impl SealFs {
         self.writable()?;
         let node = self.node(ino)?;
         let parent = self.node(new_parent)?;
-        let NewEntryKeys {
-            policy,
-            keys,
-            lock: _lock,
-        } = self.keys_for_new_entry(&parent)?;
+        let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         if self.policy_of(&node)? != policy {
             // A file's key is its tenant's; a link elsewhere would put it under another's.
             return Err(VolumeError::CrossPolicy);
@@ -459,11 +435,7 @@ impl SealFs {
     ) -> Result<(FileAttr, u64)> {
         self.writable()?;
         let parent = self.node(parent)?;
-        let NewEntryKeys {
-            policy,
-            keys,
-            lock: _lock,
-        } = self.keys_for_new_entry(&parent)?;
+        let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
         let (file, file_id, material) =
             self.volume

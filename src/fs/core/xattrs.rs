@@ -63,8 +63,8 @@ impl SealFs {
         if node.kind != FileType::Directory {
             return Ok((self.node_keys(node)?, None));
         }
-        let entry = self.keys_for_new_entry(node)?;
-        Ok((entry.keys, entry.lock))
+        let (_, keys, lock) = self.keys_for_new_entry(node)?;
+        Ok((keys, lock))
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
