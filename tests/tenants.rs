@@ -586,6 +586,20 @@ fn a_tenant_on_a_pkcs11_token() {
     assert_eq!(errno(fs::read(m.p("hsm-tenant/f"))), libc::ENOKEY);
     fs::write(m.p("outside"), b"fine").unwrap();
     m.unmount();
+    // An empty tenant directory comes off without its tenant's key.
+    ok(vol.run(&[
+        "policy",
+        "set",
+        vol.cipher_str(),
+        "/hsm-empty",
+        "--pkcs11-token",
+        TOKEN,
+        "--pkcs11-key",
+        KEYS[1],
+        "--pkcs11-module",
+        SOFTHSM_MODULE,
+    ]));
+    ok(no_pin.run(&["policy", "remove", vol.cipher_str(), "/hsm-empty"]));
     // A key out of reach is not a key gone: fsck will not clear the tenant away.
     let out = no_pin.run(&["fsck", vol.cipher_str(), "--repair", "--clear-policy", "1"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));

@@ -500,12 +500,17 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
                     dir.policy
                 )));
             }
-            let tenant = volume.name_keys(dir.policy).map_err(|e| {
-                VolumeError::Usage(format!(
-                    "{e}: without it the directory's own xattrs cannot move back; use --shred to drop them"
-                ))
-            })?;
-            Some((tenant, volume.name_keys(dir.parent_policy)?))
+            // The tenant's key is needed only to move the directory's own xattrs back.
+            if has_user_xattrs(dir.fd.as_fd())? {
+                let tenant = volume.name_keys(dir.policy).map_err(|e| {
+                    VolumeError::Usage(format!(
+                        "{e}: without it the directory's own xattrs cannot move back; use --shred to drop them"
+                    ))
+                })?;
+                Some((tenant, volume.name_keys(dir.parent_policy)?))
+            } else {
+                None
+            }
         }
         _ => None,
     };
