@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
+use common::xattrs::{get_xattr, list_xattrs, remove_xattr, set_xattr};
 use common::{TestVolume, backing, open_volume};
 use sealfs::volume::Volume;
 
@@ -165,6 +166,83 @@ fn fsck_finds_each_kind_of_damage_and_repair_loses_no_intact_data() {
         "a file whose name was lost keeps its contents"
     );
     assert!(!m.p("dir/flipped").exists());
+}
+
+/// Extended attributes that do not open are found where they sit (a directory, a file);
+/// --repair removes those and nothing else: another program's attribute in the cipher dir is
+/// reported and left alone, and every other attribute reads as before.
+#[test]
+fn damaged_xattrs_are_found_and_repair_removes_only_them() {
+    let vol = TestVolume::new();
+    let backing_xattrs = |plain: &str| list_xattrs(&backing(&open_volume(&vol), plain));
+    {
+        let m = vol.mount();
+        fs::create_dir(m.p("d")).unwrap();
+        fs::write(m.p("d/f"), b"data").unwrap();
+        set_xattr(&m.p(""), "user.keep", b"root");
+        set_xattr(&m.p("d"), "user.keep", b"dir");
+        set_xattr(&m.p("d/f"), "user.keep", b"file");
+    }
+    let (kept_dir, kept_file) = (backing_xattrs("d"), backing_xattrs("d/f"));
+    {
+        let m = vol.mount();
+        set_xattr(&m.p("d"), "user.renamed", b"x");
+        set_xattr(&m.p("d/f"), "user.forged", b"y");
+    }
+    let (code, report) = fsck(&vol, false);
+    assert_eq!(code, 0, "sealed attributes are clean: {report}");
+
+    let volume = open_volume(&vol);
+    let (dir, file) = (backing(&volume, "d"), backing(&volume, "d/f"));
+    let renamed = list_xattrs(&dir)
+        .into_iter()
+        .find(|n| !kept_dir.contains(n));
+    let forged = list_xattrs(&file)
+        .into_iter()
+        .find(|n| !kept_file.contains(n));
+    let (renamed, forged) = (renamed.unwrap(), forged.unwrap());
+    // The directory's attribute under a name with one character changed (the first after
+    // "user.": the last may carry bits base64 ignores).
+    let value = get_xattr(&dir, &renamed).unwrap();
+    remove_xattr(&dir, &renamed);
+    let mut other = renamed.clone().into_bytes();
+    other[5] = if other[5] == b'A' { b'B' } else { b'A' };
+    set_xattr(&dir, std::str::from_utf8(&other).unwrap(), &value);
+    // The file's attribute with a forged value.
+    set_xattr(&file, &forged, b"garbage, not a sealed value");
+    // What rsync --fake-super leaves on a copy of the cipher dir.
+    set_xattr(&volume.path, "user.rsync.%stat", b"40755 0,0 0:0");
+    drop(volume);
+
+    let (code, report) = fsck(&vol, false);
+    assert_eq!(code, 4, "{report}");
+    let found = problems(&report);
+    let mut bad = found["bad-xattr"].clone();
+    bad.sort();
+    assert_eq!(bad, vec!["/d", "/d/f"], "{report}");
+    assert_eq!(found["stray"], vec!["/"], "{report}");
+    assert_eq!(found.len(), 2, "nothing else reported: {found:?}");
+    let (code, report) = fsck(&vol, true);
+    assert_eq!(code, 1, "every error corrected: {report}");
+    let (code, report) = fsck(&vol, false);
+    assert_eq!(
+        code, 0,
+        "clean after repair (the stray is no error): {report}"
+    );
+    let volume = open_volume(&vol);
+    assert_eq!(
+        get_xattr(&volume.path, "user.rsync.%stat").unwrap(),
+        b"40755 0,0 0:0",
+        "another program's attribute is never touched"
+    );
+    drop(volume);
+
+    let m = vol.mount();
+    assert_eq!(get_xattr(&m.p(""), "user.keep").unwrap(), b"root");
+    for (path, value) in [("d", &b"dir"[..]), ("d/f", b"file")] {
+        assert_eq!(list_xattrs(&m.p(path)), vec!["user.keep"], "{path}");
+        assert_eq!(get_xattr(&m.p(path), "user.keep").unwrap(), value);
+    }
 }
 
 /// What a crash can leave of a create under a temporary name (backing stores without a kept

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::services::{KEYS, Kms, PIN, SOFTHSM_MODULE, TOKEN, kms, kms_env, softhsm};
+use common::xattrs::{get_xattr, list_xattrs, set_xattr};
 use common::{TestVolume, files_under, stderr};
 
 fn stdout(out: &std::process::Output) -> String {
@@ -84,54 +85,6 @@ fn policy_dir(cipher: &Path, id: u32) -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let (path, name) = (cstr(path), std::ffi::CString::new(name).unwrap());
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
-}
-
-fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let (path, name) = (cstr(path), std::ffi::CString::new(name).unwrap());
-    let mut buf = vec![0u8; 256];
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
-fn list_xattrs(path: &Path) -> Vec<String> {
-    let path = cstr(path);
-    let mut buf = vec![0u8; 4096];
-    let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr: {}", std::io::Error::last_os_error());
-    buf[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect()
-}
-
-fn cstr(path: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).unwrap()
 }
 
 /// The data files directly in backing directory `dir`.
@@ -717,6 +670,12 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
     assert!(text.contains("moved to /d/lost+found/unnamed-"), "{text}");
+    // The damaged xattr the move left behind no key opens: repair removes just it.
+    assert!(
+        text.contains("bad-xattr: /d/f5: extended attribute")
+            && text.contains("[repaired: removed (no key of this volume opens it)]"),
+        "{text}"
+    );
     vol.assert_fsck_clean();
     let m = vol.mount();
     assert_eq!(fs::read_dir(m.p("d/lost+found")).unwrap().count(), 1);

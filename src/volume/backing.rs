@@ -377,18 +377,9 @@ fn user_xattrs(dir: BorrowedFd<'_>) -> bool {
     let Some(file) = open_rw(dir, "xattr") else {
         return false;
     };
-    let path = std::ffi::CString::new(proc_fd_path(file.as_fd()).as_os_str().as_bytes())
-        .expect("no NUL in a /proc path");
-    // SAFETY: valid C strings and a 1-byte buffer.
-    unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            c"user.sealfs.probe".as_ptr(),
-            b"1".as_ptr().cast(),
-            1,
-            0,
-        ) == 0
-    }
+    super::backing_xattrs::XattrTarget::new(file.as_fd())
+        .set(b"user.sealfs.probe", b"1", 0)
+        .is_ok()
 }
 
 fn fallocate(dir: BorrowedFd<'_>) -> bool {

@@ -11,7 +11,7 @@
 //! exclusively).
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -20,10 +20,11 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat2};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 use serde::Serialize;
 
+use super::backing_xattrs::XattrTarget;
 use super::error::{Result, VolumeError};
 use super::headers::read_names;
 use super::policy::{find_policy_dirs, read_marker};
-use super::{Volume, lock_config, names, proc_fd_path, write_config};
+use super::{Volume, lock_config, names, write_config};
 use crate::format::Id;
 use crate::format::name::{EntryKind, classify_entry};
 use crate::keys::NameKeys;
@@ -247,24 +248,6 @@ fn move_symlink(
     Ok(true)
 }
 
-/// The backing names of the user xattrs of the inode `fd` opens.
-pub fn user_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
-    let path = CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL");
-    let listed = match names::read_xattr(|buf| unsafe {
-        libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-    }) {
-        Ok(listed) => listed,
-        // A backing store without xattrs has none to move.
-        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
-        Err(e) => return Err(e),
-    };
-    Ok(listed
-        .split(|&b| b == 0)
-        .filter(|n| n.starts_with(names::USER_XATTR_PREFIX))
-        .map(<[u8]>::to_vec)
-        .collect())
-}
-
 /// Re-encrypts the user xattrs of the inode `fd` opens from keys `from` to keys `to`; returns
 /// how many moved. One already under `to` is left as it is, so this can run again; one whose
 /// value does not open is left as it is too, and said in `failed`.
@@ -274,9 +257,9 @@ pub fn move_xattrs(
     to: &NameKeys,
     failed: &mut Vec<String>,
 ) -> Result<u64> {
-    let path = CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL");
+    let target = XattrTarget::new(fd);
     let mut count = 0;
-    for backing in user_xattrs(fd)? {
+    for backing in target.list_user()? {
         if names::decrypt_xattr_name(to, &backing).is_some() {
             continue;
         }
@@ -287,16 +270,7 @@ pub fn move_xattrs(
             ));
             continue;
         };
-        let old = CString::new(backing.clone()).map_err(|_| VolumeError::InvalidName)?;
-        let sealed = names::read_xattr(|buf| unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                old.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        })?;
-        let value = match names::open_xattr_value(from, &backing, &sealed) {
+        let value = match names::open_xattr_value(from, &backing, &target.get(&backing)?) {
             Ok(value) => value,
             Err(e) => {
                 failed.push(format!("xattr {}: {e}", String::from_utf8_lossy(&plain)));
@@ -305,19 +279,8 @@ pub fn move_xattrs(
         };
         let new_name = names::encrypt_xattr_name(to, OsStr::from_bytes(&plain))?;
         let new_value = names::seal_xattr_value(to, &new_name, &value)?;
-        let new = CString::new(new_name).map_err(|_| VolumeError::InvalidName)?;
-        let set = unsafe {
-            libc::setxattr(
-                path.as_ptr(),
-                new.as_ptr(),
-                new_value.as_ptr().cast(),
-                new_value.len(),
-                0,
-            )
-        };
-        if set != 0 || unsafe { libc::removexattr(path.as_ptr(), old.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        target.set(&new_name, &new_value, 0)?;
+        target.remove(&backing)?;
         count += 1;
     }
     Ok(count)

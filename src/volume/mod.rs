@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backing;
+pub mod backing_xattrs;
 pub mod census;
 pub mod claim;
 mod error;

@@ -169,6 +169,16 @@ pub fn decrypt_xattr_name(keys: &NameKeys, backing: &[u8]) -> Option<Vec<u8>> {
     name::unpad(&padded).ok().map(<[u8]>::to_vec)
 }
 
+/// Whether a backing `user.*` name has the shape of one sealfs wrote (base64url after the
+/// prefix), whether or not it opens: other programs' attributes (rsync --fake-super's
+/// `user.rsync.%stat`, say) do not.
+pub fn looks_sealed_xattr_name(backing: &[u8]) -> bool {
+    backing
+        .strip_prefix(USER_XATTR_PREFIX)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .is_some_and(|encoded| !encoded.is_empty() && name::decode_b64(encoded, "xattr").is_ok())
+}
+
 pub fn seal_xattr_value(keys: &NameKeys, backing_name: &[u8], value: &[u8]) -> Result<Vec<u8>> {
     let aad = [XATTR_VALUE_AAD, backing_name].concat();
     keys.xattr_values
@@ -271,6 +281,9 @@ mod tests {
         ));
         let name = encrypt_xattr_name(&k, OsStr::new("user.comment")).unwrap();
         assert_eq!(decrypt_xattr_name(&k, &name).unwrap(), b"user.comment");
+        assert!(looks_sealed_xattr_name(&name));
+        assert!(!looks_sealed_xattr_name(b"user.rsync.%stat"));
+        assert!(!looks_sealed_xattr_name(b"user."));
         let value = seal_xattr_value(&k, &name, b"v").unwrap();
         assert_eq!(open_xattr_value(&k, &name, &value).unwrap(), b"v");
         assert!(open_xattr_value(&k, b"user.other", &value).is_err());

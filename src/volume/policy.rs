@@ -16,6 +16,7 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use super::backing_xattrs::XattrTarget;
 use super::error::{Result, VolumeError};
 use super::headers::read_names;
 use super::{Volume, lock_config, names, write_config};
@@ -208,7 +209,7 @@ fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
 /// Whether backing directory `dir` has user xattrs of its own (encrypted under the keys of
 /// the policy of what it holds, as its entries' names are).
 fn has_user_xattrs(dir: BorrowedFd<'_>) -> Result<bool> {
-    Ok(!super::migrate::user_xattrs(dir)?.is_empty())
+    Ok(!XattrTarget::new(dir).list_user()?.is_empty())
 }
 
 /// What `set_policy` did.
@@ -696,15 +697,9 @@ pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Res
 
 /// Removes the user xattrs of the inode `fd` opens (sealed under keys that are gone).
 fn remove_user_xattrs(fd: BorrowedFd<'_>) -> Result<()> {
-    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
-        super::proc_fd_path(fd).as_os_str(),
-    ))
-    .map_err(|_| VolumeError::InvalidName)?;
-    for name in super::migrate::user_xattrs(fd)? {
-        let name = std::ffi::CString::new(name).map_err(|_| VolumeError::InvalidName)?;
-        if unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+    let target = XattrTarget::new(fd);
+    for name in target.list_user()? {
+        target.remove(&name)?;
     }
     Ok(())
 }

@@ -1,9 +1,8 @@
 //! Extended attributes: `user.*` names encrypted deterministically, values sealed, both
 //! stored as backing xattrs of the same inode.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::FileType;
@@ -11,18 +10,17 @@ use fuser::FileType;
 use super::SealFs;
 use crate::fs::inodes::Node;
 use crate::metrics::IntegrityKind;
-use crate::volume::names::read_xattr;
-use crate::volume::{Result, VolumeError, names, proc_fd_path};
+use crate::volume::backing_xattrs::XattrTarget;
+use crate::volume::{Result, VolumeError, names};
 
 impl SealFs {
-    pub(super) fn xattr_path(&self, ino: u64) -> Result<(Arc<Node>, CString)> {
+    pub(super) fn xattr_target(&self, ino: u64) -> Result<(Arc<Node>, XattrTarget)> {
         let node = self.node(ino)?;
         if node.kind == FileType::Symlink {
             return Err(VolumeError::Unsupported("extended attributes on symlinks"));
         }
-        let path = proc_fd_path(node.fd.as_fd());
-        let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in /proc path");
-        Ok((node, c))
+        let target = XattrTarget::new(node.fd.as_fd());
+        Ok((node, target))
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
@@ -30,24 +28,11 @@ impl SealFs {
         if is_stats_attribute(ino, name) {
             return Err(reserved());
         }
-        let (node, path) = self.xattr_path(ino)?;
+        let (node, target) = self.xattr_target(ino)?;
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
         let backing = names::encrypt_xattr_name(&keys, name)?;
         let sealed = names::seal_xattr_value(&keys, &backing, value)?;
-        let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
-        let rc = unsafe {
-            libc::setxattr(
-                path.as_ptr(),
-                cname.as_ptr(),
-                sealed.as_ptr().cast(),
-                sealed.len(),
-                flags,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(())
+        target.set(&backing, &sealed, flags)
     }
 
     /// The keys an xattr written on `node` goes under. A directory's are its policy's, which
@@ -74,7 +59,7 @@ impl SealFs {
             return serde_json::to_vec(&crate::metrics::global().snapshot())
                 .map_err(|e| VolumeError::Usage(format!("stats: {e}")));
         }
-        let (node, path) = self.xattr_path(ino)?;
+        let (node, target) = self.xattr_target(ino)?;
         let keys = self.node_keys(&node)?;
         let backing = match names::encrypt_xattr_name(&keys, name) {
             Err(VolumeError::Unsupported(_)) => {
@@ -82,34 +67,23 @@ impl SealFs {
             }
             other => other?,
         };
-        let cname = CString::new(backing.clone()).map_err(|_| VolumeError::InvalidName)?;
-        let sealed = read_xattr(|buf| unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                cname.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        })?;
-        names::open_xattr_value(&keys, &backing, &sealed)
+        names::open_xattr_value(&keys, &backing, &target.get(&backing)?)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        let (node, path) = self.xattr_path(ino)?;
+        let (node, target) = self.xattr_target(ino)?;
         let keys = self.node_keys(&node)?;
-        let raw = read_xattr(|buf| unsafe {
-            libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        })?;
         let mut out = Vec::new();
-        for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            match names::decrypt_xattr_name(&keys, backing) {
+        for backing in target.list()? {
+            match names::decrypt_xattr_name(&keys, &backing) {
                 Some(plain) => {
                     out.extend_from_slice(&plain);
                     out.push(0);
                 }
-                // Another namespace's attribute (security.*, ...) is not ours to list; a
-                // user.* one that does not decrypt failed authentication.
-                None if backing.starts_with(names::USER_XATTR_PREFIX) => {
+                // Another namespace's attribute (security.*, ...), or another program's
+                // user.* one, is not ours to list; one of ours that does not decrypt failed
+                // authentication.
+                None if names::looks_sealed_xattr_name(&backing) => {
                     tracing::error!("skipping an extended attribute whose name does not decrypt");
                     crate::metrics::global().integrity_failure(IntegrityKind::Metadata);
                 }
@@ -124,7 +98,7 @@ impl SealFs {
         if is_stats_attribute(ino, name) {
             return Err(reserved());
         }
-        let (node, path) = self.xattr_path(ino)?;
+        let (node, target) = self.xattr_target(ino)?;
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
         let backing = match names::encrypt_xattr_name(&keys, name) {
             Err(VolumeError::Unsupported(_)) => {
@@ -132,11 +106,7 @@ impl SealFs {
             }
             other => other?,
         };
-        let cname = CString::new(backing).map_err(|_| VolumeError::InvalidName)?;
-        if unsafe { libc::removexattr(path.as_ptr(), cname.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(())
+        target.remove(&backing)
     }
 }
 

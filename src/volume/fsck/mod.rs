@@ -1,15 +1,16 @@
-//! fsck: checks a volume end to end (config, every name, symlink target, data file preamble,
-//! header, key commitment and block tag, and the pairing of headers with data files) and, with
-//! `repair`, fixes what can be fixed without losing anything that might still be data: crash
-//! leftovers and orphan headers are removed, unreadable entries move to /lost+found, a file
-//! sharing another file's id gets its own id. Exit codes follow fsck(8).
+//! fsck: checks a volume end to end (config, every name, symlink target, extended attribute,
+//! data file preamble, header, key commitment and block tag, and the pairing of headers with
+//! data files) and, with `repair`, fixes what can be fixed without losing anything that might
+//! still be data: crash leftovers, orphan headers and attributes no key opens are removed,
+//! unreadable entries move to /lost+found, a file sharing another file's id gets its own id.
+//! Exit codes follow fsck(8).
 
 mod repair;
 mod walk;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use nix::fcntl::{OFlag, openat};
@@ -17,12 +18,13 @@ use nix::sys::stat::Mode;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::backing_xattrs::XattrTarget;
 use super::progress::Progress;
-use super::{Result, Volume, VolumeError, claim};
+use super::{Result, Volume, VolumeError, claim, names};
 use crate::format::link::LINKS_DIR;
 use crate::format::{Id, id_to_hex};
 use crate::io::{DataFile, IoError};
-use crate::keys::{HeaderKeys, KeyError, RemoteFailure};
+use crate::keys::{HeaderKeys, KeyError, NameKeys, RemoteFailure};
 pub use walk::{Entry, LOST_AND_FOUND};
 use walk::{RegularFile, WalkResult};
 
@@ -35,6 +37,9 @@ pub enum ProblemKind {
     /// An entry name that does not decrypt, or a long name whose sidecar is missing or wrong.
     BadName,
     BadSymlink,
+    /// A `user.*` extended attribute whose name or value does not open under the keys of the
+    /// entry (or directory) that carries it.
+    BadXattr,
     /// A data file without a valid preamble (no file id).
     BadPreamble,
     MissingHeader,
@@ -87,6 +92,18 @@ pub struct Problem {
     /// KeyUnavailable of a directory: its backing path.
     #[serde(skip)]
     backing_dir: Option<String>,
+    /// BadXattr that no key opens: which attribute, for --repair to remove.
+    #[serde(skip)]
+    xattr: Option<UnreadableXattr>,
+}
+
+/// A backing xattr that fails authentication under the only keys that could have sealed it.
+#[derive(Clone, Debug)]
+struct UnreadableXattr {
+    /// Backing path of the inode carrying it, relative to the cipher dir ("" for the root).
+    inode: String,
+    /// Its backing name.
+    name: Vec<u8>,
 }
 
 impl Problem {
@@ -102,6 +119,7 @@ impl Problem {
             holes: Vec::new(),
             policy: None,
             backing_dir: None,
+            xattr: None,
         }
     }
 
@@ -331,6 +349,61 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
     })
 }
 
+/// The problems of the user xattrs of the inode `fd` opens (backing path `inode`, plaintext
+/// `path`), all sealed under `keys`.
+fn check_xattrs(fd: BorrowedFd<'_>, keys: &NameKeys, path: &str, inode: &str) -> Vec<Problem> {
+    let problem = |detail: String| Problem::new(ProblemKind::BadXattr, path.to_string(), detail);
+    let target = XattrTarget::new(fd);
+    let listed = match target.list_user() {
+        Ok(listed) => listed,
+        Err(e) => return vec![problem(format!("cannot list extended attributes: {e}"))],
+    };
+    let mut problems = Vec::new();
+    for name in listed {
+        let detail = match names::decrypt_xattr_name(keys, &name) {
+            None if !names::looks_sealed_xattr_name(&name) => {
+                problems.push(Problem::new(
+                    ProblemKind::Stray,
+                    path.to_string(),
+                    format!(
+                        "extended attribute {} is not one sealfs wrote; left alone",
+                        String::from_utf8_lossy(&name)
+                    ),
+                ));
+                continue;
+            }
+            None => format!(
+                "extended attribute {}: name does not decrypt",
+                String::from_utf8_lossy(&name)
+            ),
+            Some(plain) => match target.get(&name) {
+                Err(e) => {
+                    // Not proven damage (the read failed): reported, never removed.
+                    problems.push(problem(format!(
+                        "extended attribute {}: cannot read: {e}",
+                        String::from_utf8_lossy(&plain)
+                    )));
+                    continue;
+                }
+                Ok(sealed) => match names::open_xattr_value(keys, &name, &sealed) {
+                    Ok(_) => continue,
+                    Err(e) => format!(
+                        "extended attribute {}: {e}",
+                        String::from_utf8_lossy(&plain)
+                    ),
+                },
+            },
+        };
+        let mut bad = problem(detail);
+        bad.xattr = Some(UnreadableXattr {
+            inode: inode.to_string(),
+            name,
+        });
+        problems.push(bad);
+    }
+    problems
+}
+
 fn header_path(id: &Id) -> String {
     let hex = id_to_hex(id);
     format!("{}/{}/{hex}", super::headers::HEADERS_DIR, &hex[..2])
@@ -366,6 +439,16 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
+    if let Some(keys) = &file.keys
+        && !entry.quarantined
+    {
+        checked.problems.extend(check_xattrs(
+            data.as_fd(),
+            keys,
+            &entry.path,
+            &entry.backing_path(),
+        ));
+    }
     let preamble = match crate::io::read_preamble(&data) {
         Ok(preamble) => preamble,
         Err(e) => {

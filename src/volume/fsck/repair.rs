@@ -11,10 +11,11 @@ use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::walk::{LOST_AND_FOUND, open_dir, quarantine_name};
-use super::{CHECK_CHUNK, Entry, Problem, ProblemKind};
+use super::{CHECK_CHUNK, Entry, Problem, ProblemKind, UnreadableXattr};
 use crate::format::name::{BackingName, LONG_NAME_SUFFIX};
 use crate::format::{id_to_hex, name};
 use crate::keys::KeyError;
+use crate::volume::backing_xattrs::XattrTarget;
 use crate::volume::{Result, Volume, VolumeError, names};
 
 pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32]) {
@@ -80,6 +81,19 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
                 }),
                 None => continue,
             },
+            ProblemKind::BadXattr => match &problem.xattr {
+                // Its entry, or a directory above it, went to lost+found for another problem.
+                Some(xattr)
+                    if moved.iter().any(|m| {
+                        xattr.inode == *m || xattr.inode.starts_with(&format!("{m}/"))
+                    }) =>
+                {
+                    Ok("moved to /lost+found with the problem above".to_string())
+                }
+                Some(xattr) => remove_xattr(volume, xattr)
+                    .map(|()| "removed (no key of this volume opens it)".to_string()),
+                None => continue,
+            },
             ProblemKind::Stray => continue,
         };
         match outcome {
@@ -90,6 +104,22 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
             Err(e) => tracing::error!(path = %problem.path, "fsck repair failed: {e}"),
         }
     }
+}
+
+/// Removes an attribute that no key opens: unlike a file's blocks, nothing of it can be read,
+/// and lost+found holds entries, not attributes.
+fn remove_xattr(volume: &Volume, xattr: &UnreadableXattr) -> Result<()> {
+    let inode = openat(
+        volume.root.as_fd(),
+        if xattr.inode.is_empty() {
+            "."
+        } else {
+            xattr.inode.as_str()
+        },
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    XattrTarget::new(inode.as_fd()).remove(&xattr.name)
 }
 
 /// Moves an entry into the /lost+found of its policy's directory (the volume root's for the

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
@@ -19,7 +20,7 @@ use crate::format::config::CONFIG_FILE;
 use crate::format::link::{LINKS_DIR, LongTarget};
 use crate::format::name::{self, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX};
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
-use crate::keys::KeyError;
+use crate::keys::{KeyError, NameKeys};
 use crate::volume::headers::HEADERS_DIR;
 use crate::volume::policy::read_marker;
 use crate::volume::{Result, Volume, VolumeError, names};
@@ -59,6 +60,9 @@ pub struct RegularFile {
     pub entry: Entry,
     pub dev: u64,
     pub ino: u64,
+    /// The name keys of its directory's policy (its xattrs are sealed under them); none when
+    /// this fsck cannot reach them.
+    pub keys: Option<Arc<NameKeys>>,
 }
 
 #[derive(Default)]
@@ -155,6 +159,13 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
             }
         };
         let locked = keys.is_none();
+        // A directory's own xattrs are under the keys of what it holds.
+        if let Some(keys) = &keys
+            && !quarantined
+        {
+            out.problems
+                .extend(super::check_xattrs(fd.as_fd(), keys, at, &dir));
+        }
         let mut entries = Vec::new();
         for item in Dir::from_fd(fd.try_clone()?)?.iter() {
             let item = item?;
@@ -272,6 +283,7 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                         entry,
                         dev: st.st_dev,
                         ino: st.st_ino,
+                        keys: keys.clone(),
                     });
                 }
                 Type::Symlink => {
