@@ -1,30 +1,49 @@
-//! The raw extended attributes of a backing inode, named by an fd. They go through
-//! `/proc/self/fd/N` so that an `O_PATH` fd (which the f*xattr calls refuse) works too.
-//! What the names and values mean is `names`' business; this module only moves bytes.
+//! The raw extended attributes of a backing inode, named by an fd. An `O_PATH` fd (which the
+//! f*xattr calls refuse) goes through `/proc/self/fd/N`; an fd opened for reading is used as
+//! it is, which spares a path walk through procfs per call. What the names and values mean is
+//! `names`' business; this module only moves bytes.
 
 use std::ffi::CString;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::error::{Result, VolumeError};
 use super::names::{USER_XATTR_PREFIX, read_xattr};
 use super::proc_fd_path;
 
-/// The inode an fd opens, as a path the xattr calls take.
-pub struct XattrTarget(CString);
+/// The inode an fd opens, as the xattr calls take it.
+pub enum XattrTarget<'fd> {
+    /// Any fd, `O_PATH` ones included, by its /proc path.
+    Proc(CString),
+    /// An fd opened for reading (not `O_PATH`).
+    Open(BorrowedFd<'fd>),
+}
 
-impl XattrTarget {
+impl<'fd> XattrTarget<'fd> {
+    /// Works for every fd, `O_PATH` ones included.
     pub fn new(fd: BorrowedFd<'_>) -> Self {
-        XattrTarget(
+        XattrTarget::Proc(
             CString::new(proc_fd_path(fd).as_os_str().as_bytes()).expect("no NUL in a /proc path"),
         )
+    }
+
+    /// For an fd opened for reading or writing; the calls fail with EBADF on an `O_PATH` one.
+    pub fn open(fd: BorrowedFd<'fd>) -> Self {
+        XattrTarget::Open(fd)
     }
 
     /// Every backing xattr name (every namespace).
     pub fn list(&self) -> Result<Vec<Vec<u8>>> {
         // SAFETY: a valid C string and a buffer of the length given.
         let raw = read_xattr(|buf| unsafe {
-            libc::listxattr(self.0.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            match self {
+                XattrTarget::Proc(path) => {
+                    libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
+                XattrTarget::Open(fd) => {
+                    libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                }
+            }
         })?;
         Ok(raw
             .split(|&b| b == 0)
@@ -49,12 +68,20 @@ impl XattrTarget {
         let name = c_name(name)?;
         // SAFETY: valid C strings and a buffer of the length given.
         read_xattr(|buf| unsafe {
-            libc::getxattr(
-                self.0.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
+            match self {
+                XattrTarget::Proc(path) => libc::getxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ),
+                XattrTarget::Open(fd) => libc::fgetxattr(
+                    fd.as_raw_fd(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ),
+            }
         })
     }
 
@@ -62,14 +89,16 @@ impl XattrTarget {
     pub fn set(&self, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         let name = c_name(name)?;
         // SAFETY: valid C strings and a value of the length given.
+        let (value_ptr, len) = (value.as_ptr().cast(), value.len());
         let rc = unsafe {
-            libc::setxattr(
-                self.0.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            )
+            match self {
+                XattrTarget::Proc(path) => {
+                    libc::setxattr(path.as_ptr(), name.as_ptr(), value_ptr, len, flags)
+                }
+                XattrTarget::Open(fd) => {
+                    libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value_ptr, len, flags)
+                }
+            }
         };
         if rc != 0 {
             return Err(std::io::Error::last_os_error().into());
@@ -80,7 +109,13 @@ impl XattrTarget {
     pub fn remove(&self, name: &[u8]) -> Result<()> {
         let name = c_name(name)?;
         // SAFETY: valid C strings.
-        if unsafe { libc::removexattr(self.0.as_ptr(), name.as_ptr()) } != 0 {
+        let rc = unsafe {
+            match self {
+                XattrTarget::Proc(path) => libc::removexattr(path.as_ptr(), name.as_ptr()),
+                XattrTarget::Open(fd) => libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()),
+            }
+        };
+        if rc != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
         Ok(())
@@ -97,15 +132,27 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
-    fn set_list_get_remove_round_trip() {
+    fn set_list_get_remove_round_trip_by_proc_path_and_by_open_fd() {
         let dir = tempfile::tempdir().unwrap();
         let file = std::fs::File::create(dir.path().join("f")).unwrap();
-        let target = XattrTarget::new(file.as_fd());
-        target.set(b"user.a", b"value", 0).unwrap();
-        assert_eq!(target.list_user().unwrap(), vec![b"user.a".to_vec()]);
-        assert_eq!(target.get(b"user.a").unwrap(), b"value");
-        target.remove(b"user.a").unwrap();
-        assert!(target.list_user().unwrap().is_empty());
-        assert!(target.get(b"user.a").is_err());
+        let o_path = nix::fcntl::open(
+            &dir.path().join("f"),
+            nix::fcntl::OFlag::O_PATH,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        for target in [
+            XattrTarget::new(o_path.as_fd()),
+            XattrTarget::open(file.as_fd()),
+        ] {
+            target.set(b"user.a", b"value", 0).unwrap();
+            assert_eq!(target.list_user().unwrap(), vec![b"user.a".to_vec()]);
+            assert_eq!(target.get(b"user.a").unwrap(), b"value");
+            target.remove(b"user.a").unwrap();
+            assert!(target.list_user().unwrap().is_empty());
+            assert!(target.get(b"user.a").is_err());
+        }
+        // Why `new` exists: the f*xattr calls refuse an O_PATH fd.
+        assert!(XattrTarget::open(o_path.as_fd()).list().is_err());
     }
 }

@@ -14,7 +14,7 @@ use crate::volume::backing_xattrs::XattrTarget;
 use crate::volume::{Result, VolumeError, names};
 
 impl SealFs {
-    pub(super) fn xattr_target(&self, ino: u64) -> Result<(Arc<Node>, XattrTarget)> {
+    pub(super) fn xattr_target(&self, ino: u64) -> Result<(Arc<Node>, XattrTarget<'static>)> {
         let node = self.node(ino)?;
         if node.kind == FileType::Symlink {
             return Err(VolumeError::Unsupported("extended attributes on symlinks"));

@@ -349,11 +349,11 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
     })
 }
 
-/// The problems of the user xattrs of the inode `fd` opens (backing path `inode`, plaintext
-/// `path`), all sealed under `keys`.
+/// The problems of the user xattrs of the inode `fd` opens for reading (backing path `inode`,
+/// plaintext `path`), all sealed under `keys`.
 fn check_xattrs(fd: BorrowedFd<'_>, keys: &NameKeys, path: &str, inode: &str) -> Vec<Problem> {
     let problem = |detail: String| Problem::new(ProblemKind::BadXattr, path.to_string(), detail);
-    let target = XattrTarget::new(fd);
+    let target = XattrTarget::open(fd);
     let listed = match target.list_user() {
         Ok(listed) => listed,
         Err(e) => return vec![problem(format!("cannot list extended attributes: {e}"))],
