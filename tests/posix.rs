@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
+use common::xattrs::{get_xattr, list_xattrs, remove_xattr, set_xattr};
 use common::{TestVolume, files_under};
 
 #[test]
@@ -162,41 +163,15 @@ fn rename_flags_modes_times_xattrs() {
 }
 
 fn xattr_round_trip(path: &std::path::Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let name = c"user.secret-label";
-    let value = b"top secret value";
-    let rc = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
-    let mut buf = [0u8; 64];
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert_eq!(&buf[..n as usize], value);
-    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert_eq!(&buf[..n as usize], b"user.secret-label\0");
-    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) }, 0);
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert_eq!(n, -1);
+    let (name, value) = ("user.secret-label", b"top secret value");
+    set_xattr(path, name, value);
+    assert_eq!(get_xattr(path, name).unwrap(), value);
+    assert_eq!(list_xattrs(path), vec![name]);
+    remove_xattr(path, name);
+    assert_eq!(
+        get_xattr(path, name).unwrap_err().raw_os_error(),
+        Some(libc::ENODATA)
+    );
 }
 
 #[test]
@@ -505,13 +480,16 @@ fn the_mount_sets_its_readahead() {
 fn syncfs_and_fsync_under_concurrent_writers_succeed() {
     use std::os::fd::AsRawFd;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let vol = TestVolume::new();
     let m = vol.mount();
     let stop = Arc::new(AtomicBool::new(false));
+    // Files each writer has written: the syncs go on until both have written (on a loaded
+    // machine a writer may not get through one file in 40 rounds of syncs).
+    let written: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let writers: Vec<_> = (0..2)
         .map(|w| {
-            let (root, stop) = (m.path.clone(), stop.clone());
+            let (root, stop, written) = (m.path.clone(), stop.clone(), written.clone());
             std::thread::spawn(move || {
                 let chunk = vec![w as u8 + 1; 1 << 20];
                 let mut rounds = 0u64;
@@ -519,13 +497,15 @@ fn syncfs_and_fsync_under_concurrent_writers_succeed() {
                     let path = root.join(format!("w{w}-{}", rounds % 4));
                     fs::write(&path, &chunk).unwrap();
                     rounds += 1;
+                    written[w].store(rounds, Ordering::Relaxed);
                 }
                 rounds
             })
         })
         .collect();
     let dir = fs::File::open(&m.path).unwrap();
-    for round in 0..40 {
+    let mut round = 0;
+    while round < 40 || written.iter().any(|n| n.load(Ordering::Relaxed) == 0) {
         // SAFETY: a valid descriptor.
         let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
         assert_eq!(
@@ -541,6 +521,7 @@ fn syncfs_and_fsync_under_concurrent_writers_succeed() {
             .open(m.p("synced"))
             .unwrap();
         f.sync_all().unwrap();
+        round += 1;
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {

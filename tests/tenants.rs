@@ -701,7 +701,27 @@ fn a_policy_set_on_a_directory_with_files_moves_them_and_rewrap_resumes_a_killed
         .unwrap();
     assert!(rm.status.success(), "{}", stderr(&rm));
     m.unmount();
-    ok(vol.run(&["policy", "remove", vol.cipher_str(), "/d"]));
+    // A remove killed once the directory's xattrs are back under the volume's keys, with the
+    // marker still naming the tenant: fsck reports them, --repair keeps them (they read
+    // fine under the parent's keys), and running the remove again finishes it.
+    let remove = ["policy", "remove", vol.cipher_str(), "/d"];
+    let mut env = vol.env.clone();
+    env.push((
+        "SEALFS_CRASH_AT".into(),
+        "policy-remove-xattrs-moved".into(),
+    ));
+    let out = common::sealfs_env(&vol.keys, &env, &remove);
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    let out = vol.run(&["fsck", vol.cipher_str(), "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(
+            "bad-xattr: /d: extended attribute user.owner is under the parent directory's keys"
+        ) && !text.contains("[repaired"),
+        "{text}"
+    );
+    ok(vol.run(&remove));
     let m = vol.mount();
     assert_eq!(get_xattr(&m.p("d"), "user.owner").unwrap(), b"tenant t");
     m.unmount();

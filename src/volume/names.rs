@@ -12,6 +12,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::{Result, VolumeError};
+use crate::crypto::TAG_LEN;
 use crate::format::name::{
     self, BackingName, EntryKind, MAX_LONG_ENCODING, MAX_PLAIN_NAME, NAME_AAD, SYMLINK_AAD,
     XATTR_NAME_AAD, XATTR_VALUE_AAD,
@@ -169,14 +170,18 @@ pub fn decrypt_xattr_name(keys: &NameKeys, backing: &[u8]) -> Option<Vec<u8>> {
     name::unpad(&padded).ok().map(<[u8]>::to_vec)
 }
 
-/// Whether a backing `user.*` name has the shape of one sealfs wrote (base64url after the
-/// prefix), whether or not it opens: other programs' attributes (rsync --fake-super's
-/// `user.rsync.%stat`, say) do not.
+/// Whether a backing `user.*` name has the shape of one sealfs wrote, whether or not it
+/// opens: base64url after the prefix of a padded name (whole 16-byte blocks) and its tag.
+/// Other programs' attributes (`user.rsync.%stat` of rsync --fake-super, or a `user.test`,
+/// which is base64url but 3 bytes long) do not.
 pub fn looks_sealed_xattr_name(backing: &[u8]) -> bool {
     backing
         .strip_prefix(USER_XATTR_PREFIX)
         .and_then(|rest| std::str::from_utf8(rest).ok())
-        .is_some_and(|encoded| !encoded.is_empty() && name::decode_b64(encoded, "xattr").is_ok())
+        .and_then(|encoded| name::decode_b64(encoded, "xattr").ok())
+        .is_some_and(|sealed| {
+            sealed.len() % name::NAME_PAD == 0 && sealed.len() >= name::NAME_PAD + TAG_LEN
+        })
 }
 
 pub fn seal_xattr_value(keys: &NameKeys, backing_name: &[u8], value: &[u8]) -> Result<Vec<u8>> {
@@ -284,6 +289,16 @@ mod tests {
         assert!(looks_sealed_xattr_name(&name));
         assert!(!looks_sealed_xattr_name(b"user.rsync.%stat"));
         assert!(!looks_sealed_xattr_name(b"user."));
+        assert!(
+            !looks_sealed_xattr_name(b"user.test"),
+            "base64url, but 3 bytes"
+        );
+        let mut forged = USER_XATTR_PREFIX.to_vec();
+        forged.extend_from_slice(name::encode_b64(&[7; 32]).as_bytes());
+        assert!(
+            looks_sealed_xattr_name(&forged),
+            "the shape, not the key, decides"
+        );
         let value = seal_xattr_value(&k, &name, b"v").unwrap();
         assert_eq!(open_xattr_value(&k, &name, &value).unwrap(), b"v");
         assert!(open_xattr_value(&k, b"user.other", &value).is_err());

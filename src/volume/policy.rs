@@ -537,6 +537,7 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
                     path.display()
                 )));
             }
+            super::crash_point("policy-remove-xattrs-moved");
         }
     }
     if live.is_some() {

@@ -350,8 +350,15 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
 }
 
 /// The problems of the user xattrs of the inode `fd` opens for reading (backing path `inode`,
-/// plaintext `path`), all sealed under `keys`.
-fn check_xattrs(fd: BorrowedFd<'_>, keys: &NameKeys, path: &str, inode: &str) -> Vec<Problem> {
+/// plaintext `path`), all sealed under `keys`. `parent`: for a policy's directory, the keys
+/// of the directory holding it, under which a `policy remove` cut short leaves its xattrs.
+fn check_xattrs(
+    fd: BorrowedFd<'_>,
+    keys: &NameKeys,
+    parent: Option<&NameKeys>,
+    path: &str,
+    inode: &str,
+) -> Vec<Problem> {
     let problem = |detail: String| Problem::new(ProblemKind::BadXattr, path.to_string(), detail);
     let target = XattrTarget::open(fd);
     let listed = match target.list_user() {
@@ -360,6 +367,15 @@ fn check_xattrs(fd: BorrowedFd<'_>, keys: &NameKeys, path: &str, inode: &str) ->
     };
     let mut problems = Vec::new();
     for name in listed {
+        if let Some(plain) = parent.and_then(|parent| names::decrypt_xattr_name(parent, &name)) {
+            // Still readable, under the keys of the directory above: not damage, and not
+            // for repair to remove.
+            problems.push(problem(format!(
+                "extended attribute {} is under the parent directory's keys, not this policy's: a `sealfs policy set` or `remove` on it was cut short; run it again",
+                String::from_utf8_lossy(&plain)
+            )));
+            continue;
+        }
         let detail = match names::decrypt_xattr_name(keys, &name) {
             None if !names::looks_sealed_xattr_name(&name) => {
                 problems.push(Problem::new(
@@ -439,12 +455,13 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    if let Some(keys) = &file.keys
+    if let Some(keys) = &file.xattr_keys
         && !entry.quarantined
     {
         checked.problems.extend(check_xattrs(
             data.as_fd(),
             keys,
+            None,
             &entry.path,
             &entry.backing_path(),
         ));

@@ -119,7 +119,10 @@ fn remove_xattr(volume: &Volume, xattr: &UnreadableXattr) -> Result<()> {
         OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    XattrTarget::new(inode.as_fd()).remove(&xattr.name)
+    match XattrTarget::new(inode.as_fd()).remove(&xattr.name) {
+        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        other => other,
+    }
 }
 
 /// Moves an entry into the /lost+found of its policy's directory (the volume root's for the
@@ -280,6 +283,15 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
             let chunk = source.read_at(offset, CHECK_CHUNK)?;
             target.write_at(offset, &chunk)?;
             offset += chunk.len() as u64;
+        }
+        // Its xattrs are sealed under its directory's name keys, not its file key: they
+        // copy as they are.
+        let (from, to) = (
+            XattrTarget::open(old.as_fd()),
+            XattrTarget::open(new.as_fd()),
+        );
+        for name in from.list_user()? {
+            to.set(&name, &from.get(&name)?, 0)?;
         }
         nix::unistd::fchown(new.as_fd(), Some(st.st_uid.into()), Some(st.st_gid.into()))?;
         new.sync_all()?;

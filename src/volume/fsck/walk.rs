@@ -60,9 +60,9 @@ pub struct RegularFile {
     pub entry: Entry,
     pub dev: u64,
     pub ino: u64,
-    /// The name keys of its directory's policy (its xattrs are sealed under them); none when
-    /// this fsck cannot reach them.
-    pub keys: Option<Arc<NameKeys>>,
+    /// The name keys its xattrs are sealed under (its directory's policy's); none when this
+    /// fsck cannot reach them, or when another link to the same inode has them checked.
+    pub xattr_keys: Option<Arc<NameKeys>>,
 }
 
 #[derive(Default)]
@@ -98,6 +98,7 @@ pub struct LongLink {
 
 pub fn walk(volume: &Volume) -> Result<WalkResult> {
     let mut out = WalkResult::default();
+    let mut linked_files = HashSet::new();
     let mut stack = vec![Pending {
         dir: String::new(),
         plain_dir: String::new(),
@@ -163,8 +164,18 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
         if let Some(keys) = &keys
             && !quarantined
         {
-            out.problems
-                .extend(super::check_xattrs(fd.as_fd(), keys, at, &dir));
+            let parent = if policy_root && !dir.is_empty() && policy != inherited {
+                volume.name_keys(inherited).ok()
+            } else {
+                None
+            };
+            out.problems.extend(super::check_xattrs(
+                fd.as_fd(),
+                keys,
+                parent.as_deref(),
+                at,
+                &dir,
+            ));
         }
         let mut entries = Vec::new();
         for item in Dir::from_fd(fd.try_clone()?)?.iter() {
@@ -279,11 +290,15 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                     if quarantined {
                         out.quarantined += 1;
                     }
+                    // An inode's xattrs are checked once, whichever of its links comes first.
+                    let first_link = quarantined
+                        || st.st_nlink <= 1
+                        || linked_files.insert((st.st_dev, st.st_ino));
                     out.files.push(RegularFile {
                         entry,
                         dev: st.st_dev,
                         ino: st.st_ino,
-                        keys: keys.clone(),
+                        xattr_keys: keys.clone().filter(|_| first_link),
                     });
                 }
                 Type::Symlink => {
