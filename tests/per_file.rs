@@ -154,12 +154,13 @@ fn cache_bounds_and_expiry_force_new_unwraps() {
         "two entries: a is evicted by c"
     );
     m.unmount();
-    let m = vol.mount_with(&["--key-cache-max-age", "1"]);
+    // A max age of 3 s leaves a busy machine room between the two reads of a fresh entry.
+    let m = vol.mount_with(&["--key-cache-max-age", "3"]);
     fs::read(m.p("a")).unwrap();
     let before = kms.proxy.count("Decrypt");
     fs::read(m.p("a")).unwrap();
     assert_eq!(kms.proxy.count("Decrypt"), before, "fresh entry hits");
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3500));
     fs::read(m.p("a")).unwrap();
     assert_eq!(
         kms.proxy.count("Decrypt") - before,

@@ -321,14 +321,9 @@ fn open_unlinked_files_keep_working_until_closed() {
     let headers = || files_under(&vol.cipher.join("sealfs.headers")).len();
     assert_eq!(headers(), 1, "the header stays while the file is open");
     drop(f);
-    // Release is asynchronous to close(2): give the daemon a moment.
-    for _ in 0..100 {
-        if headers() == 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(headers(), 0, "the header goes with the last close");
+    // Release is asynchronous to close(2): wait for the daemon.
+    let gone = common::wait_until(std::time::Duration::from_secs(60), || headers() == 0);
+    assert!(gone, "the header goes with the last close");
     m.unmount();
 }
 

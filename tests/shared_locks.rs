@@ -83,18 +83,24 @@ fn locks_exclude_across_shared_mounts_and_go_with_their_holder() {
     };
     assert_eq!(errno, nix::errno::Errno::EWOULDBLOCK);
     let waiter_path = b.p("f");
+    let (ready, about_to_lock) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let file = fs::OpenOptions::new().read(true).open(waiter_path).unwrap();
-        let started = std::time::Instant::now();
+        ready.send(()).unwrap();
         let lock = Flock::lock(file, FlockArg::LockShared).unwrap();
-        (started.elapsed(), lock)
+        (std::time::Instant::now(), lock)
     });
+    about_to_lock.recv().unwrap();
+    // Most likely the waiter is blocked by now; it is granted only after the release either way.
     std::thread::sleep(Duration::from_millis(300));
+    let released = std::time::Instant::now();
     drop(held); // closing the descriptor releases its flock
-    let (waited, shared) = common::bounded(Duration::from_secs(30), move || waiter.join().unwrap());
+    let (granted, shared) =
+        common::bounded(Duration::from_secs(30), move || waiter.join().unwrap());
     assert!(
-        waited >= Duration::from_millis(250),
-        "the waiter waited: {waited:?}"
+        granted >= released,
+        "the waiter got its lock {:?} before the holder let go",
+        released - granted
     );
     let also_shared = Flock::lock(open(&a.p("f")), FlockArg::LockSharedNonblock).unwrap();
     drop((shared, also_shared));

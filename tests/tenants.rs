@@ -108,6 +108,7 @@ fn data_files(dir: &Path) -> Vec<PathBuf> {
 fn a_disabled_tenant_key_stops_only_that_tenant_and_comes_back_without_a_remount() {
     let t = two_kms_tenants();
     let bound = BOUND_SECS.to_string();
+    let mounted = std::time::Instant::now();
     let m = t.vol.mount_with(&["--key-cache-max-age", &bound]);
     fs::create_dir(m.p("plain")).unwrap();
     for (dir, n) in [("clients/a", 10), ("clients/b", 10), ("plain", 3)] {
@@ -122,9 +123,14 @@ fn a_disabled_tenant_key_stops_only_that_tenant_and_comes_back_without_a_remount
         Path::new("../b/f0")
     );
 
-    // One KMS call per tenant, not per file: every file of a tenant is under its KEK.
+    // One KMS call per tenant (per cache bound, should the creates above outlast one), not
+    // per file: every file of a tenant is under its KEK.
     let decrypts = t.kms.proxy.bodies("Decrypt");
-    assert_eq!(decrypts.len(), 2, "one unseal per tenant: {decrypts:?}");
+    let bounds = 1 + mounted.elapsed().as_secs() / BOUND_SECS;
+    assert!(
+        decrypts.len() >= 2 && decrypts.len() as u64 <= 2 * bounds,
+        "one unseal per tenant and cache bound ({bounds} bound(s)): {decrypts:?}"
+    );
     let contexts: Vec<&serde_json::Value> =
         decrypts.iter().map(|b| &b["EncryptionContext"]).collect();
     for (context, (tenant, key)) in contexts.iter().zip([("1", &t.key_a), ("2", &t.key_b)]) {
@@ -149,6 +155,7 @@ fn a_disabled_tenant_key_stops_only_that_tenant_and_comes_back_without_a_remount
     t.kms.proxy.key_state(&t.key_a, "Disabled");
     std::thread::sleep(Duration::from_millis(BOUND_SECS * 1000 + 700));
     let before = t.kms.proxy.refused("Decrypt");
+    let requests = std::time::Instant::now();
     assert_eq!(errno(fs::read(m.p("clients/a/f1"))), EKEYREVOKED);
     assert_eq!(errno(fs::write(m.p("clients/a/new"), b"x")), EKEYREVOKED);
     for i in 0..20 {
@@ -157,11 +164,13 @@ fn a_disabled_tenant_key_stops_only_that_tenant_and_comes_back_without_a_remount
             EKEYREVOKED
         );
     }
-    // A failed unseal is answered from memory for a second: not one KMS call per request.
+    // A failed unseal is answered from memory for a second: not one KMS call per request,
+    // at most one per second the requests took (and one more for the second they straddle).
     let calls = t.kms.proxy.refused("Decrypt") - before;
+    let most = 2 + requests.elapsed().as_secs();
     assert!(
-        (1..=3).contains(&calls),
-        "{calls} Decrypt calls for 22 requests"
+        calls >= 1 && calls as u64 <= most && calls < 22,
+        "{calls} Decrypt calls for 22 requests (at most {most})"
     );
     assert_eq!(
         errno(fs::read_dir(m.p("clients/a/"))),
@@ -369,8 +378,11 @@ fn rename_and_link_across_tenants_and_policy_changes_while_mounted() {
     let out = vol.run(&["policy", "remove", vol.cipher_str(), "/t-moved"]);
     assert!(!out.status.success() && stderr(&out).contains("not empty"));
     ok(vol.run(&["policy", "remove", vol.cipher_str(), "/t-moved", "--shred"]));
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(errno(fs::read(m.p("t-moved/inside"))), EKEYREVOKED);
+    // The mount sees it at its next look at the config (every 2 s), however busy the machine.
+    let revoked = common::wait_until(Duration::from_secs(60), || {
+        errno(fs::read(m.p("t-moved/inside"))) == EKEYREVOKED
+    });
+    assert!(revoked, "a shredded tenant's file still reads after 60 s");
     m.unmount();
     let out = vol.run(&["fsck", vol.cipher_str()]);
     assert_eq!(out.status.code(), Some(4));

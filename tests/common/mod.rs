@@ -35,6 +35,22 @@ pub fn require_root(needs: &str) {
 
 /// Runs `work` on its own thread and fails when it takes longer than `limit`: a deadlock
 /// fails the test instead of hanging the suite.
+/// Polls `done` every 20 ms until it holds (true) or `limit` passes (false): for what a mount
+/// does in the background (a RELEASE, a look at the config), whose timing a busy machine
+/// stretches. The limit is generous; the wait ends as soon as `done` holds.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
