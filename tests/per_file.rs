@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::services::{Fault, KEYS, Kms, PIN, SOFTHSM_MODULE, TOKEN, kms, kms_env, softhsm};
+use common::services::{Fault, KEYS, Kms, PIN, hsm_key_args, kms, kms_env, softhsm};
 use common::{TestVolume, files_under};
 
 crate::make_hsm_keys_helper!();
@@ -243,17 +243,10 @@ fn per_file_mode_on_a_pkcs11_token() {
     let pin = pin.to_str().unwrap();
     let vol = TestVolume::with_env(
         &[
-            "--pkcs11-token",
-            TOKEN,
-            "--pkcs11-key",
-            KEYS[1],
-            "--pkcs11-module",
-            SOFTHSM_MODULE,
-            "--pin-file",
-            pin,
-            "--key-mode",
-            "per-file",
-        ],
+            &hsm_key_args(KEYS[1])[..],
+            &["--pin-file", pin, "--key-mode", "per-file"],
+        ]
+        .concat(),
         hsm.env(),
     );
     let m = vol.mount_with(&["--pin-file", pin]);

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use common::services::{KEYS, PIN, SOFTHSM_MODULE, TOKEN, softhsm};
+use common::services::{KEYS, PIN, hsm_key_args, softhsm};
 use common::{TestVolume, stderr};
 
 crate::make_hsm_keys_helper!();
@@ -39,16 +39,7 @@ fn hsm_volume(key: &str) -> (TestVolume, String) {
     fs::write(&pin, format!("{PIN}\n")).unwrap();
     let pin = pin.to_string_lossy().into_owned();
     let vol = TestVolume::with_env(
-        &[
-            "--pkcs11-token",
-            TOKEN,
-            "--pkcs11-key",
-            key,
-            "--pkcs11-module",
-            SOFTHSM_MODULE,
-            "--pin-file",
-            &pin,
-        ],
+        &[&hsm_key_args(key)[..], &["--pin-file", &pin]].concat(),
         hsm.env(),
     );
     // Keep the PIN file alive with the volume.

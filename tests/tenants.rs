@@ -10,7 +10,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::services::{KEYS, Kms, PIN, SOFTHSM_MODULE, TOKEN, kms, kms_env, softhsm};
+use common::services::{KEYS, Kms, PIN, hsm_key_args, kms, kms_env, softhsm};
 use common::xattrs::{get_xattr, list_xattrs, set_xattr};
 use common::{TestVolume, files_under, stderr};
 
@@ -521,18 +521,13 @@ fn a_tenant_on_a_pkcs11_token() {
     let mut env = hsm.env();
     env.push(("SEALFS_PKCS11_PIN".into(), PIN.into()));
     let vol = TestVolume::with_env(&[], env);
-    ok(vol.run(&[
-        "policy",
-        "set",
-        vol.cipher_str(),
-        "/hsm-tenant",
-        "--pkcs11-token",
-        TOKEN,
-        "--pkcs11-key",
-        KEYS[1],
-        "--pkcs11-module",
-        SOFTHSM_MODULE,
-    ]));
+    ok(vol.run(
+        &[
+            &["policy", "set", vol.cipher_str(), "/hsm-tenant"][..],
+            &hsm_key_args(KEYS[1]),
+        ]
+        .concat(),
+    ));
     let m = vol.mount();
     fs::write(m.p("hsm-tenant/f"), b"under the token").unwrap();
     m.unmount();
@@ -552,18 +547,13 @@ fn a_tenant_on_a_pkcs11_token() {
     fs::write(m.p("outside"), b"fine").unwrap();
     m.unmount();
     // An empty tenant directory comes off without its tenant's key.
-    ok(vol.run(&[
-        "policy",
-        "set",
-        vol.cipher_str(),
-        "/hsm-empty",
-        "--pkcs11-token",
-        TOKEN,
-        "--pkcs11-key",
-        KEYS[1],
-        "--pkcs11-module",
-        SOFTHSM_MODULE,
-    ]));
+    ok(vol.run(
+        &[
+            &["policy", "set", vol.cipher_str(), "/hsm-empty"][..],
+            &hsm_key_args(KEYS[1]),
+        ]
+        .concat(),
+    ));
     ok(no_pin.run(&["policy", "remove", vol.cipher_str(), "/hsm-empty"]));
     // A key out of reach is not a key gone: fsck will not clear the tenant away.
     let out = no_pin.run(&["fsck", vol.cipher_str(), "--repair", "--clear-policy", "1"]);

@@ -415,6 +415,18 @@ pub const TOKEN: &str = "sealfs-test";
 pub const PIN: &str = "1234-test-pin";
 pub const KEYS: [&str; 2] = ["kek-a", "kek-b"];
 
+/// The options naming `key` on the test token.
+pub fn hsm_key_args(key: &str) -> Vec<&str> {
+    vec![
+        "--pkcs11-token",
+        TOKEN,
+        "--pkcs11-key",
+        key,
+        "--pkcs11-module",
+        SOFTHSM_MODULE,
+    ]
+}
+
 pub struct SoftHsm {
     pub dir: PathBuf,
     pub conf: PathBuf,
