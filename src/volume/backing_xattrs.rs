@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::error::{Result, VolumeError};
-use super::names::{USER_XATTR_PREFIX, read_xattr};
+use super::names::USER_XATTR_PREFIX;
 use super::proc_fd_path;
 
 /// The inode an fd opens, as the xattr calls take it.
@@ -124,6 +124,27 @@ impl<'fd> XattrTarget<'fd> {
 
 fn c_name(name: &[u8]) -> Result<CString> {
     CString::new(name).map_err(|_| VolumeError::InvalidName)
+}
+
+/// Calls a size-probing xattr syscall twice: once for the size, once to read.
+fn read_xattr(call: impl Fn(&mut [u8]) -> isize) -> Result<Vec<u8>> {
+    loop {
+        let size = call(&mut []);
+        if size < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(&mut buf);
+        if got < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(err.into());
+        }
+        buf.truncate(got as usize);
+        return Ok(buf);
+    }
 }
 
 #[cfg(test)]

@@ -198,27 +198,6 @@ pub fn open_xattr_value(keys: &NameKeys, backing_name: &[u8], sealed: &[u8]) -> 
         .map_err(|_| VolumeError::Corrupt("extended attribute value does not decrypt".into()))
 }
 
-/// Calls a size-probing xattr syscall twice: once for the size, once to read.
-pub fn read_xattr(call: impl Fn(&mut [u8]) -> isize) -> Result<Vec<u8>> {
-    loop {
-        let size = call(&mut []);
-        if size < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let mut buf = vec![0u8; size as usize];
-        let got = call(&mut buf);
-        if got < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(err.into());
-        }
-        buf.truncate(got as usize);
-        return Ok(buf);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
