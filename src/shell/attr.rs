@@ -62,6 +62,20 @@ pub fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+/// The seconds and nanoseconds the kernel sent for a time that fuser hands over as a
+/// `SystemTime` (setattr). Before 1970 fuser 0.18 builds it as EPOCH - (|secs| s + nsec ns)
+/// from the kernel's (secs, nsec), whose nanoseconds count forward: undone here, so utimensat
+/// gets what the caller set (tested through a mount in tests/posix.rs).
+pub fn request_time_parts(t: SystemTime) -> (i64, i64) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+        Err(before) => {
+            let d = before.duration();
+            (-(d.as_secs() as i64), i64::from(d.subsec_nanos()))
+        }
+    }
+}
+
 /// `stat`'s type, mode, owner, links, device and times under node id `ino`, with the size,
 /// block count and block size the view shows (the forward mount's plaintext, the reverse
 /// view's ciphertext).
@@ -110,5 +124,10 @@ mod tests {
             UNIX_EPOCH - Duration::from_millis(500)
         );
         assert_eq!(time(2, 5), UNIX_EPOCH + Duration::new(2, 5));
+        // fuser 0.18's encoding of a request's time before 1970, undone.
+        let fuser = |secs: i64, nanos: u32| UNIX_EPOCH - Duration::new(secs.unsigned_abs(), nanos);
+        assert_eq!(request_time_parts(fuser(-337_689_764, 822_137_477)), (-337_689_764, 822_137_477));
+        assert_eq!(request_time_parts(fuser(-5, 0)), (-5, 0));
+        assert_eq!(request_time_parts(UNIX_EPOCH + Duration::new(2, 5)), (2, 5));
     }
 }

@@ -17,8 +17,8 @@ fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
         None => TimeSpec::UTIME_OMIT,
         Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
         Some(TimeOrNow::SpecificTime(t)) => {
-            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
+            let (secs, nanos) = crate::shell::attr::request_time_parts(t);
+            TimeSpec::new(secs, nanos)
         }
     }
 }

@@ -368,14 +368,24 @@ impl SealFs {
             self.last_link(new_parent_node.fd.as_fd(), new.entry())
         };
         names::write_long_sidecar(new_parent_node.fd.as_fd(), &new)?;
-        renameat2(
+        let exists = |dir: &Node, entry: &str| {
+            fstatat(dir.fd.as_fd(), entry, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        };
+        if let Err(e) = renameat2(
             parent.fd.as_fd(),
             old.entry(),
             new_parent_node.fd.as_fd(),
             new.entry(),
             flags,
-        )?;
-        if !exchange && !same {
+        ) {
+            if !exists(&new_parent_node, new.entry()) {
+                names::remove_long_sidecar(new_parent_node.fd.as_fd(), &new);
+            }
+            return Err(e.into());
+        }
+        // The old name's sidecar goes with the old name, and only then: RENAME_WHITEOUT leaves
+        // a whiteout under it, and a rename between two links of one inode changes nothing.
+        if !exchange && !same && !exists(&parent, old.entry()) {
             names::remove_long_sidecar(parent.fd.as_fd(), &old);
         }
         self.drop_last_link(replaced);

@@ -43,6 +43,13 @@ impl SealFs {
             Mode::from_bits_truncate(mode & !dropped),
             FchmodatFlags::FollowSymlink,
         )?;
+        // The kernel keeps the mode it cached (a write's reply carries no attributes): drop its
+        // copy, or `stat` shows the set-id bits until the attribute timeout.
+        if let Some(notifier) = self.notifier.get()
+            && let Err(e) = notifier.inval_inode(fuser::INodeNo(node.ino), -1, 0)
+        {
+            tracing::debug!(error = %e, "could not drop cached attributes after a set-id drop");
+        }
         Ok(())
     }
 }

@@ -1,0 +1,150 @@
+//! Behaviours xfstests and stress tools found differing from a Linux filesystem, each checked
+//! through a real mount against what ext4 does (the plain directory beside the cipher dir).
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::{TestVolume, ok, require_root};
+
+fn c(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+/// Runs `sh -c script` as uid/gid 1000 (no capabilities) with `$F` set to `file`.
+fn as_user(file: &Path, script: &str) {
+    let out = Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "sh", "-c", script])
+        .env("F", file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", common::stderr(&out));
+}
+
+/// A modified set-id program loses its set-id bits: a write (buffered or direct), fallocate,
+/// a punched hole or a truncate by its unprivileged owner drops set-user-id, and set-group-id
+/// where group execute is set, as on ext4 (generic/355, 683-685); the mode `stat` shows at once.
+#[test]
+fn writes_by_an_unprivileged_user_drop_set_id_bits() {
+    require_root("chown to another user and setpriv");
+    let vol = TestVolume::new();
+    let m = vol.mount_with(&["-o", "allow_other,suid"]);
+    let plain = vol.dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let steps = [
+        "dd if=/dev/zero of=\"$F\" bs=4k count=1 conv=notrunc status=none",
+        "dd if=/dev/zero of=\"$F\" bs=4k count=1 conv=notrunc oflag=direct status=none",
+        "fallocate -l 16384 \"$F\"",
+        "fallocate -p -o 0 -l 4096 \"$F\"",
+        "truncate -s 100 \"$F\"",
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        for mode in [0o6755, 0o6745, 0o4755] {
+            let mut modes = Vec::new();
+            for root in [&m.path, &plain] {
+                let f = root.join(format!("prog-{i}-{mode:o}"));
+                fs::write(&f, vec![1u8; 8192]).unwrap();
+                std::os::unix::fs::chown(&f, Some(1000), Some(1000)).unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+                as_user(&f, step);
+                modes.push(fs::metadata(&f).unwrap().mode() & 0o7777);
+            }
+            assert_eq!(modes[0], modes[1], "{step} on mode {mode:o}: sealfs vs ext4");
+            assert_eq!(modes[0] & 0o4000, 0, "{step}: set-user-id kept");
+        }
+    }
+    // Root keeps them (CAP_FSETID), as on ext4.
+    let f = m.p("root-prog");
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&f).unwrap(), b"y")
+        .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o6755);
+}
+
+/// Times before 1970 (generic/258) read back as set, nanoseconds included, before and after a
+/// remount.
+#[test]
+fn times_before_1970_read_back() {
+    let vol = TestVolume::new();
+    let times = [(-1, 0), (-1, 500_000_000), (-337_689_764, 822_137_477), (-2_000_000_000, 1)];
+    {
+        let m = vol.mount();
+        for (i, (secs, nanos)) in times.iter().enumerate() {
+            let f = m.p(&format!("t{i}"));
+            fs::write(&f, b"old").unwrap();
+            let ts = [
+                libc::timespec { tv_sec: *secs, tv_nsec: *nanos },
+                libc::timespec { tv_sec: *secs, tv_nsec: *nanos },
+            ];
+            let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c(&f).as_ptr(), ts.as_ptr(), 0) };
+            assert_eq!(rc, 0);
+            let md = fs::metadata(&f).unwrap();
+            assert_eq!((md.mtime(), md.mtime_nsec()), (*secs, *nanos));
+            assert_eq!((md.atime(), md.atime_nsec()), (*secs, *nanos));
+        }
+    }
+    let m = vol.mount();
+    for (i, (secs, nanos)) in times.iter().enumerate() {
+        let md = fs::metadata(m.p(&format!("t{i}"))).unwrap();
+        assert_eq!((md.mtime(), md.mtime_nsec()), (*secs, *nanos), "t{i} after remount");
+    }
+}
+
+/// RENAME_WHITEOUT of a long name (generic/013) leaves the whiteout under the old name with
+/// its sidecar, so both names list, `rm -rf` works and fsck finds nothing; a rename between
+/// two links of one inode changes nothing and keeps both names' sidecars.
+#[test]
+fn long_names_keep_their_sidecars_through_whiteouts_and_link_renames() {
+    require_root("RENAME_WHITEOUT needs CAP_MKNOD");
+    let vol = TestVolume::new();
+    let long = |c: char| c.to_string().repeat(200);
+    {
+        let m = vol.mount();
+        fs::write(m.p(&long('a')), b"moved").unwrap();
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                c(&m.p(&long('a'))).as_ptr(),
+                libc::AT_FDCWD,
+                c(&m.p(&long('b'))).as_ptr(),
+                libc::RENAME_WHITEOUT,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let whiteout = fs::symlink_metadata(m.p(&long('a'))).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&whiteout.file_type()));
+        assert_eq!(whiteout.rdev(), 0);
+        assert_eq!(fs::read(m.p(&long('b'))).unwrap(), b"moved");
+
+        fs::hard_link(m.p(&long('b')), m.p(&long('c'))).unwrap();
+        fs::rename(m.p(&long('b')), m.p(&long('c'))).unwrap();
+        assert_eq!(fs::read(m.p(&long('b'))).unwrap(), b"moved");
+        assert_eq!(fs::read(m.p(&long('c'))).unwrap(), b"moved");
+        let mut names: Vec<_> = fs::read_dir(&m.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().len())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![200, 200, 200]);
+    }
+    vol.assert_fsck_clean();
+    let m = vol.mount();
+    for n in ['a', 'b', 'c'] {
+        fs::symlink_metadata(m.p(&long(n))).unwrap();
+    }
+    ok(Command::new("sh")
+        .arg("-c")
+        .arg(format!("rm -rf {}/*", m.path.display()))
+        .output()
+        .unwrap());
+    assert_eq!(fs::read_dir(&m.path).unwrap().count(), 0);
+    drop(m);
+    vol.assert_fsck_clean();
+}
