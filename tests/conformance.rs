@@ -148,3 +148,98 @@ fn long_names_keep_their_sidecars_through_whiteouts_and_link_renames() {
     drop(m);
     vol.assert_fsck_clean();
 }
+
+/// A script that unmounts and mounts again at once (generic/163, 524, 604) is not refused
+/// while the old daemon is still exiting: umount(2) returns before the daemon lets go of its
+/// claim, and the new mount waits for it. `sealfs umount` returns only once the daemon has
+/// exited, and takes the cipher dir as well as the mount point.
+#[test]
+fn mount_right_after_umount_waits_for_the_old_daemon() {
+    require_root("umount(2)");
+    let mut vol = TestVolume::new();
+    vol.env.push(("SEALFS_SLOW_AT".into(), "unmounted:1500".into()));
+    let first = vol.mount();
+    fs::write(first.p("f"), b"kept").unwrap();
+    nix::mount::umount(&first.path).unwrap();
+    // (Another mount point, so that dropping `first` cannot unmount it.)
+    let mut elsewhere = vol.second_mountpoint();
+    elsewhere.env = vol.env.clone();
+    let second = elsewhere.mount();
+    assert_eq!(fs::read(second.p("f")).unwrap(), b"kept");
+    drop(first);
+
+    let pid = second.pid();
+    let out = Command::new(common::BIN)
+        .args(["umount", vol.cipher_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sealfs umount CIPHERDIR: {}", common::stderr(&out));
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.split(' ').nth(2) == Some("Z"),
+        "sealfs umount returned before the daemon exited: {state}"
+    );
+    let third = vol.mount();
+    assert_eq!(fs::read(third.p("f")).unwrap(), b"kept");
+}
+
+/// The mount table names the mount as peers do: type fuse.sealfs, the cipher dir as source,
+/// so findmnt -S, findmnt -t and df -t find it.
+#[test]
+fn the_mount_table_names_type_and_cipher_dir() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let cipher = fs::canonicalize(&vol.cipher).unwrap();
+    let out = ok(Command::new("findmnt")
+        .args(["-n", "-o", "TARGET,FSTYPE", "-S"])
+        .arg(&cipher)
+        .output()
+        .unwrap());
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), [m.path.to_str().unwrap(), "fuse.sealfs"]);
+    let df = ok(Command::new("df").args(["-t", "fuse.sealfs"]).output().unwrap());
+    assert!(df.contains(cipher.to_str().unwrap()), "{df}");
+}
+
+/// mount(8) through the helper: a mount by root gets dev and suid unless nodev/nosuid are
+/// given (libmount drops the defaults before calling a helper, as for mount.fuse);
+/// `-o remount,ro` and `remount,rw` change the live mount, keeping its other flags.
+#[test]
+fn the_helper_takes_what_mount_fuse_takes() {
+    require_root("dev and suid mounts");
+    let vol = TestVolume::new();
+    let mnt = fs::canonicalize(&vol.mnt).unwrap();
+    let key = fs::read_dir(&vol.keys).unwrap().next().unwrap().unwrap().path();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mount.fuse.sealfs");
+    let run = |args: &[&str]| {
+        ok(Command::new(&helper)
+            .args(args)
+            .env("SEALFS_BIN", common::BIN)
+            .output()
+            .unwrap())
+    };
+    let flags = || {
+        let out = ok(Command::new("findmnt").args(["-n", "-o", "VFS-OPTIONS"]).arg(&mnt).output().unwrap());
+        out.trim().split(',').map(String::from).collect::<Vec<_>>()
+    };
+    let cipher = vol.cipher_str().to_string();
+    let mount = |opts: &str| run(&[&cipher, mnt.to_str().unwrap(), "-o", &format!("{opts},keyfile={}", key.display())]);
+    mount("rw");
+    let got = flags();
+    assert!(!got.contains(&"nodev".to_string()) && !got.contains(&"nosuid".to_string()), "{got:?}");
+    fs::write(mnt.join("f"), b"x").unwrap();
+    run(&[&cipher, mnt.to_str().unwrap(), "-o", "remount,ro"]);
+    assert!(flags().contains(&"ro".to_string()), "{:?}", flags());
+    let err = fs::write(mnt.join("g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    run(&[mnt.to_str().unwrap(), "-n", "-o", "remount,rw"]);
+    fs::write(mnt.join("g"), b"x").unwrap();
+    ok(Command::new(common::BIN).arg("umount").arg(&mnt).output().unwrap());
+
+    mount("nodev,nosuid");
+    let got = flags();
+    assert!(got.contains(&"nodev".to_string()) && got.contains(&"nosuid".to_string()), "{got:?}");
+    run(&[&cipher, mnt.to_str().unwrap(), "-o", "remount,ro"]);
+    let got = flags();
+    assert!(got.contains(&"nodev".to_string()) && got.contains(&"ro".to_string()), "{got:?}");
+    ok(Command::new(common::BIN).arg("umount").arg(&mnt).output().unwrap());
+}

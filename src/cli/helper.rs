@@ -5,7 +5,8 @@
 
 use std::ffi::OsString;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use nix::mount::MsFlags;
 
 /// sealfs settings accepted as `name=value` mount options, and the flag each becomes.
 const VALUE_OPTIONS: [(&str, &str); 16] = [
@@ -33,8 +34,24 @@ const FLAG_OPTIONS: [(&str, &str); 4] = [
     ("metrics_allow_remote", "--metrics-allow-remote"),
 ];
 
-/// The `sealfs mount ...` command line for what mount(8) passed; None for a fake mount (-f).
-pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
+/// What mount(8) asked of the helper.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// `-f`: pretend.
+    Fake,
+    /// `-o remount,...`: change the flags of the mount at the directory (ro/rw, nosuid,
+    /// nodev, noexec, noatime, ...); the daemon keeps serving.
+    Remount { dir: OsString, options: Vec<String> },
+    /// Start a mount: this `sealfs mount ...` command line.
+    Mount(Vec<OsString>),
+}
+
+/// What mount(8) passed, as an action. `root`: the caller may mount with `dev` and `suid`.
+/// libmount drops options that repeat the kernel's defaults (`dev`, `suid`) before calling a
+/// helper, so, like libfuse's mount.fuse, a mount made by root through mount(8) gets `dev`
+/// and `suid` unless `nodev` and `nosuid` are given (an fstab line means what it means for
+/// ext4); `sealfs mount` itself keeps its `nodev,nosuid` default.
+pub fn translate(args: &[OsString], root: bool) -> Result<Action> {
     let mut positional = Vec::new();
     let mut options: Vec<String> = Vec::new();
     let mut verbose = false;
@@ -54,13 +71,24 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
                         // sloppy, no mtab: nothing to do for a FUSE mount.
                         's' | 'n' => {}
                         'v' => verbose = true,
-                        'f' => return Ok(None),
+                        'f' => return Ok(Action::Fake),
                         other => bail!("unknown mount helper flag -{other}"),
                     }
                 }
             }
             _ => positional.push(arg.clone()),
         }
+    }
+    options.retain(|o| !o.is_empty());
+    if options.iter().any(|o| o == "remount") {
+        let Some(dir) = positional.last() else {
+            bail!("usage: mount.fuse.sealfs [CIPHERDIR] MOUNTPOINT -o remount,...");
+        };
+        options.retain(|o| o != "remount");
+        return Ok(Action::Remount {
+            dir: dir.clone(),
+            options,
+        });
     }
     let [spec, dir] = positional.as_slice() else {
         bail!("usage: mount.fuse.sealfs CIPHERDIR MOUNTPOINT [-o OPTIONS]");
@@ -70,7 +98,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
         out.push("--verbose".into());
     }
     let mut mount_options = Vec::new();
-    for option in options.iter().filter(|o| !o.is_empty()) {
+    for option in &options {
         let (name, value) = match option.split_once('=') {
             Some((name, value)) => (name, Some(value)),
             None => (option.as_str(), None),
@@ -87,11 +115,60 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>> {
             mount_options.push(option.clone());
         }
     }
+    if root {
+        for (on, off) in [("dev", "nodev"), ("suid", "nosuid")] {
+            if !options.iter().any(|o| o == on || o == off) {
+                mount_options.push(on.to_string());
+            }
+        }
+    }
     if !mount_options.is_empty() {
         out.push("-o".into());
         out.push(mount_options.join(",").into());
     }
-    Ok(Some(out))
+    Ok(Action::Mount(out))
+}
+
+/// The mount flags a remount asks for: the mount's present ones (statvfs), changed by
+/// `options`. Options a remount cannot change (a FUSE mount's `user_id=`, sealfs settings)
+/// are left alone, as the kernel leaves them.
+pub fn remount_flags(current: nix::sys::statvfs::FsFlags, options: &[String]) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let table = [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY, "ro", "rw"),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID, "nosuid", "suid"),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV, "nodev", "dev"),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC, "noexec", "exec"),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME, "noatime", "atime"),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME, "nodiratime", "diratime"),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME, "relatime", "norelatime"),
+    ];
+    let mut flags = MsFlags::MS_REMOUNT;
+    for (has, flag, on, off) in table {
+        let mut set = current.contains(has);
+        for option in options {
+            if option == on {
+                set = true;
+            } else if option == off {
+                set = false;
+            }
+        }
+        if set {
+            flags |= flag;
+        }
+    }
+    flags
+}
+
+/// Remounts `dir` as `options` say: the kernel changes the mount's flags (a read-only
+/// remount makes every write EROFS at once) while the daemon keeps serving.
+pub fn remount(dir: &OsString, options: &[String]) -> Result<()> {
+    let current = nix::sys::statvfs::statvfs(dir.as_os_str())
+        .with_context(|| format!("{}", std::path::Path::new(dir).display()))?;
+    let flags = remount_flags(current.flags(), options);
+    nix::mount::mount(None::<&str>, dir.as_os_str(), None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("remount of {}", std::path::Path::new(dir).display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -110,12 +187,11 @@ mod tests {
             "-n",
             "-o",
             "rw,noauto,_netdev,allow_other,keyfile=/etc/sealfs/b.key,x-systemd.requires=network-online.target,audit_syslog",
-        ]))
-        .unwrap()
+        ]), false)
         .unwrap();
         assert_eq!(
             got,
-            strings(&[
+            Action::Mount(strings(&[
                 "sealfs",
                 "mount",
                 "/srv/b.enc",
@@ -125,7 +201,7 @@ mod tests {
                 "--audit-syslog",
                 "-o",
                 "rw,noauto,_netdev,allow_other,x-systemd.requires=network-online.target",
-            ])
+            ]))
         );
     }
 
@@ -135,13 +211,12 @@ mod tests {
             "/home/alice",
             "/mnt/alice.enc",
             "-o",
-            "reverse,exclude=*.tmp,exclude=/cache,allow_other",
-        ]))
-        .unwrap()
+            "reverse,exclude=*.tmp,exclude=/cache,allow_other,nodev,nosuid",
+        ]), true)
         .unwrap();
         assert_eq!(
             got,
-            strings(&[
+            Action::Mount(strings(&[
                 "sealfs",
                 "mount",
                 "/home/alice",
@@ -152,16 +227,53 @@ mod tests {
                 "--exclude",
                 "/cache",
                 "-o",
-                "allow_other",
-            ])
+                "allow_other,nodev,nosuid",
+            ]))
         );
     }
 
     #[test]
     fn fake_mount_and_bad_input() {
-        assert!(translate(&strings(&["a", "b", "-f"])).unwrap().is_none());
-        assert!(translate(&strings(&["a"])).is_err());
-        assert!(translate(&strings(&["a", "b", "-o", "keyfile"])).is_err());
-        assert!(translate(&strings(&["a", "b", "-x"])).is_err());
+        assert_eq!(translate(&strings(&["a", "b", "-f"]), true).unwrap(), Action::Fake);
+        assert!(translate(&strings(&["a"]), true).is_err());
+        assert!(translate(&strings(&["a", "b", "-o", "keyfile"]), true).is_err());
+        assert!(translate(&strings(&["a", "b", "-x"]), true).is_err());
+    }
+
+    #[test]
+    fn root_gets_dev_and_suid_unless_told_otherwise_as_from_mount_fuse() {
+        let options = |args: &[&str]| match translate(&strings(args), true).unwrap() {
+            Action::Mount(line) => line.last().unwrap().to_string_lossy().into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(options(&["a", "b", "-o", "rw"]), "rw,dev,suid");
+        assert_eq!(options(&["a", "b", "-o", "nodev"]), "nodev,suid");
+        assert_eq!(options(&["a", "b", "-o", "dev,nosuid"]), "dev,nosuid");
+        let user = translate(&strings(&["a", "b", "-o", "rw"]), false).unwrap();
+        assert_eq!(user, Action::Mount(strings(&["sealfs", "mount", "a", "b", "-o", "rw"])));
+    }
+
+    #[test]
+    fn remount_keeps_the_flags_it_is_not_told_to_change() {
+        use nix::sys::statvfs::FsFlags;
+        let got = translate(&strings(&["/srv/b.enc", "/srv/b", "-o", "remount,ro"]), true);
+        let Action::Remount { dir, options } = got.unwrap() else {
+            panic!("not a remount")
+        };
+        assert_eq!((dir.to_str().unwrap(), options.clone()), ("/srv/b", vec!["ro".into()]));
+        let current = FsFlags::ST_NOSUID | FsFlags::ST_NODEV | FsFlags::ST_RELATIME;
+        assert_eq!(
+            remount_flags(current, &options),
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_RELATIME
+        );
+        let rw = ["rw".to_string(), "user_id=0".to_string(), "dev".to_string()];
+        assert_eq!(
+            remount_flags(FsFlags::ST_RDONLY | FsFlags::ST_NODEV, &rw),
+            MsFlags::MS_REMOUNT
+        );
     }
 }

@@ -10,6 +10,7 @@ mod init;
 mod key;
 mod logging;
 mod mount;
+mod mount_table;
 mod notify;
 mod passwd;
 mod policy;
@@ -125,10 +126,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => stats::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Passwd(args) => passwd::run(args),
-        Command::MountHelper { args } => match helper::translate(&args)? {
-            Some(command_line) => run(Cli::try_parse_from(command_line)?),
-            None => Ok(()),
-        },
+        Command::MountHelper { args } => {
+            match helper::translate(&args, nix::unistd::geteuid().is_root())? {
+                helper::Action::Mount(command_line) => run(Cli::try_parse_from(command_line)?),
+                helper::Action::Remount { dir, options } => helper::remount(&dir, &options),
+                helper::Action::Fake => Ok(()),
+            }
+        }
         Command::GenerateDocs {
             man_dir,
             completions_dir,

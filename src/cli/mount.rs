@@ -12,12 +12,13 @@ use sealfs::fs::{SealFs, Tuning};
 use sealfs::keys::CacheLimits;
 use sealfs::metrics::endpoint;
 use sealfs::reverse::{Excludes, ReverseView};
-use sealfs::volume::claim::{ClaimMode, claim};
+use sealfs::volume::claim::{ClaimMode, claim_waiting};
 use sealfs::volume::{self, Volume};
 
 use super::settings::{self, SettingsFile};
 use super::unlock::UnlockArgs;
 use super::{audit, logging};
+use super::mount_table::{is_mount_point, mount_device};
 use super::{hardening, notify};
 
 #[derive(Args, Debug, Default)]
@@ -209,7 +210,9 @@ struct Parsed {
 
 fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
     let mut config = Config::default();
-    let mut fsname = format!("sealfs:{}", cipher_dir.display());
+    // As libfuse names a mount by default: the source is the cipher dir, so `findmnt -S DIR`,
+    // `umount DIR` and `df` find it.
+    let mut fsname = cipher_dir.display().to_string();
     let mut read_only = false;
     let mut nonempty = false;
     let mut shared = false;
@@ -297,9 +300,12 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         config.mount_options.push(MountOption::NoDev);
     }
     config.mount_options.push(MountOption::FSName(fsname));
+    // Type fuse.sealfs in the mount table (`findmnt -t fuse.sealfs`, `df -t fuse.sealfs`): the
+    // kernel takes the subtype as a mount option, as fusermount3 does; fuser's own
+    // `Subtype` only reaches fusermount3, never a mount made as root.
     config
         .mount_options
-        .push(MountOption::Subtype("sealfs".into()));
+        .push(MountOption::CUSTOM("subtype=sealfs".into()));
     Ok(Parsed {
         config,
         read_only,
@@ -311,14 +317,6 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
         read_ahead_kb: 0,
         inode_cache: PruneLimits::DEFAULT_BUDGET,
     })
-}
-
-fn is_mount_point(path: &Path) -> Result<bool> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let target = path.to_string_lossy().replace(' ', "\\040");
-    Ok(mounts
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(target.as_str())))
 }
 
 fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
@@ -336,7 +334,7 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
     if !canonical.is_dir() {
         bail!("mount point {} is not a directory", path.display());
     }
-    if is_mount_point(&canonical)? {
+    if is_mount_point(&canonical) {
         bail!(
             "mount point {} is busy: something is already mounted there",
             path.display()
@@ -353,7 +351,9 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
 
 pub fn run(args: MountArgs) -> Result<()> {
     let args = args.resolve()?;
-    let mut parsed = parse_options(&args.options, &args.cipher_dir)?;
+    // The mount's source names the cipher dir as `findmnt -S` and `sealfs umount` look for it.
+    let source = std::fs::canonicalize(&args.cipher_dir).unwrap_or(args.cipher_dir.clone());
+    let mut parsed = parse_options(&args.options, &source)?;
     parsed.config.n_threads = Some(args.threads);
     parsed.config.clone_fd = true;
     parsed.shared |= args.shared;
@@ -526,7 +526,10 @@ fn serve(
         }
         ClaimMode::Exclusive
     };
-    let claim = claim(volume.root.as_fd(), mode, &volume.backing, "mount")?;
+    // A mount of this volume that umount(8) just took away may still be exiting: wait for it.
+    let cipher_dir = volume.path.clone();
+    let gone = || super::mount_table::mountpoint_of(&cipher_dir).is_none();
+    let claim = claim_waiting(volume.root.as_fd(), mode, &volume.backing, "mount", gone)?;
     if let Some(record) = claim.record_updater() {
         sealfs::volume::follow::spawn_reporting(volume.follower.clone(), record);
     }
@@ -564,6 +567,8 @@ fn serve(
     set_read_ahead(mountpoint, parsed.read_ahead_kb);
     ready.mounted()?;
     let served = run_until_unmounted(session);
+    // Tests: a daemon slow to exit after its unmount (a big flush) still holds its claim.
+    sealfs::volume::slow_point("unmounted");
     // A textfile left behind would keep exporting the last numbers as if the mount still ran.
     if let Some(path) = &metrics.textfile {
         let _ = std::fs::remove_file(path);
@@ -665,17 +670,6 @@ fn set_read_ahead(mountpoint: &Path, kib: u32) {
     if let Err(e) = std::fs::write(&path, kib.to_string()) {
         tracing::debug!(%path, error = %e, "could not raise readahead");
     }
-}
-
-/// "major:minor" of what is mounted at `path`, the last such mount.
-fn mount_device(path: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let target = path.to_string_lossy().replace(' ', "\\040");
-    mounts
-        .lines()
-        .filter(|line| line.split(' ').nth(4) == Some(target.as_str()))
-        .filter_map(|line| line.split(' ').nth(2).map(String::from))
-        .next_back()
 }
 
 /// Every inode the kernel knows holds an O_PATH fd: allow as many as the hard limit permits.

@@ -1,9 +1,15 @@
-use std::path::PathBuf;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sealfs::volume::backing::{Backing, probe};
+use sealfs::volume::claim::{UNMOUNT_GRACE, holders_here};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::mount_table::{cipher_dir_at, is_mount_point, mountpoint_of};
 use super::settings::SettingsFile;
 
 struct Unmount {
@@ -13,7 +19,8 @@ struct Unmount {
 
 #[derive(Args, Debug)]
 pub struct UmountArgs {
-    /// The mount point (or `mountpoint` in the settings file).
+    /// The mount point, or the cipher dir a mount serves (or `mountpoint` in the settings
+    /// file). Returns once the mount's daemon has exited, so the volume can be mounted again.
     #[arg(required_unless_present = "config")]
     pub mountpoint: Option<PathBuf>,
     /// Settings file naming the mount point (as for `sealfs mount --config`).
@@ -32,10 +39,58 @@ pub fn run(args: UmountArgs) -> Result<()> {
             .with_context(|| format!("{} names no mountpoint", config.display()))?,
         (None, None) => bail!("no mount point given"),
     };
+    // A cipher dir names the mount it serves (its source).
+    let mountpoint = match std::fs::canonicalize(&mountpoint) {
+        Ok(path) if !is_mount_point(&path) => mountpoint_of(&path).unwrap_or(mountpoint),
+        _ => mountpoint,
+    };
+    let daemon = DaemonExit::watch(&mountpoint);
     let args = Unmount {
         mountpoint,
         lazy: args.lazy,
     };
+    unmount(&args)?;
+    if !args.lazy
+        && let Some(daemon) = daemon
+    {
+        daemon.wait();
+    }
+    Ok(())
+}
+
+/// The claims this host holds on the cipher dir of the mount being unmounted: the unmount is
+/// done for a user once its daemon has exited and released its claim, so a mount straight
+/// after `sealfs umount` is never refused.
+struct DaemonExit {
+    root: std::fs::File,
+    backing: Backing,
+    before: usize,
+}
+
+impl DaemonExit {
+    fn watch(mountpoint: &Path) -> Option<DaemonExit> {
+        let cipher_dir = cipher_dir_at(&std::fs::canonicalize(mountpoint).ok()?)?;
+        let root = std::fs::File::open(cipher_dir).ok()?;
+        let backing = probe(root.as_fd());
+        let before = holders_here(root.as_fd(), &backing).len();
+        Some(DaemonExit {
+            root,
+            backing,
+            before,
+        })
+    }
+
+    fn wait(self) {
+        let deadline = Instant::now() + UNMOUNT_GRACE;
+        while holders_here(self.root.as_fd(), &self.backing).len() >= self.before
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn unmount(args: &Unmount) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         let flags = if args.lazy {
             nix::mount::MntFlags::MNT_DETACH

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, mkdirat};
@@ -205,6 +205,60 @@ pub fn claim(
     })
 }
 
+/// How long a claim waits for a mount of this host that is on its way out: umount(8) returns
+/// once the kernel has let go of the mount, a moment before its daemon has exited and so
+/// released its claim, and a script that mounts again at once must not be refused.
+pub const UNMOUNT_GRACE: Duration = Duration::from_secs(10);
+
+/// `claim`, but while the claim is held only by live processes of this host and `unmounted`
+/// says none of them serves a mount any more, it waits for them to exit (up to
+/// `UNMOUNT_GRACE`), then claims or refuses as `claim` does.
+pub fn claim_waiting(
+    root: BorrowedFd<'_>,
+    mode: ClaimMode,
+    backing: &Backing,
+    what: &str,
+    unmounted: impl Fn() -> bool,
+) -> Result<Claim> {
+    let started = Instant::now();
+    loop {
+        match claim(root, mode, backing, what) {
+            Err(VolumeError::InUse(why)) if started.elapsed() < UNMOUNT_GRACE => {
+                let here = this_host();
+                let exiting = live_holders(root, backing)
+                    .iter()
+                    .all(|h| h.host == here && h.pid != 0 && process_alive(h.pid))
+                    && unmounted();
+                if !exiting {
+                    return Err(VolumeError::InUse(why));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The pids of this host's live holders of the cipher dir at `root`.
+pub fn holders_here(root: BorrowedFd<'_>, backing: &Backing) -> Vec<u32> {
+    let here = this_host();
+    live_holders(root, backing)
+        .into_iter()
+        .filter(|h| h.host == here)
+        .map(|h| h.pid)
+        .collect()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// The live holders of the cipher dir at `root`; records of dead mounts are removed.
 pub fn live_holders(root: BorrowedFd<'_>, backing: &Backing) -> Vec<Holder> {
     lock_kind(backing).map_or_else(Vec::new, |kind| holders(root, kind))
@@ -300,9 +354,7 @@ fn write_record(
     )?;
     let record = File::from(fd);
     let holder = Holder {
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
+        host: this_host(),
         pid: std::process::id(),
         since: SystemTime::now()
             .duration_since(UNIX_EPOCH)
