@@ -40,7 +40,7 @@ fn parallel_writers_to_disjoint_regions_match_the_model() {
             OsStr::new("f"),
             0o644,
             libc::O_RDWR,
-            Caller { uid: 0, gid: 0 },
+            Caller { uid: 0, gid: 0, pid: 0 },
         )
         .unwrap();
     const THREADS: u64 = 8;
@@ -60,7 +60,7 @@ fn parallel_writers_to_disjoint_regions_match_the_model() {
                         let len = 1 + rng.below(REGION - off).min(3 * BS);
                         let byte = (t * 31 + i) as u8 | 1;
                         let data = vec![byte; len as usize];
-                        fs.write(fh, t * REGION + off, &data, false).unwrap();
+                        fs.write(fh, t * REGION + off, &data, None).unwrap();
                         model[off as usize..(off + len) as usize].fill(byte);
                     }
                     model
@@ -94,7 +94,7 @@ fn overlapping_whole_block_writes_never_tear_a_block() {
             OsStr::new("g"),
             0o644,
             libc::O_RDWR,
-            Caller { uid: 0, gid: 0 },
+            Caller { uid: 0, gid: 0, pid: 0 },
         )
         .unwrap();
     const BLOCKS: u64 = 16;
@@ -110,7 +110,7 @@ fn overlapping_whole_block_writes_never_tear_a_block() {
                         let first = rng.below(BLOCKS - 2);
                         let n = 2 + rng.below(2);
                         let data = vec![t as u8 + 1; (n * BS) as usize];
-                        fs.write(fh, first * BS, &data, false).unwrap();
+                        fs.write(fh, first * BS, &data, None).unwrap();
                         let back = fs.read(fh, first * BS, BS as u32).unwrap();
                         assert!(back.iter().all(|&b| b == back[0]), "a torn block was read");
                     }
@@ -141,12 +141,12 @@ fn writers_below_a_truncater_keep_their_data() {
             OsStr::new("h"),
             0o644,
             libc::O_RDWR,
-            Caller { uid: 0, gid: 0 },
+            Caller { uid: 0, gid: 0, pid: 0 },
         )
         .unwrap();
     let ino = attr.ino.0;
     const FLOOR: u64 = 8 * BS + 100;
-    fs.write(fh, 0, &vec![0u8; FLOOR as usize], false).unwrap();
+    fs.write(fh, 0, &vec![0u8; FLOOR as usize], None).unwrap();
     let fs2 = fs.clone();
     let started = Instant::now();
     let model = bounded(Duration::from_secs(120), move || {
@@ -159,7 +159,7 @@ fn writers_below_a_truncater_keep_their_data() {
                     size: Some(size),
                     ..AttrChanges::default()
                 };
-                fs_t.setattr(Caller { uid: 0, gid: 0 }, ino, changes)
+                fs_t.setattr(Caller { uid: 0, gid: 0, pid: 0 }, ino, changes)
                     .unwrap();
             }
         });
@@ -171,11 +171,11 @@ fn writers_below_a_truncater_keep_their_data() {
                 let off = rng.below(FLOOR - 10);
                 let len = 1 + rng.below((FLOOR - off).min(2 * BS));
                 let byte = (i % 250) as u8 + 1;
-                fs_w.write(fh, off, &vec![byte; len as usize], false)
+                fs_w.write(fh, off, &vec![byte; len as usize], None)
                     .unwrap();
                 model[off as usize..(off + len) as usize].fill(byte);
                 // Past the floor too: these bytes may be cut by the truncater, never corrupt.
-                fs_w.write(fh, FLOOR + rng.below(4 * BS), b"above", false)
+                fs_w.write(fh, FLOOR + rng.below(4 * BS), b"above", None)
                     .unwrap();
             }
             model

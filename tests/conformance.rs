@@ -44,12 +44,14 @@ fn writes_by_an_unprivileged_user_drop_set_id_bits() {
         "truncate -s 100 \"$F\"",
     ];
     for (i, step) in steps.iter().enumerate() {
-        for mode in [0o6755, 0o6745, 0o4755] {
+        // Group 0: the writer is not in the file's group, so set-group-id goes even without
+        // group execute (the kernel's rule since 6.2).
+        for (mode, gid) in [(0o6755, 1000), (0o6745, 1000), (0o6745, 0), (0o4755, 1000)] {
             let mut modes = Vec::new();
             for root in [&m.path, &plain] {
-                let f = root.join(format!("prog-{i}-{mode:o}"));
+                let f = root.join(format!("prog-{i}-{mode:o}-{gid}"));
                 fs::write(&f, vec![1u8; 8192]).unwrap();
-                std::os::unix::fs::chown(&f, Some(1000), Some(1000)).unwrap();
+                std::os::unix::fs::chown(&f, Some(1000), Some(gid)).unwrap();
                 fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
                 as_user(&f, step);
                 modes.push(fs::metadata(&f).unwrap().mode() & 0o7777);

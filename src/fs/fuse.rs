@@ -22,6 +22,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -311,7 +312,7 @@ impl Filesystem for SealFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -322,7 +323,9 @@ impl Filesystem for SealFs {
         reply: ReplyWrite,
     ) {
         let _request = metrics::request(Op::Write);
-        let kill_set_id = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let kill_set_id = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller(req));
         reply_or_error!(
             "write",
             SealFs::write(self, fh.0, offset, data, kill_set_id),

@@ -57,7 +57,7 @@ impl SealFs {
         self.writable()?;
         let node = self.node(ino)?;
         if size.is_some() && mode.is_none() && !caller.keeps_set_id() {
-            self.drop_set_id(&node)?;
+            self.drop_set_id(&node, caller)?;
         }
         let path = proc_fd_path(node.fd.as_fd());
         if let Some(size) = size {

@@ -206,13 +206,19 @@ impl SealFs {
     /// the end of file (or lies past it) locks from there to the end, since it changes the
     /// size and may re-seal that block. Which range that is comes from the size the last write
     /// left, checked under the lock (and widened when it was stale): one size lookup per write.
-    /// `kill_set_id`: the kernel says the writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID),
-    /// so set-id bits go first.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_set_id: bool) -> Result<u32> {
+    /// `kill_set_id`: the writer, when the kernel says it lacks CAP_FSETID
+    /// (FUSE_WRITE_KILL_SUIDGID), so set-id bits go first.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_set_id: Option<Caller>,
+    ) -> Result<u32> {
         self.writable()?;
         let handle = self.file_handle(fh)?;
-        if kill_set_id {
-            self.drop_set_id(&handle.node)?;
+        if let Some(writer) = kill_set_id {
+            self.drop_set_id(&handle.node, writer)?;
         }
         if data.is_empty() {
             return Ok(0);
@@ -363,7 +369,7 @@ impl SealFs {
             }
         })?;
         if !caller.keeps_set_id() {
-            self.drop_set_id(&handle.node)?;
+            self.drop_set_id(&handle.node, caller)?;
         }
         Ok(())
     }

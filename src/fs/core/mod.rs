@@ -48,6 +48,9 @@ use crate::volume::{Result, Volume, VolumeError};
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The calling process (0 when the kernel names none): its supplementary groups decide
+    /// whether a write drops set-group-id (`set_id`).
+    pub pid: u32,
 }
 
 pub struct FileHandle {

@@ -9,10 +9,21 @@ use crate::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
 use crate::volume::{InitOptions, Volume, VolumeError};
 
 const ROOT: u64 = 1;
-const ROOT_CALLER: Caller = Caller { uid: 0, gid: 0 };
+const ROOT_CALLER: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 0,
+};
 const OTHER: Caller = Caller {
     uid: 1000,
     gid: 1000,
+    pid: 0,
+};
+/// Not root, but in the group (0) of the files the tests make.
+const MEMBER: Caller = Caller {
+    uid: 1000,
+    gid: 0,
+    pid: 0,
 };
 
 struct Fixture {
@@ -69,7 +80,7 @@ fn create_write_read_list_and_unlink() {
             ROOT_CALLER,
         )
         .unwrap();
-    assert_eq!(fs.write(fh, 5000, b"hello", false).unwrap(), 5);
+    assert_eq!(fs.write(fh, 5000, b"hello", None).unwrap(), 5);
     assert_eq!(fs.read(fh, 4998, 100).unwrap(), b"\0\0hello");
     assert_eq!(fs.getattr(attr.ino.0).unwrap().size, 5005);
     fs.release(fh);
@@ -106,7 +117,7 @@ fn listed_entries_carry_the_lookups_attributes_and_count_as_lookups() {
     let (attr, fh) = fs
         .create(ROOT, OsStr::new("a"), 0o600, libc::O_RDWR, ROOT_CALLER)
         .unwrap();
-    fs.write(fh, 0, &[7; 10_000], false).unwrap();
+    fs.write(fh, 0, &[7; 10_000], None).unwrap();
     fs.release(fh);
     fs.forget(attr.ino.0, 1);
     assert!(
@@ -177,23 +188,28 @@ fn set_id_bits_follow_the_kernels_rule() {
 
     // A write the kernel flags (writer without CAP_FSETID) drops both: group exec is set.
     chmod(0o6755);
-    fs.write(fh, 0, b"x", true).unwrap();
+    fs.write(fh, 0, b"x", Some(OTHER)).unwrap();
     assert_eq!(mode_of(fs, ino), 0o755);
     // An unflagged write keeps them.
     chmod(0o6755);
-    fs.write(fh, 0, b"x", false).unwrap();
+    fs.write(fh, 0, b"x", None).unwrap();
     assert_eq!(mode_of(fs, ino), 0o6755);
     // Truncate: root keeps them, anyone else drops them.
     truncate(ROOT_CALLER, 10);
     assert_eq!(mode_of(fs, ino), 0o6755);
     truncate(OTHER, 20);
     assert_eq!(mode_of(fs, ino), 0o755);
-    // fallocate by someone else drops them too; set-group-id without group exec is a
-    // mandatory-locking mark, not a privilege, and stays.
+    // fallocate by a member of the file's group drops set-user-id only: set-group-id without
+    // group exec is a mandatory-locking mark, not a privilege. A write by someone outside
+    // the group drops it all the same (the kernel's rule since 6.2: setattr_should_drop_sgid).
     chmod(0o6745);
-    fs.fallocate(OTHER, fh, 0, 4096, 0).unwrap();
+    fs.fallocate(MEMBER, fh, 0, 4096, 0).unwrap();
     assert_eq!(mode_of(fs, ino), 0o2745);
     assert_eq!(fs.getattr(ino).unwrap().size, 4096);
+    fs.write(fh, 0, b"x", Some(MEMBER)).unwrap();
+    assert_eq!(mode_of(fs, ino), 0o2745);
+    fs.write(fh, 0, b"x", Some(OTHER)).unwrap();
+    assert_eq!(mode_of(fs, ino), 0o745);
     fs.release(fh);
 }
 
@@ -235,7 +251,7 @@ fn request_errors_are_typed() {
     let (_, fh) = fs
         .create(ROOT, OsStr::new("f"), 0o644, libc::O_RDWR, ROOT_CALLER)
         .unwrap();
-    fs.write(fh, 0, b"data", false).unwrap();
+    fs.write(fh, 0, b"data", None).unwrap();
     assert_eq!(fs.lseek(fh, 0, libc::SEEK_DATA).unwrap(), 0);
     assert_eq!(fs.lseek(fh, 0, libc::SEEK_HOLE).unwrap(), 4);
     assert!(matches!(
@@ -284,7 +300,7 @@ fn a_header_read_error_keeps_its_errno() {
     let (attr, fh) = fs
         .create(ROOT, OsStr::new("f"), 0o644, libc::O_RDWR, ROOT_CALLER)
         .unwrap();
-    fs.write(fh, 0, b"data", false).unwrap();
+    fs.write(fh, 0, b"data", None).unwrap();
     fs.release(fh);
     let backing = fs
         .volume
@@ -342,7 +358,7 @@ fn every_create_method_makes_readable_files_and_leaves_nothing_behind() {
         let (_, fh) = fs
             .create(ROOT, OsStr::new("a"), 0o600, libc::O_RDWR, ROOT_CALLER)
             .unwrap();
-        fs.write(fh, 0, b"made", false).unwrap();
+        fs.write(fh, 0, b"made", None).unwrap();
         fs.release(fh);
         let again = fs.create(ROOT, OsStr::new("a"), 0o600, libc::O_RDWR, ROOT_CALLER);
         assert!(
