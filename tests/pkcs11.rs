@@ -4,27 +4,11 @@
 mod common;
 
 use std::fs;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use common::services::{KEYS, PIN, hsm_key_args, softhsm};
+use common::services::{KEYS, PIN, SoftHsm, hsm_key_args, softhsm};
 use common::{TestVolume, stderr};
 
 crate::make_hsm_keys_helper!();
-
-/// A failed login makes SoftHSM2 rewrite the token's file (its PIN-failure flags), and a
-/// process that scans the token directory meanwhile sees no token at all ("no token
-/// labelled ..."; 2 runs in 25 failed so). Real tokens keep that state inside the device,
-/// so the tests, not sealfs, keep a wrong PIN (and the next login, which clears those
-/// flags) apart from every other use of the token.
-static TOKEN_FILE: RwLock<()> = RwLock::new(());
-
-fn token_in_use() -> RwLockReadGuard<'static, ()> {
-    TOKEN_FILE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn token_alone() -> RwLockWriteGuard<'static, ()> {
-    TOKEN_FILE.write().unwrap_or_else(|e| e.into_inner())
-}
 
 fn pin_file(vol: &TestVolume, pin: &str) -> String {
     let path = vol.dir.path().join(format!("pin-{}", pin.len()));
@@ -32,8 +16,8 @@ fn pin_file(vol: &TestVolume, pin: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn hsm_volume(key: &str) -> (TestVolume, String) {
-    let hsm = softhsm();
+/// A volume under `key` on `hsm` (each test has a token of its own: `softhsm`).
+fn hsm_volume(hsm: &SoftHsm, key: &str) -> (TestVolume, String) {
     let dir = tempfile::tempdir().unwrap();
     let pin = dir.path().join("pin");
     fs::write(&pin, format!("{PIN}\n")).unwrap();
@@ -50,8 +34,8 @@ fn hsm_volume(key: &str) -> (TestVolume, String) {
 
 #[test]
 fn hsm_volume_round_trip() {
-    let _token = token_in_use();
-    let (vol, pin) = hsm_volume(KEYS[0]);
+    let hsm = softhsm();
+    let (vol, pin) = hsm_volume(&hsm, KEYS[0]);
     let config = fs::read_to_string(vol.cipher.join("sealfs.conf")).unwrap();
     assert!(config.contains("\"provider\": \"pkcs11\""), "{config}");
     assert!(!config.contains(PIN), "the PIN is never stored");
@@ -78,8 +62,8 @@ fn hsm_volume_round_trip() {
 
 #[test]
 fn wrong_pin_and_missing_pin_are_clear_errors() {
-    let _token = token_alone();
-    let (vol, pin) = hsm_volume(KEYS[0]);
+    let hsm = softhsm();
+    let (vol, pin) = hsm_volume(&hsm, KEYS[0]);
     let bad = pin_file(&vol, "0000");
     let out = vol.run(&[
         "mount",
@@ -93,16 +77,15 @@ fn wrong_pin_and_missing_pin_are_clear_errors() {
     let out = vol.run(&["mount", vol.cipher_str(), vol.mnt.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--pin-file"), "{}", stderr(&out));
-    // The right PIN still opens the token after a wrong one; that login also clears the
-    // token's failure flags, one more rewrite of its file while this test has it alone.
+    // The right PIN still opens the token after a wrong one.
     let m = vol.mount_with(&["--pin-file", &pin]);
     m.unmount();
 }
 
 #[test]
 fn hsm_and_keyfile_slots_and_swapped_slots() {
-    let _token = token_in_use();
-    let (a, pin) = hsm_volume(KEYS[0]);
+    let hsm = softhsm();
+    let (a, pin) = hsm_volume(&hsm, KEYS[0]);
     let recovery = a.dir.path().join("recovery.key");
     let out = a.run(&[
         "key",
@@ -118,7 +101,7 @@ fn hsm_and_keyfile_slots_and_swapped_slots() {
     fs::write(m.p("f"), b"two keys").unwrap();
     m.unmount();
     // Another volume's HSM slot key under this volume's context: the token refuses it.
-    let (b, _) = hsm_volume(KEYS[0]);
+    let (b, _) = hsm_volume(&hsm, KEYS[0]);
     common::transplant_slot_key(&a, &b);
     let out = b.run(&[
         "mount",

@@ -6,7 +6,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn moto_binary() -> PathBuf {
@@ -428,28 +428,30 @@ pub fn hsm_key_args(key: &str) -> Vec<&str> {
 }
 
 pub struct SoftHsm {
-    pub dir: PathBuf,
+    /// The token's own directory (removed with it).
+    pub dir: tempfile::TempDir,
     pub conf: PathBuf,
 }
 
-/// One token for the whole test binary (PKCS#11 state is per process), holding two
-/// sensitive, non-extractable AES-256 keys.
-pub fn softhsm() -> &'static SoftHsm {
-    static HSM: OnceLock<SoftHsm> = OnceLock::new();
-    HSM.get_or_init(|| {
-        assert!(
-            Path::new(SOFTHSM_MODULE).exists(),
-            "SoftHSM2 missing: run `bash .ci/setup`"
-        );
-        let dir = std::env::temp_dir().join(format!("sealfs-softhsm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("tokens")).unwrap();
-        let conf = dir.join("softhsm2.conf");
+/// A token of the calling test's own, in a directory and SOFTHSM2_CONF of its own, holding
+/// two sensitive, non-extractable AES-256 keys. SoftHSM keeps a token as files that a failed
+/// login rewrites, and a process scanning the directory meanwhile finds no token at all: with
+/// one token per test, no test's wrong PIN can reach another test's scan. Keep it alive as
+/// long as the volumes that use it.
+pub fn softhsm() -> SoftHsm {
+    assert!(
+        Path::new(SOFTHSM_MODULE).exists(),
+        "SoftHSM2 missing: run `bash .ci/setup`"
+    );
+    {
+        let dir = tempfile::Builder::new().prefix("sealfs-softhsm-").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
         std::fs::write(
             &conf,
             format!(
                 "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.join("tokens").display()
+                dir.path().join("tokens").display()
             ),
         )
         .unwrap();
@@ -492,7 +494,7 @@ pub fn softhsm() -> &'static SoftHsm {
             String::from_utf8_lossy(&out.stderr)
         );
         SoftHsm { dir, conf }
-    })
+    }
 }
 
 /// Set for the child process `softhsm()` starts to generate the token's keys.
