@@ -40,7 +40,11 @@ fn parallel_writers_to_disjoint_regions_match_the_model() {
             OsStr::new("f"),
             0o644,
             libc::O_RDWR,
-            Caller { uid: 0, gid: 0, pid: 0 },
+            Caller {
+                uid: 0,
+                gid: 0,
+                pid: 0,
+            },
         )
         .unwrap();
     const THREADS: u64 = 8;
@@ -94,7 +98,11 @@ fn overlapping_whole_block_writes_never_tear_a_block() {
             OsStr::new("g"),
             0o644,
             libc::O_RDWR,
-            Caller { uid: 0, gid: 0, pid: 0 },
+            Caller {
+                uid: 0,
+                gid: 0,
+                pid: 0,
+            },
         )
         .unwrap();
     const BLOCKS: u64 = 16;
@@ -141,7 +149,11 @@ fn writers_below_a_truncater_keep_their_data() {
             OsStr::new("h"),
             0o644,
             libc::O_RDWR,
-            Caller { uid: 0, gid: 0, pid: 0 },
+            Caller {
+                uid: 0,
+                gid: 0,
+                pid: 0,
+            },
         )
         .unwrap();
     let ino = attr.ino.0;
@@ -159,8 +171,16 @@ fn writers_below_a_truncater_keep_their_data() {
                     size: Some(size),
                     ..AttrChanges::default()
                 };
-                fs_t.setattr(Caller { uid: 0, gid: 0, pid: 0 }, ino, changes)
-                    .unwrap();
+                fs_t.setattr(
+                    Caller {
+                        uid: 0,
+                        gid: 0,
+                        pid: 0,
+                    },
+                    ino,
+                    changes,
+                )
+                .unwrap();
             }
         });
         let fs_w = fs2.clone();

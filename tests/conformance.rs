@@ -19,7 +19,16 @@ fn c(path: &Path) -> CString {
 /// Runs `sh -c script` as uid/gid 1000 (no capabilities) with `$F` set to `file`.
 fn as_user(file: &Path, script: &str) {
     let out = Command::new("setpriv")
-        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "sh", "-c", script])
+        .args([
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
         .env("F", file)
         .output()
         .unwrap();
@@ -56,7 +65,10 @@ fn writes_by_an_unprivileged_user_drop_set_id_bits() {
                 as_user(&f, step);
                 modes.push(fs::metadata(&f).unwrap().mode() & 0o7777);
             }
-            assert_eq!(modes[0], modes[1], "{step} on mode {mode:o}: sealfs vs ext4");
+            assert_eq!(
+                modes[0], modes[1],
+                "{step} on mode {mode:o}: sealfs vs ext4"
+            );
             assert_eq!(modes[0] & 0o4000, 0, "{step}: set-user-id kept");
         }
     }
@@ -65,8 +77,11 @@ fn writes_by_an_unprivileged_user_drop_set_id_bits() {
     fs::write(&f, b"x").unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
     fs::OpenOptions::new().append(true).open(&f).unwrap();
-    std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&f).unwrap(), b"y")
-        .unwrap();
+    std::io::Write::write_all(
+        &mut fs::OpenOptions::new().append(true).open(&f).unwrap(),
+        b"y",
+    )
+    .unwrap();
     assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o6755);
 }
 
@@ -75,15 +90,26 @@ fn writes_by_an_unprivileged_user_drop_set_id_bits() {
 #[test]
 fn times_before_1970_read_back() {
     let vol = TestVolume::new();
-    let times = [(-1, 0), (-1, 500_000_000), (-337_689_764, 822_137_477), (-2_000_000_000, 1)];
+    let times = [
+        (-1, 0),
+        (-1, 500_000_000),
+        (-337_689_764, 822_137_477),
+        (-2_000_000_000, 1),
+    ];
     {
         let m = vol.mount();
         for (i, (secs, nanos)) in times.iter().enumerate() {
             let f = m.p(&format!("t{i}"));
             fs::write(&f, b"old").unwrap();
             let ts = [
-                libc::timespec { tv_sec: *secs, tv_nsec: *nanos },
-                libc::timespec { tv_sec: *secs, tv_nsec: *nanos },
+                libc::timespec {
+                    tv_sec: *secs,
+                    tv_nsec: *nanos,
+                },
+                libc::timespec {
+                    tv_sec: *secs,
+                    tv_nsec: *nanos,
+                },
             ];
             let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c(&f).as_ptr(), ts.as_ptr(), 0) };
             assert_eq!(rc, 0);
@@ -95,7 +121,11 @@ fn times_before_1970_read_back() {
     let m = vol.mount();
     for (i, (secs, nanos)) in times.iter().enumerate() {
         let md = fs::metadata(m.p(&format!("t{i}"))).unwrap();
-        assert_eq!((md.mtime(), md.mtime_nsec()), (*secs, *nanos), "t{i} after remount");
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec()),
+            (*secs, *nanos),
+            "t{i} after remount"
+        );
     }
 }
 
@@ -121,7 +151,9 @@ fn long_names_keep_their_sidecars_through_whiteouts_and_link_renames() {
         };
         assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         let whiteout = fs::symlink_metadata(m.p(&long('a'))).unwrap();
-        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&whiteout.file_type()));
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &whiteout.file_type()
+        ));
         assert_eq!(whiteout.rdev(), 0);
         assert_eq!(fs::read(m.p(&long('b'))).unwrap(), b"moved");
 
@@ -159,7 +191,8 @@ fn long_names_keep_their_sidecars_through_whiteouts_and_link_renames() {
 fn mount_right_after_umount_waits_for_the_old_daemon() {
     require_root("umount(2)");
     let mut vol = TestVolume::new();
-    vol.env.push(("SEALFS_SLOW_AT".into(), "unmounted:1500".into()));
+    vol.env
+        .push(("SEALFS_SLOW_AT".into(), "unmounted:1500".into()));
     let first = vol.mount();
     fs::write(first.p("f"), b"kept").unwrap();
     nix::mount::umount(&first.path).unwrap();
@@ -175,7 +208,11 @@ fn mount_right_after_umount_waits_for_the_old_daemon() {
         .args(["umount", vol.cipher_str()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "sealfs umount CIPHERDIR: {}", common::stderr(&out));
+    assert!(
+        out.status.success(),
+        "sealfs umount CIPHERDIR: {}",
+        common::stderr(&out)
+    );
     let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
         state.is_empty() || state.split(' ').nth(2) == Some("Z"),
@@ -197,8 +234,14 @@ fn the_mount_table_names_type_and_cipher_dir() {
         .arg(&cipher)
         .output()
         .unwrap());
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), [m.path.to_str().unwrap(), "fuse.sealfs"]);
-    let df = ok(Command::new("df").args(["-t", "fuse.sealfs"]).output().unwrap());
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        [m.path.to_str().unwrap(), "fuse.sealfs"]
+    );
+    let df = ok(Command::new("df")
+        .args(["-t", "fuse.sealfs"])
+        .output()
+        .unwrap());
     assert!(df.contains(cipher.to_str().unwrap()), "{df}");
 }
 
@@ -210,7 +253,12 @@ fn the_helper_takes_what_mount_fuse_takes() {
     require_root("dev and suid mounts");
     let vol = TestVolume::new();
     let mnt = fs::canonicalize(&vol.mnt).unwrap();
-    let key = fs::read_dir(&vol.keys).unwrap().next().unwrap().unwrap().path();
+    let key = fs::read_dir(&vol.keys)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/mount.fuse.sealfs");
     let run = |args: &[&str]| {
         ok(Command::new(&helper)
@@ -220,14 +268,28 @@ fn the_helper_takes_what_mount_fuse_takes() {
             .unwrap())
     };
     let flags = || {
-        let out = ok(Command::new("findmnt").args(["-n", "-o", "VFS-OPTIONS"]).arg(&mnt).output().unwrap());
+        let out = ok(Command::new("findmnt")
+            .args(["-n", "-o", "VFS-OPTIONS"])
+            .arg(&mnt)
+            .output()
+            .unwrap());
         out.trim().split(',').map(String::from).collect::<Vec<_>>()
     };
     let cipher = vol.cipher_str().to_string();
-    let mount = |opts: &str| run(&[&cipher, mnt.to_str().unwrap(), "-o", &format!("{opts},keyfile={}", key.display())]);
+    let mount = |opts: &str| {
+        run(&[
+            &cipher,
+            mnt.to_str().unwrap(),
+            "-o",
+            &format!("{opts},keyfile={}", key.display()),
+        ])
+    };
     mount("rw");
     let got = flags();
-    assert!(!got.contains(&"nodev".to_string()) && !got.contains(&"nosuid".to_string()), "{got:?}");
+    assert!(
+        !got.contains(&"nodev".to_string()) && !got.contains(&"nosuid".to_string()),
+        "{got:?}"
+    );
     fs::write(mnt.join("f"), b"x").unwrap();
     run(&[&cipher, mnt.to_str().unwrap(), "-o", "remount,ro"]);
     assert!(flags().contains(&"ro".to_string()), "{:?}", flags());
@@ -235,13 +297,27 @@ fn the_helper_takes_what_mount_fuse_takes() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     run(&[mnt.to_str().unwrap(), "-n", "-o", "remount,rw"]);
     fs::write(mnt.join("g"), b"x").unwrap();
-    ok(Command::new(common::BIN).arg("umount").arg(&mnt).output().unwrap());
+    ok(Command::new(common::BIN)
+        .arg("umount")
+        .arg(&mnt)
+        .output()
+        .unwrap());
 
     mount("nodev,nosuid");
     let got = flags();
-    assert!(got.contains(&"nodev".to_string()) && got.contains(&"nosuid".to_string()), "{got:?}");
+    assert!(
+        got.contains(&"nodev".to_string()) && got.contains(&"nosuid".to_string()),
+        "{got:?}"
+    );
     run(&[&cipher, mnt.to_str().unwrap(), "-o", "remount,ro"]);
     let got = flags();
-    assert!(got.contains(&"nodev".to_string()) && got.contains(&"ro".to_string()), "{got:?}");
-    ok(Command::new(common::BIN).arg("umount").arg(&mnt).output().unwrap());
+    assert!(
+        got.contains(&"nodev".to_string()) && got.contains(&"ro".to_string()),
+        "{got:?}"
+    );
+    ok(Command::new(common::BIN)
+        .arg("umount")
+        .arg(&mnt)
+        .output()
+        .unwrap());
 }

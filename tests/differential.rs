@@ -54,7 +54,7 @@ fn one_process_matches_a_plain_directory() {
     one_process(
         &vol,
         &Options::default(),
-        seeds("SEALFS_DIFF_SEEDS", 0..12),
+        seeds("SEALFS_DIFF_SEEDS", 0..100),
         op_count(),
     );
 }
@@ -66,7 +66,7 @@ fn many_workers_match_and_keep_a_shared_subtree_whole() {
     many_workers(
         &vol,
         &Options::default(),
-        seeds("SEALFS_DIFF_WORKER_SEEDS", 0..2),
+        seeds("SEALFS_DIFF_WORKER_SEEDS", 0..4),
         20,
         op_count() / 2,
     );
@@ -80,7 +80,12 @@ fn without_the_writeback_cache() {
         mount: vec!["--no-writeback-cache".into()],
         ..Options::default()
     };
-    one_process(&vol, &opts, seeds("SEALFS_DIFF_SEEDS", 100..104), op_count());
+    one_process(
+        &vol,
+        &opts,
+        seeds("SEALFS_DIFF_SEEDS", 1000..1020),
+        op_count(),
+    );
 }
 
 #[test]
@@ -91,8 +96,13 @@ fn on_a_shared_mount() {
         mount: vec!["-o".into(), "shared".into()],
         ..Options::default()
     };
-    one_process(&vol, &opts, seeds("SEALFS_DIFF_SEEDS", 200..204), op_count());
-    many_workers(&vol, &opts, 200..201, 8, op_count() / 4);
+    one_process(
+        &vol,
+        &opts,
+        seeds("SEALFS_DIFF_SEEDS", 2000..2020),
+        op_count(),
+    );
+    many_workers(&vol, &opts, 2000..2002, 8, op_count() / 2);
 }
 
 #[test]
@@ -118,5 +128,10 @@ fn in_a_tenant_directory() {
         under: "tenant".into(),
         ..Options::default()
     };
-    one_process(&vol, &opts, seeds("SEALFS_DIFF_SEEDS", 300..304), op_count());
+    one_process(
+        &vol,
+        &opts,
+        seeds("SEALFS_DIFF_SEEDS", 3000..3020),
+        op_count(),
+    );
 }

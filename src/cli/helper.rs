@@ -140,8 +140,18 @@ pub fn remount_flags(current: nix::sys::statvfs::FsFlags, options: &[String]) ->
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV, "nodev", "dev"),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC, "noexec", "exec"),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME, "noatime", "atime"),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME, "nodiratime", "diratime"),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME, "relatime", "norelatime"),
+        (
+            FsFlags::ST_NODIRATIME,
+            MsFlags::MS_NODIRATIME,
+            "nodiratime",
+            "diratime",
+        ),
+        (
+            FsFlags::ST_RELATIME,
+            MsFlags::MS_RELATIME,
+            "relatime",
+            "norelatime",
+        ),
     ];
     let mut flags = MsFlags::MS_REMOUNT;
     for (has, flag, on, off) in table {
@@ -166,8 +176,14 @@ pub fn remount(dir: &OsString, options: &[String]) -> Result<()> {
     let current = nix::sys::statvfs::statvfs(dir.as_os_str())
         .with_context(|| format!("{}", std::path::Path::new(dir).display()))?;
     let flags = remount_flags(current.flags(), options);
-    nix::mount::mount(None::<&str>, dir.as_os_str(), None::<&str>, flags, None::<&str>)
-        .with_context(|| format!("remount of {}", std::path::Path::new(dir).display()))?;
+    nix::mount::mount(
+        None::<&str>,
+        dir.as_os_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .with_context(|| format!("remount of {}", std::path::Path::new(dir).display()))?;
     Ok(())
 }
 
@@ -207,12 +223,15 @@ mod tests {
 
     #[test]
     fn reverse_views_mount_from_fstab() {
-        let got = translate(&strings(&[
-            "/home/alice",
-            "/mnt/alice.enc",
-            "-o",
-            "reverse,exclude=*.tmp,exclude=/cache,allow_other,nodev,nosuid",
-        ]), true)
+        let got = translate(
+            &strings(&[
+                "/home/alice",
+                "/mnt/alice.enc",
+                "-o",
+                "reverse,exclude=*.tmp,exclude=/cache,allow_other,nodev,nosuid",
+            ]),
+            true,
+        )
         .unwrap();
         assert_eq!(
             got,
@@ -234,7 +253,10 @@ mod tests {
 
     #[test]
     fn fake_mount_and_bad_input() {
-        assert_eq!(translate(&strings(&["a", "b", "-f"]), true).unwrap(), Action::Fake);
+        assert_eq!(
+            translate(&strings(&["a", "b", "-f"]), true).unwrap(),
+            Action::Fake
+        );
         assert!(translate(&strings(&["a"]), true).is_err());
         assert!(translate(&strings(&["a", "b", "-o", "keyfile"]), true).is_err());
         assert!(translate(&strings(&["a", "b", "-x"]), true).is_err());
@@ -250,17 +272,26 @@ mod tests {
         assert_eq!(options(&["a", "b", "-o", "nodev"]), "nodev,suid");
         assert_eq!(options(&["a", "b", "-o", "dev,nosuid"]), "dev,nosuid");
         let user = translate(&strings(&["a", "b", "-o", "rw"]), false).unwrap();
-        assert_eq!(user, Action::Mount(strings(&["sealfs", "mount", "a", "b", "-o", "rw"])));
+        assert_eq!(
+            user,
+            Action::Mount(strings(&["sealfs", "mount", "a", "b", "-o", "rw"]))
+        );
     }
 
     #[test]
     fn remount_keeps_the_flags_it_is_not_told_to_change() {
         use nix::sys::statvfs::FsFlags;
-        let got = translate(&strings(&["/srv/b.enc", "/srv/b", "-o", "remount,ro"]), true);
+        let got = translate(
+            &strings(&["/srv/b.enc", "/srv/b", "-o", "remount,ro"]),
+            true,
+        );
         let Action::Remount { dir, options } = got.unwrap() else {
             panic!("not a remount")
         };
-        assert_eq!((dir.to_str().unwrap(), options.clone()), ("/srv/b", vec!["ro".into()]));
+        assert_eq!(
+            (dir.to_str().unwrap(), options.clone()),
+            ("/srv/b", vec!["ro".into()])
+        );
         let current = FsFlags::ST_NOSUID | FsFlags::ST_NODEV | FsFlags::ST_RELATIME;
         assert_eq!(
             remount_flags(current, &options),

@@ -15,10 +15,10 @@ use sealfs::reverse::{Excludes, ReverseView};
 use sealfs::volume::claim::{ClaimMode, claim_waiting};
 use sealfs::volume::{self, Volume};
 
+use super::mount_table::{is_mount_point, mount_device};
 use super::settings::{self, SettingsFile};
 use super::unlock::UnlockArgs;
 use super::{audit, logging};
-use super::mount_table::{is_mount_point, mount_device};
 use super::{hardening, notify};
 
 #[derive(Args, Debug, Default)]

@@ -80,7 +80,9 @@ pub fn mountpoint_of(cipher_dir: &Path) -> Option<PathBuf> {
     mounts()
         .into_iter()
         .rev()
-        .find(|(_, fs_type, source)| is_sealfs(fs_type, source) && cipher_dir_of(source) == cipher_dir)
+        .find(|(_, fs_type, source)| {
+            is_sealfs(fs_type, source) && cipher_dir_of(source) == cipher_dir
+        })
         .map(|(target, _, _)| target)
 }
 
@@ -94,7 +96,10 @@ mod tests {
         assert!(is_sealfs("fuse", "sealfs:/srv/b.enc"));
         assert!(!is_sealfs("fuse", "/srv/b.enc"));
         assert!(!is_sealfs("fuse.juicefs", "JuiceFS:vol"));
-        assert_eq!(cipher_dir_of("sealfs:/srv/b.enc"), PathBuf::from("/srv/b.enc"));
+        assert_eq!(
+            cipher_dir_of("sealfs:/srv/b.enc"),
+            PathBuf::from("/srv/b.enc")
+        );
         assert_eq!(unescape(r"/srv/my\040vault"), "/srv/my vault");
         assert_eq!(unescape(r"/a\134b"), r"/a\b");
         assert_eq!(unescape("/plain"), "/plain");

@@ -471,28 +471,51 @@ impl<'a> DataFile<'a> {
             return Err(IoError::PastEnd);
         }
         let bs = layout.block_size();
-        let backing_at = layout.block_offset(offset / bs) as i64;
+        // A block is data when the backing page holding its first byte is (holes are
+        // page-granular and a sealed block spans two pages): the one rule both directions
+        // answer by, so a data extent never ends where it starts (cp and tar loop on that).
+        let first_block_from = |pos: u64| {
+            pos.saturating_sub(PREAMBLE_LEN)
+                .div_ceil(layout.sealed_block_size())
+        };
+        let mut from = layout.block_offset(offset / bs);
+        loop {
+            let pos = match self.backing_seek(from, to)? {
+                Some(pos) => pos,
+                None => return Err(IoError::PastEnd),
+            };
+            let block = first_block_from(pos);
+            if block * bs >= size {
+                return match to {
+                    SeekTo::Data => Err(IoError::PastEnd),
+                    SeekTo::Hole => Ok(size),
+                };
+            }
+            let start = layout.block_offset(block);
+            // In a hole when the next hole starts right there (or the backing file ends).
+            let hole = self
+                .backing_seek(start, SeekTo::Hole)?
+                .is_none_or(|next_hole| next_hole == start);
+            if hole == matches!(to, SeekTo::Data) {
+                // Not what was asked for: the next page of the other kind starts past it.
+                from = start;
+                continue;
+            }
+            return Ok((block * bs).max(offset).min(size));
+        }
+    }
+
+    /// lseek(2) SEEK_DATA or SEEK_HOLE on the backing file; None for ENXIO (no data there).
+    fn backing_seek(&self, from: u64, to: SeekTo) -> Result<Option<u64>, IoError> {
         let whence = match to {
             SeekTo::Data => nix::unistd::Whence::SeekData,
             SeekTo::Hole => nix::unistd::Whence::SeekHole,
         };
-        let pos = match nix::unistd::lseek(self.file.as_fd(), backing_at, whence) {
-            Ok(pos) => pos as u64,
-            Err(nix::Error::ENXIO) => return Err(IoError::PastEnd),
-            Err(e) => return Err(IoError::Io(e.into())),
-        };
-        let sealed_block = layout.sealed_block_size();
-        let body = pos.saturating_sub(PREAMBLE_LEN);
-        let block = match to {
-            // Data starts in the block holding the backing data offset.
-            SeekTo::Data => body / sealed_block,
-            // A hole that starts inside a sealed block leaves that block counted as data:
-            // the backing filesystem's holes are page-granular, so the page holding a
-            // block's start may be allocated for its neighbour's tail, and SEEK_DATA from
-            // there says data (reporting a hole as data is allowed, the reverse is not).
-            SeekTo::Hole => body / sealed_block + u64::from(!body.is_multiple_of(sealed_block)),
-        };
-        Ok((block * bs).max(offset).min(size))
+        match nix::unistd::lseek(self.file.as_fd(), from as i64, whence) {
+            Ok(pos) => Ok(Some(pos as u64)),
+            Err(nix::Error::ENXIO) => Ok(None),
+            Err(e) => Err(IoError::Io(e.into())),
+        }
     }
 
     /// Sets the plaintext size, re-sealing the one block that changes length.
@@ -790,6 +813,8 @@ mod tests {
                     prop_assert!(pos >= probe && pos < size);
                     // Nothing written between probe and pos.
                     for b in probe / 512..pos / 512 { prop_assert!(!written[b as usize]); }
+                    // A data extent never ends where it starts (cp would loop).
+                    prop_assert!(df.seek(pos, SeekTo::Hole).unwrap() > pos);
                 }
                 Err(IoError::PastEnd) => {
                     for b in probe / 512..size.div_ceil(512) { prop_assert!(!written[b as usize]); }
@@ -804,6 +829,22 @@ mod tests {
                 prop_assert!(matches!(df.seek(probe, SeekTo::Hole), Err(IoError::PastEnd)));
             }
         }
+    }
+
+    /// One byte in block 4 of an empty file (4 KiB blocks): the backing page holding the
+    /// end of block 3 holds block 4's start, yet block 3 is a hole. SEEK_DATA from block 1
+    /// says block 4, and SEEK_HOLE from there says the end (it once said 12288 for both, and
+    /// `cp` looped on the empty extent for ever; the harness found it on a shared mount).
+    #[test]
+    fn data_and_holes_agree_where_a_page_holds_two_blocks() {
+        let fx = Fixture::new(4096);
+        let df = fx.df();
+        df.write_at(17_918, &[1]).unwrap();
+        assert_eq!(df.seek(4096, SeekTo::Data).unwrap(), 16_384);
+        assert_eq!(df.seek(16_384, SeekTo::Hole).unwrap(), 17_919);
+        // Block 0 shares its first page with the preamble: counted as data (allowed).
+        assert_eq!(df.seek(0, SeekTo::Hole).unwrap(), 4096);
+        assert_eq!(df.seek(12_288, SeekTo::Hole).unwrap(), 12_288);
     }
 
     #[test]

@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(time(2, 5), UNIX_EPOCH + Duration::new(2, 5));
         // fuser 0.18's encoding of a request's time before 1970, undone.
         let fuser = |secs: i64, nanos: u32| UNIX_EPOCH - Duration::new(secs.unsigned_abs(), nanos);
-        assert_eq!(request_time_parts(fuser(-337_689_764, 822_137_477)), (-337_689_764, 822_137_477));
+        assert_eq!(
+            request_time_parts(fuser(-337_689_764, 822_137_477)),
+            (-337_689_764, 822_137_477)
+        );
         assert_eq!(request_time_parts(fuser(-5, 0)), (-5, 0));
         assert_eq!(request_time_parts(UNIX_EPOCH + Duration::new(2, 5)), (2, 5));
     }

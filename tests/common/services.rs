@@ -444,7 +444,10 @@ pub fn softhsm() -> SoftHsm {
         "SoftHSM2 missing: run `bash .ci/setup`"
     );
     {
-        let dir = tempfile::Builder::new().prefix("sealfs-softhsm-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sealfs-softhsm-")
+            .tempdir()
+            .unwrap();
         std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
         let conf = dir.path().join("softhsm2.conf");
         std::fs::write(

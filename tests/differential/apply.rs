@@ -17,6 +17,8 @@ pub enum Outcome {
     Attrs(u32, u32, u32, Option<[(i64, i64); 2]>),
     /// A device node the harness does not open (open may differ with nodev).
     Device,
+    /// What no filesystem may answer (a data extent that SEEK_HOLE says ends where it starts).
+    Broken(String),
     Errno(i32),
 }
 
@@ -138,6 +140,56 @@ fn read_all(path: &CString) -> Result<Outcome, i32> {
             break;
         }
         content.extend_from_slice(&buf[..n as usize]);
+    }
+    Ok(Outcome::Bytes(
+        content.len(),
+        Some(*blake3::hash(&content).as_bytes()),
+    ))
+}
+
+/// Reads a file as `cp` and backup tools read a sparse one: SEEK_DATA to the next data, SEEK_HOLE
+/// to its end, pread of what lies between; the content so built must be the file's.
+fn sparse_read(path: &CString) -> Result<Outcome, i32> {
+    let Some(fd) = open(path, libc::O_RDONLY)? else {
+        return Ok(Outcome::Device);
+    };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.0, &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(Outcome::Done);
+    }
+    let size = st.st_size;
+    let mut content = vec![0u8; size as usize];
+    let mut offset = 0i64;
+    for _ in 0..10_000 {
+        let data = unsafe { libc::lseek(fd.0, offset, libc::SEEK_DATA) };
+        if data < 0 {
+            match errno() {
+                libc::ENXIO => break,
+                e => return Err(e),
+            }
+        }
+        if data < offset || data >= size {
+            return Ok(Outcome::Broken(format!(
+                "SEEK_DATA({offset}) = {data} in a file of {size} bytes"
+            )));
+        }
+        let hole = unsafe { libc::lseek(fd.0, data, libc::SEEK_HOLE) };
+        if hole <= data {
+            return Ok(Outcome::Broken(format!(
+                "SEEK_HOLE({data}) = {hole} after SEEK_DATA({offset}) = {data}, size {size}"
+            )));
+        }
+        let end = hole.min(size);
+        let slice = &mut content[data as usize..end as usize];
+        let n = unsafe { libc::pread(fd.0, slice.as_mut_ptr().cast(), slice.len(), data) };
+        if n < 0 {
+            return Err(errno());
+        }
+        offset = end;
+        if offset >= size {
+            break;
+        }
     }
     Ok(Outcome::Bytes(
         content.len(),
@@ -276,6 +328,7 @@ fn run(root: &Path, op: &Op) -> Result<Outcome, i32> {
                 attrs(&p, true)
             }
             Op::Read { path } => read_all(&c(root, path)),
+            Op::SparseRead { path } => sparse_read(&c(root, path)),
             Op::Fsync { path } => {
                 let Some(fd) = open(&c(root, path), libc::O_RDONLY)? else {
                     return Ok(Outcome::Device);

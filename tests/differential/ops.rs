@@ -61,28 +61,95 @@ impl Pool {
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Create { path: String, mode: u32 },
+    Create {
+        path: String,
+        mode: u32,
+    },
     /// `as_user`: written by uid 1000 without CAP_FSETID (set-id bits must go).
-    Write { path: String, offset: u64, len: usize, fill: u8, append: bool, as_user: bool },
-    Truncate { path: String, size: u64 },
-    Fallocate { path: String, mode: i32, offset: u64, len: u64 },
-    Rename { from: String, to: String, flags: u32 },
-    Link { from: String, to: String },
-    Unlink { path: String },
-    Mkdir { path: String },
-    Rmdir { path: String },
-    Symlink { target: String, path: String },
-    Mknod { path: String, fifo: bool },
-    SetXattr { path: String, name: u8, len: usize, fill: u8, flags: i32 },
-    RemoveXattr { path: String, name: u8 },
-    Chown { path: String, uid: u32, gid: u32 },
-    Chmod { path: String, mode: u32 },
-    Utimes { path: String, secs: i64, nanos: i64 },
-    Read { path: String },
-    Fsync { path: String },
+    Write {
+        path: String,
+        offset: u64,
+        len: usize,
+        fill: u8,
+        append: bool,
+        as_user: bool,
+    },
+    Truncate {
+        path: String,
+        size: u64,
+    },
+    Fallocate {
+        path: String,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
+    Rename {
+        from: String,
+        to: String,
+        flags: u32,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    Symlink {
+        target: String,
+        path: String,
+    },
+    Mknod {
+        path: String,
+        fifo: bool,
+    },
+    SetXattr {
+        path: String,
+        name: u8,
+        len: usize,
+        fill: u8,
+        flags: i32,
+    },
+    RemoveXattr {
+        path: String,
+        name: u8,
+    },
+    Chown {
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    Utimes {
+        path: String,
+        secs: i64,
+        nanos: i64,
+    },
+    Read {
+        path: String,
+    },
+    /// Read as `cp` reads a sparse file (SEEK_DATA, SEEK_HOLE).
+    SparseRead {
+        path: String,
+    },
+    Fsync {
+        path: String,
+    },
 }
 
-const MODES: [u32; 9] = [0o644, 0o755, 0o4755, 0o6777, 0o2757, 0o2745, 0o1777, 0o600, 0o4777];
+const MODES: [u32; 9] = [
+    0o644, 0o755, 0o4755, 0o6777, 0o2757, 0o2745, 0o1777, 0o600, 0o4777,
+];
 const BLOCK: u64 = 4096;
 
 /// An offset or length that often falls on or beside a block boundary.
@@ -121,9 +188,15 @@ fn target(rng: &mut Rng) -> String {
 /// (they may go again later, like anything else).
 pub fn generate(rng: &mut Rng, pool: &Pool, count: usize) -> Vec<Op> {
     let dirs = pool.dirs[1..].iter().map(|d| Op::Mkdir { path: d.clone() });
-    let made = if count > 10 { dirs.collect() } else { Vec::new() };
+    let made = if count > 10 {
+        dirs.collect()
+    } else {
+        Vec::new()
+    };
     let rest = count - made.len();
-    made.into_iter().chain((0..rest).map(|_| one(rng, pool))).collect()
+    made.into_iter()
+        .chain((0..rest).map(|_| one(rng, pool)))
+        .collect()
 }
 
 fn one(rng: &mut Rng, pool: &Pool) -> Op {
@@ -214,7 +287,8 @@ fn one(rng: &mut Rng, pool: &Pool) -> Op {
             },
             nanos: rng.below(1_000_000_000) as i64,
         },
-        94..=97 => Op::Read { path },
+        94..=95 => Op::Read { path },
+        96..=97 => Op::SparseRead { path },
         _ => Op::Fsync { path },
     }
 }

@@ -106,7 +106,9 @@ fn shrink(scratch: &Sides, mut ops: Vec<Op>) -> Vec<Op> {
 fn fail_with_shrunk(scratch: &Sides, label: &str, ops: &[Op], step: usize, why: String) -> ! {
     let shrunk = shrink(scratch, ops[..=step].to_vec());
     let lines: Vec<String> = shrunk.iter().map(|op| format!("  {op:?}")).collect();
-    let again = run_sequence(&scratch.sub("shrunk"), &shrunk).err().map(|e| e.1);
+    let again = run_sequence(&scratch.sub("shrunk"), &shrunk)
+        .err()
+        .map(|e| e.1);
     panic!(
         "{label}: {why}\nshrunk to {} operations:\n{}\nwhich give: {}",
         shrunk.len(),
@@ -138,7 +140,11 @@ fn survives_remount(vol: &TestVolume, opts: &Options, reference: &Path, names: &
     for (name, before) in names.iter().zip(before) {
         let after = snapshot(&root.ours.join(name), true).unwrap();
         let diff = differences(&after, &before);
-        assert!(diff.is_empty(), "{name} after remount:\n  {}", diff.join("\n  "));
+        assert!(
+            diff.is_empty(),
+            "{name} after remount:\n  {}",
+            diff.join("\n  ")
+        );
         let sides = Sides {
             ours: root.ours.join(name),
             reference: root.reference.join(name),
@@ -215,9 +221,12 @@ pub fn many_workers(
                             let mine = generate(&mut rng, &shared_pool, 1).remove(0);
                             apply(&shared, &mine);
                         }
-                        let (ours, reference) = (apply(&sides.ours, op), apply(&sides.reference, op));
+                        let (ours, reference) =
+                            (apply(&sides.ours, op), apply(&sides.reference, op));
                         if ours != reference {
-                            return Err(format!("step {i} {op:?}: sealfs {ours:?}, reference {reference:?}"));
+                            return Err(format!(
+                                "step {i} {op:?}: sealfs {ours:?}, reference {reference:?}"
+                            ));
                         }
                     }
                     compare_trees(&sides, "at the end")

@@ -35,7 +35,10 @@ fn xattrs(path: &CString) -> BTreeMap<Vec<u8>, Vec<u8>> {
     if n <= 0 {
         return out;
     }
-    for name in names[..n as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
         if !name.starts_with(b"user.") {
             continue;
         }
@@ -71,13 +74,24 @@ pub fn snapshot(root: &Path, times: bool) -> Result<Tree, String> {
         for e in listing {
             let e = e.map_err(|e| format!("list {dir:?}: {e}"))?;
             let name = String::from_utf8_lossy(e.file_name().as_bytes()).into_owned();
-            let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            let rel = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
             let cpath = CString::new(root.join(&rel).as_os_str().as_bytes()).unwrap();
             let st = lstat(&cpath).map_err(|e| format!("lstat of listed {rel:?}: errno {e}"))?;
             let kind = st.st_mode & libc::S_IFMT;
-            let content = (kind == libc::S_IFREG).then(|| apply(root, &Op::Read { path: rel.clone() }));
+            let content =
+                (kind == libc::S_IFREG).then(|| apply(root, &Op::Read { path: rel.clone() }));
             if let Some(Outcome::Errno(e)) = content {
                 return Err(format!("read of listed {rel:?}: errno {e}"));
+            }
+            if content.is_some() {
+                let sparse = apply(root, &Op::SparseRead { path: rel.clone() });
+                if Some(&sparse) != content.as_ref() {
+                    return Err(format!("{rel:?} read by SEEK_DATA/SEEK_HOLE: {sparse:?}"));
+                }
             }
             let target = (kind == libc::S_IFLNK).then(|| {
                 std::fs::read_link(root.join(&rel))
@@ -151,7 +165,10 @@ fn describe(e: &Entry) -> String {
         e.rdev,
         e.content,
         e.target.as_ref().map(Vec::len),
-        e.xattrs.iter().map(|(k, v)| (String::from_utf8_lossy(k), v.len())).collect::<Vec<_>>(),
+        e.xattrs
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k), v.len()))
+            .collect::<Vec<_>>(),
         e.links.len(),
         e.mtime
     )
