@@ -31,7 +31,7 @@ pub use preamble::{preamble, read_file_id, read_preamble, write_preamble};
 /// A file id: what binds a data file's blocks and names its header.
 pub use crate::format::Id as FileId;
 /// The block layout of a volume (block size, offsets between plaintext and data file).
-pub use crate::format::block::Layout;
+pub use crate::format::block::{Layout, Preamble};
 
 #[derive(Debug, Error)]
 pub enum IoError {

@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod names;
 pub mod policy;
 pub mod progress;
+pub mod remnant;
 pub mod rewrap;
 pub mod rotate;
 

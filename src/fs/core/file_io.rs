@@ -13,6 +13,7 @@ use nix::sys::stat::{Mode, fstat};
 use super::{Caller, Handle, SealFs};
 use crate::fs::inodes::{Content, Node};
 use crate::io::{DataFile, IoError, SeekTo, range_lock};
+use crate::volume::remnant;
 use crate::volume::{Result, VolumeError, proc_fd_path};
 
 impl SealFs {
@@ -92,7 +93,10 @@ impl SealFs {
         let (file_id, holes) = match (node.file_id.get(), node.holes.get()) {
             (Some(id), Some(holes)) => (*id, holes.clone()),
             _ => {
-                let preamble = crate::io::read_preamble(file)?;
+                let preamble = match crate::io::read_preamble(file) {
+                    Err(e) if remnant::never_written(file) => self.revive_empty(node, e)?,
+                    read => read?,
+                };
                 let id = *node.file_id.get_or_init(|| preamble.file_id);
                 let holes = node.holes.get_or_init(|| {
                     self.volume
@@ -109,6 +113,24 @@ impl SealFs {
             material,
             holes,
         }))
+    }
+
+    /// A data file whose preamble never reached the disk (a crash) opens as an empty file
+    /// (`volume::remnant`), under its node's whole-file lock so that two opens make one file
+    /// id. Only where nothing else writes the cipher dir: a read-only or shared mount answers
+    /// `err` (EIO) and leaves it to fsck.
+    fn revive_empty(&self, node: &Node, err: IoError) -> Result<crate::io::Preamble> {
+        if self.read_only || self.tuning.shared {
+            return Err(err.into());
+        }
+        let _guard = node.ranges.write(0, range_lock::TO_END);
+        let file = self.reopen(node, OFlag::O_RDWR)?;
+        match crate::io::read_preamble(&file) {
+            Err(_) if remnant::never_written(&file) => {
+                Ok(self.volume.revive_empty(&file, self.policy_of(node)?)?)
+            }
+            read => Ok(read?),
+        }
     }
 
     pub(super) fn data_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {

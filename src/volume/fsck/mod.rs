@@ -59,6 +59,9 @@ pub enum ProblemKind {
     SharedLinkTarget,
     /// A crash leftover: header or config temp file, long-name sidecar without its entry.
     Leftover,
+    /// A data file whose first write never reached the disk (shorter than its preamble): a
+    /// crash remnant, not damage. A mount opens it as an empty file; --repair makes it one.
+    EmptyRemnant,
     /// Something in the cipher dir sealfs did not write: reported, never touched.
     Stray,
 }
@@ -223,7 +226,10 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
     let listing = volume.headers.list()?;
     // A data file that could not be opened or read, or a name that could not be walked, may
     // carry any file id: then no header can be proven an orphan.
-    let unseen = checked.iter().filter(|c| c.file_id.is_none()).count()
+    let unseen = checked
+        .iter()
+        .filter(|c| c.file_id.is_none() && !c.remnant)
+        .count()
         + problems
             .iter()
             .filter(|p| p.kind == ProblemKind::BadName && p.entry.is_none())
@@ -427,6 +433,8 @@ fn header_path(id: &Id) -> String {
 
 struct Checked {
     file_id: Option<Id>,
+    /// An `EmptyRemnant`: it carries no file id and needs none, so it hides no header.
+    remnant: bool,
     problems: Vec<Problem>,
     bytes: u64,
 }
@@ -435,6 +443,7 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
     let entry = &file.entry;
     let mut checked = Checked {
         file_id: None,
+        remnant: false,
         problems: Vec::new(),
         bytes: 0,
     };
@@ -468,6 +477,16 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
     }
     let preamble = match crate::io::read_preamble(&data) {
         Ok(preamble) => preamble,
+        Err(_) if crate::volume::remnant::never_written(&data) => {
+            checked.remnant = true;
+            if !entry.quarantined {
+                checked.problems.push(problem(
+                    ProblemKind::EmptyRemnant,
+                    "shorter than its preamble: its first write never reached the disk (a crash, not damage); it reads as an empty file".into(),
+                ));
+            }
+            return checked;
+        }
         Err(e) => {
             if !entry.quarantined {
                 checked

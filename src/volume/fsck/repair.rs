@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
@@ -42,6 +43,11 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
             ProblemKind::Leftover => {
                 remove_leftover(volume.root.as_fd(), &problem.path).map(|()| "removed".to_string())
             }
+            ProblemKind::EmptyRemnant => match &problem.entry {
+                Some(entry) => revive(volume, entry)
+                    .map(|()| "made an empty file again (new file id and key)".to_string()),
+                None => continue,
+            },
             ProblemKind::OrphanHeader => match &problem.header {
                 Some(id) => volume.headers.remove(id).map(|()| "removed".to_string()),
                 None => continue,
@@ -129,6 +135,17 @@ fn remove_xattr(volume: &Volume, xattr: &UnreadableXattr) -> Result<()> {
 /// volume's own files), under its own name (or `unnamed-…` when its name does not decrypt),
 /// encrypted under its policy's keys, with a numeric suffix when taken. Returns its new
 /// plaintext path.
+fn revive(volume: &Volume, entry: &Entry) -> Result<()> {
+    let fd = openat(
+        volume.root.as_fd(),
+        entry.backing_path().as_str(),
+        OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    volume.revive_empty(&File::from(fd), entry.policy)?;
+    Ok(())
+}
+
 fn quarantine(volume: &Volume, entry: &Entry) -> Result<String> {
     let root = volume.root.as_fd();
     let (home, plain_home) = policy_home(volume, entry)?;
