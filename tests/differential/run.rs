@@ -157,7 +157,20 @@ fn survives_remount(vol: &TestVolume, opts: &Options, reference: &Path, names: &
     vol.assert_fsck_clean();
 }
 
+/// Seeds per mount: every seed's tree stays until the remount check, and a mount holds a
+/// descriptor per directory the kernel keeps (its fd limit bounds one session, not a soak).
+const SEEDS_PER_MOUNT: u64 = 250;
+
 pub fn one_process(vol: &TestVolume, opts: &Options, seeds: std::ops::Range<u64>, count: usize) {
+    let mut start = seeds.start;
+    while start < seeds.end {
+        let end = (start + SEEDS_PER_MOUNT).min(seeds.end);
+        one_session(vol, opts, start..end, count);
+        start = end;
+    }
+}
+
+fn one_session(vol: &TestVolume, opts: &Options, seeds: std::ops::Range<u64>, count: usize) {
     let reference = tempfile::tempdir_in(vol.dir.path()).unwrap();
     let started = Instant::now();
     let (mut names, mut succeeded) = (Vec::new(), 0);
