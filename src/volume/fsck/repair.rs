@@ -44,6 +44,9 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
                 remove_leftover(volume.root.as_fd(), &problem.path).map(|()| "removed".to_string())
             }
             ProblemKind::EmptyRemnant => match &problem.entry {
+                Some(entry) if moved.contains(&entry.backing_path()) => {
+                    Ok("moved to /lost+found with the problem above".to_string())
+                }
                 Some(entry) => revive(volume, entry)
                     .map(|()| "made an empty file again (new file id and key)".to_string()),
                 None => continue,
