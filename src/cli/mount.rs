@@ -211,7 +211,7 @@ struct Parsed {
 fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
     let mut config = Config::default();
     // As libfuse names a mount by default: the source is the cipher dir, so `findmnt -S DIR`,
-    // `umount DIR` and `df` find it.
+    // `df` and `sealfs umount DIR` find it.
     let mut fsname = cipher_dir.display().to_string();
     let mut read_only = false;
     let mut nonempty = false;

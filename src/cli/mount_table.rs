@@ -5,8 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
-/// One line of mountinfo: (mount point, type, source), unescaped.
-fn mounts() -> Vec<(PathBuf, String, String)> {
+/// One line of mountinfo, unescaped.
+struct Mount {
+    target: PathBuf,
+    /// "major:minor".
+    device: String,
+    fs_type: String,
+    source: String,
+}
+
+fn mounts() -> Vec<Mount> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -14,11 +22,12 @@ fn mounts() -> Vec<(PathBuf, String, String)> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             let dash = fields.iter().position(|f| *f == "-")?;
-            Some((
-                PathBuf::from(unescape(fields.get(4)?)),
-                fields.get(dash + 1)?.to_string(),
-                unescape(fields.get(dash + 2)?),
-            ))
+            Some(Mount {
+                target: PathBuf::from(unescape(fields.get(4)?)),
+                device: fields.get(2)?.to_string(),
+                fs_type: fields.get(dash + 1)?.to_string(),
+                source: unescape(fields.get(dash + 2)?),
+            })
         })
         .collect()
 }
@@ -31,7 +40,9 @@ fn unescape(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && let Ok(code) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+            && let Some(code) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
         {
             out.push(code);
             i += 4;
@@ -52,17 +63,16 @@ fn cipher_dir_of(source: &str) -> PathBuf {
 }
 
 pub fn is_mount_point(path: &Path) -> bool {
-    mounts().iter().any(|(target, _, _)| target == path)
+    mounts().iter().any(|m| m.target == path)
 }
 
 /// "major:minor" of what is mounted at `path`, the last such mount.
 pub fn mount_device(path: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts
-        .lines()
-        .filter(|line| line.split(' ').nth(4).map(unescape).as_deref() == path.to_str())
-        .filter_map(|line| line.split(' ').nth(2).map(String::from))
-        .next_back()
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.target == path)
+        .map(|m| m.device)
 }
 
 /// The cipher dir the sealfs mount at `mountpoint` serves, if one is mounted there.
@@ -70,8 +80,8 @@ pub fn cipher_dir_at(mountpoint: &Path) -> Option<PathBuf> {
     mounts()
         .into_iter()
         .rev()
-        .find(|(target, fs_type, source)| target == mountpoint && is_sealfs(fs_type, source))
-        .map(|(_, _, source)| cipher_dir_of(&source))
+        .find(|m| m.target == mountpoint && is_sealfs(&m.fs_type, &m.source))
+        .map(|m| cipher_dir_of(&m.source))
 }
 
 /// The mount point of the sealfs mount serving `cipher_dir` (as its source names it), if any
@@ -80,10 +90,8 @@ pub fn mountpoint_of(cipher_dir: &Path) -> Option<PathBuf> {
     mounts()
         .into_iter()
         .rev()
-        .find(|(_, fs_type, source)| {
-            is_sealfs(fs_type, source) && cipher_dir_of(source) == cipher_dir
-        })
-        .map(|(target, _, _)| target)
+        .find(|m| is_sealfs(&m.fs_type, &m.source) && cipher_dir_of(&m.source) == cipher_dir)
+        .map(|m| m.target)
 }
 
 #[cfg(test)]
@@ -103,5 +111,7 @@ mod tests {
         assert_eq!(unescape(r"/srv/my\040vault"), "/srv/my vault");
         assert_eq!(unescape(r"/a\134b"), r"/a\b");
         assert_eq!(unescape("/plain"), "/plain");
+        // A backslash before a multibyte character is no escape (and no panic).
+        assert_eq!(unescape("/\\1€"), "/\\1€");
     }
 }
