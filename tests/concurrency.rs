@@ -44,6 +44,7 @@ fn parallel_writers_to_disjoint_regions_match_the_model() {
                 uid: 0,
                 gid: 0,
                 pid: 0,
+                umask: 0,
             },
         )
         .unwrap();
@@ -102,6 +103,7 @@ fn overlapping_whole_block_writes_never_tear_a_block() {
                 uid: 0,
                 gid: 0,
                 pid: 0,
+                umask: 0,
             },
         )
         .unwrap();
@@ -153,6 +155,7 @@ fn writers_below_a_truncater_keep_their_data() {
                 uid: 0,
                 gid: 0,
                 pid: 0,
+                umask: 0,
             },
         )
         .unwrap();
@@ -176,6 +179,7 @@ fn writers_below_a_truncater_keep_their_data() {
                         uid: 0,
                         gid: 0,
                         pid: 0,
+                        umask: 0,
                     },
                     ino,
                     changes,

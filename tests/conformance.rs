@@ -321,3 +321,113 @@ fn the_helper_takes_what_mount_fuse_takes() {
         .output()
         .unwrap());
 }
+
+/// What `sh -c script` prints in `dir` (stdout and stderr, in order), and whether it
+/// succeeded.
+fn sh_in(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("( {script} ) 2>&1")])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}[{}]",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.success()
+    )
+}
+
+/// Whether uid 1000 (not in group 0) can run `script` with `$F` set to `file`.
+fn user_may(file: &Path, script: &str) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+        .args(["sh", "-c", script])
+        .env("F", file)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// POSIX ACLs as on ext4: setfacl's ACLs and the modes they give read back the same, chmod
+/// moves the mask, default ACLs are inherited (the umask ignored under one, applied without),
+/// `cp -a` keeps them, the kernel enforces them, a non-member setting one drops
+/// set-group-id, and all of it survives a remount; the cipher dir holds them sealed.
+#[test]
+fn posix_acls_behave_as_on_ext4() {
+    require_root("setfacl for other users, and setpriv");
+    let vol = TestVolume::new();
+    let m = vol.mount_with(&["-o", "allow_other"]);
+    let plain = vol.dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let script = "umask 022; echo data > f; \
+        setfacl -m u:1000:rwx,g:1000:r f && getfacl -n f; chmod 640 f; getfacl -n f; \
+        stat -c %a f; setfacl -m m::rwx f; stat -c %a f; getfattr -m - f; \
+        setfacl -b f; getfacl -n f; stat -c %a f; getfattr -m - f; \
+        mkdir d; setfacl -d -m u:1000:rwx,g::r-x,o::- d; umask 077; \
+        mkdir d/sub; echo x > d/file; mkdir -m 700 d/m700; mkdir d/sub/deeper; \
+        mkdir e; touch e/plain; \
+        stat -c '%a %n' d/sub d/file d/m700 d/sub/deeper e e/plain; \
+        setfacl -m g::rwx,u::r-x d/file; chmod 750 d/sub; setfacl -k d; mkdir d/after; \
+        cp -a d dcopy; find d dcopy e | sort | xargs getfacl -n; \
+        mkfifo fifo; setfacl -m u:1000:r fifo; echo fifo $?";
+    let on_mount = sh_in(&m.path, script);
+    let on_ext4 = sh_in(&plain, script);
+    // The one difference (docs/GUARANTEES.md): no ACL on a fifo, socket or device node.
+    let (mount_head, mount_fifo) = on_mount.split_once("setfacl: fifo").unwrap();
+    assert_eq!(
+        Some(mount_head),
+        on_ext4.strip_suffix("fifo 0\n[true]"),
+        "sealfs vs ext4"
+    );
+    assert!(
+        mount_fifo.contains("Operation not supported") && mount_fifo.ends_with("fifo 1\n[true]"),
+        "{mount_fifo}"
+    );
+    assert!(mount_head.contains("user:1000:rwx"), "{mount_head}");
+
+    // Enforced by the kernel: a 0600 file becomes readable to uid 1000 by its ACL only.
+    for root in [&m.path, &plain] {
+        let f = root.join("secret");
+        fs::write(&f, b"s").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!user_may(&f, "cat \"$F\""));
+        ok(Command::new("setfacl")
+            .args(["-m", "u:1000:r"])
+            .arg(&f)
+            .output()
+            .unwrap());
+        assert!(user_may(&f, "cat \"$F\""), "{}", f.display());
+        assert!(!user_may(&f, "echo x >> \"$F\""));
+        ok(Command::new("setfacl")
+            .args(["-x", "u:1000"])
+            .arg(&f)
+            .output()
+            .unwrap());
+        assert!(!user_may(&f, "cat \"$F\""));
+        // Its owner, not in its group, sets an ACL: set-group-id goes.
+        let g = root.join("sgid");
+        fs::write(&g, b"g").unwrap();
+        std::os::unix::fs::chown(&g, Some(1000), Some(0)).unwrap();
+        fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).unwrap();
+        assert!(user_may(&g, "setfacl -m u:1000:rwx \"$F\""));
+    }
+    let modes: Vec<u32> = [&m.path, &plain]
+        .iter()
+        .map(|r| fs::metadata(r.join("sgid")).unwrap().mode() & 0o7777)
+        .collect();
+    assert_eq!(modes[0], modes[1]);
+    assert_eq!(modes[0] & 0o2000, 0);
+
+    let listing = "find . ! -name fifo | sort | xargs getfacl -n; stat -c '%a %n' d/sub d/file";
+    let before = sh_in(&m.path, listing);
+    assert_eq!(before, sh_in(&plain, listing));
+    let backing = sh_in(&vol.cipher, "getfattr -R -m - -d . 2>/dev/null");
+    assert!(!backing.contains("posix_acl"), "{backing}");
+    drop(m);
+    let m = vol.mount_with(&["-o", "allow_other"]);
+    assert_eq!(sh_in(&m.path, listing), before, "after a remount");
+    drop(m);
+    vol.assert_fsck_clean();
+}

@@ -23,6 +23,15 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a request that makes an entry, with the umask the kernel passed.
+fn caller_with(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -37,9 +46,12 @@ impl Filesystem for SealFs {
         // chown's is the backing chown's; see fs/core/set_id.rs), so the kernel may mark a
         // checked inode as having none, instead of asking for security.capability (one
         // GETXATTR round trip) before every write(2).
+        // POSIX_ACL: the kernel checks permissions against ACLs (fs/core/acl.rs keeps them);
+        // DONT_MASK: the umask is applied by sealfs, only where no default ACL is inherited.
         let mut flags = vec![
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK,
         ];
         if self.tuning.writeback_cache {
             flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
@@ -169,7 +181,7 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let _request = metrics::request(Op::Mknod);
-        let result = SealFs::mknod(self, parent.0, name, mode & !umask, rdev, caller(req));
+        let result = SealFs::mknod(self, parent.0, name, mode, rdev, caller_with(req, umask));
         reply_or_error!("mknod", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
@@ -188,7 +200,7 @@ impl Filesystem for SealFs {
         reply: ReplyEntry,
     ) {
         let _request = metrics::request(Op::Mkdir);
-        let result = SealFs::mkdir(self, parent.0, name, mode & !umask, caller(req));
+        let result = SealFs::mkdir(self, parent.0, name, mode, caller_with(req, umask));
         reply_or_error!("mkdir", result, reply, |attr| reply.entry_with_ttls(
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
@@ -554,7 +566,7 @@ impl Filesystem for SealFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -565,7 +577,7 @@ impl Filesystem for SealFs {
         let _request = metrics::request(Op::Setxattr);
         reply_or_error!(
             "setxattr",
-            SealFs::setxattr(self, ino.0, name, value, flags),
+            SealFs::setxattr(self, ino.0, name, value, flags, caller(req)),
             reply,
             |_ok| reply.ok()
         )
@@ -619,7 +631,7 @@ impl Filesystem for SealFs {
         reply: ReplyCreate,
     ) {
         let _request = metrics::request(Op::Create);
-        let result = SealFs::create(self, parent.0, name, mode & !umask, flags, caller(req));
+        let result = SealFs::create(self, parent.0, name, mode, flags, caller_with(req, umask));
         let fopen = if self.direct_io(flags) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {

@@ -4,6 +4,7 @@
 pub mod core;
 mod fuse;
 pub mod inodes;
+pub mod posix_acl;
 pub mod pruner;
 
 pub use self::core::{STATS_ATTRIBUTE, SealFs, Tuning};

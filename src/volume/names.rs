@@ -22,6 +22,9 @@ use crate::keys::NameKeys;
 /// Longest backing symlink target the kernel accepts (PATH_MAX less the terminating NUL).
 const MAX_BACKING_TARGET: usize = 4095;
 pub const USER_XATTR_PREFIX: &[u8] = b"user.";
+/// The two POSIX ACL attributes, kept like `user.*` ones (the whole name sealed, stored under
+/// `user.`): the only names of another namespace a mount keeps.
+pub const ACL_XATTR_NAMES: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
 
 pub fn encrypt_name(keys: &NameKeys, plain: &OsStr) -> Result<BackingName> {
     let bytes = plain.as_bytes();
@@ -142,11 +145,16 @@ pub fn decrypt_symlink(keys: &NameKeys, encoded: &OsStr) -> Result<Vec<u8>> {
         .map_err(|_| corrupt())
 }
 
-/// Backing xattr name for a plaintext `user.*` name: `user.` + base64url(sealed name).
+/// Backing xattr name for a plaintext `user.*` name or POSIX ACL: `user.` + base64url(sealed
+/// name).
 pub fn encrypt_xattr_name(keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
     let bytes = plain.as_bytes();
-    if !bytes.starts_with(USER_XATTR_PREFIX) {
-        return Err(VolumeError::Unsupported("only user.* extended attributes"));
+    if !bytes.starts_with(USER_XATTR_PREFIX)
+        && !ACL_XATTR_NAMES.iter().any(|n| n.as_bytes() == bytes)
+    {
+        return Err(VolumeError::Unsupported(
+            "only user.* extended attributes and POSIX ACLs",
+        ));
     }
     let sealed = keys
         .xattr_names
@@ -282,5 +290,12 @@ mod tests {
         assert_eq!(open_xattr_value(&k, &name, &value).unwrap(), b"v");
         assert!(open_xattr_value(&k, b"user.other", &value).is_err());
         assert!(encrypt_xattr_name(&k, OsStr::new("security.selinux")).is_err());
+        assert!(encrypt_xattr_name(&k, OsStr::new("system.posix_acl_other")).is_err());
+        let acl = encrypt_xattr_name(&k, OsStr::new(ACL_XATTR_NAMES[0])).unwrap();
+        assert!(acl.starts_with(USER_XATTR_PREFIX));
+        assert_eq!(
+            decrypt_xattr_name(&k, &acl).unwrap(),
+            ACL_XATTR_NAMES[0].as_bytes()
+        );
     }
 }

@@ -145,6 +145,15 @@ pub enum Op {
     Fsync {
         path: String,
     },
+    /// setfacl: an access or default ACL of owner, group and other permissions, named users
+    /// and groups (1000, 1001) with their mask; or its removal (`perms` empty).
+    SetAcl {
+        path: String,
+        default: bool,
+        /// owner, group, other, mask.
+        perms: Vec<u16>,
+        named: Vec<(bool, u32, u16)>,
+    },
 }
 
 const MODES: [u32; 9] = [
@@ -201,7 +210,7 @@ pub fn generate(rng: &mut Rng, pool: &Pool, count: usize) -> Vec<Op> {
 
 fn one(rng: &mut Rng, pool: &Pool) -> Op {
     let path = pool.path(rng);
-    match rng.below(100) {
+    match rng.below(104) {
         0..=7 => Op::Create {
             path,
             mode: MODES[rng.below(MODES.len() as u64) as usize],
@@ -289,6 +298,24 @@ fn one(rng: &mut Rng, pool: &Pool) -> Op {
         },
         94..=95 => Op::Read { path },
         96..=97 => Op::SparseRead { path },
-        _ => Op::Fsync { path },
+        98..=99 => Op::Fsync { path },
+        _ => Op::SetAcl {
+            path,
+            default: rng.below(3) == 0,
+            perms: if rng.below(6) == 0 {
+                Vec::new()
+            } else {
+                (0..4).map(|_| rng.below(8) as u16).collect()
+            },
+            named: {
+                let mut named = Vec::new();
+                for (user, id) in [(true, 1000), (true, 1001), (false, 1000), (false, 1001)] {
+                    if rng.below(3) == 0 {
+                        named.push((user, id, rng.below(8) as u16));
+                    }
+                }
+                named
+            },
+        },
     }
 }

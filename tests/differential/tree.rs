@@ -28,7 +28,8 @@ pub struct Entry {
 
 pub type Tree = BTreeMap<String, Entry>;
 
-fn xattrs(path: &CString) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// User xattrs, and ACLs but on fifos and device nodes (`special`: a documented difference).
+fn xattrs(path: &CString, special: bool) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut names = vec![0u8; 64 * 1024];
     let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
@@ -39,7 +40,7 @@ fn xattrs(path: &CString) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .split(|b| *b == 0)
         .filter(|n| !n.is_empty())
     {
-        if !name.starts_with(b"user.") {
+        if !name.starts_with(b"user.") && (special || !name.starts_with(b"system.posix_acl_")) {
             continue;
         }
         let cname = CString::new(name).unwrap();
@@ -114,7 +115,7 @@ pub fn snapshot(root: &Path, times: bool) -> Result<Tree, String> {
                     rdev: st.st_rdev,
                     content,
                     target,
-                    xattrs: xattrs(&cpath),
+                    xattrs: xattrs(&cpath, !matches!(kind, libc::S_IFREG | libc::S_IFDIR)),
                     links: Vec::new(),
                     mtime: times.then_some((st.st_mtime, st.st_mtime_nsec)),
                 },

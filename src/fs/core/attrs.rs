@@ -70,6 +70,7 @@ impl SealFs {
                 Mode::from_bits_truncate(mode & 0o7777),
                 FchmodatFlags::FollowSymlink,
             )?;
+            self.chmod_acl(&node, mode)?;
         }
         if uid.is_some() || gid.is_some() {
             fchownat(

@@ -9,8 +9,10 @@
 //! - `set_id`: when writes, truncates and allocations drop set-user-id and set-group-id;
 //! - `dirs`: listings and directory sync;
 //! - `xattrs`: encrypted extended attributes;
+//! - `acl`: POSIX ACLs (kept as xattrs; what setting one, chmod and inheritance do);
 //! - `locks`: flock and fcntl locks, forwarded to the backing files by shared mounts.
 
+mod acl;
 mod attrs;
 mod dirs;
 mod file_io;
@@ -51,6 +53,9 @@ pub struct Caller {
     /// The calling process (0 when the kernel names none): its supplementary groups decide
     /// whether a write drops set-group-id (`set_id`).
     pub pid: u32,
+    /// The caller's umask, for what it creates: the kernel leaves it to sealfs
+    /// (FUSE_DONT_MASK), which applies it unless the directory has a default ACL.
+    pub umask: u32,
 }
 
 pub struct FileHandle {

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fuser::FileAttr;
+use fuser::{FileAttr, FileType};
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat2};
 use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat, mknodat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
@@ -159,15 +159,18 @@ impl SealFs {
         let parent = self.node(parent)?;
         let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
+        let inherited = self.inherit_acls(&parent, &keys, mode, file_type(kind), caller)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mknodat(
             parent.fd.as_fd(),
             backing.entry(),
             kind,
-            Mode::from_bits_truncate(mode & 0o7777),
+            Mode::from_bits_truncate(inherited.mode & 0o7777),
             rdev,
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
+        let fd = o_path(parent.fd.as_fd(), backing.entry())?;
+        self.give_acls(&keys, fd.as_fd(), &inherited)?;
         self.entry_of(&parent, policy, name, backing.entry())
     }
 
@@ -176,13 +179,16 @@ impl SealFs {
         let parent = self.node(parent)?;
         let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
+        let inherited = self.inherit_acls(&parent, &keys, mode, FileType::Directory, caller)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
         mkdirat(
             parent.fd.as_fd(),
             backing.entry(),
-            Mode::from_bits_truncate(mode & 0o7777),
+            Mode::from_bits_truncate(inherited.mode & 0o7777),
         )?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
+        let fd = o_path(parent.fd.as_fd(), backing.entry())?;
+        self.give_acls(&keys, fd.as_fd(), &inherited)?;
         self.entry_of(&parent, policy, name, backing.entry())
     }
 
@@ -447,11 +453,13 @@ impl SealFs {
         let parent = self.node(parent)?;
         let (policy, keys, _lock) = self.keys_for_new_entry(&parent)?;
         let backing = names::encrypt_name(&keys, name)?;
+        let inherited = self.inherit_acls(&parent, &keys, mode, FileType::RegularFile, caller)?;
         let (file, file_id, material) =
             self.volume
-                .create_data_file(parent.fd.as_fd(), &backing, mode, policy)?;
+                .create_data_file(parent.fd.as_fd(), &backing, inherited.mode, policy)?;
         self.give_to_caller(parent.fd.as_fd(), backing.entry(), caller)?;
         let fd = o_path(parent.fd.as_fd(), backing.entry())?;
+        self.give_acls(&keys, fd.as_fd(), &inherited)?;
         let stat = stat_fd(fd.as_fd())?;
         let attr = self.attr_of(fd.as_fd(), &stat);
         let node = self.inodes.remember(fd, &stat, parent.ino, name);
@@ -477,6 +485,16 @@ impl SealFs {
             opened_in_epoch: 0,
         })));
         Ok((attr, fh))
+    }
+}
+
+fn file_type(kind: SFlag) -> FileType {
+    match kind {
+        SFlag::S_IFIFO => FileType::NamedPipe,
+        SFlag::S_IFSOCK => FileType::Socket,
+        SFlag::S_IFCHR => FileType::CharDevice,
+        SFlag::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
     }
 }
 

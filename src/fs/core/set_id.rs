@@ -25,7 +25,7 @@ impl Caller {
 
     /// Whether the caller is in group `gid`: its own group, or one of its process's
     /// supplementary groups (/proc/PID/status; none known without a pid).
-    fn in_group(&self, gid: u32) -> bool {
+    pub(super) fn in_group(&self, gid: u32) -> bool {
         if self.gid == gid {
             return true;
         }

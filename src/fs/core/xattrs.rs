@@ -1,5 +1,5 @@
 //! Extended attributes: `user.*` names encrypted deterministically, values sealed, both
-//! stored as backing xattrs of the same inode.
+//! stored as backing xattrs of the same inode; POSIX ACLs the same way (see `acl`).
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fuser::FileType;
 
-use super::SealFs;
+use super::{Caller, SealFs};
 use crate::fs::inodes::Node;
 use crate::metrics::IntegrityKind;
 use crate::volume::backing_xattrs::XattrTarget;
@@ -23,12 +23,22 @@ impl SealFs {
         Ok((node, target))
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
         self.writable()?;
         if is_stats_attribute(ino, name) {
             return Err(reserved());
         }
         let (node, target) = self.xattr_target(ino)?;
+        if let Some(kind) = crate::fs::posix_acl::Kind::of(name) {
+            return self.set_acl(&node, kind, value, caller);
+        }
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
         let backing = names::encrypt_xattr_name(&keys, name)?;
         let sealed = names::seal_xattr_value(&keys, &backing, value)?;
@@ -38,7 +48,7 @@ impl SealFs {
     /// The keys an xattr written on `node` goes under. A directory's are its policy's, which
     /// a `policy set` or `remove` on it changes: as for a create in it, its lock is taken and
     /// its marker read afresh, and the lock held until the xattr is written.
-    fn keys_for_xattr_write(
+    pub(super) fn keys_for_xattr_write(
         &self,
         node: &Node,
     ) -> Result<(
@@ -106,7 +116,16 @@ impl SealFs {
             }
             other => other?,
         };
-        target.remove(&backing)
+        match target.remove(&backing) {
+            // Removing an ACL a file does not have succeeds (`setfacl -b`, as on ext4).
+            Err(VolumeError::Io(e))
+                if e.raw_os_error() == Some(libc::ENODATA)
+                    && crate::fs::posix_acl::Kind::of(name).is_some() =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
