@@ -353,3 +353,43 @@ fn a_kms_outage_shows_as_errors_by_kind_and_a_failing_check_that_recovers() {
     );
     m.unmount();
 }
+
+/// A reverse view serves metrics too (a backup server runs views): requests, the plaintext it
+/// read, the ciphertext it served and the blocks it sealed, each exactly.
+#[test]
+fn a_reverse_view_counts_what_it_serves() {
+    let dir = common::test_dir();
+    let plain = dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    fs::write(plain.join("a"), vec![7u8; 10_000]).unwrap();
+    let keys = dir.path().join("keys");
+    common::ok(common::sealfs(
+        &keys,
+        &["init", "--reverse", plain.to_str().unwrap()],
+    ));
+    let vol = TestVolume::existing(dir, plain.clone(), keys);
+    let port = free_port();
+    let m = vol.mount_with(&["--reverse", "--metrics", &format!("127.0.0.1:{port}")]);
+    let name = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file() && fs::metadata(p).unwrap().len() > 10_000)
+        .expect("the view's data file");
+    let served = fs::read(&name).unwrap().len() as f64;
+    let parsed =
+        prometheus_parse::Scrape::parse(scrape(port).lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(sample(&parsed, "sealfs_fuse_requests_total", &[("op", "read")]) >= 1.0);
+    let dir_label = [("direction", "read")];
+    assert_eq!(
+        sample(&parsed, "sealfs_backing_bytes_total", &dir_label),
+        served
+    );
+    assert_eq!(
+        sample(&parsed, "sealfs_plaintext_bytes_total", &dir_label),
+        10_000.0
+    );
+    assert_eq!(
+        sample(&parsed, "sealfs_blocks_total", &[("op", "seal")]),
+        3.0
+    );
+}

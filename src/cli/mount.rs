@@ -410,9 +410,6 @@ pub fn run(args: MountArgs) -> Result<()> {
     let tenant_access = args.unlock.remote.tenant_access();
     let limits = args.cache;
     let metrics = args.metrics;
-    if reverse && (metrics.addr.is_some() || metrics.textfile.is_some()) {
-        bail!("--metrics and --metrics-textfile are for forward mounts; a reverse view has none");
-    }
     // Refused before anything is mounted (the bind itself happens in the daemon).
     if let Some(addr) = metrics.addr
         && !addr.ip().is_loopback()
@@ -423,7 +420,15 @@ pub fn run(args: MountArgs) -> Result<()> {
     launch(args.foreground, move |ready| {
         if reverse {
             let keys = sealfs::keys::unlock(&config, &providers)?;
-            serve_reverse(keys, &cipher_dir, excludes, &mountpoint, parsed, ready)
+            serve_reverse(
+                keys,
+                &cipher_dir,
+                excludes,
+                &mountpoint,
+                parsed,
+                &metrics,
+                ready,
+            )
         } else {
             let volume = Volume::open(&cipher_dir, providers, limits)?;
             if let Some((policy, _)) = sealfs::volume::migrate::pending(&volume.config).first() {
@@ -541,9 +546,12 @@ fn serve(
         "key_mode": volume.config.key_mode,
     });
     start_metrics(
-        &volume,
-        &cipher_dir_of(&volume),
-        parsed.tuning.shared,
+        Watched {
+            dir: cipher_dir_of(&volume),
+            shared: parsed.tuning.shared,
+            key_cache: volume.key_cache.clone(),
+            kek_version: volume.keys.current_kek(),
+        },
         metrics,
     )?;
     let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
@@ -569,11 +577,24 @@ fn serve(
     let served = run_until_unmounted(session);
     // Tests: a daemon slow to exit after its unmount (a big flush) still holds its claim.
     sealfs::volume::slow_point("unmounted");
-    // A textfile left behind would keep exporting the last numbers as if the mount still ran.
+    stop_metrics(metrics);
+    served
+}
+
+/// A textfile left behind would keep exporting the last numbers as if the mount still ran.
+fn stop_metrics(metrics: &Metrics) {
     if let Some(path) = &metrics.textfile {
         let _ = std::fs::remove_file(path);
     }
-    served
+}
+
+/// What a mount's numbers describe.
+struct Watched {
+    /// The cipher dir, or a reverse view's plaintext dir.
+    dir: String,
+    shared: bool,
+    key_cache: std::sync::Arc<sealfs::keys::KeyCache>,
+    kek_version: u32,
 }
 
 fn cipher_dir_of(volume: &Volume) -> String {
@@ -582,20 +603,20 @@ fn cipher_dir_of(volume: &Volume) -> String {
 
 /// Tells the counters about the mount, and starts the endpoint and the textfile if asked for:
 /// before the FUSE mount, so a port in use fails the mount instead of leaving it unwatched.
-fn start_metrics(volume: &Volume, cipher_dir: &str, shared: bool, metrics: &Metrics) -> Result<()> {
+fn start_metrics(watched: Watched, metrics: &Metrics) -> Result<()> {
     let counters = sealfs::metrics::global();
+    counters.kek_version.store(
+        u64::from(watched.kek_version),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     counters.mounted(sealfs::metrics::MountInfo {
         started: std::time::SystemTime::now(),
         started_at: std::time::Instant::now(),
-        shared,
-        cipher_dir: cipher_dir.to_string(),
-        key_cache: volume.key_cache.clone(),
-        cache_bound: volume.key_cache.limits().max_age,
+        shared: watched.shared,
+        cipher_dir: watched.dir,
+        cache_bound: watched.key_cache.limits().max_age,
+        key_cache: watched.key_cache,
     });
-    counters.kek_version.store(
-        u64::from(volume.keys.current_kek()),
-        std::sync::atomic::Ordering::Relaxed,
-    );
     if let Some(addr) = metrics.addr {
         endpoint::serve(addr, metrics.allow_remote)?;
     }
@@ -611,9 +632,21 @@ fn serve_reverse(
     excludes: Excludes,
     mountpoint: &Path,
     parsed: Parsed,
+    metrics: &Metrics,
     ready: &mut Ready,
 ) -> Result<()> {
     let audit_log = audit::open(plain_dir, &keys, "mount --reverse");
+    // Requests, bytes and blocks sealed count as on a forward mount; a view unwraps no file
+    // keys (its keys are derived), so its key cache stays empty.
+    start_metrics(
+        Watched {
+            dir: plain_dir.display().to_string(),
+            shared: false,
+            key_cache: std::sync::Arc::new(sealfs::keys::KeyCache::new(Default::default())),
+            kek_version: keys.current_kek(),
+        },
+        metrics,
+    )?;
     let view = ReverseView::new(plain_dir, std::sync::Arc::new(keys), excludes)?;
     let session = fuser::Session::new(view, mountpoint, &parsed.config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
@@ -630,6 +663,7 @@ fn serve_reverse(
     ready.mounted()?;
     let result = run_until_unmounted(session);
     audit_log.record("unmount", serde_json::json!({ "reverse": true }));
+    stop_metrics(metrics);
     result
 }
 

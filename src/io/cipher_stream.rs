@@ -84,6 +84,11 @@ pub fn read_sealed(
         &mut sealed,
         &mut Vec::new(),
     )?;
+    // A reverse view's numbers: the plaintext it read and the blocks it sealed (the
+    // ciphertext it serves counts as ciphertext read, in its FUSE shell).
+    let metrics = crate::metrics::global();
+    crate::metrics::Metrics::add(&metrics.plain_read, text.len() as u64);
+    crate::metrics::Metrics::add(&metrics.blocks_sealed, blocks as u64);
     let from = (body_start - first * sealed_block) as usize;
     let to = ((body_end - first * sealed_block) as usize).min(sealed.len());
     if from < to {

@@ -87,7 +87,10 @@ impl Filesystem for ReverseView {
             "read",
             ReverseView::read(self, fh.0, offset, size),
             reply,
-            |d| { reply.data(&d) }
+            |d| {
+                metrics::Metrics::add(&metrics::global().backing_read, d.len() as u64);
+                reply.data(&d)
+            }
         )
     }
 
