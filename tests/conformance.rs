@@ -431,3 +431,45 @@ fn posix_acls_behave_as_on_ext4() {
     drop(m);
     vol.assert_fsck_clean();
 }
+
+/// syncfs(2) on a mount never fails with EINTR because the caller's signals land (stress-ng's
+/// io stressor met it once): a process taking a SIGALRM every 100 µs (a handler installed
+/// without SA_RESTART) calls syncfs in a loop while another writes files and closes them.
+#[test]
+fn syncfs_is_not_interrupted_by_signals() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    let script = r#"
+import ctypes, os, signal, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+stop = False
+def writer():
+    i = 0
+    while not stop:
+        with open(os.path.join(d, "w%d" % (i % 20)), "wb") as f:
+            f.write(b"x" * 262144)
+        i += 1
+t = threading.Thread(target=writer)
+t.start()
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+errors = {}
+for _ in range(3000):
+    if libc.syncfs(fd) != 0:
+        e = ctypes.get_errno()
+        errors[e] = errors.get(e, 0) + 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+stop = True
+t.join()
+print(errors)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{}");
+}
