@@ -16,7 +16,15 @@ use crate::io::file_lock::PlainLock;
 use crate::metrics::{self, Metrics, Op};
 use crate::shell::{self, reply_or_error};
 
-const GENERATION: Generation = Generation(0);
+/// The generation of a reply with no node (a negative entry).
+const NO_GENERATION: Generation = Generation(0);
+
+impl SealFs {
+    /// The generation the kernel is told with an entry's node id (fs/handles.rs).
+    fn generation(&self, attr: &fuser::FileAttr) -> Generation {
+        Generation(u64::from(self.inodes.generation(attr.ino.0).unwrap_or(0)))
+    }
+}
 
 fn caller(req: &Request) -> Caller {
     Caller {
@@ -48,7 +56,10 @@ impl Filesystem for SealFs {
         // GETXATTR round trip) before every write(2).
         // POSIX_ACL: the kernel checks permissions against ACLs (fs/core/acl.rs keeps them);
         // DONT_MASK: the umask is applied by sealfs, only where no default ACL is inherited.
+        // EXPORT_SUPPORT: file handles work once the kernel forgot an inode (it asks for "."
+        // and ".."; fs/core/export.rs).
         let mut flags = vec![
+            InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK,
@@ -102,7 +113,7 @@ impl Filesystem for SealFs {
                 &self.tuning.attr_ttl,
                 self.tuning.entry_ttl_of(attr.kind),
                 &attr,
-                GENERATION,
+                self.generation(&attr),
             ),
             // A lone mount is the only writer: a name that is not there stays absent until this
             // mount makes it, which the kernel sees. So the kernel may remember the miss (a
@@ -113,7 +124,7 @@ impl Filesystem for SealFs {
                     &std::time::Duration::ZERO,
                     &self.tuning.entry_ttl,
                     &shell::attr::negative_entry(),
-                    GENERATION,
+                    NO_GENERATION,
                 ),
             Err(e) => reply.error(shell::errno::report("lookup", &e)),
         }
@@ -186,7 +197,7 @@ impl Filesystem for SealFs {
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
             &attr,
-            GENERATION
+            self.generation(&attr)
         ))
     }
 
@@ -205,7 +216,7 @@ impl Filesystem for SealFs {
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
             &attr,
-            GENERATION
+            self.generation(&attr)
         ))
     }
 
@@ -240,7 +251,7 @@ impl Filesystem for SealFs {
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
             &attr,
-            GENERATION
+            self.generation(&attr)
         ))
     }
 
@@ -273,7 +284,7 @@ impl Filesystem for SealFs {
             &self.tuning.attr_ttl,
             self.tuning.entry_ttl_of(attr.kind),
             &attr,
-            GENERATION
+            self.generation(&attr)
         ))
     }
 
@@ -518,11 +529,15 @@ impl Filesystem for SealFs {
             reply,
             offset,
             listed.map(|(_, entries)| entries),
-            GENERATION,
             |entry| {
                 let listed = self.look_up_listed(dir.as_ref()?, entry)?;
                 let ttl = (*self.tuning.entry_ttl_of(listed.attr.kind)).min(self.tuning.attr_ttl);
-                Some((listed.attr, ttl, listed))
+                Some((
+                    listed.attr,
+                    ttl,
+                    Generation(u64::from(listed.generation)),
+                    listed,
+                ))
             },
             |entry, listed| {
                 if let Some(dir) = &dir {
@@ -644,7 +659,7 @@ impl Filesystem for SealFs {
                 .attr_ttl
                 .min(*self.tuning.entry_ttl_of(created.0.kind)),
             &created.0,
-            GENERATION,
+            self.generation(&created.0),
             FileHandle(created.1),
             fopen
         ))

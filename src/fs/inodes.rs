@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use fuser::FileType;
 use nix::sys::stat::FileStat;
 
+use super::handles::{BackingHandle, RETIRED_NODES, Retired, RetiredNodes};
 use crate::io::FileId as Id;
 use crate::io::range_lock::RangeLock;
 use crate::keys::DataKeyMaterial;
@@ -44,6 +45,9 @@ pub struct Node {
     pub ino: u64,
     pub fd: OwnedFd,
     pub kind: FileType,
+    /// The backing filesystem's handle of the inode, kept when the kernel forgets the node
+    /// (fs/handles.rs); `None` where the backing store gives none.
+    handle: Option<BackingHandle>,
     lookups: AtomicU64,
     /// The file id the data file carries; read once.
     pub file_id: OnceLock<Id>,
@@ -89,10 +93,14 @@ pub struct Node {
 
 impl Node {
     fn new(ino: u64, fd: OwnedFd, kind: FileType) -> Node {
+        let handle = (ino != ROOT_INO)
+            .then(|| BackingHandle::of(fd.as_fd()))
+            .flatten();
         Node {
             ino,
             fd,
             kind,
+            handle,
             lookups: AtomicU64::new(0),
             file_id: OnceLock::new(),
             holes: OnceLock::new(),
@@ -121,11 +129,22 @@ impl Node {
         self.policy.load(Ordering::Acquire) as u32
     }
 
+    /// Restores a policy as `Retired` kept it.
+    pub fn restore_policy(&self, packed: u64) {
+        self.policy.store(packed, Ordering::Release);
+    }
+
     pub fn set_policy(&self, generation: u32, policy: u32) {
         self.policy.store(
             (u64::from(generation) << 32) | u64::from(policy),
             Ordering::Release,
         );
+    }
+
+    /// The generation the kernel is told with this node's id: 0 for the root and where the
+    /// backing store gives no handles.
+    pub fn generation(&self) -> u32 {
+        self.handle.as_ref().map_or(0, BackingHandle::generation)
     }
 
     /// The node this one was last looked up in.
@@ -142,6 +161,8 @@ pub struct InodeTable {
     /// The pruner, woken as soon as the table grows past its high mark (instead of at its
     /// next poll: a fast walk adds hundreds of nodes between two polls).
     pruner: OnceLock<(std::thread::Thread, usize)>,
+    /// Nodes the kernel forgot, kept as backing handles for file handles it gave out.
+    retired: RetiredNodes,
 }
 
 impl InodeTable {
@@ -153,6 +174,7 @@ impl InodeTable {
             root_backing_ino: root_stat.st_ino,
             clock: AtomicU64::new(0),
             pruner: OnceLock::new(),
+            retired: RetiredNodes::new(RETIRED_NODES),
         }
     }
 
@@ -182,6 +204,13 @@ impl InodeTable {
     fn touch(&self, node: &Node) {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         node.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// The generation of node `ino`, if it is known.
+    pub fn generation(&self, ino: u64) -> Option<u32> {
+        crate::sync::lock(&self.nodes)
+            .get(&ino)
+            .map(|node| node.generation())
     }
 
     pub fn len(&self) -> usize {
@@ -220,6 +249,14 @@ impl InodeTable {
     /// Counts one kernel lookup of the inode `fd` refers to, found as `name` in `parent`,
     /// reusing its node when known.
     pub fn remember(&self, fd: OwnedFd, stat: &FileStat, parent: u64, name: &OsStr) -> Arc<Node> {
+        let node = self.count_lookup(fd, stat);
+        *crate::sync::lock(&node.origin) = Some((parent, name.to_os_string()));
+        node
+    }
+
+    /// Counts one kernel lookup of the inode `fd` refers to, reusing its node when known,
+    /// without saying where it was found (a file handle's inode, opened again).
+    pub fn count_lookup(&self, fd: OwnedFd, stat: &FileStat) -> Arc<Node> {
         let ino = self.node_id(stat.st_ino);
         let node = {
             let mut nodes = crate::sync::lock(&self.nodes);
@@ -235,9 +272,25 @@ impl InodeTable {
             }
             node
         };
-        *crate::sync::lock(&node.origin) = Some((parent, name.to_os_string()));
         self.touch(&node);
         node
+    }
+
+    /// The node `ino` the kernel forgot, opened again from its backing handle (through
+    /// `mount`, an fd on the backing filesystem): its fd, and what was kept of it. `None` if
+    /// it was never known, is too long forgotten, or its inode is gone.
+    pub fn revive(&self, ino: u64, mount: BorrowedFd<'_>) -> Option<(OwnedFd, Retired)> {
+        let retired = self.retired.find(ino)?;
+        match retired.handle.open(mount) {
+            Ok(fd) => Some((fd, retired)),
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ESTALE) {
+                    self.retired.drop_node(ino);
+                }
+                tracing::debug!(ino, error = %e, "a forgotten node does not open again");
+                None
+            }
+        }
     }
 
     /// A rename moved the node of `backing_ino` to `name` in `parent`.
@@ -258,6 +311,15 @@ impl InodeTable {
                 Ordering::Relaxed,
             );
             if before <= count {
+                if let Some(handle) = &node.handle {
+                    self.retired.keep(
+                        ino,
+                        Retired {
+                            handle: handle.clone(),
+                            policy: node.policy.load(Ordering::Acquire),
+                        },
+                    );
+                }
                 nodes.remove(&ino);
             }
         }

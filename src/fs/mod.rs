@@ -3,6 +3,7 @@
 
 pub mod core;
 mod fuse;
+pub mod handles;
 pub mod inodes;
 pub mod posix_acl;
 pub mod pruner;

@@ -143,8 +143,10 @@ impl Filesystem for ReverseView {
             reply,
             offset,
             self.dir_entries(fh.0),
-            GENERATION,
-            |entry| self.entry_attr(entry).map(|attr| (attr, TTL, ())),
+            |entry| {
+                self.entry_attr(entry)
+                    .map(|attr| (attr, TTL, GENERATION, ()))
+            },
             |entry, ()| self.remember_entry(entry),
         )
     }

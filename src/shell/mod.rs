@@ -107,8 +107,7 @@ pub fn reply_readdirplus<T, K>(
     mut reply: ReplyDirectoryPlus,
     offset: u64,
     entries: Result<std::sync::Arc<Vec<DirEntry<T>>>>,
-    generation: Generation,
-    mut describe: impl FnMut(&DirEntry<T>) -> Option<(FileAttr, Duration, K)>,
+    mut describe: impl FnMut(&DirEntry<T>) -> Option<(FileAttr, Duration, Generation, K)>,
     mut sent: impl FnMut(&DirEntry<T>, K),
 ) {
     let entries = match entries {
@@ -126,13 +125,13 @@ pub fn reply_readdirplus<T, K>(
                 &entry.name,
                 &Duration::ZERO,
                 &attr,
-                generation,
+                Generation(0),
             ) {
                 break;
             }
             continue;
         }
-        let Some((attr, ttl, token)) = describe(entry) else {
+        let Some((attr, ttl, generation, token)) = describe(entry) else {
             continue;
         };
         if reply.add(

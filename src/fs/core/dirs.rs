@@ -26,6 +26,8 @@ pub type DirEntry = crate::shell::DirEntry<OsString>;
 /// lookup needs (the node is remembered only once the entry is sent).
 pub struct ListedEntry {
     pub attr: FileAttr,
+    /// The generation the kernel is told (fs/handles.rs).
+    pub generation: u32,
     fd: OwnedFd,
     stat: FileStat,
 }
@@ -131,8 +133,13 @@ impl SealFs {
         let raw = entry.target.to_str().filter(|raw| !raw.is_empty())?;
         let fd = o_path(dir.fd.as_fd(), raw).ok()?;
         let stat = stat_fd(fd.as_fd()).ok()?;
+        let attr = self.attr_of(fd.as_fd(), &stat);
+        let generation = self.inodes.generation(attr.ino.0).unwrap_or_else(|| {
+            crate::fs::handles::BackingHandle::of(fd.as_fd()).map_or(0, |h| h.generation())
+        });
         Some(ListedEntry {
-            attr: self.attr_of(fd.as_fd(), &stat),
+            attr,
+            generation,
             fd,
             stat,
         })

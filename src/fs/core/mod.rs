@@ -10,11 +10,13 @@
 //! - `dirs`: listings and directory sync;
 //! - `xattrs`: encrypted extended attributes;
 //! - `acl`: POSIX ACLs (kept as xattrs; what setting one, chmod and inheritance do);
+//! - `export`: the lookups of "." and ".." that file handles need (fs/handles.rs);
 //! - `locks`: flock and fcntl locks, forwarded to the backing files by shared mounts.
 
 mod acl;
 mod attrs;
 mod dirs;
+mod export;
 mod file_io;
 mod locks;
 mod namespace;
