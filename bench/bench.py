@@ -160,7 +160,7 @@ def daemon_pid(mountpoint):
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if target in args and any(a.endswith((b"sealfs", b"sealfs-passthrough", b"gocryptfs"))
+        if target in args and any(a.endswith((b"sealfs", b"sealfs-passthrough", b"sealfs-baseline", b"gocryptfs"))
                                   for a in args[:1]):
             return int(entry.name)
     return None
@@ -497,15 +497,18 @@ def juicefs_markdown(table, names):
 
 
 def markdown(table, targets):
-    head = "| job | unit | " + " | ".join(targets) + " | sealfs / passthrough | sealfs / gocryptfs |"
-    lines = [head, "|" + "---|" * (len(targets) + 4)]
+    ab = "baseline" in table
+    head = ("| job | unit | " + " | ".join(targets) + " | sealfs / passthrough | sealfs / gocryptfs |"
+            + (" sealfs / baseline |" if ab else ""))
+    lines = [head, "|" + "---|" * (len(targets) + 4 + ab)]
     for job, unit in JOBS:
         row = [f"{table[t][job]:,.0f}" for t in targets]
         vs_pt = table["sealfs"][job] / table["passthrough"][job]
         vs_go = (
             f'{table["sealfs"][job] / table["gocryptfs"][job]:.2f}x' if "gocryptfs" in table else "n/a"
         )
-        lines.append(f"| {job} | {unit} | " + " | ".join(row) + f" | {vs_pt:.2f}x | {vs_go} |")
+        vs_base = f' {table["sealfs"][job] / table["baseline"][job]:.2f}x |' if ab else ""
+        lines.append(f"| {job} | {unit} | " + " | ".join(row) + f" | {vs_pt:.2f}x | {vs_go} |{vs_base}")
     return "\n".join(lines) + "\n"
 
 
@@ -544,6 +547,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sealfs", required=True)
     p.add_argument("--passthrough", required=True)
+    p.add_argument("--baseline", help="an older sealfs binary, run as one more target (A/B, see bench/ab)")
     p.add_argument("--quick", action="store_true", help="short jobs, one run")
     p.add_argument("--runs", type=int, default=None, help="runs per target (median taken)")
     p.add_argument("--dir", default="/dev/shm/sealfs-bench", help="backing directory (tmpfs by default)")
@@ -571,7 +575,7 @@ def main():
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir()
     sh("tar", "-xf", str(tarball), "-C", str(source))
-    names = ["raw", "passthrough", "sealfs"]
+    names = ["raw", "passthrough", "sealfs"] + (["baseline"] if args.baseline else [])
     have_gocryptfs = shutil.which("gocryptfs") and not args.no_gocryptfs
     if have_gocryptfs:
         names.append("gocryptfs")
@@ -581,6 +585,7 @@ def main():
             "raw": lambda: Target("raw", work),
             "passthrough": lambda: SealfsTarget("passthrough", work, args.passthrough),
             "sealfs": lambda: SealfsTarget("sealfs", work, args.sealfs),
+            "baseline": lambda: SealfsTarget("baseline", work, args.baseline),
             "gocryptfs": lambda: GocryptfsTarget("gocryptfs", work),
         }[name]()
 
