@@ -22,6 +22,11 @@ use crate::volume::hole_maps::FileHoles;
 
 pub const ROOT_INO: u64 = 1;
 
+/// `Node::default_acl` states.
+pub const ACL_UNKNOWN: u8 = 0;
+pub const ACL_NONE: u8 = 1;
+pub const ACL_SET_HERE: u8 = 2;
+
 /// The key material of an open regular file, and the keeper of its hole map (`None`: a
 /// version 1 data file).
 pub struct Content {
@@ -67,6 +72,10 @@ pub struct Node {
     /// Whether this file's header is known to be on stable storage (set by the first fsync;
     /// headers written by an earlier mount were synced then or are as durable as they got).
     pub header_durable: std::sync::atomic::AtomicBool,
+    /// What a lone mount knows of a directory's default ACL (fs/core/acl.rs): `ACL_UNKNOWN`,
+    /// `ACL_NONE` (a create found none), or `ACL_SET_HERE` (one was set through this mount:
+    /// never assumed absent again).
+    pub default_acl: std::sync::atomic::AtomicU8,
     /// The plaintext size the last write through this mount left: only a guess at which
     /// blocks the next write must lock (the size is read again under the lock), so an append
     /// locks the right range at the first try.
@@ -109,6 +118,7 @@ impl Node {
             open_handles: AtomicU32::new(0),
             orphaned_header: Mutex::new(None),
             header_durable: std::sync::atomic::AtomicBool::new(false),
+            default_acl: std::sync::atomic::AtomicU8::new(ACL_UNKNOWN),
             size_hint: AtomicU64::new(0),
             lock_epoch: AtomicU64::new(0),
             reader: Mutex::new(None),

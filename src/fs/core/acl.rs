@@ -5,13 +5,14 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 
 use fuser::FileType;
 use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
 
 use super::{Caller, SealFs, stat_fd};
-use crate::fs::inodes::Node;
+use crate::fs::inodes::{ACL_NONE, ACL_SET_HERE, ACL_UNKNOWN, Node};
 use crate::fs::posix_acl::{Acl, Kind};
 use crate::keys::NameKeys;
 use crate::volume::backing_xattrs::XattrTarget;
@@ -37,13 +38,31 @@ impl SealFs {
         kind: FileType,
         caller: Caller,
     ) -> Result<Inherited> {
+        let umasked = Inherited {
+            mode: mode & !(caller.umask & 0o777),
+            access: None,
+            default: None,
+        };
+        // A lone mount is the only writer: a directory it found without a default ACL keeps
+        // none unless this mount sets one. Creates then skip a backing getxattr and a name
+        // seal. (A create racing a setfacl on its directory is ordered before it.)
+        let trusted = !self.tuning.shared;
+        if trusted && dir.default_acl.load(Ordering::Acquire) == ACL_NONE {
+            return Ok(umasked);
+        }
         let target = XattrTarget::new(dir.fd.as_fd());
         Ok(match stored_acl(keys, &target, Kind::Default)? {
-            None => Inherited {
-                mode: mode & !(caller.umask & 0o777),
-                access: None,
-                default: None,
-            },
+            None => {
+                if trusted {
+                    let _ = dir.default_acl.compare_exchange(
+                        ACL_UNKNOWN,
+                        ACL_NONE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                umasked
+            }
             Some(default) => {
                 let (mode, access) = default.inherit(mode);
                 Inherited {
@@ -93,6 +112,7 @@ impl SealFs {
             if node.kind != FileType::Directory {
                 return Err(std::io::Error::from_raw_os_error(libc::EACCES).into());
             }
+            node.default_acl.store(ACL_SET_HERE, Ordering::Release);
             return store_acl(&keys, &target, kind, Some(&acl));
         }
         let st = stat_fd(node.fd.as_fd())?;
