@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use sealfs::volume::{Volume, census, policy};
+use sealfs::volume::{Volume, census, policy, policy_dirs};
 
 use super::audit;
 use super::key::ExistingKeyArgs;
@@ -214,10 +214,10 @@ fn set(args: SetArgs) -> Result<()> {
 
 fn list(args: ListArgs) -> Result<()> {
     let volume = args.volume.open()?;
-    let policy::PolicyDirs {
+    let policy_dirs::PolicyDirs {
         marked: dirs,
         unreadable,
-    } = policy::find_policy_dirs(&volume)?;
+    } = policy_dirs::find_policy_dirs(&volume)?;
     let counts = census::census(&volume.headers)?;
     let config = Volume::read_config(&args.volume.cipher_dir)?;
     let rows: Vec<serde_json::Value> = config
@@ -294,7 +294,7 @@ fn list(args: ListArgs) -> Result<()> {
 
 fn show(args: ShowArgs) -> Result<()> {
     let volume = args.volume.open()?;
-    let dir = policy::find_dir(&volume, &args.path, false)?;
+    let dir = policy_dirs::find_dir(&volume, &args.path, false)?;
     if dir.policy == sealfs::format::policy::VOLUME_POLICY {
         println!("{}: the volume's own keys", args.path.display());
         return Ok(());

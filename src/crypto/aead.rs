@@ -1,8 +1,7 @@
 use super::gcm_siv::{Cipher, Failure};
 use super::{CryptoError, SecretKey, random_array};
 
-pub const NONCE_LEN: usize = 12;
-pub const TAG_LEN: usize = 16;
+pub use super::gcm_siv::{NONCE_LEN, TAG_LEN};
 /// Bytes a sealed object carries beyond its plaintext: nonce first, tag last.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 

@@ -272,6 +272,21 @@ impl KeyCache {
     }
 }
 
+impl crate::metrics::KeyCacheCounts for KeyCache {
+    fn counts(&self) -> crate::metrics::snapshot::KeyCacheSnapshot {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::snapshot::KeyCacheSnapshot {
+            entries: self.len() as u64,
+            hits: get(&self.stats.hits),
+            misses: get(&self.stats.misses),
+            evictions: get(&self.stats.evictions),
+            expirations: get(&self.stats.expirations),
+            load_failures: get(&self.stats.failures),
+            loads_in_flight: get(&self.stats.loading),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

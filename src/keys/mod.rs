@@ -100,18 +100,9 @@ pub enum KeyError {
     Crypto(#[from] CryptoError),
 }
 
-/// Why a KMS or HSM call failed, for the errno a caller gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemoteFailure {
-    /// Down, slow, throttling, unreachable: worth retrying later.
-    Unavailable,
-    /// The key is disabled or pending deletion.
-    KeyDisabled,
-    /// Refused for lack of permission.
-    Denied,
-    /// The ciphertext, its context or the key it names does not match: damage or tampering.
-    Rejected,
-}
+/// Why a KMS or HSM call failed (defined beside the counters of such calls, which sort them
+/// by it).
+pub use crate::metrics::RemoteFailure;
 
 /// The binding of a per-file data key: which volume, which file.
 pub struct FileKeyContext {

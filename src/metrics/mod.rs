@@ -20,7 +20,24 @@ use std::time::{Duration, Instant, SystemTime};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use snapshot::Snapshot;
 
-use crate::keys::{KeyCache, RemoteFailure};
+/// Why a KMS or HSM call failed, for the errno a caller gets and the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// Down, slow, throttling, unreachable: worth retrying later.
+    Unavailable,
+    /// The key is disabled or pending deletion.
+    KeyDisabled,
+    /// Refused for lack of permission.
+    Denied,
+    /// The ciphertext, its context or the key it names does not match: damage or tampering.
+    Rejected,
+}
+
+/// What a snapshot reads of the mount's key cache (`keys::KeyCache` is one): metrics knows
+/// no key type.
+pub trait KeyCacheCounts: Send + Sync {
+    fn counts(&self) -> snapshot::KeyCacheSnapshot;
+}
 
 /// The FUSE operations a mount answers, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,7 +319,7 @@ pub struct MountInfo {
     pub started_at: Instant,
     pub shared: bool,
     pub cipher_dir: String,
-    pub key_cache: Arc<KeyCache>,
+    pub key_cache: Arc<dyn KeyCacheCounts>,
     /// How long a key may be served from the cache without asking its key service again.
     pub cache_bound: Duration,
 }

@@ -184,34 +184,23 @@ impl Metrics {
         }
         let nonzero = |v: u64| (v != 0).then_some(v);
         let (mount, key_cache) = match self.mount.get() {
-            Some(info) => {
-                let stats = &info.key_cache.stats;
-                (
-                    MountSnapshot {
-                        pid: std::process::id(),
-                        cipher_dir: info.cipher_dir.clone(),
-                        shared: info.shared,
-                        started_unix: info
-                            .started
-                            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0),
-                        uptime_seconds: info.started_at.elapsed().as_secs_f64(),
-                        kek_version: get(&self.kek_version),
-                        config_reloads: get(&self.config_reloads),
-                        cache_bound_seconds: info.cache_bound.as_secs(),
-                    },
-                    KeyCacheSnapshot {
-                        entries: info.key_cache.len() as u64,
-                        hits: get(&stats.hits),
-                        misses: get(&stats.misses),
-                        evictions: get(&stats.evictions),
-                        expirations: get(&stats.expirations),
-                        load_failures: get(&stats.failures),
-                        loads_in_flight: get(&stats.loading),
-                    },
-                )
-            }
+            Some(info) => (
+                MountSnapshot {
+                    pid: std::process::id(),
+                    cipher_dir: info.cipher_dir.clone(),
+                    shared: info.shared,
+                    started_unix: info
+                        .started
+                        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                    uptime_seconds: info.started_at.elapsed().as_secs_f64(),
+                    kek_version: get(&self.kek_version),
+                    config_reloads: get(&self.config_reloads),
+                    cache_bound_seconds: info.cache_bound.as_secs(),
+                },
+                info.key_cache.counts(),
+            ),
             // Not mounted (a test process): counters only.
             None => (
                 MountSnapshot {

@@ -15,10 +15,14 @@ use super::error::{Result, VolumeError};
 use super::headers::{read_names, write_new};
 use crate::crypto::SEAL_OVERHEAD;
 use crate::format::link::{
-    LINKS_DIR, LongTarget, MAX_TARGET, SIDECAR_PREAMBLE, decode_sidecar, encode_sidecar,
+    LINKS_DIR, MAX_TARGET, SIDECAR_PREAMBLE, decode_sidecar, encode_sidecar,
 };
 use crate::format::{Id, id_from_hex, id_to_hex};
 use crate::keys::NameKeys;
+
+/// What a backing symlink to a sidecar holds, and its length (the namespace tells such links
+/// by it).
+pub use crate::format::link::{LONG_TARGET_LEN, LongTarget};
 
 /// Seals `target` into a new sidecar and returns what the backing symlink must point at.
 pub fn seal(root: BorrowedFd<'_>, keys: &NameKeys, target: &[u8]) -> Result<String> {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::backing_xattrs::XattrTarget;
 use super::error::{Result, VolumeError};
 use super::headers::read_names;
-use super::policy::{find_policy_dirs, read_marker};
+use super::policy_dirs::{find_policy_dirs, read_marker};
 use super::{Volume, lock_config, names, write_config};
 use crate::format::Id;
 use crate::format::name::{EntryKind, classify_entry};
@@ -73,7 +73,8 @@ pub fn move_names(volume: &Volume) -> Result<Moved> {
             policy,
         };
         for dir in dirs.marked.iter().filter(|d| d.policy == policy) {
-            let fd = super::policy::find_dir(volume, std::path::Path::new(&dir.path), false)?.fd;
+            let fd =
+                super::policy_dirs::find_dir(volume, std::path::Path::new(&dir.path), false)?.fd;
             // The directory's own xattrs are under the keys of what it holds.
             let mut failed = Vec::new();
             moved.xattrs += move_xattrs(fd.as_fd(), &from_keys, &to_keys, &mut failed)?;

@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod names;
 pub mod policy;
+pub mod policy_dirs;
 pub mod progress;
 pub mod remnant;
 pub mod rewrap;
@@ -25,6 +26,8 @@ pub mod rotate;
 
 pub use maintenance::lock_config;
 
+/// The policy of everything outside tenants' directories.
+pub use crate::format::policy::VOLUME_POLICY;
 pub use error::{Result, VolumeError};
 
 use std::ffi::OsStr;
@@ -520,7 +523,7 @@ impl Volume {
     /// The key policy of backing directory `dir`: its own marker's, else `inherited` (its
     /// parent's). A marker that cannot be read is an error, never "no policy".
     pub fn dir_policy(&self, dir: BorrowedFd<'_>, inherited: u32) -> Result<u32> {
-        policy::read_marker(dir).map(|own| own.unwrap_or(inherited))
+        policy_dirs::read_marker(dir).map(|own| own.unwrap_or(inherited))
     }
 
     /// The block I/O of data file `file`, whose id and key are `file_id` and `material`, and

@@ -14,10 +14,13 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use super::error::{Result, VolumeError};
 use crate::crypto::TAG_LEN;
 use crate::format::name::{
-    self, BackingName, EntryKind, MAX_LONG_ENCODING, MAX_PLAIN_NAME, NAME_AAD, SYMLINK_AAD,
-    XATTR_NAME_AAD, XATTR_VALUE_AAD,
+    self, EntryKind, MAX_LONG_ENCODING, MAX_PLAIN_NAME, NAME_AAD, SYMLINK_AAD, XATTR_NAME_AAD,
+    XATTR_VALUE_AAD,
 };
 use crate::keys::NameKeys;
+
+/// An entry's name in the backing directory (inline, or long with a sidecar).
+pub use crate::format::name::BackingName;
 
 /// Longest backing symlink target the kernel accepts (PATH_MAX less the terminating NUL).
 const MAX_BACKING_TARGET: usize = 4095;

@@ -9,9 +9,8 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 
 use super::{SealFs, stat_fd};
-use crate::format::policy::VOLUME_POLICY;
 use crate::fs::inodes::ROOT_INO;
-use crate::volume::{Result, VolumeError};
+use crate::volume::{Result, VOLUME_POLICY, VolumeError};
 
 /// Deeper than any path can be (PATH_MAX / 2): a walk up that goes on is a loop.
 const MAX_DEPTH: usize = 2048;

@@ -41,10 +41,9 @@ pub use locks::LockWait;
 pub use xattrs::STATS_ATTRIBUTE;
 
 use super::inodes::{Content, InodeTable, Node, ROOT_INO};
-use crate::format::policy::VOLUME_POLICY;
 use crate::keys::NameKeys;
 use crate::shell::attr::attr_from_stat;
-use crate::volume::{Result, Volume, VolumeError};
+use crate::volume::{Result, VOLUME_POLICY, Volume, VolumeError};
 
 /// Who asks: the caller's credentials, for ownership of what it creates and for the set-id
 /// policy (see `set_id`).

@@ -15,10 +15,10 @@ use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat, mknodat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
 use super::{Caller, FileHandle, Handle, SealFs, o_path, stat_fd};
-use crate::format::link::{LONG_TARGET_LEN, LongTarget};
 use crate::fs::inodes::{Content, Node, ROOT_INO};
 use crate::io::FileId;
 use crate::keys::NameKeys;
+use crate::volume::long_links::{LONG_TARGET_LEN, LongTarget};
 use crate::volume::{Result, VolumeError, names, proc_fd_path};
 
 /// What an entry's last link takes with it.
@@ -315,7 +315,7 @@ impl SealFs {
         match unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::RemoveDir) {
             // An empty tenant directory still holds its policy marker.
             Err(nix::Error::ENOTEMPTY)
-                if crate::volume::policy::rmdir_policy_root(
+                if crate::volume::policy_dirs::rmdir_policy_root(
                     self.volume.root.as_fd(),
                     parent.fd.as_fd(),
                     backing.entry(),
@@ -333,7 +333,7 @@ impl SealFs {
     fn same_policy_for_move(
         &self,
         parent: &Node,
-        old: &crate::format::name::BackingName,
+        old: &crate::volume::names::BackingName,
         from: u32,
         to: u32,
     ) -> Result<()> {
@@ -343,7 +343,7 @@ impl SealFs {
         let fd = o_path(parent.fd.as_fd(), old.entry())?;
         let stat = stat_fd(fd.as_fd())?;
         let carries_own = stat.st_mode & libc::S_IFMT == libc::S_IFDIR
-            && crate::volume::policy::read_marker(fd.as_fd())?.is_some();
+            && crate::volume::policy_dirs::read_marker(fd.as_fd())?.is_some();
         if carries_own {
             Ok(())
         } else {

@@ -212,7 +212,7 @@ fn policy_home(volume: &Volume, entry: &Entry) -> Result<(String, String)> {
     let plain: Vec<&str> = entry.path.split('/').filter(|p| !p.is_empty()).collect();
     for depth in (1..=backing.len()).rev() {
         let dir = backing[..depth].join("/");
-        if crate::volume::policy::read_marker(open_dir(volume.root.as_fd(), &dir)?.as_fd())?
+        if crate::volume::policy_dirs::read_marker(open_dir(volume.root.as_fd(), &dir)?.as_fd())?
             .is_some()
         {
             let plain_dir = plain.get(..depth).unwrap_or_default().join("/");

@@ -22,7 +22,7 @@ use crate::format::name::{self, EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX};
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
 use crate::keys::{KeyError, NameKeys};
 use crate::volume::headers::HEADERS_DIR;
-use crate::volume::policy::read_marker;
+use crate::volume::policy_dirs::read_marker;
 use crate::volume::{Result, Volume, VolumeError, names};
 
 /// The plaintext name of the quarantine directory at the volume root.
