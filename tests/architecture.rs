@@ -19,7 +19,7 @@ const MAX_LINES: usize = 650;
 const OVERSIZED: &[(&str, usize)] = &[
     ("src/cli/mount.rs", 771),
     ("src/format/config.rs", 741),
-    ("src/fs/fuse.rs", 722),
+    ("src/fs/fuse.rs", 714),
     ("src/io/data_file.rs", 922),
     ("src/volume/mod.rs", 711),
     ("tests/common/services.rs", 683),
@@ -93,8 +93,15 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
 
 /// The text of a file without comments and without its unit tests (`#[cfg(test)] mod`).
 fn code_of(text: &str) -> String {
-    let body = match text.find("#[cfg(test)]\nmod ") {
-        Some(i) => &text[..i],
+    // An inline `#[cfg(test)] mod tests { ... }` (not a `mod tests;` declaration) runs to the
+    // end of the file.
+    let inline_tests = text.match_indices("#[cfg(test)]\nmod ").find(|(i, m)| {
+        let rest = &text[i + m.len()..];
+        let name_end = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
+        rest[name_end..].trim_start().starts_with('{')
+    });
+    let body = match inline_tests {
+        Some((i, _)) => &text[..i],
         None => text,
     };
     body.lines()
@@ -378,4 +385,34 @@ fn the_parser_reads_use_trees() {
     ] {
         assert!(found.contains(want), "{want} not in {found:?}");
     }
+}
+
+/// The mount's mode is decided once, at the seam (`fs/core/access.rs` for the data path,
+/// `fs/core/tuning.rs` for what the kernel caches): the rest of the core asks them and never
+/// looks at the mode itself.
+#[test]
+fn fs_core_has_no_mode_branches() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fs/core");
+    let mut files = Vec::new();
+    sources(&core, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "access.rs" || name == "tuning.rs" || name == "tests.rs" {
+            continue;
+        }
+        let code = code_of(&std::fs::read_to_string(&file).unwrap());
+        for (i, line) in code.lines().enumerate() {
+            if (line.contains(".shared") || line.contains("coherent()"))
+                && !line.contains("access_for(")
+            {
+                found.push(format!("{name}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "mode branches outside the seam:\n{}",
+        found.join("\n")
+    );
 }

@@ -24,6 +24,16 @@ impl SealFs {
     fn generation(&self, attr: &fuser::FileAttr) -> Generation {
         Generation(u64::from(self.inodes.generation(attr.ino.0).unwrap_or(0)))
     }
+
+    /// Replies with a found or made entry, for the TTLs of the mount.
+    fn reply_entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
+        reply.entry_with_ttls(
+            &self.tuning.attr_ttl,
+            self.tuning.entry_ttl_of(attr.kind),
+            attr,
+            self.generation(attr),
+        )
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -75,12 +85,12 @@ impl Filesystem for SealFs {
                 InitFlags::FUSE_READDIRPLUS_AUTO,
             ]);
         }
-        if !self.tuning.shared {
+        if self.tuning.caches_symlinks() {
             // Symlinks never change (a new target is a new symlink, a new inode): the kernel
             // may keep a target it has read in its page cache instead of asking for it again.
             flags.push(InitFlags::FUSE_CACHE_SYMLINKS);
         }
-        if self.tuning.shared {
+        if self.tuning.forwards_locks() {
             // Locks go to the backing files, where other hosts see them (fs/core/locks.rs);
             // a read asks for fresh attributes and drops cached pages when the file changed
             // elsewhere (its mtime or size moved).
@@ -109,23 +119,22 @@ impl Filesystem for SealFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _request = metrics::request(Op::Lookup);
         match self.lookup(parent.0, name) {
-            Ok(attr) => reply.entry_with_ttls(
-                &self.tuning.attr_ttl,
-                self.tuning.entry_ttl_of(attr.kind),
-                &attr,
-                self.generation(&attr),
-            ),
+            Ok(attr) => self.reply_entry(reply, &attr),
             // A lone mount is the only writer: a name that is not there stays absent until this
             // mount makes it, which the kernel sees. So the kernel may remember the miss (a
             // negative entry: node id 0, for the entry TTL) instead of asking again: PATH
             // searches, imports and build tools look up many names that do not exist.
-            Err(e) if !self.tuning.shared && shell::errno::errno_of(&e) == Errno::ENOENT => reply
-                .entry_with_ttls(
+            Err(e)
+                if self.tuning.negative_entries()
+                    && shell::errno::errno_of(&e) == Errno::ENOENT =>
+            {
+                reply.entry_with_ttls(
                     &std::time::Duration::ZERO,
                     &self.tuning.entry_ttl,
                     &shell::attr::negative_entry(),
                     NO_GENERATION,
-                ),
+                )
+            }
             Err(e) => reply.error(shell::errno::report("lookup", &e)),
         }
     }
@@ -193,12 +202,8 @@ impl Filesystem for SealFs {
     ) {
         let _request = metrics::request(Op::Mknod);
         let result = SealFs::mknod(self, parent.0, name, mode, rdev, caller_with(req, umask));
-        reply_or_error!("mknod", result, reply, |attr| reply.entry_with_ttls(
-            &self.tuning.attr_ttl,
-            self.tuning.entry_ttl_of(attr.kind),
-            &attr,
-            self.generation(&attr)
-        ))
+        reply_or_error!("mknod", result, reply, |attr| self
+            .reply_entry(reply, &attr))
     }
 
     fn mkdir(
@@ -212,12 +217,8 @@ impl Filesystem for SealFs {
     ) {
         let _request = metrics::request(Op::Mkdir);
         let result = SealFs::mkdir(self, parent.0, name, mode, caller_with(req, umask));
-        reply_or_error!("mkdir", result, reply, |attr| reply.entry_with_ttls(
-            &self.tuning.attr_ttl,
-            self.tuning.entry_ttl_of(attr.kind),
-            &attr,
-            self.generation(&attr)
-        ))
+        reply_or_error!("mkdir", result, reply, |attr| self
+            .reply_entry(reply, &attr))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -247,12 +248,8 @@ impl Filesystem for SealFs {
     ) {
         let _request = metrics::request(Op::Symlink);
         let result = SealFs::symlink(self, parent.0, link_name, target.as_os_str(), caller(req));
-        reply_or_error!("symlink", result, reply, |attr| reply.entry_with_ttls(
-            &self.tuning.attr_ttl,
-            self.tuning.entry_ttl_of(attr.kind),
-            &attr,
-            self.generation(&attr)
-        ))
+        reply_or_error!("symlink", result, reply, |attr| self
+            .reply_entry(reply, &attr))
     }
 
     fn rename(
@@ -280,12 +277,7 @@ impl Filesystem for SealFs {
     ) {
         let _request = metrics::request(Op::Link);
         let result = SealFs::link(self, ino.0, newparent.0, newname);
-        reply_or_error!("link", result, reply, |attr| reply.entry_with_ttls(
-            &self.tuning.attr_ttl,
-            self.tuning.entry_ttl_of(attr.kind),
-            &attr,
-            self.generation(&attr)
-        ))
+        reply_or_error!("link", result, reply, |attr| self.reply_entry(reply, &attr))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -374,7 +366,7 @@ impl Filesystem for SealFs {
         reply: ReplyEmpty,
     ) {
         let _request = metrics::request(Op::Flush);
-        if !self.tuning.shared {
+        if !self.tuning.forwards_locks() {
             return reply.error(Errno::ENOSYS);
         }
         self.release_locks(ino.0, lock_owner.0);

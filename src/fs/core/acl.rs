@@ -46,7 +46,7 @@ impl SealFs {
         // A lone mount is the only writer: a directory it found without a default ACL keeps
         // none unless this mount sets one. Creates then skip a backing getxattr and a name
         // seal. (A create racing a setfacl on its directory is ordered before it.)
-        let trusted = !self.tuning.shared;
+        let trusted = self.access.sole_writer();
         if trusted && dir.default_acl.load(Ordering::Acquire) == ACL_NONE {
             return Ok(umasked);
         }

@@ -57,7 +57,7 @@ impl SealFs {
     /// the kernel drops a directory's cached listing whenever it changes the directory through
     /// this mount (create, unlink, rename, ...), or sees its attributes change.
     pub fn cache_dirs(&self) -> bool {
-        !self.tuning.shared
+        self.access.sole_writer()
     }
 
     /// The plaintext listing of directory `node`: ".", "..", then every entry whose name
@@ -124,7 +124,7 @@ impl SealFs {
     /// it keep them, which saves a LOOKUP per entry of a walk (`ls -l`, rsync, `diff -r`).
     /// A shared mount keeps no file attributes, so there they would be work for nothing.
     pub fn attrs_with_listings(&self) -> bool {
-        !self.tuning.shared
+        self.access.sole_writer()
     }
 
     /// Looks up listed `entry` of directory `dir` as a LOOKUP would, without counting it yet:

@@ -37,9 +37,7 @@ impl SealFs {
     }
 
     /// Runs a change of the whole data file `file` (truncate, allocate) under the in-process
-    /// lock of every block, and in shared mode under the same lock across mounts; on a cipher
-    /// dir that is not local, through a description opened after the lock and flushed before
-    /// it goes (see `write`).
+    /// lock of every block, and held against other mounts (`access`).
     fn whole_file_change(
         &self,
         node: &Node,
@@ -48,28 +46,21 @@ impl SealFs {
         change: impl FnOnce(&DataFile<'_>) -> std::result::Result<(), IoError>,
     ) -> Result<()> {
         let _guard = node.ranges.write(0, range_lock::TO_END);
-        if !self.tuning.shared {
-            change(&self.data_file(file, content))?;
-            // Blocks a truncate cut leave the hole map now: rare, and the node may go
-            // before any handle closes.
-            return self.flush_holes(file, content);
-        }
-        let _shared = self
-            .data_file(file, content)
-            .lock_blocks(0, range_lock::TO_END, true)?;
-        if self.volume.backing.coherent() {
-            return Ok(change(&self.data_file(file, content))?);
-        }
-        let fresh = self.reopen(node, OFlag::O_RDWR)?;
-        let data_file = self.data_file(&fresh, content);
-        change(&data_file)?;
-        data_file.flush()?;
-        Ok(())
+        let mut change = Some(change);
+        self.access.change(
+            self,
+            node,
+            file,
+            content,
+            (0, range_lock::TO_END),
+            &mut |data_file| change.take().expect("run once")(data_file),
+        )?;
+        self.access.after_whole_file_change(self, file, content)
     }
 
     /// Writes what this mount changed in the file's hole map to its sidecar (lone mounts;
     /// shared mounts write every change at once).
-    fn flush_holes(&self, file: &File, content: &Content) -> Result<()> {
+    pub(super) fn flush_holes(&self, file: &File, content: &Content) -> Result<()> {
         if let Some(holes) = &content.holes {
             holes.flush(&content.ledger_access(file))?;
         }
@@ -98,10 +89,9 @@ impl SealFs {
                     read => read?,
                 };
                 let id = *node.file_id.get_or_init(|| preamble.file_id);
-                let holes = node.holes.get_or_init(|| {
-                    self.volume
-                        .file_holes(preamble.version, id, self.tuning.shared)
-                });
+                let holes = node
+                    .holes
+                    .get_or_init(|| self.access.file_holes(self, preamble.version, id));
                 (id, holes.clone())
             }
         };
@@ -120,7 +110,7 @@ impl SealFs {
     /// id. Only where nothing else writes the cipher dir: a read-only or shared mount answers
     /// `err` (EIO) and leaves it to fsck.
     fn revive_empty(&self, node: &Node, err: IoError) -> Result<crate::io::Preamble> {
-        if self.read_only || self.tuning.shared {
+        if self.read_only || !self.access.sole_writer() {
             return Err(err.into());
         }
         let _guard = node.ranges.write(0, range_lock::TO_END);
@@ -163,7 +153,7 @@ impl SealFs {
         let epoch = node.lock_epoch.load(Ordering::Acquire);
         let file = self.reopen(&node, access | passed)?;
         // Another mount may have changed it since: shared mounts never keep cached pages.
-        let keep_cache = !self.tuning.shared && {
+        let keep_cache = self.access.sole_writer() && {
             let stamp = *crate::sync::lock(&node.closed_stamp);
             stamp.is_some() && stamp == backing_stamp(&file)
         };
@@ -193,35 +183,24 @@ impl SealFs {
         let first = offset / bs;
         let last = offset.saturating_add(u64::from(size.max(1)) - 1) / bs;
         let _guard = handle.node.ranges.read(first, last + 1);
-        if !self.tuning.shared {
-            let data_file = self.data_file(&handle.file, &handle.content);
-            return Ok(data_file.read_with(offset, size as usize, reply)?);
-        }
-        let since_lock = self.reader_since_lock(&handle)?;
-        let file = since_lock.as_deref().unwrap_or(&handle.file);
-        let data_file = self.data_file(file, &handle.content);
-        // Shared: another host may be re-sealing these blocks right now. Read without a lock
-        // (the common case pays nothing), and only when a block fails authentication read
-        // again under a shared lock, taken on a description of its own (see io::file_lock).
         let mut reply = Some(reply);
-        let mut take = |data: &[u8]| reply.take().map(|reply| reply(data));
-        match data_file.read_with(offset, size as usize, &mut take) {
-            Err(IoError::Integrity { .. } | IoError::UnrecordedHole { .. }) => {}
-            other => return Ok(other?.expect("replied once")),
-        }
-        let file = self.reopen(&handle.node, OFlag::O_RDONLY)?;
-        let locked = self.data_file(&file, &handle.content);
-        let _shared = locked.lock_blocks(first, last + 1, false)?;
-        Ok(locked
-            .read_with(offset, size as usize, &mut take)?
-            .expect("replied once"))
+        let mut out = None;
+        self.access
+            .read(self, &handle, (first, last + 1), &mut |data_file| {
+                let read = data_file.read_with(offset, size as usize, |data| {
+                    reply.take().map(|reply| reply(data))
+                })?;
+                out = out.take().or(read);
+                Ok(())
+            })?;
+        Ok(out.expect("replied once"))
     }
 
     /// Whether the kernel should serve this open without its page cache: in shared mode an
     /// O_APPEND writer's data lands where the end of file really is, which its kernel cannot
     /// know, so its pages would sit at the wrong offset.
     pub fn direct_io(&self, flags: i32) -> bool {
-        self.tuning.shared && flags & libc::O_APPEND != 0
+        self.access.appends_at_backing_end() && flags & libc::O_APPEND != 0
     }
 
     /// Writes inside the file lock only their blocks; a write that touches the block holding
@@ -245,11 +224,11 @@ impl SealFs {
         if data.is_empty() {
             return Ok(0);
         }
-        let bf = self.data_file(&handle.file, &handle.content);
         let bs = self.volume.layout.block_size();
         let len = data.len() as u64;
-        // Shared: an O_APPEND write goes to the end of file as found under the lock.
-        let append = self.tuning.shared && handle.append;
+        // An O_APPEND write goes to the end of file as found under the lock, where other
+        // mounts append too.
+        let append = self.access.appends_at_backing_end() && handle.append;
         // The blocks a write at `offset` into a file of `size` bytes must hold: its own, or
         // from the first to the end when it touches the block holding the end of file.
         let lock_for = |offset: u64, size: u64| {
@@ -266,42 +245,38 @@ impl SealFs {
         let mut range = lock_for(if append { hint } else { offset }, hint);
         loop {
             let _guard = handle.node.ranges.write(range.0, range.1);
-            // Other mounts (hosts) re-seal blocks too: hold the same blocks of the backing
-            // file, and read it only under that lock, through a description opened after the
-            // lock (a distributed filesystem's client serves an open file from what it knew
-            // at open: JuiceFS does), and flushed before the lock goes.
-            let _shared;
-            let fresh;
-            // On a local cipher dir every mount shares this host's page cache: no reopen, and
-            // no flush, is needed for the others to see the write.
-            let coherent = self.volume.backing.coherent();
-            let target = if self.tuning.shared {
-                _shared = bf.lock_blocks(range.0, range.1, true)?;
-                if coherent {
-                    &bf
-                } else {
-                    fresh = self.reopen(&handle.node, OFlag::O_RDWR)?;
-                    &self.data_file(&fresh, &handle.content)
+            // Ok((at, size)): written at `at` into a file of `size`; Err: the blocks it needs.
+            let mut outcome = None;
+            self.access.change(
+                self,
+                &handle.node,
+                &handle.file,
+                &handle.content,
+                range,
+                &mut |target| {
+                    let extent = target.extent()?;
+                    let size = target.plain_size_of(extent);
+                    let at = if append { size } else { offset };
+                    let needed = lock_for(at, size);
+                    outcome = Some(if range.0 <= needed.0 && range.1 >= needed.1 {
+                        target.write_at_extent(at, data, extent)?;
+                        Ok((at, size))
+                    } else {
+                        Err(needed)
+                    });
+                    Ok(())
+                },
+            )?;
+            match outcome.expect("run once") {
+                Ok((at, size)) => {
+                    handle
+                        .node
+                        .size_hint
+                        .store(size.max(at + len), Ordering::Relaxed);
+                    return Ok(data.len() as u32);
                 }
-            } else {
-                &bf
-            };
-            let extent = target.extent()?;
-            let size = target.plain_size_of(extent);
-            let at = if append { size } else { offset };
-            let needed = lock_for(at, size);
-            if range.0 <= needed.0 && range.1 >= needed.1 {
-                target.write_at_extent(at, data, extent)?;
-                if self.tuning.shared && !coherent {
-                    target.flush()?;
-                }
-                handle
-                    .node
-                    .size_hint
-                    .store(size.max(at + len), Ordering::Relaxed);
-                return Ok(data.len() as u32);
+                Err(needed) => range = (needed.0.min(range.0), needed.1.max(range.1)),
             }
-            range = (needed.0.min(range.0), needed.1.max(range.1));
         }
     }
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 
-use super::{FileHandle, SealFs};
+use super::SealFs;
 use crate::fs::inodes::Node;
 use crate::io::file_lock::{PlainLock, conflicting_forwarded, set_forwarded};
 use crate::volume::{Result, VolumeError};
@@ -148,25 +148,6 @@ impl SealFs {
         } else {
             Ok(Some(LockWait { owner, lock, node }))
         }
-    }
-
-    /// The description to read `handle`'s file through in shared mode: its own, unless a
-    /// program took a lock on the file since it was opened (and the cipher dir is not local,
-    /// where every description sees every write); then one opened after that lock
-    /// (see `Node::lock_epoch`), shared by the node's handles until the next lock.
-    pub(super) fn reader_since_lock(&self, handle: &FileHandle) -> Result<Option<Arc<File>>> {
-        let epoch = handle.node.lock_epoch.load(Ordering::Acquire);
-        if epoch == handle.opened_in_epoch || self.volume.backing.coherent() {
-            return Ok(None);
-        }
-        if let Some((at, file)) = crate::sync::lock(&handle.node.reader).as_ref()
-            && *at == epoch
-        {
-            return Ok(Some(file.clone()));
-        }
-        let file = Arc::new(self.reopen(&handle.node, OFlag::O_RDONLY)?);
-        *crate::sync::lock(&handle.node.reader) = Some((epoch, file.clone()));
-        Ok(Some(file))
     }
 
     fn lock_owner(&self, node: &Node, owner: u64, fh: u64) -> Result<Arc<OwnerLocks>> {

@@ -5,6 +5,8 @@
 //!
 //! - `namespace`: lookups, creating, linking, renaming and removing entries;
 //! - `attrs`: attributes, times, access checks and symlink targets;
+//! - `tuning`: the kernel-cache policy (TTLs, writeback, negative entries), from the mode;
+//! - `access`: the one seam between a lone and a shared mount: how blocks are read and changed;
 //! - `file_io`: open files: read, write, truncate, allocate, seek, fsync, release;
 //! - `set_id`: when writes, truncates and allocations drop set-user-id and set-group-id;
 //! - `dirs`: listings and directory sync;
@@ -13,6 +15,7 @@
 //! - `export`: the lookups of "." and ".." that file handles need (fs/handles.rs);
 //! - `locks`: flock and fcntl locks, forwarded to the backing files by shared mounts.
 
+mod access;
 mod acl;
 mod attrs;
 mod dirs;
@@ -23,6 +26,7 @@ mod namespace;
 mod set_id;
 #[cfg(test)]
 mod tests;
+mod tuning;
 mod xattrs;
 
 use std::collections::HashMap;
@@ -38,6 +42,7 @@ use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 pub use attrs::AttrChanges;
 pub use dirs::DirEntry;
 pub use locks::LockWait;
+pub use tuning::Tuning;
 pub use xattrs::STATS_ATTRIBUTE;
 
 use super::inodes::{Content, InodeTable, Node, ROOT_INO};
@@ -75,71 +80,11 @@ enum Handle {
     Dir(Arc<dirs::DirHandle>),
 }
 
-/// Kernel-facing knobs, chosen at mount.
-#[derive(Clone, Copy, Debug)]
-pub struct Tuning {
-    /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE). Off in shared mode.
-    pub writeback_cache: bool,
-    /// Other mounts (other hosts) change the cipher dir too: no page cache kept across opens,
-    /// and attributes are not cached (see `attr_ttl`).
-    pub shared: bool,
-    /// How long the kernel may keep a name's lookup, and a file's attributes. A lone mount is
-    /// the only writer, so both stay right and expire only to bound the damage of an outside
-    /// change. Shared mounts see names made elsewhere within `entry_ttl`, and never serve a
-    /// size from a cache (a read near the end of file asks anew): close-to-open.
-    pub entry_ttl: std::time::Duration,
-    pub attr_ttl: std::time::Duration,
-}
-
-impl Tuning {
-    pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-    pub const SHARED_ENTRY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
-    /// The kernel settings of a lone mount or of one of several shared ones.
-    pub fn new(writeback_cache: bool, shared: bool) -> Self {
-        Tuning {
-            // Cached writes would reach the backing file whenever the kernel pleases, long
-            // after another host read it: shared mounts write through.
-            writeback_cache: writeback_cache && !shared,
-            shared,
-            entry_ttl: if shared {
-                Self::SHARED_ENTRY_TTL
-            } else {
-                Self::DEFAULT_TTL
-            },
-            attr_ttl: if shared {
-                std::time::Duration::ZERO
-            } else {
-                Self::DEFAULT_TTL
-            },
-        }
-    }
-}
-
-impl Tuning {
-    /// How long the kernel may keep the lookup of an entry of this kind. A shared mount keeps
-    /// a file's name no longer than its attributes (not at all, by default), so an open looks
-    /// the name up anew, as NFS's close-to-open does: a file removed or replaced on another
-    /// host is never opened through its old name (sqlite's journal, deleted at each commit,
-    /// would otherwise look hot to another host). Directories keep theirs for `entry_ttl`.
-    pub fn entry_ttl_of(&self, kind: fuser::FileType) -> &std::time::Duration {
-        if self.shared && kind != fuser::FileType::Directory {
-            &self.attr_ttl
-        } else {
-            &self.entry_ttl
-        }
-    }
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning::new(true, false)
-    }
-}
-
 pub struct SealFs {
     pub volume: Volume,
     pub tuning: Tuning,
+    /// Lone or shared: how blocks are read and changed (`access`), chosen here once.
+    access: Box<dyn access::BlockAccess>,
     pub inodes: Arc<InodeTable>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -193,6 +138,7 @@ impl SealFs {
         let stat = fstat(root.as_fd())?;
         Ok(SealFs {
             inodes: Arc::new(InodeTable::new(root, &stat)),
+            access: access::access_for(tuning.shared, volume.backing.coherent()),
             volume,
             tuning,
             handles: Mutex::new(HashMap::new()),

@@ -473,7 +473,7 @@ impl SealFs {
         let _ = node.file_id.set(file_id);
         let holes = node
             .holes
-            .get_or_init(|| Some(self.volume.new_file_holes(file_id, self.tuning.shared)))
+            .get_or_init(|| Some(self.access.new_file_holes(self, file_id)))
             .clone();
         node.open_handles.fetch_add(1, Ordering::AcqRel);
         let content = Arc::new(Content {

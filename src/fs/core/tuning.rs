@@ -1,0 +1,85 @@
+//! The kernel-facing side of a mount's mode: what the kernel may cache and for how long,
+//! computed once at mount from whether other mounts share the cipher dir. The data path's side
+//! is `access`.
+
+/// Kernel-facing knobs, chosen at mount.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Let the kernel cache and merge writes (FUSE_WRITEBACK_CACHE). Off in shared mode.
+    pub writeback_cache: bool,
+    /// Other mounts (other hosts) change the cipher dir too: no page cache kept across opens,
+    /// and attributes are not cached (see `attr_ttl`).
+    pub shared: bool,
+    /// How long the kernel may keep a name's lookup, and a file's attributes. A lone mount is
+    /// the only writer, so both stay right and expire only to bound the damage of an outside
+    /// change. Shared mounts see names made elsewhere within `entry_ttl`, and never serve a
+    /// size from a cache (a read near the end of file asks anew): close-to-open.
+    pub entry_ttl: std::time::Duration,
+    pub attr_ttl: std::time::Duration,
+}
+
+impl Tuning {
+    pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    pub const SHARED_ENTRY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The kernel settings of a lone mount or of one of several shared ones.
+    pub fn new(writeback_cache: bool, shared: bool) -> Self {
+        Tuning {
+            // Cached writes would reach the backing file whenever the kernel pleases, long
+            // after another host read it: shared mounts write through.
+            writeback_cache: writeback_cache && !shared,
+            shared,
+            entry_ttl: if shared {
+                Self::SHARED_ENTRY_TTL
+            } else {
+                Self::DEFAULT_TTL
+            },
+            attr_ttl: if shared {
+                std::time::Duration::ZERO
+            } else {
+                Self::DEFAULT_TTL
+            },
+        }
+    }
+}
+
+impl Tuning {
+    /// How long the kernel may keep the lookup of an entry of this kind. A shared mount keeps
+    /// a file's name no longer than its attributes (not at all, by default), so an open looks
+    /// the name up anew, as NFS's close-to-open does: a file removed or replaced on another
+    /// host is never opened through its old name (sqlite's journal, deleted at each commit,
+    /// would otherwise look hot to another host). Directories keep theirs for `entry_ttl`.
+    pub fn entry_ttl_of(&self, kind: fuser::FileType) -> &std::time::Duration {
+        if self.shared && kind != fuser::FileType::Directory {
+            &self.attr_ttl
+        } else {
+            &self.entry_ttl
+        }
+    }
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning::new(true, false)
+    }
+}
+
+impl Tuning {
+    /// Whether the kernel may remember a name that is not there (a negative entry): only the
+    /// only writer knows it stays absent until it makes it.
+    pub fn negative_entries(&self) -> bool {
+        !self.shared
+    }
+
+    /// Whether programs' flock and fcntl locks go to the backing files, where other hosts see
+    /// them (fs/core/locks.rs); a lone mount leaves them to the kernel.
+    pub fn forwards_locks(&self) -> bool {
+        self.shared
+    }
+
+    /// Whether the kernel may keep symlink targets it read (a new target is a new symlink, a
+    /// new inode; only another host could replace one behind its back).
+    pub fn caches_symlinks(&self) -> bool {
+        !self.shared
+    }
+}
