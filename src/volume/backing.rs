@@ -152,6 +152,20 @@ impl Backing {
                 self.fs_type
             )));
         }
+        if self.fs_type == "fuse.glusterfs"
+            && let Some((volume, on)) = super::gluster::caches_to_turn_off(cipher_dir)
+            && !on.is_empty()
+        {
+            let commands: Vec<String> = on
+                .iter()
+                .map(|option| format!("gluster volume set {volume} {option} off"))
+                .collect();
+            return Err(VolumeError::Usage(format!(
+                "{} is on GlusterFS volume {volume}, whose client caches would serve this host what another changed: for -o shared, run `{}` and remount the GlusterFS clients",
+                cipher_dir.display(),
+                commands.join("; ")
+            )));
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod claim;
 mod error;
 pub mod follow;
 pub mod fsck;
+pub mod gluster;
 pub mod headers;
 pub mod hole_maps;
 pub mod info;
@@ -23,12 +24,15 @@ pub mod progress;
 pub mod remnant;
 pub mod rewrap;
 pub mod rotate;
+mod symlinks;
+mod test_points;
 
 pub use maintenance::lock_config;
 
 /// The policy of everything outside tenants' directories.
 pub use crate::format::policy::VOLUME_POLICY;
 pub use error::{Result, VolumeError};
+pub use test_points::{crash_point, slow_point};
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -414,67 +418,6 @@ impl Volume {
         }
     }
 
-    /// What a new backing symlink points at for plaintext `target`, under name keys `keys`:
-    /// its inline encoding, or for a target too long for that, a sidecar made here
-    /// (`long_links`).
-    pub fn seal_symlink(&self, keys: &NameKeys, target: &[u8]) -> Result<String> {
-        match names::encrypt_symlink(keys, target) {
-            Err(VolumeError::NameTooLong) => long_links::seal(self.root.as_fd(), keys, target),
-            inline => inline,
-        }
-    }
-
-    /// Re-seals symlink `entry` of backing directory `dir` (its stat: `st`) with plaintext
-    /// `target` under `keys`: a new symlink under the temporary name `temp`, with the old
-    /// link's owner and times, which `place` then puts where it belongs (renamed over the old
-    /// one). A failure leaves nothing of the new link behind, its sidecar neither; the old
-    /// link is untouched until `place` succeeds. Returns what the new link points at.
-    pub fn reseal_symlink(
-        &self,
-        dir: BorrowedFd<'_>,
-        st: &nix::sys::stat::FileStat,
-        keys: &NameKeys,
-        target: &[u8],
-        temp: &str,
-        place: impl FnOnce() -> Result<()>,
-    ) -> Result<String> {
-        let sealed = self.seal_symlink(keys, target)?;
-        let made = (|| -> Result<()> {
-            nix::unistd::symlinkat(sealed.as_str(), dir, temp)?;
-            nix::unistd::fchownat(
-                dir,
-                temp,
-                Some(st.st_uid.into()),
-                Some(st.st_gid.into()),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
-            nix::sys::stat::utimensat(
-                dir,
-                temp,
-                &nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
-                &nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )?;
-            place()
-        })();
-        if let Err(e) = made {
-            let _ = unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir);
-            if let Some(long) = crate::format::link::LongTarget::decode(sealed.as_bytes()) {
-                long_links::remove(self.root.as_fd(), &long);
-            }
-            return Err(e);
-        }
-        Ok(sealed)
-    }
-
-    /// The plaintext target of a backing symlink that points at `backing`.
-    pub fn open_symlink(&self, keys: &NameKeys, backing: &OsStr) -> Result<Vec<u8>> {
-        match crate::format::link::LongTarget::decode(backing.as_bytes()) {
-            Some(long) => long_links::open(self.root.as_fd(), keys, &long),
-            None => names::decrypt_symlink(keys, backing),
-        }
-    }
-
     /// The name keys of key policy `policy` (0: the volume's own). A tenant's come from its
     /// tenant secret, unsealed when first needed and again after the key cache's bound.
     pub fn name_keys(&self, policy: u32) -> Result<Arc<NameKeys>> {
@@ -683,29 +626,4 @@ fn write_config_file(target: &Path, config: &VolumeConfig) -> Result<()> {
     File::open(dir)?.sync_all()?;
     crash_point("config-dir-synced");
     Ok(())
-}
-
-/// Debug builds only, for tests of what others see while this process is slow at a point:
-/// `SEALFS_SLOW_AT=<point>:<milliseconds>` sleeps there. Compiled out of release builds.
-pub fn slow_point(point: &str) {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("SEALFS_SLOW_AT").ok().and_then(|v| {
-        let (at, ms) = v.split_once(':')?;
-        (at == point).then(|| ms.parse::<u64>().ok())?
-    }) {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = point;
-}
-
-/// Debug builds only, for crash tests: `SEALFS_CRASH_AT=<point>` kills this process with
-/// SIGKILL at that point, exactly as `kill -9` would. Compiled out of release builds.
-pub fn crash_point(point: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("SEALFS_CRASH_AT").is_some_and(|v| v == point) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = point;
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sealfs");
 
+pub mod gluster;
 pub mod lock_counters;
 pub mod services;
 pub mod xattrs;
