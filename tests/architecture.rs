@@ -415,3 +415,37 @@ fn fs_core_has_no_mode_branches() {
         found.join("\n")
     );
 }
+
+/// One function takes OFD locks (`io::file_lock::ofd_lock`): no other file builds a
+/// `struct flock` or calls F_OFD_SETLK(W) itself.
+#[test]
+fn one_function_builds_an_ofd_lock() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == "io/file_lock.rs" {
+            continue;
+        }
+        let code = code_of(&std::fs::read_to_string(&file).unwrap());
+        for (i, line) in code.lines().enumerate() {
+            if line.contains("F_OFD_SETLK")
+                || line.contains("libc::flock {")
+                || line.contains(": libc::flock")
+            {
+                found.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "OFD locks built outside io/file_lock.rs:\n{}",
+        found.join("\n")
+    );
+}

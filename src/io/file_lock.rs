@@ -72,20 +72,13 @@ pub fn lock_blocks<'a>(
     // lock that must wait is counted with how long it waited (metrics).
     match lock.set(kind, false) {
         Ok(()) => return Ok(lock),
-        Err(nix::Error::EAGAIN | nix::Error::EACCES | nix::Error::EINTR) => {}
+        Err(nix::Error::EAGAIN | nix::Error::EACCES) => {}
         Err(e) => return Err(IoError::Io(e.into())),
     }
     let waiting = std::time::Instant::now();
-    loop {
-        match lock.set(kind, true) {
-            Ok(()) => {
-                crate::metrics::global().lock_waited(waiting.elapsed());
-                return Ok(lock);
-            }
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(IoError::Io(e.into())),
-        }
-    }
+    lock.set(kind, true).map_err(|e| IoError::Io(e.into()))?;
+    crate::metrics::global().lock_waited(waiting.elapsed());
+    Ok(lock)
 }
 
 /// The backing byte whose lock guards a data file's hole map sidecar (`volume::hole_maps`):
@@ -100,30 +93,46 @@ pub fn lock_hole_map(file: &File) -> Result<FileRangeLock<'_>, IoError> {
         start: HOLE_MAP_LOCK as i64,
         len: 1,
     };
-    loop {
-        match lock.set(libc::F_WRLCK, true) {
-            Ok(()) => return Ok(lock),
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(IoError::Io(e.into())),
-        }
-    }
+    lock.set(libc::F_WRLCK, true)
+        .map_err(|e| IoError::Io(e.into()))?;
+    Ok(lock)
 }
 
 impl FileRangeLock<'_> {
     fn set(&self, kind: libc::c_int, wait: bool) -> nix::Result<()> {
-        let lock = flock(kind, self.start, self.len);
+        ofd_lock(self.fd, kind, self.start, self.len, wait)
+    }
+}
+
+/// Sets an OFD byte-range lock on `fd`'s open file description: `kind` F_RDLCK, F_WRLCK or
+/// F_UNLCK over `len` bytes from `start` (0: to infinity), waiting for other holders when
+/// `wait` (EAGAIN or EACCES without). A signal never ends a wait (EINTR retries). Every lock
+/// sealfs takes on the backing store (block ranges, hole maps, forwarded program locks, the
+/// mount claim, maintenance and directory locks, the probe) is taken here.
+pub fn ofd_lock(
+    fd: BorrowedFd<'_>,
+    kind: libc::c_int,
+    start: i64,
+    len: i64,
+    wait: bool,
+) -> nix::Result<()> {
+    let lock = flock(kind, start, len);
+    loop {
         let arg = if wait {
             nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)
         } else {
             nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)
         };
-        nix::fcntl::fcntl(self.fd, arg).map(drop)
+        match nix::fcntl::fcntl(fd, arg) {
+            Err(nix::Error::EINTR) => continue,
+            other => return other.map(drop),
+        }
     }
 }
 
-/// A `struct flock` for `kind` (F_RDLCK, F_WRLCK, F_UNLCK) over `len` bytes from `start`
-/// (0: to infinity).
-pub(crate) fn flock(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
+/// The one builder of a `struct flock`: `kind` (F_RDLCK, F_WRLCK, F_UNLCK) over `len` bytes
+/// from `start` (0: to infinity).
+fn flock(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
     // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind as libc::c_short;
@@ -182,13 +191,9 @@ impl PlainLock {
 /// without waiting: EAGAIN when another description holds a conflicting one.
 pub fn set_forwarded(file: &File, lock: PlainLock) -> nix::Result<()> {
     let (start, len) = lock.backing();
-    let request = flock(lock.kind, start, len);
-    loop {
-        match nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&request)) {
-            Err(nix::Error::EINTR) => continue,
-            Err(nix::Error::EACCES) => return Err(nix::Error::EAGAIN),
-            other => return other.map(drop),
-        }
+    match ofd_lock(file.as_fd(), lock.kind, start, len, false) {
+        Err(nix::Error::EACCES) => Err(nix::Error::EAGAIN),
+        other => other,
     }
 }
 

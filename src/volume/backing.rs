@@ -378,13 +378,7 @@ fn ofd_locks(dir: BorrowedFd<'_>) -> bool {
     let Some(file) = open_rw(dir, "ofd") else {
         return false;
     };
-    // SAFETY: flock is plain old data; all-zero is a valid value before the fields are set.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = 0;
-    lock.l_len = 4096;
-    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)).is_ok()
+    crate::io::file_lock::ofd_lock(file.as_fd(), libc::F_WRLCK, 0, 4096, false).is_ok()
 }
 
 fn user_xattrs(dir: BorrowedFd<'_>) -> bool {

@@ -396,15 +396,12 @@ fn write_record(
 fn try_lock(fd: BorrowedFd<'_>, kind: LockKind, exclusive: bool) -> nix::Result<bool> {
     let result = match kind {
         LockKind::Ofd => {
-            // SAFETY: flock is plain old data; zero is a valid start before the fields are set.
-            let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-            lock.l_type = if exclusive {
+            let kind = if exclusive {
                 libc::F_WRLCK
             } else {
                 libc::F_RDLCK
-            } as libc::c_short;
-            lock.l_whence = libc::SEEK_SET as libc::c_short;
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)).map(drop)
+            };
+            crate::io::file_lock::ofd_lock(fd, kind, 0, 0, false)
         }
         LockKind::Flock => {
             let how = if exclusive {

@@ -78,22 +78,11 @@ fn take(cipher_dir: &Path, slot: Slot, wait: bool) -> Result<Option<File>> {
         Err(e) => return Err(e.into()),
     };
     let file = File::from(fd);
-    let lock = crate::io::file_lock::flock(libc::F_WRLCK, slot as i64, 1);
-    loop {
-        let arg = if wait {
-            nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)
-        } else {
-            nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)
-        };
-        match nix::fcntl::fcntl(file.as_fd(), arg) {
-            Ok(_) => return Ok(Some(file)),
-            Err(nix::Error::EINTR) => continue,
-            Err(nix::Error::EACCES | nix::Error::EAGAIN) => return Err(nix::Error::EAGAIN.into()),
-            Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        }
+    match crate::io::file_lock::ofd_lock(file.as_fd(), libc::F_WRLCK, slot as i64, 1, wait) {
+        Ok(()) => Ok(Some(file)),
+        Err(nix::Error::EACCES | nix::Error::EAGAIN) => Err(nix::Error::EAGAIN.into()),
+        Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -182,17 +171,11 @@ pub fn lock_directory(
     } else {
         libc::F_RDLCK
     };
-    let lock = crate::io::file_lock::flock(kind, directory_lock_byte(ino), 1);
     let file = File::from(fd);
-    loop {
-        match nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_OFD_SETLKW(&lock)) {
-            Ok(_) => return Ok(Some(DirectoryLock { _file: file })),
-            Err(nix::Error::EINTR) => continue,
-            Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        }
+    match crate::io::file_lock::ofd_lock(file.as_fd(), kind, directory_lock_byte(ino), 1, true) {
+        Ok(()) => Ok(Some(DirectoryLock { _file: file })),
+        Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
