@@ -130,6 +130,23 @@ impl Acl {
         (self.perm_of(USER_OBJ).unwrap_or(0) << 6) | (group << 3) | self.perm_of(OTHER).unwrap_or(0)
     }
 
+    /// Permission bits for an inode that cannot keep this ACL (a fifo or device node, whose
+    /// ACL the backing store cannot hold): nobody gets more than the ACL gives them. The
+    /// owning group gets its own entry cut by the mask (not the mask), and others what the
+    /// other entry and every named entry (cut by the mask) all allow, since a named user or
+    /// group would otherwise fall back to "other".
+    pub fn restrictive_mode_bits(&self) -> u32 {
+        let mask = self.perm_of(MASK).unwrap_or(7);
+        let group = self.perm_of(GROUP_OBJ).unwrap_or(0) & mask;
+        let named = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.tag, USER | GROUP))
+            .fold(7, |all, e| all & u32::from(e.perm) & mask);
+        let other = self.perm_of(OTHER).unwrap_or(0) & named;
+        (self.perm_of(USER_OBJ).unwrap_or(0) << 6) | (group << 3) | other
+    }
+
     /// Whether the mode alone says all this ACL says (owner, group and other entries only): a
     /// file then keeps no access ACL, as on ext4.
     pub fn is_mode_only(&self) -> bool {
@@ -305,6 +322,21 @@ mod tests {
             let mut a = a;
             a.chmod(mode);
             prop_assert_eq!(a.mode_bits(), mode);
+        }
+
+        #[test]
+        fn the_restrictive_mode_gives_nobody_more_than_the_acl(a in any_acl()) {
+            let bits = a.restrictive_mode_bits();
+            let mask = a.perm_of(MASK).unwrap_or(7);
+            prop_assert_eq!(bits >> 6, a.perm_of(USER_OBJ).unwrap());
+            prop_assert_eq!((bits >> 3) & 7 & !(a.perm_of(GROUP_OBJ).unwrap() & mask), 0);
+            prop_assert_eq!(bits & 7 & !a.perm_of(OTHER).unwrap(), 0);
+            for e in a.entries.iter().filter(|e| matches!(e.tag, USER | GROUP)) {
+                prop_assert_eq!(bits & 7 & !(u32::from(e.perm) & mask), 0);
+            }
+            if a.is_mode_only() {
+                prop_assert_eq!(bits, a.mode_bits());
+            }
         }
 
         #[test]

@@ -24,6 +24,9 @@ pub struct Entry {
     /// The other names of this inode in the tree.
     pub links: Vec<String>,
     pub mtime: Option<(i64, i64)>,
+    /// A fifo or device node with an ACL (the reference's): its permission bits are not
+    /// compared (`differences`).
+    pub acl_lost: bool,
 }
 
 pub type Tree = BTreeMap<String, Entry>;
@@ -61,6 +64,19 @@ fn xattrs(path: &CString, special: bool) -> BTreeMap<Vec<u8>, Vec<u8>> {
         out.insert(name.to_vec(), value);
     }
     out
+}
+
+/// Whether a fifo or device node has an access ACL (on the reference: a mount keeps none
+/// there, and chooses its permission bits itself, docs/GUARANTEES.md).
+fn has_acl(path: &CString) -> bool {
+    unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        ) > 0
+    }
 }
 
 /// Every entry beneath `root` (not `root` itself), by path relative to it. `times`: record
@@ -104,10 +120,13 @@ pub fn snapshot(root: &Path, times: bool) -> Result<Tree, String> {
             } else {
                 inodes.entry(st.st_ino).or_default().push(rel.clone());
             }
+            let special = !matches!(kind, libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK);
+            let xattrs = xattrs(&cpath, special);
             tree.insert(
                 rel.clone(),
                 Entry {
                     mode: st.st_mode,
+                    acl_lost: special && has_acl(&cpath),
                     uid: st.st_uid,
                     gid: st.st_gid,
                     nlink: st.st_nlink,
@@ -115,7 +134,7 @@ pub fn snapshot(root: &Path, times: bool) -> Result<Tree, String> {
                     rdev: st.st_rdev,
                     content,
                     target,
-                    xattrs: xattrs(&cpath, !matches!(kind, libc::S_IFREG | libc::S_IFDIR)),
+                    xattrs,
                     links: Vec::new(),
                     mtime: times.then_some((st.st_mtime, st.st_mtime_nsec)),
                 },
@@ -132,13 +151,26 @@ pub fn snapshot(root: &Path, times: bool) -> Result<Tree, String> {
     Ok(tree)
 }
 
+/// Whether an entry of ours is the reference's: for a fifo or device node the reference keeps
+/// an ACL on, all but the permission bits (a mount keeps no ACL there and gives a mode no more
+/// permissive than the ACL at creation, as asked by a later chmod).
+fn same(ours: &Entry, reference: &Entry) -> bool {
+    if !reference.acl_lost {
+        return ours == reference;
+    }
+    let mut ours = ours.clone();
+    ours.mode = (ours.mode & !0o777) | (reference.mode & 0o777);
+    ours.acl_lost = true;
+    ours == *reference
+}
+
 /// Where two trees differ, one line each (empty when they agree).
 pub fn differences(ours: &Tree, reference: &Tree) -> Vec<String> {
     let mut out = Vec::new();
     for (path, entry) in ours {
         match reference.get(path) {
             None => out.push(format!("{path:?}: only on sealfs ({:o})", entry.mode)),
-            Some(r) if r != entry => out.push(format!(
+            Some(r) if !same(entry, r) => out.push(format!(
                 "{path:?}: sealfs {}, reference {}",
                 describe(entry),
                 describe(r)

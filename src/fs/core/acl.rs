@@ -28,8 +28,9 @@ pub(super) struct Inherited {
 impl SealFs {
     /// For an entry of kind `kind` about to be made in `dir` (whose xattrs are under `keys`)
     /// with `mode` by `caller`: a directory's default ACL decides its mode and ACLs, else the
-    /// caller's umask. A fifo, socket or device node gets the mode the ACL gives but keeps no
-    /// ACL: the backing store keeps user xattrs on files and directories only.
+    /// caller's umask. A fifo, socket or device node keeps no ACL (the backing store keeps
+    /// user xattrs on files and directories only): it gets a mode that gives nobody more than
+    /// the ACL would have (`Acl::restrictive_mode_bits`).
     pub(super) fn inherit_acls(
         &self,
         dir: &Node,
@@ -64,10 +65,17 @@ impl SealFs {
                 umasked
             }
             Some(default) => {
-                let (mode, access) = default.inherit(mode);
+                let (mut mode, access) = default.inherit(mode);
+                let access = match access {
+                    Some(acl) if !keeps_acls(kind) => {
+                        mode = (mode & !0o777) | acl.restrictive_mode_bits();
+                        None
+                    }
+                    kept => kept,
+                };
                 Inherited {
                     mode,
-                    access: access.filter(|_| keeps_acls(kind)),
+                    access,
                     default: (kind == FileType::Directory).then_some(default),
                 }
             }
