@@ -3,6 +3,7 @@
 //! hierarchy), `format` (pure on-disk encodings) and `crypto` (primitives and labels).
 //! `metrics` counts what a running mount does, for `sealfs stats` and Prometheus.
 
+pub mod admin;
 pub mod crypto;
 pub mod format;
 pub mod fs;

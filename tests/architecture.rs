@@ -1,8 +1,8 @@
 //! The architecture rules of docs/ARCHITECTURE.md, checked on the source so they cannot erode
 //! unnoticed (the last time nothing checked them, two issues broke them again):
 //!
-//! - folders depend one way only, down the layers `cli -> reverse | fs -> shell -> volume ->
-//!   io | keys -> format -> crypto`; anyone may use `metrics` and `sync`, which use nothing
+//! - folders depend one way only, down the layers `cli -> admin | reverse | fs -> shell ->
+//!   volume -> io | keys -> format -> crypto`; anyone may use `metrics` and `sync`, which use nothing
 //!   above them; `fs` never uses `format`;
 //! - no cycle between modules (a parent using its own children does not count);
 //! - no source file over 650 lines.
@@ -36,7 +36,7 @@ const ALLOWED_CYCLES: &[&[&str]] = &[];
 fn rank(folder: &str) -> Option<u32> {
     Some(match folder {
         "cli" => 0,
-        "reverse" | "fs" => 1,
+        "reverse" | "fs" | "admin" => 1,
         "shell" => 2,
         "volume" => 3,
         "io" | "keys" => 4,

@@ -40,7 +40,7 @@ fn fixture_v3_keys_and_census() {
         vec![2, 3, 4],
         "KEK 1 is retired"
     );
-    let info = sealfs::volume::info::info(&root.join("cipher")).unwrap();
+    let info = sealfs::admin::info::info(&root.join("cipher")).unwrap();
     assert_eq!(info.format_version, 3);
     assert_eq!(info.retired_keks, vec![1]);
     assert_eq!(

@@ -104,7 +104,7 @@ fn fixture_v4_tenants_format_and_census() {
     let copy = tempfile::tempdir().unwrap();
     copy_tree(&fixture_dir("v4-tenants"), copy.path());
     let root = copy.path();
-    let info = sealfs::volume::info::info(&root.join("cipher")).unwrap();
+    let info = sealfs::admin::info::info(&root.join("cipher")).unwrap();
     assert_eq!(info.format_version, 4);
     assert_eq!(
         info.files.by_policy.into_iter().collect::<Vec<_>>(),

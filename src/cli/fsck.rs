@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use sealfs::admin::fsck::{FsckOptions, FsckReport, fsck};
 use sealfs::volume::Volume;
-use sealfs::volume::fsck::{FsckOptions, FsckReport, fsck};
 
 use serde_json::json;
 

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use sealfs::volume::info::{VolumeInfo, info};
-use sealfs::volume::rotate::list;
+use sealfs::admin::info::{VolumeInfo, info};
+use sealfs::admin::rotate::list;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use sealfs::volume::{Volume, keyslots};
+use sealfs::admin::keyslots;
+use sealfs::volume::Volume;
 
 use serde_json::json;
 

@@ -431,7 +431,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             )
         } else {
             let volume = Volume::open(&cipher_dir, providers, limits)?;
-            if let Some((policy, _)) = sealfs::volume::migrate::pending(&volume.config).first() {
+            if let Some((policy, _)) = sealfs::admin::migrate::pending(&volume.config).first() {
                 bail!(
                     "files are moving under key policy {policy} (a `sealfs policy set` on a directory that held them was interrupted): run `sealfs rewrap {}` first",
                     cipher_dir.display()

@@ -4,8 +4,9 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use sealfs::admin::keyslots;
 use sealfs::keys::{MasterKeyProvider, PassphraseProvider, PassphraseSource};
-use sealfs::volume::{Volume, keyslots};
+use sealfs::volume::Volume;
 
 use super::audit;
 

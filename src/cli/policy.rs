@@ -7,7 +7,8 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use sealfs::volume::{Volume, census, policy, policy_dirs};
+use sealfs::admin::{census, policy};
+use sealfs::volume::{Volume, policy_dirs};
 
 use super::audit;
 use super::key::ExistingKeyArgs;
@@ -199,7 +200,7 @@ fn set(args: SetArgs) -> Result<()> {
             args.path.display()
         );
         let progress = super::progress::Reporter::new("move");
-        let report = sealfs::volume::rewrap::rewrap(&volume, Default::default(), &progress)?;
+        let report = sealfs::admin::rewrap::rewrap(&volume, Default::default(), &progress)?;
         progress.finish();
         super::rewrap::print_moved(&report);
         if !report.failed.is_empty() || report.moved.as_ref().is_some_and(|m| !m.failed.is_empty())

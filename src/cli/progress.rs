@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use sealfs::volume::progress::Progress;
+use sealfs::admin::progress::Progress;
 
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
 

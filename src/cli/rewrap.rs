@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use sealfs::volume::{rewrap, rotate};
+use sealfs::admin::{rewrap, rotate};
 
 use serde_json::json;
 

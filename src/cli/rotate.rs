@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use sealfs::volume::{Volume, rotate};
+use sealfs::admin::rotate;
+use sealfs::volume::Volume;
 
 use serde_json::json;
 

@@ -489,7 +489,7 @@ pub(super) fn write_new(
 }
 
 /// The entry names in a directory, without `.` and `..`.
-pub(super) fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
+pub(crate) fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
     let fd = openat(
         dir,
         ".",

@@ -4,26 +4,17 @@
 pub mod audit;
 pub mod backing;
 pub mod backing_xattrs;
-pub mod census;
 pub mod claim;
 mod error;
 pub mod follow;
-pub mod fsck;
 pub mod gluster;
 pub mod headers;
 pub mod hole_maps;
-pub mod info;
-pub mod keyslots;
 pub mod long_links;
 pub mod maintenance;
-pub mod migrate;
 pub mod names;
-pub mod policy;
 pub mod policy_dirs;
-pub mod progress;
 pub mod remnant;
-pub mod rewrap;
-pub mod rotate;
 mod symlinks;
 mod test_points;
 

@@ -42,7 +42,7 @@ pub fn read_marker(dir: BorrowedFd<'_>) -> Result<Option<u32>> {
 /// Writes the marker of policy `policy` into backing directory `dir`, durably. Readable by
 /// all (mode 0644): it says which key, not the key, and a mount running as another user than
 /// the one who set the policy must read it.
-pub(super) fn write_marker(dir: BorrowedFd<'_>, policy: u32) -> Result<()> {
+pub(crate) fn write_marker(dir: BorrowedFd<'_>, policy: u32) -> Result<()> {
     let fd = openat(
         dir,
         POLICY_MARKER,
@@ -106,7 +106,7 @@ pub struct PolicyDir {
     pub parent_policy: u32,
 }
 
-pub(super) fn open_dir_at(dir: BorrowedFd<'_>, entry: &str) -> Result<OwnedFd> {
+pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, entry: &str) -> Result<OwnedFd> {
     Ok(openat(
         dir,
         entry,
@@ -116,7 +116,7 @@ pub(super) fn open_dir_at(dir: BorrowedFd<'_>, entry: &str) -> Result<OwnedFd> {
 }
 
 /// The components of a plaintext path inside the volume ("/clients/acme", "clients/acme").
-pub(super) fn components(path: &Path) -> Result<Vec<&OsStr>> {
+pub(crate) fn components(path: &Path) -> Result<Vec<&OsStr>> {
     path.components()
         .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
         .map(|c| match c {
@@ -168,7 +168,7 @@ pub fn find_dir(volume: &Volume, path: &Path, create: bool) -> Result<PolicyDir>
 
 /// The policies some directory's marker names, anywhere in the volume: markers are read
 /// without keys, so this sees beneath tenants whose keys are out of reach too.
-pub(super) fn marked_policies(volume: &Volume) -> Result<std::collections::BTreeSet<u32>> {
+pub(crate) fn marked_policies(volume: &Volume) -> Result<std::collections::BTreeSet<u32>> {
     let mut found = std::collections::BTreeSet::new();
     let mut stack = vec![open_dir_at(volume.root.as_fd(), ".")?];
     while let Some(dir) = stack.pop() {
@@ -195,7 +195,7 @@ pub(super) fn marked_policies(volume: &Volume) -> Result<std::collections::BTree
 }
 
 /// Whether backing directory `dir` holds no entry a user would see.
-pub(super) fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
+pub(crate) fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
     Ok(read_names(dir)?
         .iter()
         .all(|n| classify_entry(n) == EntryKind::Internal))
@@ -203,7 +203,7 @@ pub(super) fn is_empty(dir: BorrowedFd<'_>) -> Result<bool> {
 
 /// Whether backing directory `dir` has user xattrs of its own (encrypted under the keys of
 /// the policy of what it holds, as its entries' names are).
-pub(super) fn has_user_xattrs(dir: BorrowedFd<'_>) -> Result<bool> {
+pub(crate) fn has_user_xattrs(dir: BorrowedFd<'_>) -> Result<bool> {
     Ok(!XattrTarget::new(dir).list_user()?.is_empty())
 }
 

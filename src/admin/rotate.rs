@@ -7,10 +7,10 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::census::census;
-use super::headers::HeaderStore;
-use super::{Result, Volume, VolumeError, lock_config, write_config};
 use crate::format::config::VolumeConfig;
 use crate::keys::VolumeKeys;
+use crate::volume::headers::HeaderStore;
+use crate::volume::{Result, Volume, VolumeError, lock_config, write_config};
 
 /// What a rotation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +37,11 @@ pub fn rotate(cipher_dir: &Path, keys: &VolumeKeys) -> Result<Rotated> {
 pub fn retire_kek(
     cipher_dir: &Path,
     keys: &VolumeKeys,
-    backing: &super::backing::Backing,
+    backing: &crate::volume::backing::Backing,
     version: u32,
 ) -> Result<()> {
     // No rewrap may be moving headers meanwhile, on any host.
-    let _no_rewrap = super::maintenance::lock_rewrap(cipher_dir)?;
+    let _no_rewrap = crate::volume::maintenance::lock_rewrap(cipher_dir)?;
     let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
     keys.apply_config(&config)?;
@@ -92,8 +92,12 @@ pub fn retire_kek(
 const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why a live mount may still wrap new files under KEK `version`, if one may.
-fn mount_using(root: &File, backing: &super::backing::Backing, version: u32) -> Option<String> {
-    super::claim::live_holders(root.as_fd(), backing)
+fn mount_using(
+    root: &File,
+    backing: &crate::volume::backing::Backing,
+    version: u32,
+) -> Option<String> {
+    crate::volume::claim::live_holders(root.as_fd(), backing)
         .into_iter()
         .find_map(|holder| match holder.kek {
             Some(kek) if kek != version => None,

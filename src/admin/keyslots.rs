@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::{Result, Volume, VolumeError, crash_point, lock_config, write_config};
 use crate::keys::{MasterKeyProvider, VolumeKeys};
+use crate::volume::{Result, Volume, VolumeError, crash_point, lock_config, write_config};
 
 /// Adds one keyslot per provider in `new`, sealing the keyring `keys` hold; returns their ids.
 pub fn add_keyslots(

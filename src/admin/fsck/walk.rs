@@ -217,7 +217,7 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                                 "long-name sidecar without its entry",
                             ));
                         }
-                    } else if text.starts_with(crate::volume::migrate::TEMP_PREFIX) {
+                    } else if text.starts_with(crate::admin::migrate::TEMP_PREFIX) {
                         out.problems.push(Problem::leftover(
                             &join(&dir, text),
                             "symlink re-seal under a key policy interrupted by a crash",

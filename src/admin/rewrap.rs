@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::progress::Progress;
-use super::{Result, Volume};
+use crate::volume::{Result, Volume};
 
 use crate::format::{Id, id_to_hex};
 
@@ -68,10 +68,10 @@ pub fn rewrap(
     // Shared with mounts; `fsck --repair` (exclusive) must not quarantine headers this run is
     // moving to a KEK it has not seen yet.
     let _no_repair = volume.headers.lock_shared().map_err(|_| {
-        super::VolumeError::Usage("`sealfs fsck --repair` is running on this volume".into())
+        crate::volume::VolumeError::Usage("`sealfs fsck --repair` is running on this volume".into())
     })?;
     // One rewrap at a time, on every host: two would remove each other's staged headers.
-    let _alone = super::maintenance::lock_rewrap(&volume.path)?;
+    let _alone = crate::volume::maintenance::lock_rewrap(&volume.path)?;
     volume.follow_config();
     // A policy set on a directory that held entries: their names move first (no mount may
     // run meanwhile), then their headers with everyone else's.

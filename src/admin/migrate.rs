@@ -20,14 +20,14 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat2};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 use serde::Serialize;
 
-use super::backing_xattrs::XattrTarget;
-use super::error::{Result, VolumeError};
-use super::headers::read_names;
-use super::policy_dirs::{find_policy_dirs, read_marker};
-use super::{Volume, lock_config, names, write_config};
 use crate::format::Id;
 use crate::format::name::{EntryKind, classify_entry};
 use crate::keys::NameKeys;
+use crate::volume::backing_xattrs::XattrTarget;
+use crate::volume::headers::read_names;
+use crate::volume::policy_dirs::{find_policy_dirs, read_marker};
+use crate::volume::{Result, VolumeError};
+use crate::volume::{Volume, lock_config, names, write_config};
 
 /// Prefix of a symlink being re-sealed under a policy (fsck removes one a crash left).
 pub const TEMP_PREFIX: &str = "sealfs.migrate.";
@@ -73,8 +73,12 @@ pub fn move_names(volume: &Volume) -> Result<Moved> {
             policy,
         };
         for dir in dirs.marked.iter().filter(|d| d.policy == policy) {
-            let fd =
-                super::policy_dirs::find_dir(volume, std::path::Path::new(&dir.path), false)?.fd;
+            let fd = crate::volume::policy_dirs::find_dir(
+                volume,
+                std::path::Path::new(&dir.path),
+                false,
+            )?
+            .fd;
             // The directory's own xattrs are under the keys of what it holds.
             let mut failed = Vec::new();
             moved.xattrs += move_xattrs(fd.as_fd(), &from_keys, &to_keys, &mut failed)?;
@@ -150,7 +154,7 @@ fn move_entry(
                 names::write_long_sidecar(dir, &new)?;
                 renameat2(dir, entry, dir, new.entry(), RenameFlags::RENAME_NOREPLACE)?;
                 names::remove_long_sidecar(dir, &old);
-                super::crash_point("policy-move-renamed");
+                crate::volume::crash_point("policy-move-renamed");
                 moved.renamed += 1;
                 (plain, new.entry().to_string())
             }
@@ -230,7 +234,7 @@ fn move_symlink(
         return Ok(false);
     }
     let target = volume.open_symlink(keys.from, &backing)?;
-    let temp = super::backing::random_name(TEMP_PREFIX)?;
+    let temp = crate::volume::backing::random_name(TEMP_PREFIX)?;
     volume.reseal_symlink(dir, st, keys.to, &target, &temp, || {
         Ok(renameat2(
             dir,
@@ -244,7 +248,7 @@ fn move_symlink(
     if st.st_nlink == 1
         && let Some(long) = crate::format::link::LongTarget::decode(backing.as_bytes())
     {
-        super::long_links::remove(volume.root.as_fd(), &long);
+        crate::volume::long_links::remove(volume.root.as_fd(), &long);
     }
     Ok(true)
 }
@@ -288,10 +292,10 @@ pub fn move_xattrs(
 }
 
 /// The claim that keeps mounts away while names move.
-pub fn claim_alone(volume: &Volume, what: &str) -> Result<super::claim::Claim> {
-    super::claim::claim(
+pub fn claim_alone(volume: &Volume, what: &str) -> Result<crate::volume::claim::Claim> {
+    crate::volume::claim::claim(
         volume.root.as_fd(),
-        super::claim::ClaimMode::Exclusive,
+        crate::volume::claim::ClaimMode::Exclusive,
         &volume.backing,
         what,
     )

@@ -7,9 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::census::{HeaderCensus, census};
-use super::headers::HeaderStore;
-use super::{Result, Volume};
 use crate::format::config::KeyMode;
+use crate::volume::headers::HeaderStore;
+use crate::volume::{Result, Volume};
 
 #[derive(Debug, Serialize)]
 pub struct VolumeInfo {
@@ -35,7 +35,7 @@ pub struct VolumeInfo {
     /// The backing filesystem and the fallbacks sealfs uses on it (not probed for a reverse
     /// volume: its directory is the user's plaintext tree).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backing: Option<super::backing::Backing>,
+    pub backing: Option<crate::volume::backing::Backing>,
     pub files: HeaderCensus,
 }
 
@@ -56,12 +56,12 @@ pub struct SlotInfo {
 
 pub fn info(cipher_dir: &Path) -> Result<VolumeInfo> {
     let config = Volume::read_config(cipher_dir)?;
-    let reverse = super::is_reverse(cipher_dir);
+    let reverse = crate::volume::is_reverse(cipher_dir);
     let (files, backing) = if reverse {
         (HeaderCensus::default(), None)
     } else {
         let dir = File::open(cipher_dir)?;
-        let backing = super::backing::probe(std::os::fd::AsFd::as_fd(&dir));
+        let backing = crate::volume::backing::probe(std::os::fd::AsFd::as_fd(&dir));
         (census(&HeaderStore::open(dir)?)?, Some(backing))
     };
     Ok(VolumeInfo {

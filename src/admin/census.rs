@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::Result;
-use super::headers::HeaderStore;
 use crate::format::header::SlotKind;
+use crate::volume::Result;
+use crate::volume::headers::HeaderStore;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HeaderCensus {

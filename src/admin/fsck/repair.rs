@@ -33,7 +33,7 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
                 let Some((dir, policy)) = to_clear else {
                     continue;
                 };
-                crate::volume::policy::clear_policy_tree(volume, dir, policy).map(|n| {
+                crate::admin::policy::clear_policy_tree(volume, dir, policy).map(|n| {
                     format!(
                         "cleared: {n} entries of policy {policy} removed, which no key could open"
                     )

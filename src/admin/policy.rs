@@ -15,17 +15,17 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use super::backing_xattrs::XattrTarget;
-use super::error::{Result, VolumeError};
-use super::headers::read_names;
-use super::policy_dirs::{
-    components, find_dir, find_policy_dirs, has_user_xattrs, is_empty, marked_policies,
-    open_dir_at, read_marker, write_marker,
-};
-use super::{Volume, lock_config, write_config};
 use crate::format::config::TenantPolicy;
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
 use crate::keys::{KeyError, MasterKeyProvider, RemoteFailure, seal_new_policy};
+use crate::volume::backing_xattrs::XattrTarget;
+use crate::volume::headers::read_names;
+use crate::volume::policy_dirs::{
+    components, find_dir, find_policy_dirs, has_user_xattrs, is_empty, marked_policies,
+    open_dir_at, read_marker, write_marker,
+};
+use crate::volume::{Result, VolumeError};
+use crate::volume::{Volume, lock_config, write_config};
 
 /// What `set_policy` did.
 pub struct Set {
@@ -136,7 +136,8 @@ pub fn set_policy(
             (id, Some(seal_new_policy(provider, &volume_id, id)?.0))
         }
     };
-    let dir_lock = super::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
+    let dir_lock =
+        crate::volume::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
     let mut from = dir.policy;
     if stale_marker {
         if !is_empty(dir.fd.as_fd())? {
@@ -195,7 +196,7 @@ pub fn set_policy(
         }
     }
     finish_config(volume, &mut config)?;
-    super::crash_point("policy-config-written");
+    crate::volume::crash_point("policy-config-written");
     if let Err(e) = write_marker(dir.fd.as_fd(), id) {
         // The policy stays, with no directory: `policy set` again puts it on one.
         if let Some(policy) = config.policies.iter_mut().find(|p| p.id == id) {
@@ -204,7 +205,7 @@ pub fn set_policy(
         let _ = finish_config(volume, &mut config);
         return Err(e);
     }
-    super::crash_point("policy-marker-written");
+    crate::volume::crash_point("policy-marker-written");
     finish_config(volume, &mut config)?;
     drop(dir_lock);
     Ok(Set {
@@ -330,7 +331,8 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
         }
         _ => None,
     };
-    let dir_lock = super::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
+    let dir_lock =
+        crate::volume::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
     let _alone = if dir_lock.is_none() && !shred {
         Some(super::migrate::claim_alone(volume, "policy remove")?)
     } else {
@@ -352,7 +354,7 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
                     path.display()
                 )));
             }
-            super::crash_point("policy-remove-xattrs-moved");
+            crate::volume::crash_point("policy-remove-xattrs-moved");
         }
     }
     if live.is_some() {
@@ -361,7 +363,7 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
             config.retired_policies.push(dir.policy);
         }
         finish_config(volume, &mut config)?;
-        super::crash_point("policy-remove-retired");
+        crate::volume::crash_point("policy-remove-retired");
     }
     if !shred {
         // Makers of entries see the directory as its parent's from here on (the config
@@ -492,7 +494,7 @@ fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>, keep: Option<&str>
                         std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()),
                     )
                 {
-                    super::long_links::remove(volume.root.as_fd(), &long);
+                    crate::volume::long_links::remove(volume.root.as_fd(), &long);
                 }
                 unlinkat(dir, entry.as_str(), UnlinkatFlags::NoRemoveDir)?;
             }

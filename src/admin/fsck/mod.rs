@@ -18,13 +18,13 @@ use nix::sys::stat::Mode;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::backing_xattrs::XattrTarget;
 use super::progress::Progress;
-use super::{Result, Volume, VolumeError, claim, names};
 use crate::format::link::LINKS_DIR;
 use crate::format::{Id, id_to_hex};
 use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, NameKeys, RemoteFailure};
+use crate::volume::backing_xattrs::XattrTarget;
+use crate::volume::{Result, Volume, VolumeError, claim, names};
 pub use walk::{Entry, LOST_AND_FOUND};
 use walk::{RegularFile, WalkResult};
 
@@ -297,7 +297,7 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
             );
         }
     }
-    let links = super::long_links::list(volume.root.as_fd())?;
+    let links = crate::volume::long_links::list(volume.root.as_fd())?;
     for id in links.ids.iter().filter(|id| !link_owners.contains_key(*id)) {
         let hex = id_to_hex(id);
         let path = format!("{LINKS_DIR}/{}/{hex}", &hex[..2]);
@@ -322,20 +322,24 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
     }
     for id in listing.holes.iter().filter(|id| !listing.ids.contains(id)) {
         problems.push(Problem::leftover(
-            &format!("{}{}", header_path(id), super::headers::HOLES_SUFFIX),
+            &format!(
+                "{}{}",
+                header_path(id),
+                crate::volume::headers::HOLES_SUFFIX
+            ),
             "hole map without its header (its file is gone)",
         ));
     }
     for temp in &listing.temps {
         problems.push(Problem::leftover(
-            &format!("{}/{temp}", super::headers::HEADERS_DIR),
+            &format!("{}/{temp}", crate::volume::headers::HEADERS_DIR),
             "header write interrupted by a crash",
         ));
     }
     for stray in &listing.strays {
         problems.push(Problem::new(
             ProblemKind::Stray,
-            format!("{}/{stray}", super::headers::HEADERS_DIR),
+            format!("{}/{stray}", crate::volume::headers::HEADERS_DIR),
             "not a header; left alone",
         ));
     }
@@ -428,7 +432,11 @@ fn check_xattrs(
 
 fn header_path(id: &Id) -> String {
     let hex = id_to_hex(id);
-    format!("{}/{}/{hex}", super::headers::HEADERS_DIR, &hex[..2])
+    format!(
+        "{}/{}/{hex}",
+        crate::volume::headers::HEADERS_DIR,
+        &hex[..2]
+    )
 }
 
 struct Checked {
