@@ -464,6 +464,8 @@ def juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs):
     """The jobs on a JuiceFS backing, targets interleaved in every run: raw JuiceFS, sealfs on
     it alone and with -o shared, and gocryptfs -sharedstorage."""
     names = [n for n in JUICEFS_TARGETS if have_gocryptfs or not n.startswith("gocryptfs")]
+    if args.baseline:
+        names.append("baseline-shared")
     runs = {n: [] for n in names}
     with JuiceFsVolume(args.juicefs, work) as backing:
         def make(name):
@@ -474,6 +476,8 @@ def juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs):
                     "sealfs-shared", backing, args.sealfs, ["-o", "shared"]),
                 "gocryptfs-shared": lambda: GocryptfsTarget(
                     "gocryptfs-shared", backing, ["-sharedstorage"]),
+                "baseline-shared": lambda: SealfsTarget(
+                    "baseline-shared", backing, args.baseline, ["-o", "shared"]),
             }[name]()
 
         for i in range(args.runs):
@@ -486,13 +490,16 @@ def juicefs_bench(args, work, tarball, tar_count, tar_size, have_gocryptfs):
 
 def juicefs_markdown(table, names):
     ratio = lambda a, b: f"{table[a][job] / table[b][job]:.2f}x" if b in table and table[b][job] else "n/a"
+    ab = "baseline-shared" in table
     head = ("| job | unit | " + " | ".join(names)
-            + " | sealfs / juicefs | sealfs-shared / juicefs | sealfs-shared / gocryptfs-shared |")
-    lines = [head, "|" + "---|" * (len(names) + 5)]
+            + " | sealfs / juicefs | sealfs-shared / juicefs | sealfs-shared / gocryptfs-shared |"
+            + (" sealfs-shared / baseline-shared |" if ab else ""))
+    lines = [head, "|" + "---|" * (len(names) + 5 + ab)]
     for job, unit in JOBS:
         row = [f"{table[n][job]:,.0f}" for n in names]
         lines.append(f"| {job} | {unit} | " + " | ".join(row) + f" | {ratio('sealfs', 'juicefs')}"
-                     f" | {ratio('sealfs-shared', 'juicefs')} | {ratio('sealfs-shared', 'gocryptfs-shared')} |")
+                     f" | {ratio('sealfs-shared', 'juicefs')} | {ratio('sealfs-shared', 'gocryptfs-shared')} |"
+                     + (f" {ratio('sealfs-shared', 'baseline-shared')} |" if ab else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -53,7 +53,11 @@ fn fixture_v1_reads_through_a_mount() {
 
 #[test]
 fn fixture_v1_reads_through_the_library_without_a_mount() {
-    let root = fixture_dir("v1");
+    // A copy: opening a volume probes its backing store in a scratch directory, which would
+    // race the other test's copy of the committed fixture (and must not touch it anyway).
+    let copy = tempfile::tempdir().unwrap();
+    common::copy_tree(&fixture_dir("v1"), copy.path());
+    let root = copy.path();
     let provider: Box<dyn MasterKeyProvider> =
         Box::new(KeyfileProvider::load(&root.join("master.key")).unwrap());
     let volume = Volume::open(&root.join("cipher"), vec![provider], Default::default()).unwrap();
