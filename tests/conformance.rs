@@ -600,16 +600,7 @@ fn file_handles_open_under_a_tenants_keys() {
         let m = vol.mount();
         fs::create_dir(m.p("tenant")).unwrap();
     }
-    ok(vol.run(&[
-        "policy",
-        "set",
-        vol.cipher_str(),
-        "/tenant",
-        "--keyfile",
-        key.to_str().unwrap(),
-        "--label",
-        "tenant",
-    ]));
+    common::set_keyfile_policy(&vol, "/tenant", &key, "tenant");
     let m = vol.mount();
     fs::create_dir_all(m.p("tenant/a/b")).unwrap();
     fs::write(m.p("tenant/a/b/f"), "tenant data").unwrap();

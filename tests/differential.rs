@@ -114,16 +114,7 @@ fn in_a_tenant_directory() {
         let m = vol.mount();
         std::fs::create_dir(m.p("tenant")).unwrap();
     }
-    common::ok(vol.run(&[
-        "policy",
-        "set",
-        vol.cipher_str(),
-        "/tenant",
-        "--keyfile",
-        key.to_str().unwrap(),
-        "--label",
-        "tenant",
-    ]));
+    common::set_keyfile_policy(&vol, "/tenant", &key, "tenant");
     let opts = Options {
         under: "tenant".into(),
         ..Options::default()

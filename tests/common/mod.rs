@@ -368,6 +368,21 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Puts directory `dir` (a plaintext path from the volume's root, made already) under a new key
+/// policy labelled `label`, whose tenant key file `key` is made here; the volume unmounted.
+pub fn set_keyfile_policy(vol: &TestVolume, dir: &str, key: &Path, label: &str) {
+    ok(vol.run(&[
+        "policy",
+        "set",
+        vol.cipher_str(),
+        dir,
+        "--keyfile",
+        key.to_str().unwrap(),
+        "--label",
+        label,
+    ]));
+}
+
 /// Copies a fixture tree (files, directories, symlinks).
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
