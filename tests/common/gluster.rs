@@ -28,23 +28,38 @@ fn host() -> String {
         .to_string()
 }
 
-/// glusterd, started if it is not running, and answering.
+/// glusterd, started if it is not running, and answering. Tests of one binary run in parallel:
+/// the first to get here starts it, the others wait for it (two starting at once lose a race
+/// for glusterd's port and pid file, and the loser exits non-zero while the winner serves).
 fn glusterd() {
+    static STARTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    if *started {
+        return;
+    }
     let running = Command::new("pgrep")
         .args(["-x", "glusterd"])
         .status()
         .is_ok_and(|s| s.success());
-    if !running {
-        let started = Command::new("glusterd")
-            .status()
-            .expect("glusterd (glusterfs-server; run .ci/setup)");
-        assert!(started.success(), "glusterd did not start");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let launch = if running {
+        None
+    } else {
+        Some(
+            Command::new("glusterd")
+                .output()
+                .expect("glusterd (glusterfs-server; run .ci/setup)"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !gluster(&["volume", "list"]).status.success() {
-        assert!(Instant::now() < deadline, "glusterd does not answer");
+        assert!(
+            Instant::now() < deadline,
+            "glusterd does not answer (its start: {:?})",
+            launch.as_ref().map(|o| (o.status, super::stderr(o)))
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
+    *started = true;
 }
 
 /// The client caching translators, off (the options `sealfs mount -o shared` asks for).
