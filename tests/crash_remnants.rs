@@ -1,11 +1,13 @@
 //! What a power cut leaves that is no damage: a data file whose first write never reached the
 //! disk (shorter than its preamble, as sqlite's unsynced `-shm` and `-journal` files are after
 //! a cut). ext4 shows such a file empty; so does a mount, with no integrity failure, and fsck
-//! tells it apart from damage and converges in one repair.
+//! tells it apart from damage and converges in one repair. And a rewrite torn by the crash:
+//! the file's undo journal puts back what the block held, at first open or by fsck.
 
 mod common;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 
 use common::{TestVolume, backing, open_volume};
 
@@ -70,4 +72,112 @@ fn a_file_that_never_reached_the_disk_reads_as_empty_and_fsck_converges() {
     let m = vol.mount();
     assert_eq!(fs::read(m.p("untouched")).unwrap(), b"");
     assert_eq!(fs::read(m.p("db-shm")).unwrap(), b"new shared memory");
+}
+
+/// The data file of `name` and its undo journal (`sealfs.undo/<id>`).
+fn data_and_journal(vol: &TestVolume, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let volume = open_volume(vol);
+    let data = backing(&volume, name);
+    let id = sealfs::io::read_file_id(&fs::File::open(&data).unwrap()).unwrap();
+    let hex = sealfs::format::id_to_hex(&id);
+    let journal = vol.cipher.join(format!("sealfs.undo/{hex}"));
+    (data, journal)
+}
+
+/// Tears the last rewrite of `name` the way a power cut does: of the block its journal copied,
+/// the first 1,024 bytes are the new ones, the rest still the old.
+fn tear_last_rewrite(vol: &TestVolume, name: &str) {
+    let (data, journal) = data_and_journal(vol, name);
+    let id = sealfs::io::read_file_id(&fs::File::open(&data).unwrap()).unwrap();
+    let records = sealfs::format::undo::decode(&fs::read(&journal).unwrap(), &id, 4096 + 28)
+        .expect("a journal");
+    let record = records.last().expect("a copy of the rewritten block");
+    let at = 24 + record.block * (4096 + 28);
+    let file = fs::OpenOptions::new().write(true).open(&data).unwrap();
+    file.write_all_at(&record.stored[1024..], at + 1024)
+        .unwrap();
+}
+
+#[test]
+fn a_torn_rewrite_is_mended_from_the_undo_journal_at_first_open_and_by_fsck() {
+    let vol = TestVolume::new();
+    let acked: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    {
+        let m = vol.mount();
+        let mut f = fs::File::create(m.p("log")).unwrap();
+        std::io::Write::write_all(&mut f, &acked).unwrap();
+        f.sync_all().unwrap();
+        // Unsynced: the append rewrites the fsynced tail block, which is copied first.
+        std::io::Write::write_all(&mut f, &[b'x'; 37]).unwrap();
+        drop(f);
+        // The power cut: the daemon dies with the journal and the rewritten block on disk.
+        m.kill();
+    }
+    tear_last_rewrite(&vol, "log");
+    let torn = common::test_dir();
+    common::copy_tree(&vol.cipher, &torn.path().join("cipher"));
+    // Without the journal's copy this block would fail: the tear is real.
+    {
+        let m = vol.mount_with(&["-o", "ro"]);
+        let err = fs::read(m.p("log")).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EIO),
+            "a read-only mount mends nothing"
+        );
+        m.unmount();
+    }
+    {
+        let m = vol.mount();
+        let got = fs::read(m.p("log")).unwrap();
+        assert!(
+            got == acked,
+            "the fsynced bytes back, the torn unsynced append gone: {} bytes, {}",
+            got.len(),
+            m.log_text()
+        );
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(m.p("log"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"more").unwrap();
+        drop(f);
+        assert_eq!(
+            fs::read(m.p("log")).unwrap(),
+            [&acked[..], b"more"].concat()
+        );
+        let log = m.unmount();
+        assert!(log.contains("put back from the undo journal"), "{log}");
+        assert!(!log.contains("integrity failure"), "{log}");
+        // The append after the mend was journaled too; a clean unmount leaves no journal.
+        let left: Vec<_> = fs::read_dir(vol.cipher.join("sealfs.undo"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    vol.assert_fsck_clean();
+    // The same state mended offline: fsck names it a torn write (a crash remnant, not a bad
+    // block), one repair mends it, the next fsck is clean.
+    let torn_cipher = torn.path().join("cipher");
+    let offline = TestVolume::existing(torn, torn_cipher, vol.keys.clone());
+    let out = offline.run(&["fsck", offline.cipher_str(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["torn-write"], "{report}");
+    let repaired = offline.run(&["fsck", offline.cipher_str(), "--repair"]);
+    assert_eq!(
+        repaired.status.code(),
+        Some(1),
+        "{}",
+        common::stderr(&repaired)
+    );
+    offline.assert_fsck_clean();
+    let m = offline.mount();
+    assert_eq!(fs::read(m.p("log")).unwrap(), acked);
+    m.unmount();
 }

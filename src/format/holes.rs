@@ -71,7 +71,8 @@ impl HoleMap {
         true
     }
 
-    fn covers(&self, range: &Range<u64>) -> bool {
+    /// Whether every block of `range` is in the map.
+    pub fn covers(&self, range: &Range<u64>) -> bool {
         self.ranges
             .range(..=range.start)
             .next_back()

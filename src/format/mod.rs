@@ -10,6 +10,7 @@ pub mod keyring;
 pub mod link;
 pub mod name;
 pub mod policy;
+pub mod undo;
 
 use thiserror::Error;
 

@@ -105,15 +105,7 @@ impl Filesystem for SealFs {
     }
 
     fn destroy(&mut self) {
-        tracing::info!(key_cache = %self.volume.key_cache.stats, "unmounted; wiping cached keys");
-        if let Some(audit) = &self.volume.audit {
-            audit.flush_unwrap_summary();
-            audit.record(
-                "unmount",
-                serde_json::json!({ "key_cache": self.volume.key_cache.stats.to_string() }),
-            );
-        }
-        self.volume.key_cache.clear();
+        self.unmounted();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -19,6 +19,7 @@ use crate::io::range_lock::RangeLock;
 use crate::keys::DataKeyMaterial;
 use crate::shell::attr::file_type;
 use crate::volume::hole_maps::FileHoles;
+use crate::volume::undo::FileUndo;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -33,6 +34,8 @@ pub struct Content {
     pub file_id: Id,
     pub material: Arc<DataKeyMaterial>,
     pub holes: Option<Arc<FileHoles>>,
+    /// The keeper of the data file's undo journal (`None`: this mount journals nothing).
+    pub undo: Option<Arc<FileUndo>>,
 }
 
 impl Content {
@@ -59,6 +62,8 @@ pub struct Node {
     /// The keeper of the data file's hole map, one per inode so that every handle sees the
     /// same (`None`: a version 1 data file); set with `file_id`.
     pub holes: OnceLock<Option<Arc<FileHoles>>>,
+    /// The keeper of the data file's undo journal, one per inode like `holes`.
+    pub undo: OnceLock<Option<Arc<FileUndo>>>,
     /// Block-range lock: keeps read-modify-write of edge blocks and size changes from
     /// interleaving, while I/O to disjoint blocks runs in parallel.
     pub ranges: RangeLock,
@@ -113,6 +118,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             file_id: OnceLock::new(),
             holes: OnceLock::new(),
+            undo: OnceLock::new(),
             ranges: RangeLock::default(),
             closed_stamp: Mutex::new(None),
             open_handles: AtomicU32::new(0),

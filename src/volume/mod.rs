@@ -17,6 +17,7 @@ pub mod policy_dirs;
 pub mod remnant;
 mod symlinks;
 mod test_points;
+pub mod undo;
 
 pub use maintenance::lock_config;
 
@@ -65,6 +66,8 @@ pub struct Volume {
     pub key_cache: Arc<KeyCache>,
     pub layout: Layout,
     pub headers: Arc<HeaderStore>,
+    /// The undo journals of data files (`undo`): what protects blocks a write replaces.
+    pub undo: Arc<undo::UndoStore>,
     /// What the backing filesystem was found to do at open, and the fallbacks in use.
     pub backing: backing::Backing,
     /// fsync each new header before it is renamed into place. Off for mounts: creating a
@@ -226,6 +229,7 @@ impl Volume {
         let backing = backing::probe(root.as_fd());
         backing.require_usable(cipher_dir)?;
         let headers = Arc::new(HeaderStore::open(root.as_fd())?);
+        let undo = Arc::new(undo::UndoStore::open(&root)?);
         let follower = Arc::new(follow::ConfigFollower::new(
             cipher_dir,
             root.as_fd(),
@@ -244,6 +248,7 @@ impl Volume {
             file_keys,
             key_cache: Arc::new(KeyCache::new(cache)),
             headers,
+            undo,
             backing,
             durable_headers: false,
         })

@@ -290,6 +290,19 @@ impl Mounted {
         self.path.join(rel)
     }
 
+    /// Kills the daemon (SIGKILL: no unmount handling runs, as in a crash), detaches the
+    /// mount and returns the daemon's log.
+    pub fn kill(mut self) -> String {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+        self.stop();
+        self.log_text()
+    }
+
     /// Unmounts and returns the daemon's log.
     pub fn unmount(mut self) -> String {
         self.stop();

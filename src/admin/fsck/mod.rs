@@ -6,6 +6,7 @@
 //! Exit codes follow fsck(8).
 
 mod repair;
+mod sidecars;
 mod walk;
 
 use std::collections::HashMap;
@@ -50,8 +51,13 @@ pub enum ProblemKind {
     BadBlock,
     /// All-zero blocks of a version 2 data file that its hole map does not record.
     UnrecordedHole,
-    /// Bytes past the last whole block: a write torn by a crash.
+    /// Bytes past the last whole block: a write torn by a crash, that the file's undo
+    /// journal cannot account for.
     TornTail,
+    /// A write torn by a crash that the file's undo journal mends: blocks it put back from
+    /// its copies, unsynced bytes past the fsynced end cut. A crash remnant, not damage; a
+    /// mount does the same when it first opens the file, --repair does it offline.
+    TornWrite,
     /// Two distinct data files carrying the same file id (so sharing one header).
     DuplicateFileId,
     OrphanHeader,
@@ -320,29 +326,7 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
             "not a symlink target sidecar; left alone",
         ));
     }
-    for id in listing.holes.iter().filter(|id| !listing.ids.contains(id)) {
-        problems.push(Problem::leftover(
-            &format!(
-                "{}{}",
-                header_path(id),
-                crate::volume::headers::HOLES_SUFFIX
-            ),
-            "hole map without its header (its file is gone)",
-        ));
-    }
-    for temp in &listing.temps {
-        problems.push(Problem::leftover(
-            &format!("{}/{temp}", crate::volume::headers::HEADERS_DIR),
-            "header write interrupted by a crash",
-        ));
-    }
-    for stray in &listing.strays {
-        problems.push(Problem::new(
-            ProblemKind::Stray,
-            format!("{}/{stray}", crate::volume::headers::HEADERS_DIR),
-            "not a header; left alone",
-        ));
-    }
+    problems.extend(sidecars::header_side_problems(volume, &listing)?);
     if options.repair {
         repair::repair(volume, &mut problems, &options.clear_policies);
     }
@@ -550,6 +534,20 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
     };
     let holes = volume.file_holes(preamble.version, file_id, false);
     let blocks = volume.data_file(&data, &file_id, &material, holes.as_deref());
+    // A crash remnant the journal mends is reported as such, and its blocks are checked once
+    // mended (the next fsck), not reported as damage now.
+    match sidecars::undo_plan(volume, &blocks, &file_id) {
+        Ok(Some(detail)) => {
+            checked
+                .problems
+                .push(problem(ProblemKind::TornWrite, detail));
+            return checked;
+        }
+        Ok(None) => {}
+        Err(e) => checked
+            .problems
+            .push(problem(ProblemKind::BadBlock, format!("undo journal: {e}"))),
+    }
     match check_blocks(&blocks) {
         Ok(BlockCheck {
             bytes,

@@ -60,6 +60,12 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
                     .map(|id| format!("re-encrypted under a new file id {}", id_to_hex(&id))),
                 None => continue,
             },
+            ProblemKind::TornWrite => match &problem.entry {
+                Some(entry) => super::sidecars::mend_torn_write(volume, entry).map(|()| {
+                    "mended from its undo journal (as a mount does at first open)".to_string()
+                }),
+                None => continue,
+            },
             ProblemKind::UnrecordedHole => match &problem.entry {
                 Some(entry) => record_holes(volume, entry, &problem.holes).map(|()| {
                     format!(

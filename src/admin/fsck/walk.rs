@@ -339,6 +339,7 @@ fn is_root_internal(name: &str) -> bool {
     name == CONFIG_FILE
         || name == HEADERS_DIR
         || name == LINKS_DIR
+        || name == crate::volume::undo::UNDO_DIR
         || name == "sealfs.conf.tmp"
         || name == "sealfs.audit"
         || name == crate::volume::claim::LOCK_FILE

@@ -22,6 +22,7 @@ use crate::fs::inodes::{Content, Node};
 use crate::io::{DataFile, IoError};
 use crate::volume::Result;
 use crate::volume::hole_maps::FileHoles;
+use crate::volume::undo::FileUndo;
 
 /// Something done to a data file's blocks.
 pub(super) type Act<'f> = dyn FnMut(&DataFile<'_>) -> std::result::Result<(), IoError> + 'f;
@@ -67,6 +68,13 @@ pub(super) trait BlockAccess: Send + Sync {
     /// The keeper of the hole map of a data file of format `version` (`None`: version 1).
     fn file_holes(&self, fs: &SealFs, version: u8, id: crate::io::FileId)
     -> Option<Arc<FileHoles>>;
+
+    /// The keeper of the undo journal of data file `id`: lone mounts journal rewrites of stored
+    /// blocks (`volume::undo`); shared mounts do not (docs/GUARANTEES.md says what that costs).
+    fn file_undo(&self, fs: &SealFs, id: crate::io::FileId) -> Option<Arc<FileUndo>> {
+        self.sole_writer()
+            .then(|| Arc::new(fs.volume.undo.keeper(id)))
+    }
 
     /// The keeper of the hole map of a data file just made.
     fn new_file_holes(&self, fs: &SealFs, id: crate::io::FileId) -> Arc<FileHoles> {

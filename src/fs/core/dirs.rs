@@ -123,8 +123,9 @@ impl SealFs {
     /// Whether the kernel should get attributes with listings (readdirplus): a lone mount lets
     /// it keep them, which saves a LOOKUP per entry of a walk (`ls -l`, rsync, `diff -r`).
     /// A shared mount keeps no file attributes, so there they would be work for nothing.
+    /// Nor while files a crash left torn wait to be mended at their lookup.
     pub fn attrs_with_listings(&self) -> bool {
-        self.access.sole_writer()
+        self.access.sole_writer() && !self.volume.undo.has_pending()
     }
 
     /// Looks up listed `entry` of directory `dir` as a LOOKUP would, without counting it yet:

@@ -98,11 +98,65 @@ impl SealFs {
         let material = self.volume.file_key(&file_id)?;
         self.volume
             .check_policy(&file_id, &material, self.policy_of(node)?)?;
-        Ok(Arc::new(Content {
+        let undo = node
+            .undo
+            .get_or_init(|| self.access.file_undo(self, file_id))
+            .clone();
+        let content = Arc::new(Content {
             file_id,
             material,
             holes,
-        }))
+            undo,
+        });
+        if content.undo.is_some() && !self.read_only && self.volume.undo.is_pending(&file_id) {
+            self.mend(node, &content)?;
+        }
+        Ok(content)
+    }
+
+    /// Mends what a crash left in a data file from the undo journal it left (`volume::undo`):
+    /// torn blocks put back, torn unsynced ones cut off, then the journal removed. Only where
+    /// nothing else writes the cipher dir: elsewhere a torn block stays EIO until fsck.
+    fn mend(&self, node: &Node, content: &Content) -> Result<()> {
+        let _guard = node.ranges.write(0, range_lock::TO_END);
+        if !self.volume.undo.is_pending(&content.file_id) {
+            return Ok(());
+        }
+        let file = self.reopen(node, OFlag::O_RDWR)?;
+        self.volume.undo.mend(
+            &self.data_file(&file, content),
+            &content.file_id,
+            &self.volume.layout,
+        )?;
+        self.flush_holes(&file, content)?;
+        self.volume.headers.sync(&content.file_id)?;
+        self.volume.undo.mended(&content.file_id)?;
+        Ok(())
+    }
+
+    /// A regular file a lookup just found, mended first if a crash left it a journal: the
+    /// kernel then learns its size as mended. Whether it was.
+    pub(super) fn mend_if_pending(&self, node: &Node) -> Result<bool> {
+        if !self.volume.undo.has_pending()
+            || self.read_only
+            || !self.access.sole_writer()
+            || node.kind != fuser::FileType::RegularFile
+        {
+            return Ok(false);
+        }
+        let file = self.reopen(node, OFlag::O_RDONLY)?;
+        let id = match node.file_id.get() {
+            Some(id) => *id,
+            None => match crate::io::read_file_id(&file) {
+                Ok(id) => id,
+                Err(_) => return Ok(false),
+            },
+        };
+        if !self.volume.undo.is_pending(&id) {
+            return Ok(false);
+        }
+        self.content_of(node, &file)?;
+        Ok(true)
     }
 
     /// A data file whose preamble never reached the disk (a crash) opens as an empty file
@@ -124,12 +178,19 @@ impl SealFs {
     }
 
     pub(super) fn data_file<'a>(&'a self, file: &'a File, content: &'a Content) -> DataFile<'a> {
-        self.volume.data_file(
-            file,
-            &content.file_id,
-            &content.material,
-            content.holes.as_deref(),
-        )
+        self.volume
+            .data_file(
+                file,
+                &content.file_id,
+                &content.material,
+                content.holes.as_deref(),
+            )
+            .with_undo(
+                content
+                    .undo
+                    .as_deref()
+                    .map(|u| u as &dyn crate::io::UndoLedger),
+            )
     }
 
     /// Opens a file; the flag says whether the kernel may keep its cached pages (the backing
@@ -296,10 +357,22 @@ impl SealFs {
             self.volume.headers.sync(&handle.content.file_id)?;
             handle.node.header_durable.store(true, Ordering::Release);
         }
+        // Once the data is durable the undo journal's copies are spent. No write may be in
+        // flight meanwhile (its copy would go with them while its block is half written), so
+        // a journaled file is synced under its whole-file lock (the kernel holds the inode
+        // lock through an fsync anyway).
+        let _guard = handle
+            .content
+            .undo
+            .as_ref()
+            .map(|_| handle.node.ranges.write(0, range_lock::TO_END));
         if datasync {
             handle.file.sync_data()?;
         } else {
             handle.file.sync_all()?;
+        }
+        if let Some(undo) = &handle.content.undo {
+            undo.synced()?;
         }
         Ok(())
     }

@@ -154,6 +154,21 @@ impl SealFs {
         })
     }
 
+    /// The mount ends: open epochs of undo journals settled (their files made durable), the
+    /// audit log told, cached keys wiped.
+    pub fn unmounted(&self) {
+        self.volume.undo.settle();
+        tracing::info!(key_cache = %self.volume.key_cache.stats, "unmounted; wiping cached keys");
+        if let Some(audit) = &self.volume.audit {
+            audit.flush_unwrap_summary();
+            audit.record(
+                "unmount",
+                serde_json::json!({ "key_cache": self.volume.key_cache.stats.to_string() }),
+            );
+        }
+        self.volume.key_cache.clear();
+    }
+
     fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.inodes.get(ino).ok_or(VolumeError::StaleNode)
     }

@@ -50,6 +50,9 @@ impl SealFs {
         let attr = self.attr_of(fd.as_fd(), &stat);
         let node = self.inodes.remember(fd, &stat, parent.ino, name);
         self.note_policy(&node, policy)?;
+        if self.mend_if_pending(&node)? {
+            return Ok(self.attr_of(node.fd.as_fd(), &stat_fd(node.fd.as_fd())?));
+        }
         Ok(attr)
     }
 
@@ -286,6 +289,9 @@ impl SealFs {
         if let Some(Some(holes)) = node.and_then(|n| n.holes.get()) {
             holes.discard();
         }
+        if let Some(Some(undo)) = node.and_then(|n| n.undo.get()) {
+            undo.discard();
+        }
         if let Err(e) = self.volume.headers.remove(file_id) {
             tracing::warn!(error = %e, "could not remove header of deleted file");
         }
@@ -475,11 +481,16 @@ impl SealFs {
             .holes
             .get_or_init(|| Some(self.access.new_file_holes(self, file_id)))
             .clone();
+        let undo = node
+            .undo
+            .get_or_init(|| self.access.file_undo(self, file_id))
+            .clone();
         node.open_handles.fetch_add(1, Ordering::AcqRel);
         let content = Arc::new(Content {
             file_id,
             material,
             holes,
+            undo,
         });
         let fh = self.add_handle(Handle::File(Arc::new(FileHandle {
             node,

@@ -1,0 +1,212 @@
+//! Writes that a crash cannot turn into lost data. A sealed block is rewritten in place, and
+//! neither a power cut nor a SIGKILL writes it atomically (it spans two pages): a torn rewrite
+//! is half old, half new and opens as neither, which would take with it every byte the block
+//! held before, fsynced or not. So before a write replaces stored blocks, the data file's
+//! undo journal (`format::undo`, kept by the volume) takes a durable copy of each one it has
+//! not copied since the file's last fsync; after a crash, a block that does not open is put
+//! back from its copy (`DataFile::recovery`). Blocks written since the last fsync hold nothing
+//! acknowledged, so their rewrites need no copy: a tear there loses only unsynced bytes, and
+//! recovery cuts a torn block past the end the file had at the journal's first record.
+//!
+//! This module says what `DataFile` asks of the journal's keeper and how a recovery is
+//! planned and applied; the keeper (sidecar, epochs, locking) is the volume's.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use super::IoError;
+use super::buffers::read_full_at;
+use super::holes::LedgerAccess;
+use crate::crypto::SEAL_OVERHEAD;
+use crate::format::block::Layout;
+use crate::format::undo::UndoRecord;
+
+/// The stored blocks of one data file, as a journal keeper reads them before a write.
+pub struct StoredBlocks<'a> {
+    pub(super) file: &'a File,
+    pub(super) layout: &'a Layout,
+}
+
+impl StoredBlocks<'_> {
+    /// The data file's backing length now.
+    pub fn backing_len(&self) -> Result<u64, IoError> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// The first block that starts at or past backing length `backing_len`.
+    pub fn first_block_at_or_past(&self, backing_len: u64) -> u64 {
+        backing_len
+            .saturating_sub(self.layout.block_offset(0))
+            .div_ceil(self.layout.sealed_block_size())
+    }
+
+    /// The stored bytes of block `index` of a data file `backing_len` bytes long (`None` past
+    /// the end). A hole's are zeros: a torn write into it leaves it failing as surely as one
+    /// into sealed data, and its copy puts it back as a recorded hole.
+    pub fn block(&self, index: u64, backing_len: u64) -> Result<Option<Vec<u8>>, IoError> {
+        let at = self.layout.block_offset(index);
+        if at >= backing_len {
+            return Ok(None);
+        }
+        let len = (backing_len - at).min(self.layout.sealed_block_size()) as usize;
+        let mut bytes = vec![0u8; len];
+        let got = read_full_at(self.file, &mut bytes, at)?;
+        bytes.truncate(got);
+        Ok((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+/// The keeper of a data file's undo journal.
+pub trait UndoLedger: Send + Sync {
+    /// Called before `blocks` are written in place: every one of them that holds stored bytes
+    /// and has no copy in the journal since the file's last fsync gets one, durable before
+    /// this returns.
+    fn protect(
+        &self,
+        at: &LedgerAccess<'_>,
+        blocks: Range<u64>,
+        stored: &StoredBlocks<'_>,
+    ) -> Result<(), IoError>;
+}
+
+/// What a recovery does to a data file after a crash.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Blocks that do not open, with their copies from the journal (which do), by index.
+    pub restore: Vec<(u64, Vec<u8>)>,
+    /// The backing length to cut the file to: the end of a block put back that was the last
+    /// then, or the start of a torn block written since the journal's first record (unsynced).
+    pub cut_to: Option<u64>,
+}
+
+impl Recovery {
+    pub fn is_empty(&self) -> bool {
+        self.restore.is_empty() && self.cut_to.is_none()
+    }
+
+    /// Blocks put back, and the bytes a cut drops, for logs and fsck.
+    pub fn describe(&self, backing_len: u64) -> String {
+        let mut parts = Vec::new();
+        if !self.restore.is_empty() {
+            let blocks: Vec<String> = self.restore.iter().map(|(i, _)| i.to_string()).collect();
+            parts.push(format!(
+                "block(s) {} torn by a crash, put back from the undo journal",
+                blocks.join(", ")
+            ));
+        }
+        if let Some(cut) = self.cut_to {
+            parts.push(format!(
+                "{} unsynced backing byte(s) torn by a crash cut off",
+                backing_len.saturating_sub(cut)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+impl super::DataFile<'_> {
+    /// The backing file's length now.
+    pub fn backing_len(&self) -> Result<u64, IoError> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Whether `stored` opens as block `index` of this file.
+    fn opens(&self, index: u64, stored: &[u8]) -> bool {
+        if stored.len() <= SEAL_OVERHEAD || stored.len() as u64 > self.layout.sealed_block_size() {
+            return false;
+        }
+        let mut plain = vec![0u8; stored.len() - SEAL_OVERHEAD];
+        super::codec::open_block(
+            self.key.sealer,
+            &crate::format::block::block_aad(self.key.version, self.key.file_id, index),
+            stored,
+            &mut plain,
+        )
+        .is_ok()
+    }
+
+    /// Whether block `index`, stored as `stored`, reads: it opens, or it is a hole.
+    fn reads(&self, index: u64, stored: &[u8]) -> Result<bool, IoError> {
+        if stored.iter().all(|&b| b == 0) {
+            return self.is_hole(index);
+        }
+        Ok(self.opens(index, stored))
+    }
+
+    /// What to do to this data file after a crash, given its undo journal's `records`: every
+    /// recorded block that is there (not cut off since) but does not read, and whose copy
+    /// opens, is put back (the latest copy of a block wins); a torn block past the length the file had when the epoch began
+    /// (written since, never fsynced) is cut off with what follows it.
+    pub fn recovery(&self, records: &[UndoRecord]) -> Result<Recovery, IoError> {
+        let mut plan = Recovery::default();
+        let Some(first_len) = records.iter().map(|r| r.backing_len).min() else {
+            return Ok(plan);
+        };
+        let stored = StoredBlocks {
+            file: self.file,
+            layout: &self.layout,
+        };
+        let backing_len = stored.backing_len()?;
+        let mut latest = std::collections::BTreeMap::new();
+        for r in records {
+            latest.insert(r.block, r);
+        }
+        let whole = self.layout.sealed_block_size() as usize;
+        let mut end = backing_len;
+        for (&index, record) in &latest {
+            // A block past the end was cut off by a truncate since its copy: it stays so.
+            let Some(now) = stored.block(index, backing_len)? else {
+                continue;
+            };
+            if self.reads(index, &now)? {
+                continue;
+            }
+            let hole = record.stored.iter().all(|&b| b == 0);
+            if !hole && !self.opens(index, &record.stored) {
+                continue;
+            }
+            if record.stored.len() < whole {
+                end = end.min(self.layout.block_offset(index) + record.stored.len() as u64);
+            }
+            plan.restore.push((index, record.stored.clone()));
+        }
+        // Blocks that start at or past the epoch's first length were written in it.
+        let sealed = self.layout.sealed_block_size();
+        let mut index = first_len
+            .saturating_sub(self.layout.block_offset(0))
+            .div_ceil(sealed);
+        while self.layout.block_offset(index) < end {
+            if latest.contains_key(&index) {
+                index += 1;
+                continue;
+            }
+            let now = stored.block(index, end)?.unwrap_or_default();
+            if !self.reads(index, &now)? {
+                end = self.layout.block_offset(index);
+                break;
+            }
+            index += 1;
+        }
+        if end < backing_len {
+            plan.cut_to = Some(end);
+        }
+        Ok(plan)
+    }
+
+    /// Applies `plan` and makes it durable. A hole put back is recorded in the hole map first.
+    pub fn recover(&self, plan: &Recovery) -> Result<(), IoError> {
+        for (index, bytes) in &plan.restore {
+            if bytes.iter().all(|&b| b == 0) {
+                self.record_holes(*index..index + 1, super::Persist::Now)?;
+            }
+            self.file
+                .write_all_at(bytes, self.layout.block_offset(*index))?;
+        }
+        if let Some(len) = plan.cut_to {
+            self.file.set_len(len)?;
+        }
+        self.file.sync_data()?;
+        Ok(())
+    }
+}

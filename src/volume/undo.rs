@@ -1,0 +1,577 @@
+//! The undo journals of data files, as a lone mount keeps them (`io::undo` says why they
+//! exist): `sealfs.undo/<32 hex>` (`format::undo`), one per data file whose stored blocks were
+//! rewritten since its last fsync, by file id. The directory is made on first need.
+//!
+//! An *epoch* runs from one fsync of a file to the next. In it, the first write to replace a
+//! stored block appends a copy of that block and fdatasyncs the journal before the block is
+//! written; blocks copied already, and blocks past the end the file had when written (new,
+//! unsynced bytes), need nothing more until the epoch ends. An fsync of the file, once its
+//! data is durable, ends the epoch: the journal is cut back to its preamble and closed (no
+//! fsync needed: a stale record only ever puts back a block that does not open, with bytes
+//! that open as it). A clean unmount ends every epoch the same way (`UndoStore::settle`) and
+//! removes the journals.
+//!
+//! So a journal with records at mount time is what a crash or kill left: its file id is
+//! *pending*. A lone, writable mount mends the file (`DataFile::recovery`) before it first
+//! answers for it (a lookup, so the kernel never sees the torn size) and removes the journal;
+//! fsck does the same offline. The epoch state of a file with an open journal lives here, not
+//! in its inode, so it outlives the kernel forgetting the inode.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use super::error::{Result, VolumeError};
+use crate::format::block::Layout;
+use crate::format::holes::HoleMap;
+use crate::format::undo::{self, UndoRecord};
+use crate::format::{Id, id_from_hex, id_to_hex};
+use crate::io::{DataFile, IoError, LedgerAccess, StoredBlocks, UndoLedger};
+
+pub const UNDO_DIR: &str = "sealfs.undo";
+
+/// Bound on a journal read: far past any epoch's worth of copies of one file.
+const MAX_JOURNAL: u64 = 1 << 34;
+
+/// The journals of one volume.
+pub struct UndoStore {
+    root: OwnedFd,
+    /// `sealfs.undo`, opened (made) on first need.
+    dir: OnceLock<OwnedFd>,
+    /// Files whose journal a crash left with records, not mended yet.
+    pending: Mutex<HashSet<Id>>,
+    /// Epoch state of the files whose journal is open, by file id.
+    open: Mutex<HashMap<Id, Arc<Mutex<State>>>>,
+    /// Files this store made or opened a journal for: what `settle` removes.
+    touched: Mutex<HashSet<Id>>,
+}
+
+#[derive(Default)]
+struct State {
+    journal: Option<File>,
+    /// The data file (a second descriptor), for `settle`.
+    data: Option<File>,
+    /// Where the next record goes: the journal's length (its preamble alone: no record).
+    end: u64,
+    /// Blocks that need no copy until the epoch ends: copied already, or new in it.
+    covered: HoleMap,
+    /// The data file's backing length when the epoch's first write came: every block from
+    /// there on is new in it. Each record carries it.
+    epoch_len: Option<u64>,
+    /// Records being appended, reused.
+    buf: Vec<u8>,
+    /// The file is gone: its journal is never written again.
+    gone: bool,
+}
+
+impl UndoStore {
+    /// The journals of the cipher dir at `root`; those with records are pending.
+    pub fn open(root: &OwnedFd) -> Result<UndoStore> {
+        let store = UndoStore {
+            root: root.try_clone()?,
+            dir: OnceLock::new(),
+            pending: Mutex::new(HashSet::new()),
+            open: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashSet::new()),
+        };
+        let pending = store
+            .list()?
+            .into_iter()
+            .filter(|(_, len)| *len > undo::PREAMBLE_LEN)
+            .map(|(id, _)| id)
+            .collect();
+        *crate::sync::lock(&store.pending) = pending;
+        Ok(store)
+    }
+
+    /// Every journal by file id, with its length; nothing where the directory is absent.
+    /// Names that are no journal are left alone (fsck reports them).
+    pub fn list(&self) -> Result<Vec<(Id, u64)>> {
+        let Some(dir) = self.existing_dir()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for name in super::headers::read_names(dir.as_fd())? {
+            let Ok(id) = id_from_hex(&name) else { continue };
+            if let Ok(st) = nix::sys::stat::fstatat(
+                dir.as_fd(),
+                name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                out.push((id, st.st_size as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names in `sealfs.undo` that are no journal, for fsck.
+    pub fn strays(&self) -> Result<Vec<String>> {
+        let Some(dir) = self.existing_dir()? else {
+            return Ok(Vec::new());
+        };
+        Ok(super::headers::read_names(dir.as_fd())?
+            .into_iter()
+            .filter(|name| id_from_hex(name).is_err())
+            .collect())
+    }
+
+    fn existing_dir(&self) -> Result<Option<std::os::fd::BorrowedFd<'_>>> {
+        if let Some(dir) = self.dir.get() {
+            return Ok(Some(dir.as_fd()));
+        }
+        match openat(
+            self.root.as_fd(),
+            UNDO_DIR,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(self.dir.get_or_init(|| fd).as_fd())),
+            Err(nix::Error::ENOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `sealfs.undo`, made (durably) if absent.
+    fn dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        if let Some(dir) = self.existing_dir()? {
+            return Ok(dir);
+        }
+        match mkdirat(self.root.as_fd(), UNDO_DIR, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        File::from(openat(
+            self.root.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?)
+        .sync_all()?;
+        self.existing_dir()?
+            .ok_or_else(|| VolumeError::Corrupt(format!("{UNDO_DIR} vanished")))
+    }
+
+    /// Whether some file still waits to be mended.
+    pub fn has_pending(&self) -> bool {
+        !crate::sync::lock(&self.pending).is_empty()
+    }
+
+    pub fn is_pending(&self, file_id: &Id) -> bool {
+        crate::sync::lock(&self.pending).contains(file_id)
+    }
+
+    /// The keeper of `file_id`'s journal for a mount that writes it.
+    pub fn keeper(self: &Arc<Self>, file_id: Id) -> FileUndo {
+        let state = crate::sync::lock(&self.open)
+            .get(&file_id)
+            .cloned()
+            .unwrap_or_default();
+        FileUndo {
+            file_id,
+            store: self.clone(),
+            state,
+        }
+    }
+
+    /// The records of `file_id`'s journal (none where it has none).
+    pub fn records(&self, file_id: &Id, layout: &Layout) -> Result<Vec<UndoRecord>> {
+        let Some(dir) = self.existing_dir()? else {
+            return Ok(Vec::new());
+        };
+        let fd = match openat(
+            dir,
+            id_to_hex(file_id).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(File::from(fd), MAX_JOURNAL),
+            &mut bytes,
+        )?;
+        if bytes.len() as u64 <= undo::PREAMBLE_LEN {
+            // Empty or cut inside its preamble (a crash while it was being made): no record.
+            return Ok(Vec::new());
+        }
+        undo::decode(&bytes, file_id, layout.sealed_block_size() as usize).map_err(|e| {
+            VolumeError::Corrupt(format!("undo journal of file {}: {e}", id_to_hex(file_id)))
+        })
+    }
+
+    /// Mends data file `data` (of `file_id`, pending) from the journal a crash left: torn
+    /// blocks put back, torn unsynced ones cut off, made durable. The caller writes the hole
+    /// map (a hole put back is recorded in it), syncs the header and then calls `mended`.
+    pub fn mend(&self, data: &DataFile<'_>, file_id: &Id, layout: &Layout) -> Result<()> {
+        let records = self.records(file_id, layout)?;
+        let plan = data.recovery(&records)?;
+        if !plan.is_empty() {
+            let before = data.backing_len()?;
+            data.recover(&plan)?;
+            tracing::warn!(file_id = %id_to_hex(file_id), "{}", plan.describe(before));
+        }
+        Ok(())
+    }
+
+    /// `file_id`'s pending journal is spent (its file mended and durable, or gone): removed.
+    pub fn mended(&self, file_id: &Id) -> Result<()> {
+        self.remove(file_id)?;
+        crate::sync::lock(&self.pending).remove(file_id);
+        Ok(())
+    }
+
+    /// Removes `file_id`'s journal, if it has one.
+    pub fn remove(&self, file_id: &Id) -> Result<()> {
+        let Some(dir) = self.existing_dir()? else {
+            return Ok(());
+        };
+        match unlinkat(dir, id_to_hex(file_id).as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A clean unmount: every open epoch ends (its data file made durable, its journal
+    /// removed), so the journals left at the next mount are a crash's. Pending ones stay.
+    pub fn settle(&self) {
+        let open: Vec<(Id, Arc<Mutex<State>>)> = crate::sync::lock(&self.open).drain().collect();
+        for (id, state) in open {
+            let mut state = crate::sync::lock(&state);
+            let synced = state.data.as_ref().map_or(Ok(()), File::sync_data);
+            match synced {
+                Ok(()) => {
+                    state.journal = None;
+                    state.data = None;
+                }
+                Err(e) => {
+                    crate::sync::lock(&self.touched).remove(&id);
+                    tracing::error!(file = %id_to_hex(&id), error = %e, "could not make a file durable at unmount; its undo journal stays for the next mount");
+                }
+            }
+        }
+        // Every journal this mount made: its epoch has ended (above, or at an fsync).
+        let touched = std::mem::take(&mut *crate::sync::lock(&self.touched));
+        for id in touched {
+            if crate::sync::lock(&self.open).contains_key(&id) || self.is_pending(&id) {
+                continue;
+            }
+            if let Err(e) = self.remove(&id) {
+                tracing::warn!(file = %id_to_hex(&id), error = %e, "could not remove an undo journal");
+            }
+        }
+    }
+}
+
+/// The keeper of one data file's undo journal, for a mount that writes the file.
+pub struct FileUndo {
+    file_id: Id,
+    store: Arc<UndoStore>,
+    state: Arc<Mutex<State>>,
+}
+
+impl FileUndo {
+    fn error(&self, e: impl std::fmt::Display) -> IoError {
+        IoError::Io(std::io::Error::other(format!(
+            "undo journal of file {}: {e}",
+            id_to_hex(&self.file_id)
+        )))
+    }
+
+    /// Opens the journal (made if absent) with its preamble alone, durable with its name: a
+    /// record appended later needs only an fdatasync.
+    fn open_journal(&self) -> std::result::Result<File, IoError> {
+        let dir = self.store.dir().map_err(|e| self.error(e))?;
+        crate::sync::lock(&self.store.touched).insert(self.file_id);
+        let journal = File::from(openat(
+            dir,
+            id_to_hex(&self.file_id).as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        )?);
+        journal.set_len(0)?;
+        journal.write_all_at(&undo::encode_preamble(&self.file_id), 0)?;
+        journal.sync_all()?;
+        File::from(openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?)
+        .sync_all()?;
+        Ok(journal)
+    }
+
+    /// The file's data is durable (an fsync returned): the copies are spent and a new epoch
+    /// begins. The caller keeps writes out meanwhile.
+    pub fn synced(&self) -> std::result::Result<(), IoError> {
+        let mut state = crate::sync::lock(&self.state);
+        if let Some(journal) = state.journal.take() {
+            journal.set_len(undo::PREAMBLE_LEN)?;
+            crate::sync::lock(&self.store.open).remove(&self.file_id);
+        }
+        state.data = None;
+        state.end = 0;
+        state.covered = HoleMap::default();
+        state.epoch_len = None;
+        Ok(())
+    }
+
+    /// The file is gone (last link and handle): its journal goes with its header.
+    pub fn discard(&self) {
+        let mut state = crate::sync::lock(&self.state);
+        state.gone = true;
+        state.journal = None;
+        state.data = None;
+        crate::sync::lock(&self.store.open).remove(&self.file_id);
+        let _ = self.store.remove(&self.file_id);
+    }
+}
+
+impl UndoLedger for FileUndo {
+    fn protect(
+        &self,
+        at: &LedgerAccess<'_>,
+        blocks: std::ops::Range<u64>,
+        stored: &StoredBlocks<'_>,
+    ) -> std::result::Result<(), IoError> {
+        let mut guard = crate::sync::lock(&self.state);
+        let state = &mut *guard;
+        if state.gone || blocks.is_empty() || state.covered.covers(&blocks) {
+            return Ok(());
+        }
+        let backing_len = stored.backing_len()?;
+        let epoch_len = *state.epoch_len.get_or_insert(backing_len);
+        state.buf.clear();
+        for index in blocks.clone() {
+            if state.covered.contains(index) {
+                continue;
+            }
+            if let Some(bytes) = stored.block(index, backing_len)? {
+                undo::encode_record(index, epoch_len, &bytes, &mut state.buf);
+            }
+        }
+        // Everything from the current end on is new in this epoch (a write past the end leaves
+        // a gap of holes that holds nothing durable either).
+        let new_from = stored.first_block_at_or_past(backing_len);
+        state.covered.insert(new_from.min(blocks.start)..blocks.end);
+        if state.buf.is_empty() {
+            return Ok(());
+        }
+        if state.journal.is_none() {
+            state.journal = Some(self.open_journal()?);
+            state.data = Some(at.file.try_clone()?);
+            state.end = undo::PREAMBLE_LEN;
+            crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
+        }
+        let journal = state.journal.as_ref().expect("opened");
+        journal.write_all_at(&state.buf, state.end)?;
+        journal.sync_data()?;
+        state.end += state.buf.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Sealer, SecretKey};
+    use crate::io::{DataFile, Holes};
+    use std::os::unix::fs::FileExt;
+
+    const ID: Id = [0x37; 16];
+    const BS: usize = 4096;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<UndoStore>,
+        data: File,
+        sealer: Sealer,
+        layout: Layout,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = OwnedFd::from(File::open(dir.path()).unwrap());
+        let data = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("data"))
+            .unwrap();
+        crate::io::write_preamble(&data, &ID).unwrap();
+        Fixture {
+            store: Arc::new(UndoStore::open(&root).unwrap()),
+            _dir: dir,
+            data,
+            sealer: Sealer::new(&SecretKey::from_array([4; 32])),
+            layout: Layout::new(BS as u32).unwrap(),
+        }
+    }
+
+    impl Fixture {
+        fn df<'a>(&'a self, undo: Option<&'a FileUndo>) -> DataFile<'a> {
+            DataFile::new(
+                &self.data,
+                self.layout,
+                &ID,
+                &self.sealer,
+                Holes::AnyZeroBlock,
+            )
+            .with_undo(undo.map(|u| u as &dyn UndoLedger))
+        }
+
+        fn backing(&self) -> Vec<u8> {
+            std::fs::read(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&self.data)
+            ))
+            .unwrap()
+        }
+
+        fn set_backing(&self, bytes: &[u8]) {
+            self.data.set_len(0).unwrap();
+            self.data.write_all_at(bytes, 0).unwrap();
+        }
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+            .collect()
+    }
+
+    /// Every block of `got` is that block of `old` or of `new`, and nothing of `old` (acked)
+    /// is missing.
+    fn each_block_old_or_new(got: &[u8], old: &[u8], new: &[u8]) -> bool {
+        got.len() >= old.len()
+            && got.chunks(BS).enumerate().all(|(i, block)| {
+                let of = |v: &[u8]| {
+                    v.get(i * BS..(i * BS + BS).min(v.len()))
+                        .map(<[u8]>::to_vec)
+                };
+                of(old).as_deref() == Some(block) || of(new).as_deref() == Some(block)
+            })
+    }
+
+    /// A write torn at every 512-byte boundary, its unwritten rest the old bytes, and past the
+    /// old end nothing or zeros (an extended file whose data did not land): after recovery from the journal the
+    /// file reads, and every block is its fsynced or its new version.
+    fn torn_writes_recover(old: &[u8], writes: &[(u64, Vec<u8>)]) {
+        let fx = fixture();
+        let undo = fx.store.keeper(ID);
+        fx.df(Some(&undo)).write_at(0, old).unwrap();
+        fx.data.sync_data().unwrap();
+        undo.synced().unwrap();
+        let (last, earlier) = writes.split_last().unwrap();
+        let mut expected = old.to_vec();
+        for (offset, data) in earlier {
+            fx.df(Some(&undo)).write_at(*offset, data).unwrap();
+        }
+        let pre = fx.backing();
+        fx.df(Some(&undo)).write_at(last.0, &last.1).unwrap();
+        let post = fx.backing();
+        let end = (last.0 as usize + last.1.len()).max(expected.len());
+        expected.resize(end, 0);
+        expected[last.0 as usize..last.0 as usize + last.1.len()].copy_from_slice(&last.1);
+        let records = fx.store.records(&ID, &fx.layout).unwrap();
+        let first_diff = pre
+            .iter()
+            .zip(&post)
+            .position(|(a, b)| a != b)
+            .unwrap_or(pre.len());
+        let mut checked = 0;
+        for cut in (first_diff / 512 * 512..post.len()).step_by(512).skip(1) {
+            for zeros in [false, true] {
+                let mut torn = post[..cut].to_vec();
+                if pre.len() > cut {
+                    torn.extend_from_slice(&pre[cut..]);
+                }
+                if zeros {
+                    torn.resize(torn.len().max(post.len()), 0);
+                }
+                fx.set_backing(&torn);
+                let df = fx.df(None);
+                let plan = df.recovery(&records).unwrap();
+                df.recover(&plan).unwrap();
+                let size = df.plain_size().unwrap();
+                let got = df
+                    .read_at(0, size as usize)
+                    .unwrap_or_else(|e| panic!("cut at {cut} (zeros {zeros}): {e}; {plan:?}"));
+                assert!(
+                    each_block_old_or_new(&got, old, &expected),
+                    "cut at {cut} (zeros {zeros}): {} bytes back",
+                    got.len()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 0);
+    }
+
+    #[test]
+    fn an_append_torn_anywhere_keeps_the_fsynced_tail() {
+        let old = pattern(1, 3 * BS + 1000);
+        torn_writes_recover(&old, &[(old.len() as u64, pattern(2, 37))]);
+        // An append that fills the tail block and starts new ones.
+        torn_writes_recover(&old, &[(old.len() as u64, pattern(3, 2 * BS + 500))]);
+        // A second append since the fsync rewrites a block copied already.
+        torn_writes_recover(
+            &old,
+            &[
+                (old.len() as u64, pattern(4, 37)),
+                (old.len() as u64 + 37, pattern(5, 37)),
+            ],
+        );
+    }
+
+    #[test]
+    fn overwrites_torn_anywhere_keep_the_fsynced_blocks() {
+        let old = pattern(6, 4 * BS);
+        torn_writes_recover(&old, &[(BS as u64 + 77, pattern(7, 100))]);
+        torn_writes_recover(&old, &[(2 * BS as u64, pattern(8, BS))]);
+        torn_writes_recover(&old, &[(BS as u64 - 10, pattern(9, 2 * BS + 20))]);
+    }
+
+    #[test]
+    fn copies_are_made_once_per_epoch_and_never_of_new_blocks() {
+        let fx = fixture();
+        let undo = fx.store.keeper(ID);
+        let df = fx.df(Some(&undo));
+        df.write_at(0, &pattern(1, 3 * BS)).unwrap();
+        assert!(
+            fx.store.records(&ID, &fx.layout).unwrap().is_empty(),
+            "new blocks"
+        );
+        df.write_at(100, b"again").unwrap();
+        assert!(
+            fx.store.records(&ID, &fx.layout).unwrap().is_empty(),
+            "unsynced blocks"
+        );
+        undo.synced().unwrap();
+        df.write_at(100, b"after the sync").unwrap();
+        df.write_at(200, b"the same block").unwrap();
+        df.write_at(5 * BS as u64, b"past the end").unwrap();
+        let records = fx.store.records(&ID, &fx.layout).unwrap();
+        assert_eq!(records.len(), 1, "block 0 once; the gap and new block none");
+        assert_eq!(records[0].block, 0);
+        undo.synced().unwrap();
+        assert!(
+            fx.store.records(&ID, &fx.layout).unwrap().is_empty(),
+            "spent"
+        );
+        // A sound file needs no recovery, whatever the journal holds.
+        df.write_at(10, b"x").unwrap();
+        let records = fx.store.records(&ID, &fx.layout).unwrap();
+        assert!(fx.df(None).recovery(&records).unwrap().is_empty());
+    }
+}
