@@ -22,6 +22,9 @@ use crate::crypto::SEAL_OVERHEAD;
 use crate::format::block::Layout;
 use crate::format::undo::UndoRecord;
 
+/// What a recovery without a journal reads at a time.
+const CHUNK: usize = 1 << 20;
+
 /// The stored blocks of one data file, as a journal keeper reads them before a write.
 pub struct StoredBlocks<'a> {
     pub(super) file: &'a File,
@@ -111,6 +114,11 @@ impl super::DataFile<'_> {
         Ok(self.file.metadata()?.len())
     }
 
+    /// The backing file's metadata.
+    pub fn metadata(&self) -> Result<std::fs::Metadata, IoError> {
+        Ok(self.file.metadata()?)
+    }
+
     /// Whether `stored` opens as block `index` of this file.
     fn opens(&self, index: u64, stored: &[u8]) -> bool {
         if stored.len() <= SEAL_OVERHEAD || stored.len() as u64 > self.layout.sealed_block_size() {
@@ -190,6 +198,46 @@ impl super::DataFile<'_> {
         }
         if end < backing_len {
             plan.cut_to = Some(end);
+        }
+        Ok(plan)
+    }
+
+    /// What to do to this data file after a crash when it has no journal but was written in
+    /// the session the crash ended: with no copy made since its last fsync, every write since
+    /// went past the end that fsync left, so the first block that does not read and all after
+    /// it were never fsynced, and are cut (a torn append, or a new file cut short).
+    pub fn recovery_without_journal(&self) -> Result<Recovery, IoError> {
+        let mut plan = Recovery::default();
+        let size = self.plain_size()?;
+        let bs = self.layout.block_size();
+        let unreadable = |e: &IoError| {
+            matches!(
+                e,
+                IoError::Integrity { .. } | IoError::UnrecordedHole { .. }
+            )
+        };
+        let mut at = 0;
+        while at < size {
+            match self.read_with(at, CHUNK, |_| ()) {
+                Ok(()) => at += CHUNK as u64,
+                Err(e) if unreadable(&e) => {
+                    // The chunk's first block that does not read, one by one.
+                    loop {
+                        match self.read_with(at, bs as usize, |_| ()) {
+                            Ok(()) => at += bs,
+                            Err(e) if unreadable(&e) => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    plan.cut_to = Some(self.layout.block_offset(at / bs));
+                    return Ok(plan);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.torn_tail()? > 0 {
+            // 1..28 bytes past the last whole block: a block torn short.
+            plan.cut_to = Some(self.layout.backing_size(size));
         }
         Ok(plan)
     }

@@ -343,9 +343,9 @@ impl HeaderStore {
         }
     }
 
-    /// Replaces the hole map sidecar of `file_id` atomically (a new file renamed over it), or
-    /// removes it (`None`: no holes). Not fsynced: `sync` does that, before the data file's
-    /// fsync.
+    /// Replaces the hole map sidecar of `file_id` atomically (a new file, fdatasynced, renamed
+    /// over it), or removes it (`None`: no holes). The rename is not made durable here: `sync`
+    /// does that, before the data file's fsync.
     pub fn write_holes(&self, file_id: &Id, bytes: Option<&[u8]>) -> Result<()> {
         let dir = self.dir.as_fd();
         let path = Self::holes_path(file_id);
@@ -362,7 +362,10 @@ impl HeaderStore {
             "{path}.{}{TMP_SUFFIX}",
             crate::format::hex(&crate::crypto::random_array::<4>().map_err(VolumeError::Seal)?)
         );
-        write_new(dir, &tmp, bytes, false)?;
+        // Durable before the rename: a crash must find the old map or the whole new one, never
+        // a name whose bytes did not land (found by the power-cut simulator: sqlite's -shm
+        // and -wal files read "hole map is truncated" after a cut).
+        write_new(dir, &tmp, bytes, true)?;
         let renamed = renameat2(dir, tmp.as_str(), dir, path.as_str(), RenameFlags::empty());
         if renamed.is_err() {
             let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);

@@ -32,9 +32,12 @@ use crate::format::block::Layout;
 use crate::format::holes::HoleMap;
 use crate::format::undo::{self, UndoRecord};
 use crate::format::{Id, id_from_hex, id_to_hex};
-use crate::io::{DataFile, IoError, LedgerAccess, StoredBlocks, UndoLedger};
+use crate::io::{DataFile, IoError, LedgerAccess, Recovery, StoredBlocks, UndoLedger};
 
 pub const UNDO_DIR: &str = "sealfs.undo";
+/// `sealfs.undo/session`: present while a lone, writable mount runs, holding the Unix time
+/// (decimal seconds) the oldest session not ended cleanly began. Found at mount: a crash.
+pub const SESSION_FILE: &str = "session";
 
 /// Bound on a journal read: far past any epoch's worth of copies of one file.
 const MAX_JOURNAL: u64 = 1 << 34;
@@ -50,6 +53,13 @@ pub struct UndoStore {
     open: Mutex<HashMap<Id, Arc<Mutex<State>>>>,
     /// Files this store made or opened a journal for: what `settle` removes.
     touched: Mutex<HashSet<Id>>,
+    /// When the session a crash ended began (`SESSION_FILE`), if one did.
+    crashed_since: Option<i64>,
+    /// This mount began a session (`begin_session`), and mends what a crash left.
+    began: std::sync::atomic::AtomicBool,
+    mending: std::sync::atomic::AtomicBool,
+    /// Files written in the crashed session that this mount has looked at since.
+    checked: Mutex<HashSet<Id>>,
 }
 
 #[derive(Default)]
@@ -79,7 +89,13 @@ impl UndoStore {
             pending: Mutex::new(HashSet::new()),
             open: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashSet::new()),
+            crashed_since: None,
+            began: std::sync::atomic::AtomicBool::new(false),
+            mending: std::sync::atomic::AtomicBool::new(false),
+            checked: Mutex::new(HashSet::new()),
         };
+        let mut store = store;
+        store.crashed_since = store.read_session()?;
         let pending = store
             .list()?
             .into_iter()
@@ -117,8 +133,84 @@ impl UndoStore {
         };
         Ok(super::headers::read_names(dir.as_fd())?
             .into_iter()
-            .filter(|name| id_from_hex(name).is_err())
+            .filter(|name| id_from_hex(name).is_err() && name != SESSION_FILE)
             .collect())
+    }
+
+    /// The start of the session a crash ended, from its marker (a marker that does not parse,
+    /// cut by the crash as it was written: 0, every file suspect).
+    fn read_session(&self) -> Result<Option<i64>> {
+        let Some(dir) = self.existing_dir()? else {
+            return Ok(None);
+        };
+        let fd = match openat(
+            dir,
+            SESSION_FILE,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut text = String::new();
+        let _ =
+            std::io::Read::read_to_string(&mut std::io::Read::take(File::from(fd), 64), &mut text);
+        Ok(Some(text.trim().parse().unwrap_or(0)))
+    }
+
+    /// A lone, writable mount begins: its session marker is made durable (keeping the start
+    /// of a crashed session it finds, whose files it then mends as it meets them).
+    pub fn begin_session(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let since = self.crashed_since.unwrap_or(now);
+        let dir = self.dir()?;
+        let marker = File::from(openat(
+            dir,
+            SESSION_FILE,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        )?);
+        marker.write_all_at(format!("{since}\n").as_bytes(), 0)?;
+        marker.sync_all()?;
+        sync_dir(dir)?;
+        self.began.store(true, std::sync::atomic::Ordering::Release);
+        if self.crashed_since.is_some() || self.has_pending() {
+            self.mending
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::warn!(
+                "the last session of this volume did not end cleanly; files written in it are checked and mended as they are first looked up"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether this mount mends files a crash left as it meets them (which it may not yet
+    /// have done for any file it has not looked up).
+    pub fn mending(&self) -> bool {
+        self.mending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the file `file_id`, whose data file was last modified at `mtime` (Unix
+    /// seconds), must be looked at before it is served: it has a journal a crash left, or it
+    /// was written in the crashed session and not looked at since.
+    pub fn suspect(&self, file_id: &Id, mtime: i64) -> bool {
+        self.is_pending(file_id)
+            || self.crashed_since.is_some_and(|since| mtime >= since)
+                && !crate::sync::lock(&self.checked).contains(file_id)
+    }
+
+    /// A file this mount made: nothing a crash left in it.
+    pub fn made_here(&self, file_id: &Id) {
+        if self.mending() {
+            crate::sync::lock(&self.checked).insert(*file_id);
+        }
     }
 
     fn existing_dir(&self) -> Result<Option<std::os::fd::BorrowedFd<'_>>> {
@@ -146,13 +238,7 @@ impl UndoStore {
             Ok(()) | Err(nix::Error::EEXIST) => {}
             Err(e) => return Err(e.into()),
         }
-        File::from(openat(
-            self.root.as_fd(),
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?)
-        .sync_all()?;
+        sync_dir(self.root.as_fd())?;
         self.existing_dir()?
             .ok_or_else(|| VolumeError::Corrupt(format!("{UNDO_DIR} vanished")))
     }
@@ -212,8 +298,7 @@ impl UndoStore {
     /// blocks put back, torn unsynced ones cut off, made durable. The caller writes the hole
     /// map (a hole put back is recorded in it), syncs the header and then calls `mended`.
     pub fn mend(&self, data: &DataFile<'_>, file_id: &Id, layout: &Layout) -> Result<()> {
-        let records = self.records(file_id, layout)?;
-        let plan = data.recovery(&records)?;
+        let plan = self.plan(data, file_id, layout)?;
         if !plan.is_empty() {
             let before = data.backing_len()?;
             data.recover(&plan)?;
@@ -222,10 +307,23 @@ impl UndoStore {
         Ok(())
     }
 
-    /// `file_id`'s pending journal is spent (its file mended and durable, or gone): removed.
+    /// What mending `data` (of `file_id`) would do: from its journal if a crash left it one,
+    /// else (a file written in the crashed session) cut at its first block that does not read.
+    pub fn plan(&self, data: &DataFile<'_>, file_id: &Id, layout: &Layout) -> Result<Recovery> {
+        let records = self.records(file_id, layout)?;
+        Ok(if records.is_empty() {
+            data.recovery_without_journal()?
+        } else {
+            data.recovery(&records)?
+        })
+    }
+
+    /// `file_id` is mended (made durable) or found sound: its pending journal, if any, is
+    /// removed, and it is not looked at again.
     pub fn mended(&self, file_id: &Id) -> Result<()> {
         self.remove(file_id)?;
         crate::sync::lock(&self.pending).remove(file_id);
+        crate::sync::lock(&self.checked).insert(*file_id);
         Ok(())
     }
 
@@ -268,7 +366,27 @@ impl UndoStore {
                 tracing::warn!(file = %id_to_hex(&id), error = %e, "could not remove an undo journal");
             }
         }
+        // The session ends cleanly. Files of a crashed session this one never looked up are
+        // left to fsck (their journals, if any, stay pending for the next mount).
+        if self.began.load(std::sync::atomic::Ordering::Acquire)
+            && let Ok(Some(dir)) = self.existing_dir()
+            && let Err(e) = unlinkat(dir, SESSION_FILE, UnlinkatFlags::NoRemoveDir)
+        {
+            tracing::warn!(error = %e, "could not remove the session marker");
+        }
     }
+}
+
+/// fsyncs directory `dir` (made durable: the names in it).
+fn sync_dir(dir: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    File::from(openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+    .sync_all()?;
+    Ok(())
 }
 
 /// The keeper of one data file's undo journal, for a mount that writes the file.
@@ -300,13 +418,7 @@ impl FileUndo {
         journal.set_len(0)?;
         journal.write_all_at(&undo::encode_preamble(&self.file_id), 0)?;
         journal.sync_all()?;
-        File::from(openat(
-            dir,
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?)
-        .sync_all()?;
+        sync_dir(dir).map_err(|e| self.error(e))?;
         Ok(journal)
     }
 
@@ -381,197 +493,5 @@ impl UndoLedger for FileUndo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crypto::{Sealer, SecretKey};
-    use crate::io::{DataFile, Holes};
-    use std::os::unix::fs::FileExt;
-
-    const ID: Id = [0x37; 16];
-    const BS: usize = 4096;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        store: Arc<UndoStore>,
-        data: File,
-        sealer: Sealer,
-        layout: Layout,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = OwnedFd::from(File::open(dir.path()).unwrap());
-        let data = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("data"))
-            .unwrap();
-        crate::io::write_preamble(&data, &ID).unwrap();
-        Fixture {
-            store: Arc::new(UndoStore::open(&root).unwrap()),
-            _dir: dir,
-            data,
-            sealer: Sealer::new(&SecretKey::from_array([4; 32])),
-            layout: Layout::new(BS as u32).unwrap(),
-        }
-    }
-
-    impl Fixture {
-        fn df<'a>(&'a self, undo: Option<&'a FileUndo>) -> DataFile<'a> {
-            DataFile::new(
-                &self.data,
-                self.layout,
-                &ID,
-                &self.sealer,
-                Holes::AnyZeroBlock,
-            )
-            .with_undo(undo.map(|u| u as &dyn UndoLedger))
-        }
-
-        fn backing(&self) -> Vec<u8> {
-            std::fs::read(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&self.data)
-            ))
-            .unwrap()
-        }
-
-        fn set_backing(&self, bytes: &[u8]) {
-            self.data.set_len(0).unwrap();
-            self.data.write_all_at(bytes, 0).unwrap();
-        }
-    }
-
-    fn pattern(seed: u8, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
-            .collect()
-    }
-
-    /// Every block of `got` is that block of `old` or of `new`, and nothing of `old` (acked)
-    /// is missing.
-    fn each_block_old_or_new(got: &[u8], old: &[u8], new: &[u8]) -> bool {
-        got.len() >= old.len()
-            && got.chunks(BS).enumerate().all(|(i, block)| {
-                let of = |v: &[u8]| {
-                    v.get(i * BS..(i * BS + BS).min(v.len()))
-                        .map(<[u8]>::to_vec)
-                };
-                of(old).as_deref() == Some(block) || of(new).as_deref() == Some(block)
-            })
-    }
-
-    /// A write torn at every 512-byte boundary, its unwritten rest the old bytes, and past the
-    /// old end nothing or zeros (an extended file whose data did not land): after recovery from the journal the
-    /// file reads, and every block is its fsynced or its new version.
-    fn torn_writes_recover(old: &[u8], writes: &[(u64, Vec<u8>)]) {
-        let fx = fixture();
-        let undo = fx.store.keeper(ID);
-        fx.df(Some(&undo)).write_at(0, old).unwrap();
-        fx.data.sync_data().unwrap();
-        undo.synced().unwrap();
-        let (last, earlier) = writes.split_last().unwrap();
-        let mut expected = old.to_vec();
-        for (offset, data) in earlier {
-            fx.df(Some(&undo)).write_at(*offset, data).unwrap();
-        }
-        let pre = fx.backing();
-        fx.df(Some(&undo)).write_at(last.0, &last.1).unwrap();
-        let post = fx.backing();
-        let end = (last.0 as usize + last.1.len()).max(expected.len());
-        expected.resize(end, 0);
-        expected[last.0 as usize..last.0 as usize + last.1.len()].copy_from_slice(&last.1);
-        let records = fx.store.records(&ID, &fx.layout).unwrap();
-        let first_diff = pre
-            .iter()
-            .zip(&post)
-            .position(|(a, b)| a != b)
-            .unwrap_or(pre.len());
-        let mut checked = 0;
-        for cut in (first_diff / 512 * 512..post.len()).step_by(512).skip(1) {
-            for zeros in [false, true] {
-                let mut torn = post[..cut].to_vec();
-                if pre.len() > cut {
-                    torn.extend_from_slice(&pre[cut..]);
-                }
-                if zeros {
-                    torn.resize(torn.len().max(post.len()), 0);
-                }
-                fx.set_backing(&torn);
-                let df = fx.df(None);
-                let plan = df.recovery(&records).unwrap();
-                df.recover(&plan).unwrap();
-                let size = df.plain_size().unwrap();
-                let got = df
-                    .read_at(0, size as usize)
-                    .unwrap_or_else(|e| panic!("cut at {cut} (zeros {zeros}): {e}; {plan:?}"));
-                assert!(
-                    each_block_old_or_new(&got, old, &expected),
-                    "cut at {cut} (zeros {zeros}): {} bytes back",
-                    got.len()
-                );
-                checked += 1;
-            }
-        }
-        assert!(checked > 0);
-    }
-
-    #[test]
-    fn an_append_torn_anywhere_keeps_the_fsynced_tail() {
-        let old = pattern(1, 3 * BS + 1000);
-        torn_writes_recover(&old, &[(old.len() as u64, pattern(2, 37))]);
-        // An append that fills the tail block and starts new ones.
-        torn_writes_recover(&old, &[(old.len() as u64, pattern(3, 2 * BS + 500))]);
-        // A second append since the fsync rewrites a block copied already.
-        torn_writes_recover(
-            &old,
-            &[
-                (old.len() as u64, pattern(4, 37)),
-                (old.len() as u64 + 37, pattern(5, 37)),
-            ],
-        );
-    }
-
-    #[test]
-    fn overwrites_torn_anywhere_keep_the_fsynced_blocks() {
-        let old = pattern(6, 4 * BS);
-        torn_writes_recover(&old, &[(BS as u64 + 77, pattern(7, 100))]);
-        torn_writes_recover(&old, &[(2 * BS as u64, pattern(8, BS))]);
-        torn_writes_recover(&old, &[(BS as u64 - 10, pattern(9, 2 * BS + 20))]);
-    }
-
-    #[test]
-    fn copies_are_made_once_per_epoch_and_never_of_new_blocks() {
-        let fx = fixture();
-        let undo = fx.store.keeper(ID);
-        let df = fx.df(Some(&undo));
-        df.write_at(0, &pattern(1, 3 * BS)).unwrap();
-        assert!(
-            fx.store.records(&ID, &fx.layout).unwrap().is_empty(),
-            "new blocks"
-        );
-        df.write_at(100, b"again").unwrap();
-        assert!(
-            fx.store.records(&ID, &fx.layout).unwrap().is_empty(),
-            "unsynced blocks"
-        );
-        undo.synced().unwrap();
-        df.write_at(100, b"after the sync").unwrap();
-        df.write_at(200, b"the same block").unwrap();
-        df.write_at(5 * BS as u64, b"past the end").unwrap();
-        let records = fx.store.records(&ID, &fx.layout).unwrap();
-        assert_eq!(records.len(), 1, "block 0 once; the gap and new block none");
-        assert_eq!(records[0].block, 0);
-        undo.synced().unwrap();
-        assert!(
-            fx.store.records(&ID, &fx.layout).unwrap().is_empty(),
-            "spent"
-        );
-        // A sound file needs no recovery, whatever the journal holds.
-        df.write_at(10, b"x").unwrap();
-        let records = fx.store.records(&ID, &fx.layout).unwrap();
-        assert!(fx.df(None).recovery(&records).unwrap().is_empty());
-    }
-}
+#[path = "undo_tests.rs"]
+mod tests;

@@ -10,6 +10,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sealfs");
 
 pub mod gluster;
 pub mod lock_counters;
+pub mod powercut;
 pub mod services;
 pub mod xattrs;
 

@@ -58,14 +58,19 @@ pub(super) fn header_side_problems(
     Ok(problems)
 }
 
-/// What the undo journal of a data file would mend (`None`: nothing, or no journal).
+/// What mending a data file a crash left would do (`None`: nothing to mend, or no crash): its
+/// undo journal's replay, or for a file written in the session a crash ended, the cut of its
+/// torn unsynced tail (`volume::undo`).
 pub(super) fn undo_plan(
     volume: &Volume,
     blocks: &DataFile<'_>,
     file_id: &Id,
 ) -> Result<Option<String>> {
-    let records = volume.undo.records(file_id, &volume.layout)?;
-    let plan = blocks.recovery(&records)?;
+    let mtime = std::os::unix::fs::MetadataExt::mtime(&blocks.metadata()?);
+    if !volume.undo.suspect(file_id, mtime) {
+        return Ok(None);
+    }
+    let plan = volume.undo.plan(blocks, file_id, &volume.layout)?;
     Ok((!plan.is_empty()).then(|| plan.describe(blocks.backing_len().unwrap_or(0))))
 }
 

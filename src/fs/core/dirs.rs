@@ -125,7 +125,7 @@ impl SealFs {
     /// A shared mount keeps no file attributes, so there they would be work for nothing.
     /// Nor while files a crash left torn wait to be mended at their lookup.
     pub fn attrs_with_listings(&self) -> bool {
-        self.access.sole_writer() && !self.volume.undo.has_pending()
+        self.access.sole_writer() && !self.volume.undo.mending()
     }
 
     /// Looks up listed `entry` of directory `dir` as a LOOKUP would, without counting it yet:

@@ -108,21 +108,29 @@ impl SealFs {
             holes,
             undo,
         });
-        if content.undo.is_some() && !self.read_only && self.volume.undo.is_pending(&file_id) {
+        if self.volume.undo.mending() && self.suspect(&file_id, file)? {
             self.mend(node, &content)?;
         }
         Ok(content)
     }
 
-    /// Mends what a crash left in a data file from the undo journal it left (`volume::undo`):
-    /// torn blocks put back, torn unsynced ones cut off, then the journal removed. Only where
-    /// nothing else writes the cipher dir: elsewhere a torn block stays EIO until fsck.
+    /// Whether data file `file` (of `file_id`) must be mended before it is served
+    /// (`volume::undo`): a crash left it a journal, or it was written in the crashed session
+    /// and this mount has not looked at it yet.
+    fn suspect(&self, file_id: &crate::io::FileId, file: &File) -> Result<bool> {
+        let mtime = std::os::unix::fs::MetadataExt::mtime(&file.metadata()?);
+        Ok(self.volume.undo.suspect(file_id, mtime))
+    }
+
+    /// Mends what a crash left in a data file (`volume::undo`): torn blocks put back from its
+    /// journal, torn unsynced ones cut off. Only a lone, writable mount does (it alone calls
+    /// `begin_session`): elsewhere a torn block stays EIO until fsck.
     fn mend(&self, node: &Node, content: &Content) -> Result<()> {
         let _guard = node.ranges.write(0, range_lock::TO_END);
-        if !self.volume.undo.is_pending(&content.file_id) {
+        let file = self.reopen(node, OFlag::O_RDWR)?;
+        if !self.suspect(&content.file_id, &file)? {
             return Ok(());
         }
-        let file = self.reopen(node, OFlag::O_RDWR)?;
         self.volume.undo.mend(
             &self.data_file(&file, content),
             &content.file_id,
@@ -134,14 +142,10 @@ impl SealFs {
         Ok(())
     }
 
-    /// A regular file a lookup just found, mended first if a crash left it a journal: the
-    /// kernel then learns its size as mended. Whether it was.
+    /// A regular file a lookup just found, mended first if a crash left it torn: the kernel
+    /// then learns its size as mended. Whether it was looked at.
     pub(super) fn mend_if_pending(&self, node: &Node) -> Result<bool> {
-        if !self.volume.undo.has_pending()
-            || self.read_only
-            || !self.access.sole_writer()
-            || node.kind != fuser::FileType::RegularFile
-        {
+        if !self.volume.undo.mending() || node.kind != fuser::FileType::RegularFile {
             return Ok(false);
         }
         let file = self.reopen(node, OFlag::O_RDONLY)?;
@@ -152,7 +156,7 @@ impl SealFs {
                 Err(_) => return Ok(false),
             },
         };
-        if !self.volume.undo.is_pending(&id) {
+        if !self.suspect(&id, &file)? {
             return Ok(false);
         }
         self.content_of(node, &file)?;

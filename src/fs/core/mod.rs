@@ -136,9 +136,13 @@ impl SealFs {
             Mode::empty(),
         )?;
         let stat = fstat(root.as_fd())?;
+        let access = access::access_for(tuning.shared, volume.backing.coherent());
+        if !read_only && access.sole_writer() {
+            volume.undo.begin_session()?;
+        }
         Ok(SealFs {
             inodes: Arc::new(InodeTable::new(root, &stat)),
-            access: access::access_for(tuning.shared, volume.backing.coherent()),
+            access,
             volume,
             tuning,
             handles: Mutex::new(HashMap::new()),

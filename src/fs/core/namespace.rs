@@ -485,6 +485,7 @@ impl SealFs {
             .undo
             .get_or_init(|| self.access.file_undo(self, file_id))
             .clone();
+        self.volume.undo.made_here(&file_id);
         node.open_handles.fetch_add(1, Ordering::AcqRel);
         let content = Arc::new(Content {
             file_id,
