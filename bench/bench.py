@@ -226,6 +226,39 @@ def small_files(directory, count):
     )
 
 
+def append_fsync(directory, count):
+    """A log writer: one 37-byte line appended and fsynced, `count` times (each append after the
+    first rewrites the file's last, partial block). Lines/s."""
+    path = Path(directory) / "append.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    line = b"2026-12-07T05:00:00Z backup ok 0001\n"
+    start = time.perf_counter()
+    for _ in range(count):
+        os.write(fd, line)
+        os.fsync(fd)
+    took = time.perf_counter() - start
+    os.close(fd)
+    return count / took
+
+
+def sqlite_inserts(directory, count):
+    """A catalogue: sqlite (rollback journal, the default, synchronous=FULL), one row inserted
+    per transaction, `count` times. Inserts/s."""
+    import sqlite3
+    db = sqlite3.connect(Path(directory) / "catalogue.db", isolation_level=None)
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+    body = os.urandom(200)
+    start = time.perf_counter()
+    for _ in range(count):
+        db.execute("BEGIN")
+        db.execute("INSERT INTO t (body) VALUES (?)", (body,))
+        db.execute("COMMIT")
+    took = time.perf_counter() - start
+    db.close()
+    return count / took
+
+
 def make_tarball(path, files):
     """A source tarball from the cargo registry's unpacked crates: real, varied files."""
     roots = sorted(Path.home().glob(".cargo/registry/src/*"))
@@ -275,6 +308,7 @@ JOBS = [
     ("rand-read-4k", "IOPS"), ("rand-write-4k", "IOPS"), ("mix-64k", "MiB/s"),
     ("small-create-4k", "files/s"), ("small-read-4k", "files/s"), ("untar", "files/s"),
     ("rsync-aHAX", "files/s"), ("diff-r", "files/s"),
+    ("append-fsync", "lines/s"), ("sqlite-insert", "inserts/s"),
 ]
 
 
@@ -298,6 +332,8 @@ def run_target(target, args, tarball, tar_count, tar_size):
         results["small-read-4k"] = read["files_s"]
         results["untar"] = untar(d, tarball, tar_count, tar_size)["files_s"]
         results["rsync-aHAX"], results["diff-r"] = rsync_and_diff(d, tarball.parent / "source", tar_count)
+        results["append-fsync"] = append_fsync(d, args.durable_ops)
+        results["sqlite-insert"] = sqlite_inserts(d, args.durable_ops)
     return results
 
 
@@ -571,6 +607,7 @@ def main():
     args.rand_size = "32M" if args.quick else "256M"
     args.runtime = 2 if args.quick else 10
     args.small_files = 1000 if args.quick else 10000
+    args.durable_ops = 300 if args.quick else 2000
     tar_files = 500 if args.quick else 3000
 
     work = Path(args.dir)

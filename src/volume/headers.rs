@@ -130,7 +130,7 @@ impl HeaderStore {
         Ok(())
     }
 
-    fn subdir(&self, name: &str) -> Result<OwnedFd> {
+    pub(super) fn subdir(&self, name: &str) -> Result<OwnedFd> {
         Ok(openat(
             self.dir.as_fd(),
             name,
@@ -384,6 +384,11 @@ impl HeaderStore {
             Err(nix::Error::ENOENT) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The header of `file_id`'s status (`None`: absent).
+    pub fn stat(&self, file_id: &Id) -> Option<nix::sys::stat::FileStat> {
+        self.stat_of(file_id)
     }
 
     /// Whether a header for `file_id` is present (whatever it holds).

@@ -15,6 +15,7 @@ pub mod maintenance;
 pub mod names;
 pub mod policy_dirs;
 pub mod remnant;
+mod sweep;
 mod symlinks;
 mod test_points;
 pub mod undo;

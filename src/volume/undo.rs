@@ -60,6 +60,10 @@ pub struct UndoStore {
     mending: std::sync::atomic::AtomicBool,
     /// Files written in the crashed session that this mount has looked at since.
     checked: Mutex<HashSet<Id>>,
+    /// Renames and links this mount made: a sweep walking meanwhile removes nothing.
+    moves: std::sync::atomic::AtomicU64,
+    /// The sweep of what the crash left (`volume::sweep`), running; true once it finished.
+    sweeper: Mutex<Option<std::thread::JoinHandle<bool>>>,
 }
 
 #[derive(Default)]
@@ -93,6 +97,8 @@ impl UndoStore {
             began: std::sync::atomic::AtomicBool::new(false),
             mending: std::sync::atomic::AtomicBool::new(false),
             checked: Mutex::new(HashSet::new()),
+            moves: std::sync::atomic::AtomicU64::new(0),
+            sweeper: Mutex::new(None),
         };
         let mut store = store;
         store.crashed_since = store.read_session()?;
@@ -159,13 +165,23 @@ impl UndoStore {
         Ok(Some(text.trim().parse().unwrap_or(0)))
     }
 
+    /// A rename or link: a sweep walking now must not trust what it saw.
+    pub fn entry_moved(&self) {
+        self.moves.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub(super) fn moves(&self) -> u64 {
+        self.moves.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// A lone, writable mount begins: its session marker is made durable (keeping the start
-    /// of a crashed session it finds, whose files it then mends as it meets them).
-    pub fn begin_session(&self) -> Result<()> {
+    /// of a crashed session it finds, whose files it then mends as it meets them, and whose
+    /// leftovers a background sweep removes: `volume::sweep`).
+    pub fn begin_session(self: &Arc<Self>, headers: &Arc<super::HeaderStore>) -> Result<()> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let since = self.crashed_since.unwrap_or(now);
+            .map_or(0, |d| d.as_nanos() as i128);
+        let since = self.crashed_since.unwrap_or((now / 1_000_000_000) as i64);
         let dir = self.dir()?;
         let marker = File::from(openat(
             dir,
@@ -188,6 +204,36 @@ impl UndoStore {
                 "the last session of this volume did not end cleanly; files written in it are checked and mended as they are first looked up"
             );
         }
+        if let Some(since) = self.crashed_since {
+            let (store, headers, root) = (self.clone(), headers.clone(), self.root.try_clone()?);
+            let since = i128::from(since) * 1_000_000_000;
+            let sweep = move || match super::sweep::sweep(
+                root.as_fd(),
+                &headers,
+                &store,
+                (since, now),
+            ) {
+                Ok(Some(swept)) => {
+                    tracing::info!(
+                        orphan_headers = swept.orphan_headers,
+                        temp_files = swept.temp_files,
+                        "swept what the crash left"
+                    );
+                    true
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        "a rename came during the sweep of what the crash left; the next mount sweeps again"
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not sweep what the crash left; fsck --repair removes it");
+                    false
+                }
+            };
+            *crate::sync::lock(&self.sweeper) = Some(std::thread::spawn(sweep));
+        }
         Ok(())
     }
 
@@ -197,12 +243,13 @@ impl UndoStore {
         self.mending.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Whether the file `file_id`, whose data file was last modified at `mtime` (Unix
-    /// seconds), must be looked at before it is served: it has a journal a crash left, or it
-    /// was written in the crashed session and not looked at since.
-    pub fn suspect(&self, file_id: &Id, mtime: i64) -> bool {
+    /// Whether the file `file_id`, whose data file last changed at `changed` (its ctime, Unix
+    /// seconds: programs can set mtimes back, not ctimes), must be looked at before it is
+    /// served: it has a journal a crash left, or it was written in the crashed session and not
+    /// looked at since.
+    pub fn suspect(&self, file_id: &Id, changed: i64) -> bool {
         self.is_pending(file_id)
-            || self.crashed_since.is_some_and(|since| mtime >= since)
+            || self.crashed_since.is_some_and(|since| changed >= since)
                 && !crate::sync::lock(&self.checked).contains(file_id)
     }
 
@@ -367,8 +414,13 @@ impl UndoStore {
             }
         }
         // The session ends cleanly. Files of a crashed session this one never looked up are
-        // left to fsck (their journals, if any, stay pending for the next mount).
-        if self.began.load(std::sync::atomic::Ordering::Acquire)
+        // left to fsck (their journals, if any, stay pending for the next mount). A sweep cut
+        // short keeps the marker: the next mount sweeps again.
+        let swept = crate::sync::lock(&self.sweeper)
+            .take()
+            .is_none_or(|sweep| sweep.join().unwrap_or(false));
+        if swept
+            && self.began.load(std::sync::atomic::Ordering::Acquire)
             && let Ok(Some(dir)) = self.existing_dir()
             && let Err(e) = unlinkat(dir, SESSION_FILE, UnlinkatFlags::NoRemoveDir)
         {

@@ -66,8 +66,8 @@ pub(super) fn undo_plan(
     blocks: &DataFile<'_>,
     file_id: &Id,
 ) -> Result<Option<String>> {
-    let mtime = std::os::unix::fs::MetadataExt::mtime(&blocks.metadata()?);
-    if !volume.undo.suspect(file_id, mtime) {
+    let changed = std::os::unix::fs::MetadataExt::ctime(&blocks.metadata()?);
+    if !volume.undo.suspect(file_id, changed) {
         return Ok(None);
     }
     let plan = volume.undo.plan(blocks, file_id, &volume.layout)?;

@@ -118,8 +118,8 @@ impl SealFs {
     /// (`volume::undo`): a crash left it a journal, or it was written in the crashed session
     /// and this mount has not looked at it yet.
     fn suspect(&self, file_id: &crate::io::FileId, file: &File) -> Result<bool> {
-        let mtime = std::os::unix::fs::MetadataExt::mtime(&file.metadata()?);
-        Ok(self.volume.undo.suspect(file_id, mtime))
+        let changed = std::os::unix::fs::MetadataExt::ctime(&file.metadata()?);
+        Ok(self.volume.undo.suspect(file_id, changed))
     }
 
     /// Mends what a crash left in a data file (`volume::undo`): torn blocks put back from its

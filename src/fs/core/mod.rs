@@ -138,7 +138,7 @@ impl SealFs {
         let stat = fstat(root.as_fd())?;
         let access = access::access_for(tuning.shared, volume.backing.coherent());
         if !read_only && access.sole_writer() {
-            volume.undo.begin_session()?;
+            volume.undo.begin_session(&volume.headers)?;
         }
         Ok(SealFs {
             inodes: Arc::new(InodeTable::new(root, &stat)),

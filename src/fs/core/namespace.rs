@@ -389,13 +389,17 @@ impl SealFs {
         let exists = |dir: &Node, entry: &str| {
             fstatat(dir.fd.as_fd(), entry, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
         };
-        if let Err(e) = renameat2(
+        // Counted before and after: a sweep walking across it keeps what it cannot place.
+        self.volume.undo.entry_moved();
+        let renamed = renameat2(
             parent.fd.as_fd(),
             old.entry(),
             new_parent_node.fd.as_fd(),
             new.entry(),
             flags,
-        ) {
+        );
+        self.volume.undo.entry_moved();
+        if let Err(e) = renamed {
             if !exists(&new_parent_node, new.entry()) {
                 names::remove_long_sidecar(new_parent_node.fd.as_fd(), &new);
             }
@@ -429,6 +433,7 @@ impl SealFs {
         }
         let backing = names::encrypt_name(&keys, new_name)?;
         names::write_long_sidecar(parent.fd.as_fd(), &backing)?;
+        self.volume.undo.entry_moved();
         let linked = linkat(
             node.fd.as_fd(),
             "",
@@ -449,6 +454,7 @@ impl SealFs {
         } else {
             linked?;
         }
+        self.volume.undo.entry_moved();
         self.entry_of(&parent, policy, new_name, backing.entry())
     }
 

@@ -1,0 +1,164 @@
+//! After a crash, what creates and deletes cut short left behind, swept by the next lone,
+//! writable mount in the background (`volume::undo` says how a crash is known): headers made
+//! or left in the crashed session that no data file names (a create cut before its data file
+//! was linked, a delete cut between its data file and its header), `sealfs.new.*` data files
+//! of creates cut short, and hole map temp files. Nothing else is touched.
+//!
+//! A header is an orphan only if no data file anywhere carries its id, which takes a walk of
+//! the whole cipher dir (data files keep the mtimes programs give them, so no time tells which
+//! to read). The mount serves meanwhile; a rename or link it makes while the walk runs could
+//! move a file from a directory not walked yet into one walked already, so then nothing is
+//! removed (`UndoStore::entry_moved`). Only headers changed before this mount began and at or
+//! after the crashed session began are candidates: this mount's own creates are never.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use super::error::Result;
+use super::headers::{HeaderStore, read_names};
+use super::undo::UndoStore;
+use crate::format::name::{EntryKind, classify_entry};
+use crate::format::{Id, id_to_hex};
+
+/// What one sweep found and removed.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub orphan_headers: usize,
+    pub temp_files: usize,
+}
+
+/// A ctime in nanoseconds since the Unix epoch.
+pub(super) fn nanos(st: &nix::sys::stat::FileStat) -> i128 {
+    i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec)
+}
+
+/// Sweeps the cipher dir at `root` after a crash of the session that began at `since`; this
+/// mount began at `now` (nanoseconds since the Unix epoch: a mount may follow a crash within
+/// the second). `None`: a rename or link came during the walk, and nothing was removed.
+pub fn sweep(
+    root: BorrowedFd<'_>,
+    headers: &HeaderStore,
+    undo: &UndoStore,
+    (since, now): (i128, i128),
+) -> Result<Option<Swept>> {
+    let in_crashed_session = |ctime: i128| ctime >= since && ctime < now;
+    let mut swept = Swept::default();
+    let listing = headers.list()?;
+    for temp in listing.temps.iter().filter(|t| t.contains(".holes.")) {
+        let (sub, name) = temp.split_once('/').unwrap_or(("", temp));
+        let dir = headers.subdir(sub)?;
+        if fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| in_crashed_session(nanos(&st)))
+        {
+            headers.remove_listed(temp)?;
+            swept.temp_files += 1;
+        }
+    }
+    let candidates: Vec<Id> = listing
+        .ids
+        .into_iter()
+        .filter(|id| {
+            headers
+                .stat(id)
+                .is_some_and(|st| in_crashed_session(nanos(&st)))
+        })
+        .collect();
+    let moves = undo.moves();
+    let mut seen = HashSet::new();
+    let mut temps = Vec::new();
+    walk(root, true, &mut seen, &mut temps, &in_crashed_session)?;
+    if undo.moves() != moves {
+        return Ok(None);
+    }
+    for (dir, name) in temps {
+        match unlinkat(dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::Error::ENOENT) => swept.temp_files += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for id in candidates.iter().filter(|id| !seen.contains(*id)) {
+        tracing::info!(file_id = %id_to_hex(id), "removing an orphan header a crash left");
+        headers.remove(id)?;
+        undo.remove(id)?;
+        swept.orphan_headers += 1;
+    }
+    Ok(Some(swept))
+}
+
+/// Collects the file id of every data file under directory `dir` into `seen`, and the
+/// `sealfs.new.*` files made in the crashed session into `temps`.
+fn walk(
+    dir: BorrowedFd<'_>,
+    at_root: bool,
+    seen: &mut HashSet<Id>,
+    temps: &mut Vec<(OwnedFd, String)>,
+    in_crashed_session: &dyn Fn(i128) -> bool,
+) -> Result<()> {
+    for name in read_names(dir)? {
+        let st = match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::Error::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let internal = matches!(classify_entry(&name), EntryKind::Internal);
+        if kind == SFlag::S_IFDIR {
+            // sealfs's own directories (headers, journals, mount records, probes) hold no
+            // data file.
+            if internal && at_root {
+                continue;
+            }
+            let sub = match openat(
+                dir,
+                name.as_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(nix::Error::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            walk(sub.as_fd(), false, seen, temps, in_crashed_session)?;
+            continue;
+        }
+        if kind != SFlag::S_IFREG {
+            continue;
+        }
+        if name.starts_with(super::NEW_FILE_PREFIX) {
+            if in_crashed_session(nanos(&st)) {
+                let fd = openat(
+                    dir,
+                    ".",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                temps.push((fd, name));
+            }
+            continue;
+        }
+        if internal {
+            continue;
+        }
+        let file = match openat(
+            dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => File::from(fd),
+            Err(nix::Error::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // A data file without a whole preamble names no header (a crash remnant revived as an
+        // empty file gets a new one).
+        if let Ok(id) = crate::io::read_file_id(&file) {
+            seen.insert(id);
+        }
+    }
+    Ok(())
+}
