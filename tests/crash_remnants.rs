@@ -181,3 +181,45 @@ fn a_torn_rewrite_is_mended_from_the_undo_journal_at_first_open_and_by_fsck() {
     assert_eq!(fs::read(m.p("log")).unwrap(), acked);
     m.unmount();
 }
+
+/// What a create or a delete cut short leaves (an orphan header, a `sealfs.new.*` data file)
+/// is swept by the next mount after the crash: fsck then finds nothing, and every file reads.
+#[test]
+fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    fs::create_dir(m.p("dir")).unwrap();
+    for i in 0..20 {
+        fs::write(m.p(&format!("dir/f{i}")), format!("file {i}")).unwrap();
+    }
+    fs::write(m.p("kept"), b"kept").unwrap();
+    // The crash: the daemon dies mid-session, then what a create cut short would leave is put
+    // beside the real files (a header no data file names, a temp data file naming another).
+    m.kill();
+    let (data, _) = data_and_journal(&vol, "kept");
+    let id = sealfs::io::read_file_id(&fs::File::open(&data).unwrap()).unwrap();
+    let hex = sealfs::format::id_to_hex(&id);
+    let header = vol.cipher.join(format!("sealfs.headers/{}/{hex}", &hex[..2]));
+    let orphan = "00".to_string() + &"5a".repeat(15);
+    fs::create_dir_all(vol.cipher.join("sealfs.headers/00")).unwrap();
+    fs::copy(&header, vol.cipher.join(format!("sealfs.headers/00/{orphan}"))).unwrap();
+    let temp_dir = backing(&open_volume(&vol), "dir");
+    fs::write(temp_dir.join("sealfs.new.0123456789abcdef"), [0u8; 24]).unwrap();
+    let before = vol.run(&["fsck", vol.cipher_str()]);
+    assert!(!before.status.success(), "fsck sees the leftovers first");
+    {
+        let m = vol.mount();
+        assert_eq!(fs::read(m.p("kept")).unwrap(), b"kept");
+        let log = m.unmount();
+        assert!(log.contains("swept what the crash left"), "{log}");
+        assert!(log.contains("orphan_headers=1 temp_files=1"), "{log}");
+    }
+    vol.assert_fsck_clean();
+    assert!(!vol.cipher.join(format!("sealfs.headers/00/{orphan}")).exists());
+    assert!(header.exists(), "a header a file names stays");
+    let m = vol.mount();
+    for i in 0..20 {
+        assert_eq!(fs::read(m.p(&format!("dir/f{i}"))).unwrap(), format!("file {i}").as_bytes());
+    }
+    m.unmount();
+}

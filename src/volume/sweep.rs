@@ -21,7 +21,6 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::Result;
 use super::headers::{HeaderStore, read_names};
-use super::undo::UndoStore;
 use crate::format::name::{EntryKind, classify_entry};
 use crate::format::{Id, id_to_hex};
 
@@ -37,13 +36,20 @@ pub(super) fn nanos(st: &nix::sys::stat::FileStat) -> i128 {
     i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec)
 }
 
+/// What a sweep asks of the mount: how many renames and links it has made so far, and to
+/// remove the undo journal of an orphan.
+pub trait SweepHost {
+    fn moves(&self) -> u64;
+    fn remove_journal(&self, file_id: &Id) -> Result<()>;
+}
+
 /// Sweeps the cipher dir at `root` after a crash of the session that began at `since`; this
 /// mount began at `now` (nanoseconds since the Unix epoch: a mount may follow a crash within
 /// the second). `None`: a rename or link came during the walk, and nothing was removed.
 pub fn sweep(
     root: BorrowedFd<'_>,
     headers: &HeaderStore,
-    undo: &UndoStore,
+    undo: &dyn SweepHost,
     (since, now): (i128, i128),
 ) -> Result<Option<Swept>> {
     let in_crashed_session = |ctime: i128| ctime >= since && ctime < now;
@@ -84,7 +90,7 @@ pub fn sweep(
     for id in candidates.iter().filter(|id| !seen.contains(*id)) {
         tracing::info!(file_id = %id_to_hex(id), "removing an orphan header a crash left");
         headers.remove(id)?;
-        undo.remove(id)?;
+        undo.remove_journal(id)?;
         swept.orphan_headers += 1;
     }
     Ok(Some(swept))

@@ -170,9 +170,6 @@ impl UndoStore {
         self.moves.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    pub(super) fn moves(&self) -> u64 {
-        self.moves.load(std::sync::atomic::Ordering::Acquire)
-    }
 
     /// A lone, writable mount begins: its session marker is made durable (keeping the start
     /// of a crashed session it finds, whose files it then mends as it meets them, and whose
@@ -210,7 +207,7 @@ impl UndoStore {
             let sweep = move || match super::sweep::sweep(
                 root.as_fd(),
                 &headers,
-                &store,
+                &*store,
                 (since, now),
             ) {
                 Ok(Some(swept)) => {
@@ -426,6 +423,16 @@ impl UndoStore {
         {
             tracing::warn!(error = %e, "could not remove the session marker");
         }
+    }
+}
+
+impl super::sweep::SweepHost for UndoStore {
+    fn moves(&self) -> u64 {
+        self.moves.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn remove_journal(&self, file_id: &Id) -> Result<()> {
+        self.remove(file_id)
     }
 }
 
