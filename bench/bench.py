@@ -3,6 +3,7 @@
 and reports medians and ratios. Standard library only; fio does the I/O."""
 
 import argparse
+import filecmp
 import json
 import os
 import shutil
@@ -606,6 +607,9 @@ def main():
     args.seq_size = "64M" if args.quick else "1G"
     args.rand_size = "32M" if args.quick else "256M"
     args.runtime = 2 if args.quick else 10
+    if args.baseline and filecmp.cmp(args.sealfs, args.baseline, shallow=False):
+        print("bench: sealfs and the baseline are the same binary: the A/B compares nothing",
+              file=sys.stderr)
     args.small_files = 1000 if args.quick else 10000
     args.durable_ops = 300 if args.quick else 2000
     tar_files = 500 if args.quick else 3000

@@ -61,6 +61,14 @@ fn a_file_that_never_reached_the_disk_reads_as_empty_and_fsck_converges() {
         3,
         "{kinds:?}"
     );
+    repair_converges(&vol);
+    let m = vol.mount();
+    assert_eq!(fs::read(m.p("untouched")).unwrap(), b"");
+    assert_eq!(fs::read(m.p("db-shm")).unwrap(), b"new shared memory");
+}
+
+/// One `fsck --repair` mends everything (exit 1: errors corrected), and fsck is clean after.
+fn repair_converges(vol: &TestVolume) {
     let repaired = vol.run(&["fsck", vol.cipher_str(), "--repair"]);
     assert_eq!(
         repaired.status.code(),
@@ -69,9 +77,6 @@ fn a_file_that_never_reached_the_disk_reads_as_empty_and_fsck_converges() {
         common::stderr(&repaired)
     );
     vol.assert_fsck_clean();
-    let m = vol.mount();
-    assert_eq!(fs::read(m.p("untouched")).unwrap(), b"");
-    assert_eq!(fs::read(m.p("db-shm")).unwrap(), b"new shared memory");
 }
 
 /// The data file of `name` and its undo journal (`sealfs.undo/<id>`).
@@ -169,14 +174,7 @@ fn a_torn_rewrite_is_mended_from_the_undo_journal_at_first_open_and_by_fsck() {
         .map(|p| p["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["torn-write"], "{report}");
-    let repaired = offline.run(&["fsck", offline.cipher_str(), "--repair"]);
-    assert_eq!(
-        repaired.status.code(),
-        Some(1),
-        "{}",
-        common::stderr(&repaired)
-    );
-    offline.assert_fsck_clean();
+    repair_converges(&offline);
     let m = offline.mount();
     assert_eq!(fs::read(m.p("log")).unwrap(), acked);
     m.unmount();
@@ -199,10 +197,16 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
     let (data, _) = data_and_journal(&vol, "kept");
     let id = sealfs::io::read_file_id(&fs::File::open(&data).unwrap()).unwrap();
     let hex = sealfs::format::id_to_hex(&id);
-    let header = vol.cipher.join(format!("sealfs.headers/{}/{hex}", &hex[..2]));
+    let header = vol
+        .cipher
+        .join(format!("sealfs.headers/{}/{hex}", &hex[..2]));
     let orphan = "00".to_string() + &"5a".repeat(15);
     fs::create_dir_all(vol.cipher.join("sealfs.headers/00")).unwrap();
-    fs::copy(&header, vol.cipher.join(format!("sealfs.headers/00/{orphan}"))).unwrap();
+    fs::copy(
+        &header,
+        vol.cipher.join(format!("sealfs.headers/00/{orphan}")),
+    )
+    .unwrap();
     let temp_dir = backing(&open_volume(&vol), "dir");
     fs::write(temp_dir.join("sealfs.new.0123456789abcdef"), [0u8; 24]).unwrap();
     let before = vol.run(&["fsck", vol.cipher_str()]);
@@ -215,11 +219,18 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
         assert!(log.contains("orphan_headers=1 temp_files=1"), "{log}");
     }
     vol.assert_fsck_clean();
-    assert!(!vol.cipher.join(format!("sealfs.headers/00/{orphan}")).exists());
+    assert!(
+        !vol.cipher
+            .join(format!("sealfs.headers/00/{orphan}"))
+            .exists()
+    );
     assert!(header.exists(), "a header a file names stays");
     let m = vol.mount();
     for i in 0..20 {
-        assert_eq!(fs::read(m.p(&format!("dir/f{i}"))).unwrap(), format!("file {i}").as_bytes());
+        assert_eq!(
+            fs::read(m.p(&format!("dir/f{i}"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
     }
     m.unmount();
 }

@@ -170,7 +170,6 @@ impl UndoStore {
         self.moves.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-
     /// A lone, writable mount begins: its session marker is made durable (keeping the start
     /// of a crashed session it finds, whose files it then mends as it meets them, and whose
     /// leftovers a background sweep removes: `volume::sweep`).
@@ -482,15 +481,19 @@ impl FileUndo {
     }
 
     /// The file's data is durable (an fsync returned): the copies are spent and a new epoch
-    /// begins. The caller keeps writes out meanwhile.
+    /// begins. The caller keeps writes out meanwhile. The journal stays open, its name
+    /// durable, for the next epoch's copies (an append after each fsync makes one each time).
     pub fn synced(&self) -> std::result::Result<(), IoError> {
         let mut state = crate::sync::lock(&self.state);
-        if let Some(journal) = state.journal.take() {
+        if let Some(journal) = &state.journal
+            && state.end > undo::PREAMBLE_LEN
+        {
             journal.set_len(undo::PREAMBLE_LEN)?;
+        }
+        if state.data.take().is_some() {
             crate::sync::lock(&self.store.open).remove(&self.file_id);
         }
-        state.data = None;
-        state.end = 0;
+        state.end = state.end.min(undo::PREAMBLE_LEN);
         state.covered = HoleMap::default();
         state.epoch_len = None;
         Ok(())
@@ -539,8 +542,11 @@ impl UndoLedger for FileUndo {
         }
         if state.journal.is_none() {
             state.journal = Some(self.open_journal()?);
-            state.data = Some(at.file.try_clone()?);
             state.end = undo::PREAMBLE_LEN;
+        }
+        if state.data.is_none() {
+            // The epoch's first records: `settle` must end this epoch if no fsync does.
+            state.data = Some(at.file.try_clone()?);
             crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
         }
         let journal = state.journal.as_ref().expect("opened");

@@ -363,13 +363,13 @@ impl SealFs {
         }
         // Once the data is durable the undo journal's copies are spent. No write may be in
         // flight meanwhile (its copy would go with them while its block is half written), so
-        // a journaled file is synced under its whole-file lock (the kernel holds the inode
-        // lock through an fsync anyway).
+        // a journaled file is synced holding its whole range shared: writers wait, readers
+        // do not (the kernel holds the inode lock through an fsync anyway).
         let _guard = handle
             .content
             .undo
             .as_ref()
-            .map(|_| handle.node.ranges.write(0, range_lock::TO_END));
+            .map(|_| handle.node.ranges.read(0, range_lock::TO_END));
         if datasync {
             handle.file.sync_data()?;
         } else {
