@@ -54,7 +54,7 @@ pub struct DataFile<'a> {
     holes: Holes<'a>,
     /// The keeper of the undo journal (`io::undo`): `None` where nothing is journaled (a
     /// shared mount, offline tools, the reverse view).
-    undo: Option<&'a dyn UndoLedger>,
+    pub(super) undo: Option<&'a dyn UndoLedger>,
 }
 
 impl<'a> DataFile<'a> {

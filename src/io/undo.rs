@@ -44,6 +44,31 @@ impl StoredBlocks<'_> {
             .div_ceil(self.layout.sealed_block_size())
     }
 
+    /// Where block `index` ends in the data file, were it whole.
+    pub fn block_end(&self, index: u64) -> u64 {
+        self.layout.block_offset(index + 1)
+    }
+
+    /// A sealed block's size: what one record holds at most.
+    pub fn sealed_block_size(&self) -> u64 {
+        self.layout.sealed_block_size()
+    }
+
+    /// A second descriptor of the data file.
+    pub fn try_clone_file(&self) -> Result<File, IoError> {
+        Ok(self.file.try_clone()?)
+    }
+
+    /// The stored bytes of `blocks`, back to back, up to backing length `backing_len`.
+    pub fn run(&self, blocks: Range<u64>, backing_len: u64) -> Result<Vec<u8>, IoError> {
+        let at = self.layout.block_offset(blocks.start).min(backing_len);
+        let end = self.layout.block_offset(blocks.end).min(backing_len);
+        let mut bytes = vec![0u8; (end - at) as usize];
+        let got = read_full_at(self.file, &mut bytes, at)?;
+        bytes.truncate(got);
+        Ok(bytes)
+    }
+
     /// The stored bytes of block `index` of a data file `backing_len` bytes long (`None` past
     /// the end). A hole's are zeros: a torn write into it leaves it failing as surely as one
     /// into sealed data, and its copy puts it back as a recorded hole.
@@ -70,6 +95,15 @@ pub trait UndoLedger: Send + Sync {
         at: &LedgerAccess<'_>,
         blocks: Range<u64>,
         stored: &StoredBlocks<'_>,
+    ) -> Result<(), IoError>;
+
+    /// An fsync of the file: `sync` makes its data durable, after which the copies are spent
+    /// and a new epoch begins. The caller keeps writes out meanwhile. The keeper may copy, in
+    /// parallel, blocks the next epoch is likely to rewrite.
+    fn end_epoch(
+        &self,
+        stored: &StoredBlocks<'_>,
+        sync: &mut dyn FnMut() -> Result<(), IoError>,
     ) -> Result<(), IoError>;
 }
 
@@ -109,6 +143,28 @@ impl Recovery {
 }
 
 impl super::DataFile<'_> {
+    /// fsync (`datasync`: fdatasync) of the data file, which ends its undo journal's epoch.
+    pub fn sync(&self, datasync: bool) -> Result<(), IoError> {
+        let mut sync = || {
+            if datasync {
+                self.file.sync_data()
+            } else {
+                self.file.sync_all()
+            }
+            .map_err(IoError::from)
+        };
+        match self.undo {
+            Some(undo) => undo.end_epoch(
+                &StoredBlocks {
+                    file: self.file,
+                    layout: &self.layout,
+                },
+                &mut sync,
+            ),
+            None => sync(),
+        }
+    }
+
     /// The backing file's length now.
     pub fn backing_len(&self) -> Result<u64, IoError> {
         Ok(self.file.metadata()?.len())
@@ -148,7 +204,9 @@ impl super::DataFile<'_> {
     /// (written since, never fsynced) is cut off with what follows it.
     pub fn recovery(&self, records: &[UndoRecord]) -> Result<Recovery, IoError> {
         let mut plan = Recovery::default();
-        let Some(first_len) = records.iter().map(|r| r.backing_len).min() else {
+        // The last record's epoch length: where the epoch a crash cut began (the records of
+        // earlier epochs a journal may still hold concern blocks durable since).
+        let Some(first_len) = records.last().map(|r| r.backing_len) else {
             return Ok(plan);
         };
         let stored = StoredBlocks {

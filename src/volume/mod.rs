@@ -19,6 +19,7 @@ mod sweep;
 mod symlinks;
 mod test_points;
 pub mod undo;
+mod undo_file;
 
 pub use maintenance::lock_config;
 

@@ -28,11 +28,12 @@ use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::{Result, VolumeError};
+pub use super::undo_file::FileUndo;
+use super::undo_file::State;
 use crate::format::block::Layout;
-use crate::format::holes::HoleMap;
 use crate::format::undo::{self, UndoRecord};
 use crate::format::{Id, id_from_hex, id_to_hex};
-use crate::io::{DataFile, IoError, LedgerAccess, Recovery, StoredBlocks, UndoLedger};
+use crate::io::{DataFile, Recovery};
 
 pub const UNDO_DIR: &str = "sealfs.undo";
 /// `sealfs.undo/session`: present while a lone, writable mount runs, holding the Unix time
@@ -50,9 +51,9 @@ pub struct UndoStore {
     /// Files whose journal a crash left with records, not mended yet.
     pending: Mutex<HashSet<Id>>,
     /// Epoch state of the files whose journal is open, by file id.
-    open: Mutex<HashMap<Id, Arc<Mutex<State>>>>,
+    pub(super) open: Mutex<HashMap<Id, Arc<Mutex<State>>>>,
     /// Files this store made or opened a journal for: what `settle` removes.
-    touched: Mutex<HashSet<Id>>,
+    pub(super) touched: Mutex<HashSet<Id>>,
     /// When the session a crash ended began (`SESSION_FILE`), if one did.
     crashed_since: Option<i64>,
     /// This mount began a session (`begin_session`), and mends what a crash left.
@@ -64,24 +65,6 @@ pub struct UndoStore {
     moves: std::sync::atomic::AtomicU64,
     /// The sweep of what the crash left (`volume::sweep`), running; true once it finished.
     sweeper: Mutex<Option<std::thread::JoinHandle<bool>>>,
-}
-
-#[derive(Default)]
-struct State {
-    journal: Option<File>,
-    /// The data file (a second descriptor), for `settle`.
-    data: Option<File>,
-    /// Where the next record goes: the journal's length (its preamble alone: no record).
-    end: u64,
-    /// Blocks that need no copy until the epoch ends: copied already, or new in it.
-    covered: HoleMap,
-    /// The data file's backing length when the epoch's first write came: every block from
-    /// there on is new in it. Each record carries it.
-    epoch_len: Option<u64>,
-    /// Records being appended, reused.
-    buf: Vec<u8>,
-    /// The file is gone: its journal is never written again.
-    gone: bool,
 }
 
 impl UndoStore {
@@ -273,7 +256,7 @@ impl UndoStore {
     }
 
     /// `sealfs.undo`, made (durably) if absent.
-    fn dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+    pub(super) fn dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
         if let Some(dir) = self.existing_dir()? {
             return Ok(dir);
         }
@@ -301,11 +284,7 @@ impl UndoStore {
             .get(&file_id)
             .cloned()
             .unwrap_or_default();
-        FileUndo {
-            file_id,
-            store: self.clone(),
-            state,
-        }
+        FileUndo::new(file_id, self.clone(), state)
     }
 
     /// The records of `file_id`'s journal (none where it has none).
@@ -436,7 +415,7 @@ impl super::sweep::SweepHost for UndoStore {
 }
 
 /// fsyncs directory `dir` (made durable: the names in it).
-fn sync_dir(dir: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+pub(super) fn sync_dir(dir: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     File::from(openat(
         dir,
         ".",
@@ -445,116 +424,6 @@ fn sync_dir(dir: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     )?)
     .sync_all()?;
     Ok(())
-}
-
-/// The keeper of one data file's undo journal, for a mount that writes the file.
-pub struct FileUndo {
-    file_id: Id,
-    store: Arc<UndoStore>,
-    state: Arc<Mutex<State>>,
-}
-
-impl FileUndo {
-    fn error(&self, e: impl std::fmt::Display) -> IoError {
-        IoError::Io(std::io::Error::other(format!(
-            "undo journal of file {}: {e}",
-            id_to_hex(&self.file_id)
-        )))
-    }
-
-    /// Opens the journal (made if absent) with its preamble alone, durable with its name: a
-    /// record appended later needs only an fdatasync.
-    fn open_journal(&self) -> std::result::Result<File, IoError> {
-        let dir = self.store.dir().map_err(|e| self.error(e))?;
-        crate::sync::lock(&self.store.touched).insert(self.file_id);
-        let journal = File::from(openat(
-            dir,
-            id_to_hex(&self.file_id).as_str(),
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::from_bits_truncate(0o600),
-        )?);
-        journal.set_len(0)?;
-        journal.write_all_at(&undo::encode_preamble(&self.file_id), 0)?;
-        journal.sync_all()?;
-        sync_dir(dir).map_err(|e| self.error(e))?;
-        Ok(journal)
-    }
-
-    /// The file's data is durable (an fsync returned): the copies are spent and a new epoch
-    /// begins. The caller keeps writes out meanwhile. The journal stays open, its name
-    /// durable, for the next epoch's copies (an append after each fsync makes one each time).
-    pub fn synced(&self) -> std::result::Result<(), IoError> {
-        let mut state = crate::sync::lock(&self.state);
-        if let Some(journal) = &state.journal
-            && state.end > undo::PREAMBLE_LEN
-        {
-            journal.set_len(undo::PREAMBLE_LEN)?;
-        }
-        if state.data.take().is_some() {
-            crate::sync::lock(&self.store.open).remove(&self.file_id);
-        }
-        state.end = state.end.min(undo::PREAMBLE_LEN);
-        state.covered = HoleMap::default();
-        state.epoch_len = None;
-        Ok(())
-    }
-
-    /// The file is gone (last link and handle): its journal goes with its header.
-    pub fn discard(&self) {
-        let mut state = crate::sync::lock(&self.state);
-        state.gone = true;
-        state.journal = None;
-        state.data = None;
-        crate::sync::lock(&self.store.open).remove(&self.file_id);
-        let _ = self.store.remove(&self.file_id);
-    }
-}
-
-impl UndoLedger for FileUndo {
-    fn protect(
-        &self,
-        at: &LedgerAccess<'_>,
-        blocks: std::ops::Range<u64>,
-        stored: &StoredBlocks<'_>,
-    ) -> std::result::Result<(), IoError> {
-        let mut guard = crate::sync::lock(&self.state);
-        let state = &mut *guard;
-        if state.gone || blocks.is_empty() || state.covered.covers(&blocks) {
-            return Ok(());
-        }
-        let backing_len = stored.backing_len()?;
-        let epoch_len = *state.epoch_len.get_or_insert(backing_len);
-        state.buf.clear();
-        for index in blocks.clone() {
-            if state.covered.contains(index) {
-                continue;
-            }
-            if let Some(bytes) = stored.block(index, backing_len)? {
-                undo::encode_record(index, epoch_len, &bytes, &mut state.buf);
-            }
-        }
-        // Everything from the current end on is new in this epoch (a write past the end leaves
-        // a gap of holes that holds nothing durable either).
-        let new_from = stored.first_block_at_or_past(backing_len);
-        state.covered.insert(new_from.min(blocks.start)..blocks.end);
-        if state.buf.is_empty() {
-            return Ok(());
-        }
-        if state.journal.is_none() {
-            state.journal = Some(self.open_journal()?);
-            state.end = undo::PREAMBLE_LEN;
-        }
-        if state.data.is_none() {
-            // The epoch's first records: `settle` must end this epoch if no fsync does.
-            state.data = Some(at.file.try_clone()?);
-            crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
-        }
-        let journal = state.journal.as_ref().expect("opened");
-        journal.write_all_at(&state.buf, state.end)?;
-        journal.sync_data()?;
-        state.end += state.buf.len() as u64;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

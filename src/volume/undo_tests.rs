@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::crypto::{Sealer, SecretKey};
-use crate::io::{DataFile, Holes};
+use crate::io::{DataFile, Holes, UndoLedger};
 use std::os::unix::fs::FileExt;
 
 const ID: Id = [0x37; 16];
@@ -68,7 +68,8 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Every block of `got` is that block of `old` or of `new`, and nothing of `old` (acked)
+/// Every block of `got` is that block of `old` or of `new` (or, past `old`, zeros: an
+/// extended file whose data did not land, as ext4 shows it), and nothing of `old` (acked)
 /// is missing.
 fn each_block_old_or_new(got: &[u8], old: &[u8], new: &[u8]) -> bool {
     got.len() >= old.len()
@@ -77,7 +78,9 @@ fn each_block_old_or_new(got: &[u8], old: &[u8], new: &[u8]) -> bool {
                 v.get(i * BS..(i * BS + BS).min(v.len()))
                     .map(<[u8]>::to_vec)
             };
-            of(old).as_deref() == Some(block) || of(new).as_deref() == Some(block)
+            of(old).as_deref() == Some(block)
+                || of(new).as_deref() == Some(block)
+                || i * BS >= old.len() && block.iter().all(|&b| b == 0)
         })
 }
 
@@ -85,19 +88,44 @@ fn each_block_old_or_new(got: &[u8], old: &[u8], new: &[u8]) -> bool {
 /// old end nothing or zeros (an extended file whose data did not land): after recovery from the journal the
 /// file reads, and every block is its fsynced or its new version.
 fn torn_writes_recover(old: &[u8], writes: &[(u64, Vec<u8>)]) {
+    torn_writes_recover_with(old, &[], writes, false);
+}
+
+/// As `torn_writes_recover`, after the epochs `before` (each write followed by an fsync, so
+/// that copies are carried over), and with `in_fsync`: the tear comes during the fsync that
+/// follows the last write (its carry-over made durable, the data not).
+fn torn_writes_recover_with(
+    old: &[u8],
+    before: &[(u64, Vec<u8>)],
+    writes: &[(u64, Vec<u8>)],
+    in_fsync: bool,
+) {
     let fx = fixture();
     let undo = fx.store.keeper(ID);
     fx.df(Some(&undo)).write_at(0, old).unwrap();
-    fx.data.sync_data().unwrap();
-    undo.synced().unwrap();
+    fx.df(Some(&undo)).sync(true).unwrap();
+    let mut old = old.to_vec();
+    for (offset, data) in before {
+        fx.df(Some(&undo)).write_at(*offset, data).unwrap();
+        fx.df(Some(&undo)).sync(true).unwrap();
+        let end = *offset as usize + data.len();
+        old.resize(old.len().max(end), 0);
+        old[*offset as usize..end].copy_from_slice(data);
+    }
+    let old = &old[..];
     let (last, earlier) = writes.split_last().unwrap();
     let mut expected = old.to_vec();
     for (offset, data) in earlier {
         fx.df(Some(&undo)).write_at(*offset, data).unwrap();
+        expected.resize(expected.len().max(*offset as usize + data.len()), 0);
+        expected[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
     }
     let pre = fx.backing();
     fx.df(Some(&undo)).write_at(last.0, &last.1).unwrap();
     let post = fx.backing();
+    if in_fsync {
+        fx.df(Some(&undo)).sync(true).unwrap();
+    }
     let end = (last.0 as usize + last.1.len()).max(expected.len());
     expected.resize(end, 0);
     expected[last.0 as usize..last.0 as usize + last.1.len()].copy_from_slice(&last.1);
@@ -127,8 +155,12 @@ fn torn_writes_recover(old: &[u8], writes: &[(u64, Vec<u8>)]) {
                 .unwrap_or_else(|e| panic!("cut at {cut} (zeros {zeros}): {e}; {plan:?}"));
             assert!(
                 each_block_old_or_new(&got, old, &expected),
-                "cut at {cut} (zeros {zeros}): {} bytes back",
-                got.len()
+                "cut at {cut} (zeros {zeros}): {} bytes back; {plan:?}; records {:?}",
+                got.len(),
+                records
+                    .iter()
+                    .map(|r| (r.block, r.backing_len, r.stored.len()))
+                    .collect::<Vec<_>>()
             );
             checked += 1;
         }
@@ -191,4 +223,83 @@ fn copies_are_made_once_per_epoch_and_never_of_new_blocks() {
     df.write_at(10, b"x").unwrap();
     let records = fx.store.records(&ID, &fx.layout).unwrap();
     assert!(fx.df(None).recovery(&records).unwrap().is_empty());
+}
+
+#[test]
+fn copies_carried_over_an_fsync_protect_the_next_appends() {
+    let old = pattern(11, 3 * BS + 1000);
+    let at = old.len() as u64;
+    let before = [(at, pattern(12, 37)), (at + 37, pattern(13, 37))];
+    // The third append after two fsyncs finds the tail block copied already.
+    torn_writes_recover_with(&old, &before, &[(at + 74, pattern(14, 37))], false);
+    torn_writes_recover_with(&old, &before, &[(at + 74, pattern(15, 2 * BS))], false);
+    // Torn during the fsync whose copies were carried over.
+    torn_writes_recover_with(&old, &before, &[(at + 74, pattern(16, 37))], true);
+    torn_writes_recover_with(&old, &before, &[(at + 74, pattern(17, BS + 9))], true);
+    // Overwrites of the same block, epoch after epoch (a database's header page).
+    let page = [(100, pattern(18, 50)), (120, pattern(19, 50))];
+    torn_writes_recover_with(&old, &page, &[(140, pattern(20, 50))], false);
+    torn_writes_recover_with(&old, &page, &[(140, pattern(21, 50))], true);
+}
+
+#[test]
+fn an_append_after_an_fsync_copies_nothing_once_carried_over() {
+    let fx = fixture();
+    let undo = fx.store.keeper(ID);
+    let df = fx.df(Some(&undo));
+    df.write_at(0, &pattern(1, BS + 100)).unwrap();
+    df.sync(true).unwrap();
+    let journal_len = || {
+        std::fs::metadata(fx._dir.path().join(UNDO_DIR).join(id_to_hex(&ID))).map_or(0, |m| m.len())
+    };
+    let mut end = BS as u64 + 100;
+    df.write_at(end, b"first").unwrap();
+    end += 5;
+    let copied = journal_len();
+    assert!(copied > undo::PREAMBLE_LEN, "the tail block is copied");
+    df.sync(true).unwrap();
+    let carried = journal_len();
+    assert!(carried > copied, "and carried over at the fsync");
+    for _ in 0..3 {
+        let before = journal_len();
+        df.write_at(end, b"again").unwrap();
+        end += 5;
+        assert_eq!(journal_len(), before, "the append finds its copy");
+        df.sync(true).unwrap();
+        assert!(journal_len() > before, "carried over again");
+    }
+    // The last handle closes with nothing written since the fsync: the journal goes.
+    undo.closed();
+    assert_eq!(journal_len(), 0);
+    assert_eq!(
+        fx.df(None).read_at(0, end as usize).unwrap().len(),
+        end as usize
+    );
+}
+
+#[test]
+fn a_sequential_overwrite_copies_ahead() {
+    let fx = fixture();
+    let undo = fx.store.keeper(ID);
+    let df = fx.df(Some(&undo));
+    let old = pattern(2, 64 * BS);
+    df.write_at(0, &old).unwrap();
+    df.sync(true).unwrap();
+    let mut copies = Vec::new();
+    for i in 0..16u64 {
+        df.write_at(i * 4 * BS as u64, &pattern(3, 4 * BS)).unwrap();
+        copies.push(fx.store.records(&ID, &fx.layout).unwrap().len());
+    }
+    // 4 blocks, then 8 more ahead, then 16, 32: the writes between find theirs copied.
+    assert_eq!(&copies[..4], &[4, 12, 12, 28]);
+    assert_eq!(*copies.last().unwrap(), 64, "each block copied once");
+    let mut blocks: Vec<u64> = fx
+        .store
+        .records(&ID, &fx.layout)
+        .unwrap()
+        .iter()
+        .map(|r| r.block)
+        .collect();
+    blocks.dedup();
+    assert_eq!(blocks, (0..64).collect::<Vec<_>>());
 }

@@ -370,14 +370,8 @@ impl SealFs {
             .undo
             .as_ref()
             .map(|_| handle.node.ranges.read(0, range_lock::TO_END));
-        if datasync {
-            handle.file.sync_data()?;
-        } else {
-            handle.file.sync_all()?;
-        }
-        if let Some(undo) = &handle.content.undo {
-            undo.synced()?;
-        }
+        self.data_file(&handle.file, &handle.content)
+            .sync(datasync)?;
         Ok(())
     }
 
@@ -392,6 +386,9 @@ impl SealFs {
         }
         if let Err(e) = self.flush_holes(&handle.file, &handle.content) {
             tracing::error!(error = %e, "could not write a hole map at close");
+        }
+        if let Some(undo) = &handle.content.undo {
+            undo.closed();
         }
         self.release_all_locks(handle.node.ino);
         if let Some(id) = crate::sync::lock(&handle.node.orphaned_header).take() {

@@ -1,0 +1,338 @@
+//! The keeper of one data file's undo journal, for a lone mount that writes the file
+//! (`volume::undo` keeps the journals of the volume; `io::undo` says why they exist).
+//!
+//! Within an epoch (from one fsync of the file to the next), the first write to replace each
+//! stored block appends a copy of it and fdatasyncs the journal before the block is written.
+//! Two things keep that off the hot paths:
+//! - *Copy-ahead*: a write that continues the previous copied run copies a window of the
+//!   stored blocks ahead of it as well (doubling, up to `AHEAD_BYTES`), so a sequential
+//!   overwrite of a fsynced file flushes the journal once per window, not once per request.
+//! - *Carry-over at fsync*: a file whose fsynced blocks were rewritten in the epoch (an
+//!   append's partial tail block, a database's pages) will likely rewrite them again in the
+//!   next. The fsync copies them (and the tail block) into the journal for the next epoch,
+//!   and flushes the journal while the data file is flushed, in parallel; the next epoch's
+//!   writes to them then need no flush of their own. Records of earlier epochs stay in the
+//!   journal (a replay applies a copy only to a block that does not read, the latest copy
+//!   first) until it outgrows `COMPACT_AT`, when an fsync cuts it back to its preamble.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+
+use super::undo::{UndoStore, sync_dir};
+use crate::format::holes::HoleMap;
+use crate::format::undo;
+use crate::format::{Id, id_to_hex};
+use crate::io::{IoError, LedgerAccess, StoredBlocks, UndoLedger};
+
+/// The most stored bytes one copy-ahead takes.
+const AHEAD_BYTES: u64 = 8 << 20;
+/// Rewritten blocks an epoch may have and still have them carried over at its fsync: a
+/// database commit's pages, not a bulk overwrite.
+const HOT_BLOCKS: usize = 32;
+/// A journal this long is cut back at the next fsync instead of carrying copies over.
+const COMPACT_AT: u64 = 1 << 20;
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) journal: Option<File>,
+    /// The data file (a second descriptor), for `UndoStore::settle`.
+    pub(super) data: Option<File>,
+    /// Where the next record goes: the journal's length (its preamble alone: no record).
+    end: u64,
+    /// Blocks that need no copy until the epoch ends: copied already, or new in it.
+    covered: HoleMap,
+    /// The data file's backing length when the epoch began (or its first copy came): every
+    /// block from there on is new in it. Each record carries it, but for those carried over
+    /// at an fsync: they carry the ending epoch's, as that fsync may not finish.
+    start_len: Option<u64>,
+    /// Stored blocks written in the epoch (at most `HOT_BLOCKS`; `None` once more were).
+    rewritten: Option<BTreeSet<u64>>,
+    /// The epoch wrote to the file: its data must be made durable before its journal may go.
+    dirty: bool,
+    /// Where the last copy-ahead ended, and how many blocks it took.
+    ahead: (u64, u64),
+    /// Records being appended, reused.
+    buf: Vec<u8>,
+    /// The file is gone: its journal is never written again.
+    gone: bool,
+}
+
+impl State {
+    fn new_epoch(&mut self) {
+        self.covered = HoleMap::default();
+        self.start_len = None;
+        self.rewritten = Some(BTreeSet::new());
+        self.dirty = false;
+        self.ahead = (0, 0);
+    }
+
+    /// Notes that `blocks` are written while the blocks before `stored_end` were stored when
+    /// the epoch began.
+    fn note_rewrites(&mut self, blocks: &Range<u64>, stored_end: u64) {
+        let old = blocks.start..blocks.end.min(stored_end);
+        let Some(set) = self.rewritten.as_mut() else {
+            return;
+        };
+        if old.end.saturating_sub(old.start) > HOT_BLOCKS as u64 {
+            self.rewritten = None;
+            return;
+        }
+        set.extend(old);
+        if set.len() > HOT_BLOCKS {
+            self.rewritten = None;
+        }
+    }
+}
+
+/// The keeper of one data file's undo journal.
+pub struct FileUndo {
+    file_id: Id,
+    store: Arc<UndoStore>,
+    state: Arc<Mutex<State>>,
+}
+
+impl FileUndo {
+    pub(super) fn new(file_id: Id, store: Arc<UndoStore>, state: Arc<Mutex<State>>) -> FileUndo {
+        crate::sync::lock(&state)
+            .rewritten
+            .get_or_insert_with(BTreeSet::new);
+        FileUndo {
+            file_id,
+            store,
+            state,
+        }
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> IoError {
+        IoError::Io(std::io::Error::other(format!(
+            "undo journal of file {}: {e}",
+            id_to_hex(&self.file_id)
+        )))
+    }
+
+    /// Opens the journal (made if absent) with its preamble alone, durable with its name: a
+    /// record appended later needs only an fdatasync.
+    fn open_journal(&self) -> Result<File, IoError> {
+        let dir = self.store.dir().map_err(|e| self.error(e))?;
+        crate::sync::lock(&self.store.touched).insert(self.file_id);
+        let journal = File::from(openat(
+            dir,
+            id_to_hex(&self.file_id).as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        )?);
+        journal.set_len(0)?;
+        journal.write_all_at(&undo::encode_preamble(&self.file_id), 0)?;
+        journal.sync_all()?;
+        sync_dir(dir).map_err(|e| self.error(e))?;
+        Ok(journal)
+    }
+
+    /// The file's data is durable (an fsync returned, outside `end_epoch`): the copies are
+    /// spent and a new epoch begins. The caller keeps writes out meanwhile.
+    pub fn synced(&self) -> Result<(), IoError> {
+        let mut state = crate::sync::lock(&self.state);
+        self.spend(&mut state)
+    }
+
+    /// Cuts the journal back to its preamble (no fsync needed: a stale record only ever
+    /// puts back a block that does not read) and begins a new epoch.
+    fn spend(&self, state: &mut State) -> Result<(), IoError> {
+        if let Some(journal) = &state.journal
+            && state.end > undo::PREAMBLE_LEN
+        {
+            journal.set_len(undo::PREAMBLE_LEN)?;
+        }
+        if state.data.take().is_some() {
+            crate::sync::lock(&self.store.open).remove(&self.file_id);
+        }
+        state.end = state.end.min(undo::PREAMBLE_LEN);
+        state.new_epoch();
+        Ok(())
+    }
+
+    /// The file's last handle is closed: a file with nothing copied since its last fsync
+    /// lets go of its journal (carried-over copies are not needed by a file no one writes).
+    pub fn closed(&self) {
+        let mut state = crate::sync::lock(&self.state);
+        if state.dirty || state.journal.is_none() {
+            return;
+        }
+        state.journal = None;
+        if state.data.take().is_some() {
+            crate::sync::lock(&self.store.open).remove(&self.file_id);
+        }
+        state.end = 0;
+        state.new_epoch();
+        if let Err(e) = self.store.remove(&self.file_id) {
+            tracing::warn!(file = %id_to_hex(&self.file_id), error = %e, "could not remove an undo journal");
+        }
+    }
+
+    /// The file is gone (last link and handle): its journal goes with its header.
+    pub fn discard(&self) {
+        let mut state = crate::sync::lock(&self.state);
+        state.gone = true;
+        state.journal = None;
+        state.data = None;
+        crate::sync::lock(&self.store.open).remove(&self.file_id);
+        let _ = self.store.remove(&self.file_id);
+    }
+
+    /// The records carried over into the next epoch at an fsync, with the blocks they cover:
+    /// the stored blocks rewritten in this one and the partial tail block. `None` where
+    /// nothing is to be carried.
+    fn carry_over(
+        state: &mut State,
+        stored: &StoredBlocks<'_>,
+    ) -> Result<Option<(HoleMap, u64)>, IoError> {
+        let Some(rewritten) = state.rewritten.as_ref() else {
+            return Ok(None);
+        };
+        if state.journal.is_none() || rewritten.is_empty() || state.end >= COMPACT_AT {
+            return Ok(None);
+        }
+        let backing_len = stored.backing_len()?;
+        let stored_end = stored.first_block_at_or_past(backing_len);
+        let mut picks: BTreeSet<u64> = rewritten.range(..stored_end).copied().collect();
+        if stored_end > 0 && stored.block_end(stored_end - 1) > backing_len {
+            picks.insert(stored_end - 1);
+        }
+        // Blocks past the end this epoch began at were written in it: were its fsync cut
+        // short, they are torn new blocks, so the copies carried over say where it began.
+        let epoch_len = state.start_len.unwrap_or(backing_len).min(backing_len);
+        state.buf.clear();
+        let mut covered = HoleMap::default();
+        for index in picks {
+            if let Some(bytes) = stored.block(index, backing_len)? {
+                undo::encode_record(index, epoch_len, &bytes, &mut state.buf);
+                covered.insert(index..index + 1);
+            }
+        }
+        covered.insert(stored_end..u64::MAX);
+        Ok((!state.buf.is_empty()).then_some((covered, backing_len)))
+    }
+}
+
+impl UndoLedger for FileUndo {
+    fn protect(
+        &self,
+        at: &LedgerAccess<'_>,
+        blocks: Range<u64>,
+        stored: &StoredBlocks<'_>,
+    ) -> Result<(), IoError> {
+        let mut guard = crate::sync::lock(&self.state);
+        let state = &mut *guard;
+        if state.gone || blocks.is_empty() {
+            return Ok(());
+        }
+        state.dirty = true;
+        if state.covered.covers(&blocks) {
+            if let Some(len) = state.start_len {
+                state.note_rewrites(&blocks, stored.first_block_at_or_past(len));
+            }
+            return Ok(());
+        }
+        let backing_len = stored.backing_len()?;
+        let epoch_len = *state.start_len.get_or_insert(backing_len);
+        state.note_rewrites(&blocks, stored.first_block_at_or_past(epoch_len));
+        let new_from = stored.first_block_at_or_past(backing_len);
+        // A write that continues the last copied run copies ahead, twice as far each time.
+        let (ahead_end, ahead_len) = state.ahead;
+        let run = blocks.end - blocks.start;
+        let window = if blocks.start + 1 >= ahead_end && blocks.start <= ahead_end {
+            (ahead_len * 2).max(run)
+        } else {
+            run
+        }
+        .min((AHEAD_BYTES / stored.sealed_block_size()).max(run));
+        let copy = blocks.start..(blocks.start + window).min(new_from).max(blocks.end);
+        state.buf.clear();
+        let run_bytes = stored.run(copy.clone(), backing_len)?;
+        let sealed = stored.sealed_block_size() as usize;
+        for (index, bytes) in copy.clone().zip(run_bytes.chunks(sealed)) {
+            if !state.covered.contains(index) {
+                undo::encode_record(index, epoch_len, bytes, &mut state.buf);
+            }
+        }
+        let copied_to = copy.end;
+        state.ahead = (copied_to, window);
+        // Everything from the current end on is new in this epoch (a write past the end leaves
+        // a gap of holes that holds nothing durable either).
+        state.covered.insert(new_from.min(blocks.start)..blocks.end);
+        state.covered.insert(copy.start..copied_to);
+        if state.buf.is_empty() {
+            return Ok(());
+        }
+        if state.journal.is_none() {
+            state.journal = Some(self.open_journal()?);
+            state.end = undo::PREAMBLE_LEN;
+        }
+        if state.data.is_none() {
+            // The epoch's first records: `settle` must end this epoch if no fsync does.
+            state.data = Some(at.file.try_clone()?);
+            crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
+        }
+        let journal = state.journal.as_ref().expect("opened");
+        journal.write_all_at(&state.buf, state.end)?;
+        journal.sync_data()?;
+        state.end += state.buf.len() as u64;
+        Ok(())
+    }
+
+    fn end_epoch(
+        &self,
+        stored: &StoredBlocks<'_>,
+        sync: &mut dyn FnMut() -> Result<(), IoError>,
+    ) -> Result<(), IoError> {
+        let mut guard = crate::sync::lock(&self.state);
+        let state = &mut *guard;
+        let carried = if state.gone {
+            None
+        } else {
+            Self::carry_over(state, stored)?
+        };
+        let Some((covered, next_start)) = carried else {
+            sync()?;
+            return self.spend(state);
+        };
+        // The copies for the next epoch are flushed while the data is.
+        if state.data.is_none() {
+            state.data = Some(stored.try_clone_file()?);
+            crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
+        }
+        let journal = state.journal.as_ref().expect("carry-over needs a journal");
+        let (at, records) = (state.end, &state.buf);
+        let (copied, synced) = std::thread::scope(|s| {
+            let copying = s.spawn(|| {
+                journal.write_all_at(records, at)?;
+                journal.sync_data()
+            });
+            let synced = sync();
+            (copying.join(), synced)
+        });
+        synced?;
+        let len = records.len() as u64;
+        state.new_epoch();
+        match copied {
+            Ok(Ok(())) => {
+                state.end = at + len;
+                state.covered = covered;
+                state.start_len = Some(next_start);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(file = %id_to_hex(&self.file_id), error = %e, "could not carry undo copies over an fsync; the next writes copy them");
+            }
+            Err(_) => {
+                tracing::error!(file = %id_to_hex(&self.file_id), "the undo carry-over thread panicked");
+            }
+        }
+        Ok(())
+    }
+}
