@@ -18,14 +18,22 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use common::powercut::{Powercut, Snapshot, Variant};
 use common::{Mounted, Rng, TestVolume, files_under};
+use workloads::sqlite::{Journal, Sqlite};
+use workloads::tree::Tree;
+
+#[path = "powercut_workloads"]
+mod workloads {
+    pub mod resize;
+    pub mod sqlite;
+    pub mod tree;
+}
 
 /// sealfs mounted over the interposer, over a fresh volume. Fields drop in order: sealfs is
 /// unmounted first, then the interposer, then the directories go.
@@ -37,7 +45,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Rig {
+    fn new(workload: Workload) -> Rig {
         let lower = TestVolume::new();
         let upper = lower.dir.path().join("upper");
         let scratch = lower.dir.path().join("snapshots");
@@ -45,6 +53,16 @@ impl Rig {
         fs::create_dir(&scratch).unwrap();
         let powercut = Powercut::mount(&lower.cipher, &upper, &scratch);
         let upper = TestVolume::existing(common::test_dir(), upper, lower.keys.clone());
+        if let Workload::Tenant = workload {
+            let key = lower.dir.path().join("tenant.key");
+            let out = upper.run(
+                &["policy", "set", upper.cipher_str(), "/t"]
+                    .into_iter()
+                    .chain(["--keyfile", key.to_str().unwrap()])
+                    .collect::<Vec<_>>(),
+            );
+            assert!(out.status.success(), "{}", common::stderr(&out));
+        }
         Rig {
             sealfs: upper.mount(),
             powercut,
@@ -65,12 +83,8 @@ enum Expect {
     File { name: &'static str, data: Vec<u8> },
     /// The sqlite database holds rows 1 to n.
     Rows(u64),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Journal {
-    Wal,
-    Rollback,
+    /// The files of the namespace workload.
+    Tree(Tree),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +97,14 @@ enum Workload {
     BlockOverwrites,
     /// One INSERT per transaction, through Python's sqlite3.
     Sqlite(Journal),
+    /// Files made, written, renamed, linked and unlinked, short and long names, with fsyncs
+    /// of files and directories (workloads/tree.rs).
+    Tree,
+    /// Truncates, punched holes, zeroed ranges, fallocate past the end, writes, each fsynced
+    /// (workloads/resize.rs).
+    Resize,
+    /// The appender in a tenant's directory (a key policy of its own).
+    Tenant,
 }
 
 const STEPS: usize = 40;
@@ -97,10 +119,19 @@ impl Workload {
     fn initial(&self) -> Expect {
         match self {
             Workload::Sqlite(_) => Expect::Rows(0),
+            Workload::Tree => Expect::Tree(Tree::new()),
             _ => Expect::File {
-                name: "data",
+                name: self.file_name(),
                 data: Vec::new(),
             },
+        }
+    }
+
+    /// The file the file workloads write.
+    fn file_name(&self) -> &'static str {
+        match self {
+            Workload::Tenant => "t/data",
+            _ => "data",
         }
     }
 
@@ -114,13 +145,16 @@ impl Workload {
             })
         };
         let mut model = Vec::new();
-        let file = |data: &Vec<u8>| Expect::File {
-            name: "data",
-            data: data.clone(),
+        let name = self.file_name();
+        let file = |data: &[u8]| Expect::File {
+            name,
+            data: data.to_vec(),
         };
-        let path = root.join("data");
+        let path = root.join(name);
         match self {
-            Workload::Appender => {
+            Workload::Tree => workloads::tree::run(root, rng, STEPS, |t| ack(Expect::Tree(t))),
+            Workload::Resize => workloads::resize::run(root, rng, STEPS, |d| ack(file(d))),
+            Workload::Appender | Workload::Tenant => {
                 let mut f = OpenOptions::new()
                     .append(true)
                     .create(true)
@@ -177,18 +211,30 @@ impl Workload {
             Expect::File { name, data } => {
                 let (found, bad, _) = read_chunks(&root.join(name));
                 let next = match next {
-                    Some(Expect::File { data, .. }) => data.as_slice(),
-                    _ => &[],
+                    Some(Expect::File { data, .. }) => Some(data.as_slice()),
+                    _ => None,
                 };
                 let readable = |i: usize| !bad.get(i / CHUNK).copied().unwrap_or(true);
-                let kept = |i: usize| {
-                    readable(i)
-                        && (found.get(i) == data.get(i)
-                            || next.get(i).is_some() && found.get(i) == next.get(i))
+                // A byte is as acknowledged, or as the step in flight made it (which may
+                // have cut it off).
+                let kept = |i: usize| match (found.get(i), next) {
+                    (None, Some(next)) => next.get(i).is_none(),
+                    (None, None) => false,
+                    (Some(b), next) => {
+                        readable(i)
+                            && (Some(b) == data.get(i) || next.is_some_and(|n| n.get(i) == Some(b)))
+                    }
                 };
                 ((0..data.len()).filter(|&i| !kept(i)).count() as u64, false)
             }
             Expect::Rows(n) => Sqlite::verify(&root.join("db"), *n),
+            Expect::Tree(tree) => {
+                let next = match next {
+                    Some(Expect::Tree(t)) => Some(t),
+                    _ => None,
+                };
+                (workloads::tree::check(root, tree, next), false)
+            }
         }
     }
 }
@@ -221,119 +267,6 @@ fn read_chunks(path: &Path) -> (Vec<u8>, Vec<bool>, u64) {
         }
     }
     (data, bad, eio)
-}
-
-/// The Python side of the sqlite workloads: reads a row number per line, inserts that row in a
-/// transaction of its own, and prints the number once committed.
-const SQLITE_WORKLOAD: &str = r#"
-import hashlib, sqlite3, sys
-def payload(n):
-    return hashlib.sha256(b"%d" % n).digest() * (4 + n % 60)
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-if sys.argv[2] == "wal":
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA wal_autocheckpoint=16")
-db.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
-print("ready", flush=True)
-for line in sys.stdin:
-    n = int(line)
-    db.execute("BEGIN")
-    db.execute("INSERT INTO t(id, payload) VALUES (?, ?)", (n, payload(n)))
-    db.execute("COMMIT")
-    print(n, flush=True)
-"#;
-
-/// The check of a crash state: prints the rows of 1..=n missing or wrong, or why the database
-/// failed (it must open, pass integrity_check and take a new row).
-const SQLITE_CHECK: &str = r#"
-import hashlib, sqlite3, sys
-def payload(n):
-    return hashlib.sha256(b"%d" % n).digest() * (4 + n % 60)
-n = int(sys.argv[2])
-try:
-    db = sqlite3.connect(sys.argv[1], isolation_level=None)
-    integrity = db.execute("PRAGMA integrity_check").fetchall()
-    if integrity != [("ok",)]:
-        print("failed: integrity_check:", integrity)
-        sys.exit()
-    db.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
-    rows = dict(db.execute("SELECT id, payload FROM t WHERE id <= ?", (n,)).fetchall())
-    lost = sum(1 for i in range(1, n + 1) if rows.get(i) != payload(i))
-    db.execute("INSERT INTO t(payload) VALUES (?)", (payload(0),))
-    print("lost", lost)
-except Exception as e:
-    print("failed:", repr(e))
-"#;
-
-struct Sqlite {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Sqlite {
-    fn start(db: &Path, journal: Journal) -> Sqlite {
-        let mode = match journal {
-            Journal::Wal => "wal",
-            Journal::Rollback => "rollback",
-        };
-        let mut child = Command::new("python3")
-            .args(["-c", SQLITE_WORKLOAD])
-            .arg(db)
-            .arg(mode)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut db = Sqlite {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(db.line(), "ready");
-        db
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line.trim_end().to_string()
-    }
-
-    /// Inserts row `n`; returns once it is committed.
-    fn insert(&mut self, n: u64) {
-        writeln!(self.stdin.as_ref().unwrap(), "{n}").unwrap();
-        assert_eq!(self.line(), n.to_string(), "commit of row {n}");
-    }
-
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        assert!(self.child.wait().unwrap().success());
-    }
-
-    /// Rows of 1..=n lost, and whether the database failed.
-    fn verify(db: &Path, n: u64) -> (u64, bool) {
-        let out = Command::new("python3")
-            .args(["-c", SQLITE_CHECK])
-            .arg(db)
-            .arg(n.to_string())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        match text.trim().strip_prefix("lost ") {
-            Some(lost) => (lost.parse().unwrap(), false),
-            None => {
-                eprintln!(
-                    "sqlite failed: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                (0, true)
-            }
-        }
-    }
 }
 
 /// What one crash state showed.
@@ -469,7 +402,7 @@ fn power_cuts(workload: Workload, salt: u64) {
     let seed = env_u64("SEALFS_POWERCUT_SEED", 0x5eed_c0de) ^ salt;
     // The first run counts the workload's requests (after the mount's own).
     let (first, last) = {
-        let rig = Rig::new();
+        let rig = Rig::new(workload);
         let first = rig.powercut.counter() + 1;
         workload.run(&rig.sealfs.path, &rig.powercut, &mut Rng(seed | 1));
         (first, rig.powercut.counter())
@@ -478,7 +411,7 @@ fn power_cuts(workload: Workload, salt: u64) {
     let moments: Vec<u64> = (0..states)
         .map(|_| first + rng.below(last - first + 1))
         .collect();
-    let rig = Rig::new();
+    let rig = Rig::new(workload);
     rig.powercut.set_triggers(moments.iter().copied());
     let acks = workload.run(&rig.sealfs.path, &rig.powercut, &mut Rng(seed | 1));
     let snapshots = rig.powercut.take_snapshots();
@@ -569,6 +502,21 @@ fn sqlite_wal_survives_power_cuts() {
 #[test]
 fn sqlite_rollback_journal_survives_power_cuts() {
     power_cuts(Workload::Sqlite(Journal::Rollback), 5);
+}
+
+#[test]
+fn names_survive_power_cuts() {
+    power_cuts(Workload::Tree, 6);
+}
+
+#[test]
+fn truncates_and_fallocates_survive_power_cuts() {
+    power_cuts(Workload::Resize, 7);
+}
+
+#[test]
+fn a_tenant_directory_survives_power_cuts() {
+    power_cuts(Workload::Tenant, 8);
 }
 
 /// The interposer alone: what was not fsynced stays in memory and is seen above it; a

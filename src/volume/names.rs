@@ -100,8 +100,10 @@ fn read_long_sidecar(dir: BorrowedFd<'_>, hashed: &str) -> Result<String> {
     Ok(text)
 }
 
-/// Writes the sidecar of a long name before its entry exists, so a crash can leave an unused
-/// sidecar (cleaned by fsck) but never an entry whose name cannot be recovered.
+/// Writes the sidecar of a long name before its entry exists, durably (an entry made durable
+/// by an fsync of its directory must find it whole after a power cut), so a crash can leave an
+/// unused sidecar (swept by the next mount, cleaned by fsck) but never an entry whose name
+/// cannot be recovered.
 pub fn write_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> Result<()> {
     let (Some(sidecar), BackingName::Long { full, .. }) = (name.sidecar(), name) else {
         return Ok(());
@@ -112,7 +114,9 @@ pub fn write_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> Result<()>
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         Mode::from_bits_truncate(0o644),
     )?;
-    File::from(fd).write_all(full.as_bytes())?;
+    let mut file = File::from(fd);
+    file.write_all(full.as_bytes())?;
+    file.sync_data()?;
     Ok(())
 }
 

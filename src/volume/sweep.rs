@@ -2,7 +2,9 @@
 //! writable mount in the background (`volume::undo` says how a crash is known): headers made
 //! or left in the crashed session that no data file names (a create cut before its data file
 //! was linked, a delete cut between its data file and its header), `sealfs.new.*` data files
-//! of creates cut short, and hole map temp files. Nothing else is touched.
+//! of creates cut short, hole map temp files, and long-name sidecars whose entry was never
+//! made (each removed under its directory's lock, which creates there take: a program
+//! making the same name again meanwhile finds it or writes it anew). Nothing else is touched.
 //!
 //! A header is an orphan only if no data file anywhere carries its id, which takes a walk of
 //! the whole cipher dir (data files keep the mtimes programs give them, so no time tells which
@@ -21,7 +23,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::Result;
 use super::headers::{HeaderStore, read_names};
-use crate::format::name::{EntryKind, classify_entry};
+use crate::format::name::{EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX, classify_entry};
 use crate::format::{Id, id_to_hex};
 
 /// What one sweep found and removed.
@@ -29,6 +31,16 @@ use crate::format::{Id, id_to_hex};
 pub struct Swept {
     pub orphan_headers: usize,
     pub temp_files: usize,
+    pub unused_sidecars: usize,
+}
+
+/// What a walk collects: file ids data files carry, crash-made temp files, and long-name
+/// sidecars made in the crashed session without their entry (by directory).
+#[derive(Default)]
+struct Walk {
+    seen: HashSet<Id>,
+    temps: Vec<(OwnedFd, String)>,
+    sidecars: Vec<(OwnedFd, String)>,
 }
 
 /// A ctime in nanoseconds since the Unix epoch.
@@ -75,11 +87,24 @@ pub fn sweep(
         })
         .collect();
     let moves = undo.moves();
-    let mut seen = HashSet::new();
-    let mut temps = Vec::new();
-    walk(root, true, &mut seen, &mut temps, &in_crashed_session)?;
+    let mut found = Walk::default();
+    walk(root, true, &mut found, &in_crashed_session)?;
     if undo.moves() != moves {
         return Ok(None);
+    }
+    let Walk {
+        seen,
+        temps,
+        sidecars,
+    } = found;
+    for (dir, sidecar) in sidecars {
+        let _lock = super::maintenance::lock_directory(root, dir.as_fd(), true)?;
+        if unused_sidecar(dir.as_fd(), &sidecar, &in_crashed_session) {
+            match unlinkat(dir.as_fd(), sidecar.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::Error::ENOENT) => swept.unused_sidecars += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     for (dir, name) in temps {
         match unlinkat(dir.as_fd(), name.as_str(), UnlinkatFlags::NoRemoveDir) {
@@ -96,13 +121,41 @@ pub fn sweep(
     Ok(Some(swept))
 }
 
-/// Collects the file id of every data file under directory `dir` into `seen`, and the
-/// `sealfs.new.*` files made in the crashed session into `temps`.
+/// Whether `sidecar` in `dir` is a long-name sidecar made in the crashed session whose entry
+/// does not exist.
+fn unused_sidecar(
+    dir: BorrowedFd<'_>,
+    sidecar: &str,
+    in_crashed_session: &dyn Fn(i128) -> bool,
+) -> bool {
+    let Some(entry) = sidecar.strip_suffix(LONG_NAME_SUFFIX) else {
+        return false;
+    };
+    entry.starts_with(LONG_PREFIX)
+        && fstatat(dir, sidecar, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| in_crashed_session(nanos(&st)))
+        && matches!(
+            fstatat(dir, entry, AtFlags::AT_SYMLINK_NOFOLLOW),
+            Err(nix::Error::ENOENT)
+        )
+}
+
+/// The directory `dir` itself, opened again.
+fn reopen(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
+    Ok(openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Collects into `found` the file id of every data file under directory `dir`, the
+/// `sealfs.new.*` files made in the crashed session, and its unused long-name sidecars.
 fn walk(
     dir: BorrowedFd<'_>,
     at_root: bool,
-    seen: &mut HashSet<Id>,
-    temps: &mut Vec<(OwnedFd, String)>,
+    found: &mut Walk,
     in_crashed_session: &dyn Fn(i128) -> bool,
 ) -> Result<()> {
     for name in read_names(dir)? {
@@ -129,7 +182,7 @@ fn walk(
                 Err(nix::Error::ENOENT) => continue,
                 Err(e) => return Err(e.into()),
             };
-            walk(sub.as_fd(), false, seen, temps, in_crashed_session)?;
+            walk(sub.as_fd(), false, found, in_crashed_session)?;
             continue;
         }
         if kind != SFlag::S_IFREG {
@@ -137,17 +190,14 @@ fn walk(
         }
         if name.starts_with(super::NEW_FILE_PREFIX) {
             if in_crashed_session(nanos(&st)) {
-                let fd = openat(
-                    dir,
-                    ".",
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                temps.push((fd, name));
+                found.temps.push((reopen(dir)?, name));
             }
             continue;
         }
         if internal {
+            if unused_sidecar(dir, &name, in_crashed_session) {
+                found.sidecars.push((reopen(dir)?, name));
+            }
             continue;
         }
         let file = match openat(
@@ -163,7 +213,7 @@ fn walk(
         // A data file without a whole preamble names no header (a crash remnant revived as an
         // empty file gets a new one).
         if let Ok(id) = crate::io::read_file_id(&file) {
-            seen.insert(id);
+            found.seen.insert(id);
         }
     }
     Ok(())

@@ -196,6 +196,7 @@ impl UndoStore {
                     tracing::info!(
                         orphan_headers = swept.orphan_headers,
                         temp_files = swept.temp_files,
+                        unused_sidecars = swept.unused_sidecars,
                         "swept what the crash left"
                     );
                     true

@@ -37,14 +37,21 @@ const AHEAD_BYTES: u64 = 8 << 20;
 const HOT_BLOCKS: usize = 32;
 /// A journal this long is cut back at the next fsync instead of carrying copies over.
 const COMPACT_AT: u64 = 1 << 20;
+/// The least a journal is grown by: it is written with zeros ahead of its records, so that
+/// appending one overwrites bytes in place and its fdatasync commits no metadata (on ext4, no
+/// journal commit: the flush can run beside the data file's).
+const GROW: u64 = 64 << 10;
 
 #[derive(Default)]
 pub(super) struct State {
     pub(super) journal: Option<File>,
     /// The data file (a second descriptor), for `UndoStore::settle`.
     pub(super) data: Option<File>,
-    /// Where the next record goes: the journal's length (its preamble alone: no record).
+    /// Where the next record goes (the preamble's end: no record). The bytes from there on
+    /// are zeros: a record head of zeros ends the journal.
     end: u64,
+    /// The journal's length: written (zeros past `end`), not sparse.
+    allocated: u64,
     /// Blocks that need no copy until the epoch ends: copied already, or new in it.
     covered: HoleMap,
     /// The data file's backing length when the epoch began (or its first copy came): every
@@ -116,9 +123,9 @@ impl FileUndo {
         )))
     }
 
-    /// Opens the journal (made if absent) with its preamble alone, durable with its name: a
-    /// record appended later needs only an fdatasync.
-    fn open_journal(&self) -> Result<File, IoError> {
+    /// Opens the journal (made if absent) with its preamble and `GROW` bytes of zeros,
+    /// durable with its name: a record appended later needs only an fdatasync.
+    fn open_journal(&self, state: &mut State) -> Result<(), IoError> {
         let dir = self.store.dir().map_err(|e| self.error(e))?;
         crate::sync::lock(&self.store.touched).insert(self.file_id);
         let journal = File::from(openat(
@@ -128,10 +135,15 @@ impl FileUndo {
             Mode::from_bits_truncate(0o600),
         )?);
         journal.set_len(0)?;
-        journal.write_all_at(&undo::encode_preamble(&self.file_id), 0)?;
+        let mut bytes = undo::encode_preamble(&self.file_id).to_vec();
+        bytes.resize(GROW as usize, 0);
+        journal.write_all_at(&bytes, 0)?;
         journal.sync_all()?;
         sync_dir(dir).map_err(|e| self.error(e))?;
-        Ok(journal)
+        state.journal = Some(journal);
+        state.end = undo::PREAMBLE_LEN;
+        state.allocated = GROW;
+        Ok(())
     }
 
     /// The file's data is durable (an fsync returned, outside `end_epoch`): the copies are
@@ -141,13 +153,14 @@ impl FileUndo {
         self.spend(&mut state)
     }
 
-    /// Cuts the journal back to its preamble (no fsync needed: a stale record only ever
-    /// puts back a block that does not read) and begins a new epoch.
+    /// Cuts the journal back to its preamble (zeros where its first record was; no fsync
+    /// needed: a stale record only ever puts back a block that does not read) and begins a
+    /// new epoch.
     fn spend(&self, state: &mut State) -> Result<(), IoError> {
         if let Some(journal) = &state.journal
             && state.end > undo::PREAMBLE_LEN
         {
-            journal.set_len(undo::PREAMBLE_LEN)?;
+            journal.write_all_at(&[0; undo::RECORD_HEAD_LEN], undo::PREAMBLE_LEN)?;
         }
         if state.data.take().is_some() {
             crate::sync::lock(&self.store.open).remove(&self.file_id);
@@ -220,6 +233,26 @@ impl FileUndo {
     }
 }
 
+/// Readies the records in `state.buf`, to be written at `state.end`: a head of zeros after
+/// them ends the journal there (what follows may be older records), and where they would
+/// reach past the journal's length, zeros grow it (doubling, then by the MiB), so that the
+/// appends after need no metadata flushed. Returns the records' length.
+fn frame(state: &mut State) -> u64 {
+    let records = state.buf.len() as u64;
+    state.buf.extend_from_slice(&[0; undo::RECORD_HEAD_LEN]);
+    let needed = state.end + state.buf.len() as u64;
+    if needed > state.allocated {
+        let grown = if needed < 1 << 20 {
+            needed.next_power_of_two().max(GROW)
+        } else {
+            needed.next_multiple_of(1 << 20)
+        };
+        state.buf.resize((grown - state.end) as usize, 0);
+        state.allocated = grown;
+    }
+    records
+}
+
 impl UndoLedger for FileUndo {
     fn protect(
         &self,
@@ -271,18 +304,18 @@ impl UndoLedger for FileUndo {
             return Ok(());
         }
         if state.journal.is_none() {
-            state.journal = Some(self.open_journal()?);
-            state.end = undo::PREAMBLE_LEN;
+            self.open_journal(state)?;
         }
         if state.data.is_none() {
             // The epoch's first records: `settle` must end this epoch if no fsync does.
             state.data = Some(at.file.try_clone()?);
             crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
         }
+        let records = frame(state);
         let journal = state.journal.as_ref().expect("opened");
         journal.write_all_at(&state.buf, state.end)?;
         journal.sync_data()?;
-        state.end += state.buf.len() as u64;
+        state.end += records;
         Ok(())
     }
 
@@ -307,6 +340,7 @@ impl UndoLedger for FileUndo {
             state.data = Some(stored.try_clone_file()?);
             crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
         }
+        let len = frame(state);
         let journal = state.journal.as_ref().expect("carry-over needs a journal");
         let (at, records) = (state.end, &state.buf);
         let (copied, synced) = std::thread::scope(|s| {
@@ -318,7 +352,6 @@ impl UndoLedger for FileUndo {
             (copying.join(), synced)
         });
         synced?;
-        let len = records.len() as u64;
         state.new_epoch();
         match copied {
             Ok(Ok(())) => {

@@ -249,28 +249,31 @@ fn an_append_after_an_fsync_copies_nothing_once_carried_over() {
     let df = fx.df(Some(&undo));
     df.write_at(0, &pattern(1, BS + 100)).unwrap();
     df.sync(true).unwrap();
-    let journal_len = || {
-        std::fs::metadata(fx._dir.path().join(UNDO_DIR).join(id_to_hex(&ID))).map_or(0, |m| m.len())
-    };
+    let records = || fx.store.records(&ID, &fx.layout).unwrap().len();
+    let journal = fx._dir.path().join(UNDO_DIR).join(id_to_hex(&ID));
     let mut end = BS as u64 + 100;
     df.write_at(end, b"first").unwrap();
     end += 5;
-    let copied = journal_len();
-    assert!(copied > undo::PREAMBLE_LEN, "the tail block is copied");
+    assert_eq!(records(), 1, "the tail block is copied");
     df.sync(true).unwrap();
-    let carried = journal_len();
-    assert!(carried > copied, "and carried over at the fsync");
+    assert_eq!(records(), 2, "and carried over at the fsync");
+    let allocated = std::fs::metadata(&journal).unwrap().len();
     for _ in 0..3 {
-        let before = journal_len();
+        let before = records();
         df.write_at(end, b"again").unwrap();
         end += 5;
-        assert_eq!(journal_len(), before, "the append finds its copy");
+        assert_eq!(records(), before, "the append finds its copy");
         df.sync(true).unwrap();
-        assert!(journal_len() > before, "carried over again");
+        assert_eq!(records(), before + 1, "carried over again");
     }
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().len(),
+        allocated,
+        "appended in place"
+    );
     // The last handle closes with nothing written since the fsync: the journal goes.
     undo.closed();
-    assert_eq!(journal_len(), 0);
+    assert!(!journal.exists());
     assert_eq!(
         fx.df(None).read_at(0, end as usize).unwrap().len(),
         end as usize
@@ -302,4 +305,24 @@ fn a_sequential_overwrite_copies_ahead() {
         .collect();
     blocks.dedup();
     assert_eq!(blocks, (0..64).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_journal_cut_back_in_place_never_shows_older_records_after_newer() {
+    let fx = fixture();
+    let undo = fx.store.keeper(ID);
+    let df = fx.df(Some(&undo));
+    df.write_at(0, &pattern(1, 40 * BS)).unwrap();
+    df.sync(true).unwrap();
+    // 40 blocks rewritten: too many to carry over; the fsync cuts the journal back.
+    for i in 0..40u64 {
+        df.write_at(i * BS as u64, &pattern(2, 10)).unwrap();
+    }
+    assert_eq!(fx.store.records(&ID, &fx.layout).unwrap().len(), 40);
+    df.sync(true).unwrap();
+    assert!(fx.store.records(&ID, &fx.layout).unwrap().is_empty());
+    df.write_at(5 * BS as u64, &pattern(3, 10)).unwrap();
+    let records = fx.store.records(&ID, &fx.layout).unwrap();
+    assert_eq!(records.len(), 1, "the new record alone");
+    assert_eq!(records[0].block, 5);
 }

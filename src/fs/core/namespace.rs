@@ -92,8 +92,9 @@ impl SealFs {
     /// set a moment ago, on this host or another, applies at once. The caller keeps what this
     /// returns (and so the lock) until its entry is made.
     pub(super) fn keys_for_new_entry(&self, dir: &Node) -> Result<NewEntryKeys> {
-        // The root never takes a policy; creates there need no lock.
-        let lock = if dir.ino == ROOT_INO {
+        // The root never takes a policy; creates there need no lock, but while this mount
+        // mends what a crash left (its sweep of unused long-name sidecars locks a directory).
+        let lock = if dir.ino == ROOT_INO && !self.volume.undo.mending() {
             None
         } else {
             crate::volume::maintenance::lock_directory(

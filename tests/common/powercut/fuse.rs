@@ -531,17 +531,45 @@ impl Filesystem for PowercutFs {
         }
     }
 
-    /// sealfs falls back when the backing store has no fallocate.
+    /// fallocate as what it does to the bytes: punching or zeroing is a write of zeros
+    /// (pending like any write), allocating past the end grows the size; other modes refuse.
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EOPNOTSUPP);
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zeroing = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !keep) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let result = self.changing(|s| {
+            let size = match s.shadows.get(&ino.0) {
+                Some(shadow) => shadow.data.len() as u64,
+                None => nx(fstat(s.node(ino)?))?.st_size as u64,
+            };
+            let end = offset + length;
+            if zeroing {
+                let to = if keep { end.min(size) } else { end };
+                if to > offset {
+                    let data = vec![0; (to - offset) as usize];
+                    s.change(ino.0, Change::Write { offset, data })?;
+                }
+            } else if !keep && end > size {
+                s.change(ino.0, Change::Truncate(end))?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 }
