@@ -103,7 +103,7 @@ pub trait UndoLedger: Send + Sync {
     fn end_epoch(
         &self,
         stored: &StoredBlocks<'_>,
-        sync: &mut dyn FnMut() -> Result<(), IoError>,
+        sync: &(dyn Fn() -> Result<(), IoError> + Sync),
     ) -> Result<(), IoError>;
 }
 
@@ -145,7 +145,7 @@ impl Recovery {
 impl super::DataFile<'_> {
     /// fsync (`datasync`: fdatasync) of the data file, which ends its undo journal's epoch.
     pub fn sync(&self, datasync: bool) -> Result<(), IoError> {
-        let mut sync = || {
+        let sync = || {
             if datasync {
                 self.file.sync_data()
             } else {
@@ -159,7 +159,7 @@ impl super::DataFile<'_> {
                     file: self.file,
                     layout: &self.layout,
                 },
-                &mut sync,
+                &sync,
             ),
             None => sync(),
         }

@@ -142,6 +142,16 @@ impl Backing {
         is_local(&self.fs_type)
     }
 
+    /// Whether an overwrite of a file's allocated blocks, once written back
+    /// (`sync_file_range`), is made durable by the device flush that any fsync on the same
+    /// filesystem issues: ext4 and XFS overwrite in place and flush the device on every
+    /// fsync (with barriers, their default). Not so on copy-on-write filesystems (btrfs, ZFS:
+    /// an overwrite is new metadata) nor on network or FUSE ones. The undo journal rides its
+    /// carried-over copies on the data file's flush where this holds.
+    pub fn flush_covers_overwrites(&self) -> bool {
+        matches!(self.fs_type.as_str(), "ext4" | "xfs")
+    }
+
     /// Shared mounts keep writes from several hosts apart, and forward programs' locks, with
     /// OFD byte-range locks on the backing files: without them, `-o shared` is refused.
     pub fn require_shareable(&self, cipher_dir: &std::path::Path) -> Result<()> {

@@ -231,7 +231,10 @@ impl Volume {
         let backing = backing::probe(root.as_fd());
         backing.require_usable(cipher_dir)?;
         let headers = Arc::new(HeaderStore::open(root.as_fd())?);
-        let undo = Arc::new(undo::UndoStore::open(&root)?);
+        let undo = Arc::new(undo::UndoStore::open(
+            &root,
+            backing.flush_covers_overwrites(),
+        )?);
         let follower = Arc::new(follow::ConfigFollower::new(
             cipher_dir,
             root.as_fd(),

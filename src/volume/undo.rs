@@ -65,11 +65,15 @@ pub struct UndoStore {
     moves: std::sync::atomic::AtomicU64,
     /// The sweep of what the crash left (`volume::sweep`), running; true once it finished.
     sweeper: Mutex<Option<std::thread::JoinHandle<bool>>>,
+    /// The device flush of a data file's fsync makes a journal's in-place writes durable too
+    /// (`Backing::flush_covers_overwrites`).
+    pub(super) flush_covers_overwrites: bool,
 }
 
 impl UndoStore {
     /// The journals of the cipher dir at `root`; those with records are pending.
-    pub fn open(root: &OwnedFd) -> Result<UndoStore> {
+    /// `flush_covers_overwrites`: see `Backing::flush_covers_overwrites`.
+    pub fn open(root: &OwnedFd, flush_covers_overwrites: bool) -> Result<UndoStore> {
         let store = UndoStore {
             root: root.try_clone()?,
             dir: OnceLock::new(),
@@ -82,6 +86,7 @@ impl UndoStore {
             checked: Mutex::new(HashSet::new()),
             moves: std::sync::atomic::AtomicU64::new(0),
             sweeper: Mutex::new(None),
+            flush_covers_overwrites,
         };
         let mut store = store;
         store.crashed_since = store.read_session()?;

@@ -233,6 +233,22 @@ impl FileUndo {
     }
 }
 
+/// Writes `len` bytes of `file` from `at` back to the device and waits for them
+/// (`sync_file_range`: no flush of the device's cache, no metadata).
+fn write_back(file: &File, at: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a plain system call on a descriptor this function borrows.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), at as i64, len as i64, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Readies the records in `state.buf`, to be written at `state.end`: a head of zeros after
 /// them ends the journal there (what follows may be older records), and where they would
 /// reach past the journal's length, zeros grow it (doubling, then by the MiB), so that the
@@ -322,7 +338,7 @@ impl UndoLedger for FileUndo {
     fn end_epoch(
         &self,
         stored: &StoredBlocks<'_>,
-        sync: &mut dyn FnMut() -> Result<(), IoError>,
+        sync: &(dyn Fn() -> Result<(), IoError> + Sync),
     ) -> Result<(), IoError> {
         let mut guard = crate::sync::lock(&self.state);
         let state = &mut *guard;
@@ -335,35 +351,43 @@ impl UndoLedger for FileUndo {
             sync()?;
             return self.spend(state);
         };
-        // The copies for the next epoch are flushed while the data is.
+        // The copies for the next epoch are made durable with the data: written back before
+        // its fsync where its flush covers them, else flushed beside it.
         if state.data.is_none() {
             state.data = Some(stored.try_clone_file()?);
             crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
         }
+        let before = state.allocated;
         let len = frame(state);
+        let in_place = state.allocated == before && self.store.flush_covers_overwrites;
         let journal = state.journal.as_ref().expect("carry-over needs a journal");
         let (at, records) = (state.end, &state.buf);
-        let (copied, synced) = std::thread::scope(|s| {
-            let copying = s.spawn(|| {
-                journal.write_all_at(records, at)?;
-                journal.sync_data()
-            });
-            let synced = sync();
-            (copying.join(), synced)
-        });
+        let (copied, synced) = if in_place {
+            // Written back before the data's fsync, whose device flush makes them durable
+            // with it: one flush, not two.
+            let copied = journal
+                .write_all_at(records, at)
+                .and_then(|()| write_back(journal, at, records.len() as u64));
+            (copied, sync())
+        } else {
+            rayon::join(
+                || {
+                    journal.write_all_at(records, at)?;
+                    journal.sync_data()
+                },
+                sync,
+            )
+        };
         synced?;
         state.new_epoch();
         match copied {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 state.end = at + len;
                 state.covered = covered;
                 state.start_len = Some(next_start);
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(file = %id_to_hex(&self.file_id), error = %e, "could not carry undo copies over an fsync; the next writes copy them");
-            }
-            Err(_) => {
-                tracing::error!(file = %id_to_hex(&self.file_id), "the undo carry-over thread panicked");
             }
         }
         Ok(())
