@@ -31,6 +31,7 @@ use workloads::tree::Tree;
 #[path = "powercut_workloads"]
 mod workloads {
     pub mod resize;
+    pub mod restic;
     pub mod sqlite;
     pub mod tree;
 }
@@ -85,6 +86,8 @@ enum Expect {
     Rows(u64),
     /// The files of the namespace workload.
     Tree(Tree),
+    /// The restic repository holds this many snapshots (`None`: not made yet).
+    Restic(Option<u64>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -105,9 +108,13 @@ enum Workload {
     Resize,
     /// The appender in a tenant's directory (a key policy of its own).
     Tenant,
+    /// restic backups into a repository on the mount (workloads/restic.rs).
+    Restic,
 }
 
 const STEPS: usize = 40;
+/// Backups of the restic workload (each a few hundred KiB).
+const RESTIC_BACKUPS: u64 = 8;
 const FILE_LEN: usize = 256 * 1024;
 
 fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
@@ -120,6 +127,7 @@ impl Workload {
         match self {
             Workload::Sqlite(_) => Expect::Rows(0),
             Workload::Tree => Expect::Tree(Tree::new()),
+            Workload::Restic => Expect::Restic(None),
             _ => Expect::File {
                 name: self.file_name(),
                 data: Vec::new(),
@@ -154,6 +162,9 @@ impl Workload {
         match self {
             Workload::Tree => workloads::tree::run(root, rng, STEPS, |t| ack(Expect::Tree(t))),
             Workload::Resize => workloads::resize::run(root, rng, STEPS, |d| ack(file(d))),
+            Workload::Restic => {
+                workloads::restic::run(root, rng, RESTIC_BACKUPS, |n| ack(Expect::Restic(Some(n))))
+            }
             Workload::Appender | Workload::Tenant => {
                 let mut f = OpenOptions::new()
                     .append(true)
@@ -228,6 +239,7 @@ impl Workload {
                 ((0..data.len()).filter(|&i| !kept(i)).count() as u64, false)
             }
             Expect::Rows(n) => Sqlite::verify(&root.join("db"), *n),
+            Expect::Restic(acked) => workloads::restic::check(root, *acked),
             Expect::Tree(tree) => {
                 let next = match next {
                     Some(Expect::Tree(t)) => Some(t),
@@ -517,6 +529,11 @@ fn truncates_and_fallocates_survive_power_cuts() {
 #[test]
 fn a_tenant_directory_survives_power_cuts() {
     power_cuts(Workload::Tenant, 8);
+}
+
+#[test]
+fn restic_backups_survive_power_cuts() {
+    power_cuts(Workload::Restic, 9);
 }
 
 /// The interposer alone: what was not fsynced stays in memory and is seen above it; a

@@ -28,7 +28,7 @@ pub use cipher_stream::{read_sealed, sealed_len};
 pub use data_file::{DataFile, Extent, SeekTo};
 pub use holes::{HoleLedger, Holes, LedgerAccess, Persist};
 pub use preamble::{preamble, read_file_id, read_preamble, write_preamble};
-pub use undo::{Recovery, StoredBlocks, UndoLedger};
+pub use undo::{Recovery, StoredBlocks, UndoLedger, sync_file_range};
 
 /// A file id: what binds a data file's blocks and names its header.
 pub use crate::format::Id as FileId;

@@ -54,6 +54,11 @@ impl StoredBlocks<'_> {
         self.layout.sealed_block_size()
     }
 
+    /// Starts writing the data file's dirty pages back to the device (no wait, no flush).
+    pub fn start_write_back(&self) -> std::io::Result<()> {
+        sync_file_range(self.file, 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+    }
+
     /// A second descriptor of the data file.
     pub fn try_clone_file(&self) -> Result<File, IoError> {
         Ok(self.file.try_clone()?)
@@ -82,6 +87,18 @@ impl StoredBlocks<'_> {
         let got = read_full_at(self.file, &mut bytes, at)?;
         bytes.truncate(got);
         Ok((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+/// `sync_file_range(2)` of `len` bytes of `file` from `at` (0: to the end).
+pub fn sync_file_range(file: &File, at: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor borrowed for its duration.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), at as i64, len as i64, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -236,17 +236,19 @@ impl FileUndo {
 /// Writes `len` bytes of `file` from `at` back to the device and waits for them
 /// (`sync_file_range`: no flush of the device's cache, no metadata).
 fn write_back(file: &File, at: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a plain system call on a descriptor this function borrows.
-    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), at as i64, len as i64, flags) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::io::sync_file_range(
+        file,
+        at,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    )
+}
+
+/// Starts writing `len` bytes of `file` from `at` back to the device.
+fn start_write_back(file: &File, at: u64, len: u64) -> std::io::Result<()> {
+    crate::io::sync_file_range(file, at, len, libc::SYNC_FILE_RANGE_WRITE)
 }
 
 /// Readies the records in `state.buf`, to be written at `state.end`: a head of zeros after
@@ -365,9 +367,12 @@ impl UndoLedger for FileUndo {
         let (copied, synced) = if in_place {
             // Written back before the data's fsync, whose device flush makes them durable
             // with it: one flush, not two.
-            let copied = journal
-                .write_all_at(records, at)
-                .and_then(|()| write_back(journal, at, records.len() as u64));
+            // The data's pages start on their way meanwhile, so the two writes overlap.
+            let copied = journal.write_all_at(records, at).and_then(|()| {
+                start_write_back(journal, at, records.len() as u64)?;
+                stored.start_write_back()?;
+                write_back(journal, at, records.len() as u64)
+            });
             (copied, sync())
         } else {
             rayon::join(
