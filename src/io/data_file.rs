@@ -461,6 +461,10 @@ impl<'a> DataFile<'a> {
         match punched {
             Ok(()) => Ok(()),
             Err(nix::Error::EOPNOTSUPP | nix::Error::ENOSYS) => {
+                // Zeros written over sealed blocks tear like any write.
+                let sealed = self.layout.sealed_block_size();
+                let start = self.layout.block_offset(0);
+                self.protect((from - start) / sealed..(to - start).div_ceil(sealed))?;
                 const CHUNK: u64 = 1 << 20;
                 let zeros = vec![0u8; CHUNK as usize];
                 let mut at = from;
@@ -576,6 +580,22 @@ impl<'a> DataFile<'a> {
         })
     }
 
+    /// Before `blocks` are written in place: the undo journal copies those that hold what a
+    /// torn write would destroy (`io::undo`).
+    fn protect(&self, blocks: std::ops::Range<u64>) -> Result<(), IoError> {
+        match self.undo {
+            Some(undo) => undo.protect(
+                &self.ledger_access(),
+                blocks,
+                &StoredBlocks {
+                    file: self.file,
+                    layout: &self.layout,
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Seals `blocks` consecutive blocks from `first` (`span` plaintext bytes in all) with
     /// fresh random nonces and writes them with one pwrite.
     fn seal_and_write<'s>(
@@ -588,13 +608,7 @@ impl<'a> DataFile<'a> {
         nonces: &mut Vec<u8>,
     ) -> Result<(), IoError> {
         let sealed = sized(sealed, span + blocks * SEAL_OVERHEAD);
-        if let Some(undo) = self.undo {
-            let stored = StoredBlocks {
-                file: self.file,
-                layout: &self.layout,
-            };
-            undo.protect(&self.ledger_access(), first..first + blocks as u64, &stored)?;
-        }
+        self.protect(first..first + blocks as u64)?;
         seal_run(
             &self.layout,
             self.key,

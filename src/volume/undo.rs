@@ -29,7 +29,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::{Result, VolumeError};
 pub use super::undo_file::FileUndo;
-use super::undo_file::State;
+use super::undo_file::{JournalHost, State, sync_dir};
 use crate::format::block::Layout;
 use crate::format::undo::{self, UndoRecord};
 use crate::format::{Id, id_from_hex, id_to_hex};
@@ -51,9 +51,9 @@ pub struct UndoStore {
     /// Files whose journal a crash left with records, not mended yet.
     pending: Mutex<HashSet<Id>>,
     /// Epoch state of the files whose journal is open, by file id.
-    pub(super) open: Mutex<HashMap<Id, Arc<Mutex<State>>>>,
+    open: Mutex<HashMap<Id, Arc<Mutex<State>>>>,
     /// Files this store made or opened a journal for: what `settle` removes.
-    pub(super) touched: Mutex<HashSet<Id>>,
+    touched: Mutex<HashSet<Id>>,
     /// When the session a crash ended began (`SESSION_FILE`), if one did.
     crashed_since: Option<i64>,
     /// This mount began a session (`begin_session`), and mends what a crash left.
@@ -67,7 +67,7 @@ pub struct UndoStore {
     sweeper: Mutex<Option<std::thread::JoinHandle<bool>>>,
     /// The device flush of a data file's fsync makes a journal's in-place writes durable too
     /// (`Backing::flush_covers_overwrites`).
-    pub(super) flush_covers_overwrites: bool,
+    flush_covers_overwrites: bool,
 }
 
 impl UndoStore {
@@ -262,7 +262,7 @@ impl UndoStore {
     }
 
     /// `sealfs.undo`, made (durably) if absent.
-    pub(super) fn dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+    fn dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
         if let Some(dir) = self.existing_dir()? {
             return Ok(dir);
         }
@@ -420,16 +420,30 @@ impl super::sweep::SweepHost for UndoStore {
     }
 }
 
-/// fsyncs directory `dir` (made durable: the names in it).
-pub(super) fn sync_dir(dir: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-    File::from(openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?)
-    .sync_all()?;
-    Ok(())
+impl JournalHost for UndoStore {
+    fn journal_dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        self.dir()
+    }
+
+    fn touched(&self, file_id: Id) {
+        crate::sync::lock(&self.touched).insert(file_id);
+    }
+
+    fn epoch_open(&self, file_id: Id, state: Option<Arc<Mutex<State>>>) {
+        let mut open = crate::sync::lock(&self.open);
+        match state {
+            Some(state) => open.insert(file_id, state),
+            None => open.remove(&file_id),
+        };
+    }
+
+    fn discard_journal(&self, file_id: &Id) -> Result<()> {
+        self.remove(file_id)
+    }
+
+    fn flush_covers_overwrites(&self) -> bool {
+        self.flush_covers_overwrites
+    }
 }
 
 #[cfg(test)]

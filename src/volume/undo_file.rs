@@ -18,13 +18,14 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::ops::Range;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 
-use super::undo::{UndoStore, sync_dir};
+use super::error::Result as VolumeResult;
 use crate::format::holes::HoleMap;
 use crate::format::undo;
 use crate::format::{Id, id_to_hex};
@@ -41,6 +42,32 @@ const COMPACT_AT: u64 = 1 << 20;
 /// appending one overwrites bytes in place and its fdatasync commits no metadata (on ext4, no
 /// journal commit: the flush can run beside the data file's).
 const GROW: u64 = 64 << 10;
+
+/// What a file's journal keeper asks of the volume's journals (`volume::undo::UndoStore`).
+pub(super) trait JournalHost: Send + Sync {
+    /// `sealfs.undo`, made (durably) if absent.
+    fn journal_dir(&self) -> VolumeResult<BorrowedFd<'_>>;
+    /// `file_id` has a journal this mount made: a clean unmount removes it.
+    fn touched(&self, file_id: Id);
+    /// `file_id`'s epoch holds writes a clean unmount must make durable (`Some`: its state),
+    /// or no longer does (`None`).
+    fn epoch_open(&self, file_id: Id, state: Option<Arc<Mutex<State>>>);
+    fn discard_journal(&self, file_id: &Id) -> VolumeResult<()>;
+    /// See `Backing::flush_covers_overwrites`.
+    fn flush_covers_overwrites(&self) -> bool;
+}
+
+/// fsyncs directory `dir` (made durable: the names in it).
+pub(super) fn sync_dir(dir: BorrowedFd<'_>) -> VolumeResult<()> {
+    File::from(openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+    .sync_all()?;
+    Ok(())
+}
 
 #[derive(Default)]
 pub(super) struct State {
@@ -100,12 +127,16 @@ impl State {
 /// The keeper of one data file's undo journal.
 pub struct FileUndo {
     file_id: Id,
-    store: Arc<UndoStore>,
+    store: Arc<dyn JournalHost>,
     state: Arc<Mutex<State>>,
 }
 
 impl FileUndo {
-    pub(super) fn new(file_id: Id, store: Arc<UndoStore>, state: Arc<Mutex<State>>) -> FileUndo {
+    pub(super) fn new(
+        file_id: Id,
+        store: Arc<dyn JournalHost>,
+        state: Arc<Mutex<State>>,
+    ) -> FileUndo {
         crate::sync::lock(&state)
             .rewritten
             .get_or_insert_with(BTreeSet::new);
@@ -126,8 +157,8 @@ impl FileUndo {
     /// Opens the journal (made if absent) with its preamble and `GROW` bytes of zeros,
     /// durable with its name: a record appended later needs only an fdatasync.
     fn open_journal(&self, state: &mut State) -> Result<(), IoError> {
-        let dir = self.store.dir().map_err(|e| self.error(e))?;
-        crate::sync::lock(&self.store.touched).insert(self.file_id);
+        let dir = self.store.journal_dir().map_err(|e| self.error(e))?;
+        self.store.touched(self.file_id);
         let journal = File::from(openat(
             dir,
             id_to_hex(&self.file_id).as_str(),
@@ -163,7 +194,7 @@ impl FileUndo {
             journal.write_all_at(&[0; undo::RECORD_HEAD_LEN], undo::PREAMBLE_LEN)?;
         }
         if state.data.take().is_some() {
-            crate::sync::lock(&self.store.open).remove(&self.file_id);
+            self.store.epoch_open(self.file_id, None);
         }
         state.end = state.end.min(undo::PREAMBLE_LEN);
         state.new_epoch();
@@ -179,11 +210,11 @@ impl FileUndo {
         }
         state.journal = None;
         if state.data.take().is_some() {
-            crate::sync::lock(&self.store.open).remove(&self.file_id);
+            self.store.epoch_open(self.file_id, None);
         }
         state.end = 0;
         state.new_epoch();
-        if let Err(e) = self.store.remove(&self.file_id) {
+        if let Err(e) = self.store.discard_journal(&self.file_id) {
             tracing::warn!(file = %id_to_hex(&self.file_id), error = %e, "could not remove an undo journal");
         }
     }
@@ -194,8 +225,8 @@ impl FileUndo {
         state.gone = true;
         state.journal = None;
         state.data = None;
-        crate::sync::lock(&self.store.open).remove(&self.file_id);
-        let _ = self.store.remove(&self.file_id);
+        self.store.epoch_open(self.file_id, None);
+        let _ = self.store.discard_journal(&self.file_id);
     }
 
     /// The records carried over into the next epoch at an fsync, with the blocks they cover:
@@ -327,7 +358,8 @@ impl UndoLedger for FileUndo {
         if state.data.is_none() {
             // The epoch's first records: `settle` must end this epoch if no fsync does.
             state.data = Some(at.file.try_clone()?);
-            crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
+            self.store
+                .epoch_open(self.file_id, Some(self.state.clone()));
         }
         let records = frame(state);
         let journal = state.journal.as_ref().expect("opened");
@@ -357,11 +389,12 @@ impl UndoLedger for FileUndo {
         // its fsync where its flush covers them, else flushed beside it.
         if state.data.is_none() {
             state.data = Some(stored.try_clone_file()?);
-            crate::sync::lock(&self.store.open).insert(self.file_id, self.state.clone());
+            self.store
+                .epoch_open(self.file_id, Some(self.state.clone()));
         }
         let before = state.allocated;
         let len = frame(state);
-        let in_place = state.allocated == before && self.store.flush_covers_overwrites;
+        let in_place = state.allocated == before && self.store.flush_covers_overwrites();
         let journal = state.journal.as_ref().expect("carry-over needs a journal");
         let (at, records) = (state.end, &state.buf);
         let (copied, synced) = if in_place {

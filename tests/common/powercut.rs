@@ -66,8 +66,17 @@ pub const SECTOR: u64 = 512;
 /// A data change of one regular file.
 #[derive(Clone, Debug)]
 pub enum Change {
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     Truncate(u64),
+    /// A punched hole or zeroed range: metadata on the filesystems that have fallocate
+    /// (extents freed or made unwritten), so done whole or not at all, never torn.
+    Zero {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Change {
@@ -81,6 +90,13 @@ impl Change {
                 contents[start..end].copy_from_slice(data);
             }
             Change::Truncate(len) => contents.resize(*len as usize, 0),
+            Change::Zero { offset, len } => {
+                let (start, end) = (*offset as usize, (*offset + *len) as usize);
+                if contents.len() < end {
+                    contents.resize(end, 0);
+                }
+                contents[start..end].fill(0);
+            }
         }
     }
 
@@ -88,11 +104,14 @@ impl Change {
         match self {
             Change::Write { offset, data } => file.write_all_at(data, *offset).unwrap(),
             Change::Truncate(len) => file.set_len(*len).unwrap(),
+            Change::Zero { offset, len } => {
+                file.write_all_at(&vec![0; *len as usize], *offset).unwrap()
+            }
         }
     }
 
     /// The lengths a torn copy of this change may keep: up to each sector boundary strictly
-    /// inside a write. None for a truncation.
+    /// inside a write. None for a truncation or a zeroed range.
     fn tear_points(&self) -> Vec<usize> {
         let Change::Write { offset, data } = self else {
             return Vec::new();

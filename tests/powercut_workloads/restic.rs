@@ -71,7 +71,10 @@ pub fn check(root: &Path, acked: Option<u64>) -> (u64, bool) {
     // crash on any filesystem.
     let unlocked = restic(&repo, &["unlock"]);
     if !unlocked.status.success() {
-        eprintln!("restic unlock failed: {}", String::from_utf8_lossy(&unlocked.stderr));
+        eprintln!(
+            "restic unlock failed: {}",
+            String::from_utf8_lossy(&unlocked.stderr)
+        );
         return (0, true);
     }
     let checked = restic(&repo, &["check", "--read-data"]);

@@ -207,10 +207,10 @@ pub fn check(root: &Path, acked: &Tree, next: Option<&Tree>) -> u64 {
             }
         };
         let Some(a) = a else { continue };
-        let kept = (0..a.len()).all(|i| {
-            got.get(i) == a.get(i)
-                || n.is_some_and(|n| n.get(i).is_some() && got.get(i) == n.get(i))
-        });
+        // As acknowledged, or as the step in flight left it (a rename over it: all of it the
+        // other file's, however short).
+        let kept = (0..a.len())
+            .all(|i| got.get(i) == a.get(i) || n.is_some_and(|n| got.get(i) == n.get(i)));
         if !kept {
             eprintln!(
                 "tree: {path}: acknowledged bytes lost ({} of {} back)",

@@ -531,8 +531,9 @@ impl Filesystem for PowercutFs {
         }
     }
 
-    /// fallocate as what it does to the bytes: punching or zeroing is a write of zeros
-    /// (pending like any write), allocating past the end grows the size; other modes refuse.
+    /// fallocate as what it does to the bytes: punching or zeroing zeros the range (pending
+    /// like a write, but never torn: extents, not sectors), allocating past the end grows the
+    /// size; other modes refuse.
     fn fallocate(
         &self,
         _req: &Request,
@@ -559,8 +560,8 @@ impl Filesystem for PowercutFs {
             if zeroing {
                 let to = if keep { end.min(size) } else { end };
                 if to > offset {
-                    let data = vec![0; (to - offset) as usize];
-                    s.change(ino.0, Change::Write { offset, data })?;
+                    let len = to - offset;
+                    s.change(ino.0, Change::Zero { offset, len })?;
                 }
             } else if !keep && end > size {
                 s.change(ino.0, Change::Truncate(end))?;
