@@ -184,6 +184,8 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
     let vol = TestVolume::new();
     let m = vol.mount();
     fs::create_dir(m.p("dir")).unwrap();
+    let long = "l".repeat(240);
+    fs::write(m.p(&format!("dir/{long}")), b"a long name").unwrap();
     for i in 0..20 {
         fs::write(m.p(&format!("dir/f{i}")), format!("file {i}")).unwrap();
     }
@@ -206,6 +208,10 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
     .unwrap();
     let temp_dir = backing(&open_volume(&vol), "dir");
     fs::write(temp_dir.join("sealfs.new.0123456789abcdef"), [0u8; 24]).unwrap();
+    // A long name's sidecar whose entry was never made (a create cut between the two), and
+    // one whose entry exists (made in the session too): only the first goes.
+    let unused = "sealfs.long.".to_string() + &"A".repeat(43) + ".name";
+    fs::write(temp_dir.join(&unused), b"not a name anyone made").unwrap();
     let before = vol.run(&["fsck", vol.cipher_str()]);
     assert!(!before.status.success(), "fsck sees the leftovers first");
     {
@@ -213,8 +219,12 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
         assert_eq!(fs::read(m.p("kept")).unwrap(), b"kept");
         let log = m.unmount();
         assert!(log.contains("swept what the crash left"), "{log}");
-        assert!(log.contains("orphan_headers=1 temp_files=1"), "{log}");
+        assert!(
+            log.contains("orphan_headers=1 temp_files=1 unused_sidecars=1"),
+            "{log}"
+        );
     }
+    assert!(!temp_dir.join(&unused).exists());
     vol.assert_fsck_clean();
     assert!(
         !vol.cipher
@@ -229,5 +239,6 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
             format!("file {i}").as_bytes()
         );
     }
+    assert_eq!(fs::read(m.p(&format!("dir/{long}"))).unwrap(), b"a long name");
     m.unmount();
 }
