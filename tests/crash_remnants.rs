@@ -239,6 +239,9 @@ fn the_mount_after_a_crash_sweeps_orphan_headers_and_create_temps() {
             format!("file {i}").as_bytes()
         );
     }
-    assert_eq!(fs::read(m.p(&format!("dir/{long}"))).unwrap(), b"a long name");
+    assert_eq!(
+        fs::read(m.p(&format!("dir/{long}"))).unwrap(),
+        b"a long name"
+    );
     m.unmount();
 }

@@ -103,21 +103,48 @@ fn read_long_sidecar(dir: BorrowedFd<'_>, hashed: &str) -> Result<String> {
 /// Writes the sidecar of a long name before its entry exists, durably (an entry made durable
 /// by an fsync of its directory must find it whole after a power cut), so a crash can leave an
 /// unused sidecar (swept by the next mount, cleaned by fsck) but never an entry whose name
-/// cannot be recovered.
+/// cannot be recovered. A sidecar already there (the entry a rename replaces, a crash's
+/// leftover) is never cut in place: kept where it holds the name already, else replaced whole
+/// by a rename.
 pub fn write_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> Result<()> {
-    let (Some(sidecar), BackingName::Long { full, .. }) = (name.sidecar(), name) else {
+    let (Some(sidecar), BackingName::Long { full, hashed }) = (name.sidecar(), name) else {
         return Ok(());
     };
-    let fd = openat(
-        dir,
-        sidecar.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::from_bits_truncate(0o644),
-    )?;
-    let mut file = File::from(fd);
-    file.write_all(full.as_bytes())?;
-    file.sync_data()?;
-    Ok(())
+    let create = |at: &str| {
+        openat(
+            dir,
+            at,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o644),
+        )
+    };
+    let write = |fd| -> Result<()> {
+        let mut file = File::from(fd);
+        file.write_all(full.as_bytes())?;
+        file.sync_data()?;
+        Ok(())
+    };
+    match create(sidecar.as_str()) {
+        Ok(fd) => write(fd),
+        Err(nix::Error::EEXIST) => {
+            if read_long_sidecar(dir, hashed).is_ok_and(|there| there == *full) {
+                // Whole already; durable too (a sidecar an older sealfs wrote may not be).
+                let fd = openat(
+                    dir,
+                    sidecar.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                )?;
+                File::from(fd).sync_data()?;
+                return Ok(());
+            }
+            let temp = super::backing::random_name(super::NEW_FILE_PREFIX)?;
+            write(create(temp.as_str())?)?;
+            nix::fcntl::renameat(dir, temp.as_str(), dir, sidecar.as_str())?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn remove_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) {
@@ -220,6 +247,27 @@ mod tests {
 
     fn keys() -> NameKeys {
         NameKeys::derive(&[3; 32])
+    }
+
+    #[test]
+    fn a_sidecar_already_there_is_kept_whole_or_replaced_whole() {
+        let k = keys();
+        let dir = tempfile::tempdir().unwrap();
+        let dirfd = File::open(dir.path()).unwrap();
+        let backing = encrypt_name(&k, OsStr::new(&"q".repeat(240))).unwrap();
+        let sidecar = dir.path().join(backing.sidecar().unwrap());
+        write_long_sidecar(dirfd.as_fd(), &backing).unwrap();
+        let whole = std::fs::read(&sidecar).unwrap();
+        // Written again (a rename over the entry of the same name): kept as it is.
+        write_long_sidecar(dirfd.as_fd(), &backing).unwrap();
+        assert_eq!(std::fs::read(&sidecar).unwrap(), whole);
+        // A crash left it cut short: replaced whole, no temp file left.
+        std::fs::write(&sidecar, &whole[..10]).unwrap();
+        write_long_sidecar(dirfd.as_fd(), &backing).unwrap();
+        assert_eq!(std::fs::read(&sidecar).unwrap(), whole);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let back = decrypt_entry(&k, dirfd.as_fd(), OsStr::new(backing.entry())).unwrap();
+        assert_eq!(back.unwrap(), OsStr::new(&"q".repeat(240)));
     }
 
     #[test]
