@@ -138,7 +138,10 @@ pub fn write_long_sidecar(dir: BorrowedFd<'_>, name: &BackingName) -> Result<()>
                 File::from(fd).sync_data()?;
                 return Ok(());
             }
-            let temp = super::backing::random_name(super::NEW_FILE_PREFIX)?;
+            let bytes: [u8; 8] =
+                crate::crypto::random_array().map_err(|e| VolumeError::Keys(e.into()))?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let temp = format!("{}{hex}", super::NEW_FILE_PREFIX);
             write(create(temp.as_str())?)?;
             nix::fcntl::renameat(dir, temp.as_str(), dir, sidecar.as_str())?;
             Ok(())
