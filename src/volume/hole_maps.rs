@@ -41,11 +41,6 @@ struct State {
     unsynced: bool,
     /// The file is gone (last link and handle): the map is never written again.
     gone: bool,
-    /// Lone mounts: holes written over since the file's data was last made durable. The
-    /// sidecar keeps them recorded until it is (`data_synced`): a power cut may drop the
-    /// write, and a hole it left all zeros must still read as one. A recorded hole whose block
-    /// holds sealed data reads as that data.
-    filled: HoleMap,
 }
 
 impl FileHoles {
@@ -138,10 +133,7 @@ impl FileHoles {
         if state.gone {
             return Ok(());
         }
-        let mut map = state.map.clone().expect("loaded before stored");
-        for range in state.filled.ranges() {
-            map.insert(range);
-        }
+        let map = state.map.as_ref().expect("loaded before stored");
         let bytes = if map.is_empty() {
             None
         } else {
@@ -172,16 +164,6 @@ impl FileHoles {
         state.dirty = false;
         if let Err(e) = self.store.write_holes(&self.file_id, None) {
             tracing::warn!(file = %id_to_hex(&self.file_id), error = %e, "could not remove a hole map");
-        }
-    }
-
-    /// The file's data is durable (an fsync returned): holes written over since need no
-    /// record any more; the next write of the sidecar drops them.
-    pub fn data_synced(&self) {
-        let mut state = crate::sync::lock(&self.state);
-        if !state.filled.is_empty() {
-            state.filled = HoleMap::default();
-            state.dirty = true;
         }
     }
 
@@ -261,9 +243,8 @@ impl HoleLedger for FileHoles {
             }
             return self.change_shared(&mut state, at, |map| map.remove(blocks));
         }
-        if self.map(&mut state, at)?.remove(blocks.clone()) {
+        if self.map(&mut state, at)?.remove(blocks) {
             state.dirty = true;
-            state.filled.insert(blocks);
         }
         Ok(())
     }
@@ -323,14 +304,6 @@ mod tests {
         assert!(fx.store.read_holes(&ID).unwrap().is_none(), "not yet");
         holes.clear(&at, 3..4).unwrap();
         holes.flush(&at).unwrap();
-        assert!(!holes.allows(&at, 3).unwrap(), "filled");
-        let reread = FileHoles::existing(ID, fx.store.clone(), false);
-        assert!(
-            reread.allows(&at, 3).unwrap(),
-            "kept in the sidecar until the data that filled it is durable"
-        );
-        holes.data_synced();
-        holes.flush(&at).unwrap();
         let reread = FileHoles::existing(ID, fx.store.clone(), false);
         assert!(reread.allows(&at, 2).unwrap());
         assert!(!reread.allows(&at, 3).unwrap(), "filled");
@@ -342,9 +315,8 @@ mod tests {
                 .allows(&at, 20)
                 .unwrap()
         );
-        // Cleared entirely, and the data durable: the sidecar goes.
+        // Cleared entirely: the sidecar goes.
         holes.clear(&at, 0..u64::MAX).unwrap();
-        holes.data_synced();
         holes.flush(&at).unwrap();
         assert!(fx.store.read_holes(&ID).unwrap().is_none());
     }

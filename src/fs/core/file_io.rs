@@ -372,9 +372,6 @@ impl SealFs {
             .map(|_| handle.node.ranges.read(0, range_lock::TO_END));
         self.data_file(&handle.file, &handle.content)
             .sync(datasync)?;
-        if let Some(holes) = &handle.content.holes {
-            holes.data_synced();
-        }
         Ok(())
     }
 
