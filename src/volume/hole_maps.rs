@@ -3,8 +3,10 @@
 //! sealed under the file's content key.
 //!
 //! A lone mount is the only writer, so its copy is exact: blocks a write fills leave the map at
-//! once in memory and reach the sidecar with the next write of it (fsync, last close, the next
-//! recorded hole). Until then the sidecar may list a few written blocks as holes, which only
+//! once in memory. The sidecar keeps listing them until the write is durable (the fsync that
+//! covers it, or the last close, which makes it durable first): a power cut may drop the write,
+//! and the all-zero block it leaves must still read as the hole it was, not EIO. A recorded
+//! hole whose block holds sealed data reads as that data, so until then the sidecar only
 //! weakens the check for those blocks, never breaks a read. Shared mounts (`-o shared`) write
 //! every change through at once, under a lock on byte 0 of the data file that every mount
 //! takes for it, reading the sidecar afresh first; and before answering whether an all-zero
@@ -41,6 +43,9 @@ struct State {
     unsynced: bool,
     /// The file is gone (last link and handle): the map is never written again.
     gone: bool,
+    /// Lone mounts: holes written over since the file's data was last made durable. Every
+    /// write of the sidecar keeps them recorded until `data_synced`.
+    filled: HoleMap,
 }
 
 impl FileHoles {
@@ -133,7 +138,10 @@ impl FileHoles {
         if state.gone {
             return Ok(());
         }
-        let map = state.map.as_ref().expect("loaded before stored");
+        let mut map = state.map.clone().expect("loaded before stored");
+        for range in state.filled.ranges() {
+            map.insert(range);
+        }
         let bytes = if map.is_empty() {
             None
         } else {
@@ -152,8 +160,25 @@ impl FileHoles {
             .map_err(|e| self.error(e))?;
         state.dirty = false;
         state.unsynced = true;
-        self.maybe_holes.store(!map.is_empty(), Ordering::Release);
+        let in_memory = state.map.as_ref().is_some_and(|map| !map.is_empty());
+        self.maybe_holes.store(in_memory, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether holes were written over since the data was last made durable: the last close
+    /// makes the data durable first (`data_synced`), so a clean unmount leaves an exact map.
+    pub fn filled_unsynced(&self) -> bool {
+        !crate::sync::lock(&self.state).filled.is_empty()
+    }
+
+    /// The file's data is durable (an fsync returned): holes written over since need no
+    /// record any more; the next write of the sidecar drops them.
+    pub fn data_synced(&self) {
+        let mut state = crate::sync::lock(&self.state);
+        if !state.filled.is_empty() {
+            state.filled = HoleMap::default();
+            state.dirty = true;
+        }
     }
 
     /// The file is gone: removes the sidecar and never writes it again (under the same lock
@@ -243,8 +268,17 @@ impl HoleLedger for FileHoles {
             }
             return self.change_shared(&mut state, at, |map| map.remove(blocks));
         }
-        if self.map(&mut state, at)?.remove(blocks) {
+        let map = self.map(&mut state, at)?;
+        let filled: Vec<Range<u64>> = map
+            .ranges()
+            .filter(|r| r.start < blocks.end && blocks.start < r.end)
+            .map(|r| r.start.max(blocks.start)..r.end.min(blocks.end))
+            .collect();
+        if map.remove(blocks) {
             state.dirty = true;
+            for range in filled {
+                state.filled.insert(range);
+            }
         }
         Ok(())
     }
@@ -304,6 +338,16 @@ mod tests {
         assert!(fx.store.read_holes(&ID).unwrap().is_none(), "not yet");
         holes.clear(&at, 3..4).unwrap();
         holes.flush(&at).unwrap();
+        assert!(!holes.allows(&at, 3).unwrap(), "filled");
+        assert!(holes.filled_unsynced());
+        let reread = FileHoles::existing(ID, fx.store.clone(), false);
+        assert!(
+            reread.allows(&at, 3).unwrap(),
+            "kept in the sidecar until the data that filled it is durable"
+        );
+        holes.data_synced();
+        assert!(!holes.filled_unsynced());
+        holes.flush(&at).unwrap();
         let reread = FileHoles::existing(ID, fx.store.clone(), false);
         assert!(reread.allows(&at, 2).unwrap());
         assert!(!reread.allows(&at, 3).unwrap(), "filled");
@@ -315,10 +359,28 @@ mod tests {
                 .allows(&at, 20)
                 .unwrap()
         );
-        // Cleared entirely: the sidecar goes.
+        // Cleared entirely, and the data durable: the sidecar goes.
         holes.clear(&at, 0..u64::MAX).unwrap();
+        holes.data_synced();
         holes.flush(&at).unwrap();
         assert!(fx.store.read_holes(&ID).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_holes_a_write_filled_stay_in_the_sidecar_until_the_data_is_durable() {
+        let fx = fixture();
+        let at = access(&fx);
+        let holes = FileHoles::new_file(ID, fx.store.clone(), false);
+        holes.record(&at, 4..6, Persist::Now).unwrap();
+        // A write over blocks 0..20 fills 4..6; the blocks around them were never holes.
+        holes.clear(&at, 0..20).unwrap();
+        holes.flush(&at).unwrap();
+        let reread = FileHoles::existing(ID, fx.store.clone(), false);
+        assert!(reread.allows(&at, 4).unwrap() && reread.allows(&at, 5).unwrap());
+        assert!(!reread.allows(&at, 3).unwrap() && !reread.allows(&at, 6).unwrap());
+        holes.data_synced();
+        holes.flush(&at).unwrap();
+        assert!(fx.store.read_holes(&ID).unwrap().is_none(), "exact again");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use fuser::FileType;
 use nix::fcntl::{AT_FDCWD, OFlag, openat};
 use nix::sys::stat::{Mode, fstat};
 
-use super::{Caller, Handle, SealFs};
+use super::{Caller, FileHandle, Handle, SealFs};
 use crate::fs::inodes::{Content, Node};
 use crate::io::{DataFile, IoError, SeekTo, range_lock};
 use crate::volume::remnant;
@@ -365,6 +365,12 @@ impl SealFs {
         // flight meanwhile (its copy would go with them while its block is half written), so
         // a journaled file is synced holding its whole range shared: writers wait, readers
         // do not (the kernel holds the inode lock through an fsync anyway).
+        self.sync_data(&handle, datasync)
+    }
+
+    /// Makes the file's data durable and ends its undo epoch; holes written over since the
+    /// last time need no record in the sidecar any more.
+    fn sync_data(&self, handle: &FileHandle, datasync: bool) -> Result<()> {
         let _guard = handle
             .content
             .undo
@@ -372,6 +378,9 @@ impl SealFs {
             .map(|_| handle.node.ranges.read(0, range_lock::TO_END));
         self.data_file(&handle.file, &handle.content)
             .sync(datasync)?;
+        if let Some(holes) = &handle.content.holes {
+            holes.data_synced();
+        }
         Ok(())
     }
 
@@ -383,6 +392,15 @@ impl SealFs {
         *crate::sync::lock(&handle.node.closed_stamp) = backing_stamp(&handle.file);
         if handle.node.open_handles.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
+        }
+        // Holes written over stay in the sidecar until their data is durable (a power cut
+        // must not leave an all-zero block the map no longer records): durable now, so the
+        // map a clean unmount leaves is exact and a block zeroed later reads as EIO.
+        if let Some(holes) = &handle.content.holes
+            && holes.filled_unsynced()
+            && let Err(e) = self.sync_data(&handle, true)
+        {
+            tracing::error!(error = %e, "could not sync a file whose writes filled holes at close");
         }
         if let Err(e) = self.flush_holes(&handle.file, &handle.content) {
             tracing::error!(error = %e, "could not write a hole map at close");
