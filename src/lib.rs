@@ -4,6 +4,7 @@
 //! `metrics` counts what a running mount does, for `sealfs stats` and Prometheus.
 
 pub mod admin;
+pub mod coord;
 pub mod crypto;
 pub mod format;
 pub mod fs;

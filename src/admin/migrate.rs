@@ -292,11 +292,11 @@ pub fn move_xattrs(
 }
 
 /// The claim that keeps mounts away while names move.
-pub fn claim_alone(volume: &Volume, what: &str) -> Result<crate::volume::claim::Claim> {
-    crate::volume::claim::claim(
+pub fn claim_alone(volume: &Volume, what: &str) -> Result<crate::coord::claim::Claim> {
+    Ok(crate::coord::claim::claim(
         volume.root.as_fd(),
-        crate::volume::claim::ClaimMode::Exclusive,
-        &volume.backing,
+        crate::coord::claim::ClaimMode::Exclusive,
+        volume.backing.claim_lock_kind()?,
         what,
-    )
+    )?)
 }

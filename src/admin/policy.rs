@@ -137,7 +137,7 @@ pub fn set_policy(
         }
     };
     let dir_lock =
-        crate::volume::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
+        crate::coord::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
     let mut from = dir.policy;
     if stale_marker {
         if !is_empty(dir.fd.as_fd())? {
@@ -332,7 +332,7 @@ pub fn remove_policy(volume: &Volume, path: &Path, shred: bool) -> Result<Remove
         _ => None,
     };
     let dir_lock =
-        crate::volume::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
+        crate::coord::maintenance::lock_directory(volume.root.as_fd(), dir.fd.as_fd(), true)?;
     let _alone = if dir_lock.is_none() && !shred {
         Some(super::migrate::claim_alone(volume, "policy remove")?)
     } else {

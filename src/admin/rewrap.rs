@@ -71,7 +71,7 @@ pub fn rewrap(
         crate::volume::VolumeError::Usage("`sealfs fsck --repair` is running on this volume".into())
     })?;
     // One rewrap at a time, on every host: two would remove each other's staged headers.
-    let _alone = crate::volume::maintenance::lock_rewrap(&volume.path)?;
+    let _alone = crate::coord::maintenance::lock_rewrap(&volume.path)?;
     volume.follow_config();
     // A policy set on a directory that held entries: their names move first (no mount may
     // run meanwhile), then their headers with everyone else's.

@@ -41,7 +41,7 @@ pub fn retire_kek(
     version: u32,
 ) -> Result<()> {
     // No rewrap may be moving headers meanwhile, on any host.
-    let _no_rewrap = crate::volume::maintenance::lock_rewrap(cipher_dir)?;
+    let _no_rewrap = crate::coord::maintenance::lock_rewrap(cipher_dir)?;
     let _lock = lock_config(cipher_dir)?;
     let mut config = Volume::read_config(cipher_dir)?;
     keys.apply_config(&config)?;
@@ -97,7 +97,7 @@ fn mount_using(
     backing: &crate::volume::backing::Backing,
     version: u32,
 ) -> Option<String> {
-    crate::volume::claim::live_holders(root.as_fd(), backing)
+    crate::coord::claim::live_holders(root.as_fd(), backing.lock_kind())
         .into_iter()
         .find_map(|holder| match holder.kek {
             Some(kek) if kek != version => None,

@@ -10,6 +10,7 @@ mod init;
 mod key;
 mod logging;
 mod mount;
+mod mount_options;
 mod mount_table;
 mod notify;
 mod passwd;

@@ -1,20 +1,21 @@
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use fuser::{Config, MountOption, SessionACL};
+use fuser::MountOption;
 
+use sealfs::fs::Tuning;
 use sealfs::fs::pruner::{self, PruneLimits};
-use sealfs::fs::{SealFs, Tuning};
+use sealfs::fs::session::Session;
 use sealfs::keys::CacheLimits;
 use sealfs::metrics::endpoint;
 use sealfs::reverse::{Excludes, ReverseView};
-use sealfs::volume::claim::{ClaimMode, claim_waiting};
 use sealfs::volume::{self, Volume};
 
+use super::mount_options::{Parsed, parse_options};
 use super::mount_table::{is_mount_point, mount_device};
 use super::settings::{self, SettingsFile};
 use super::unlock::UnlockArgs;
@@ -191,132 +192,6 @@ impl MountArgs {
             },
         })
     }
-}
-
-struct Parsed {
-    config: Config,
-    read_only: bool,
-    nonempty: bool,
-    /// `-o shared`: one of several mounts of the cipher dir (other hosts).
-    shared: bool,
-    /// `-o attr_timeout=SECONDS`, `-o entry_timeout=SECONDS`: how long the kernel keeps a
-    /// file's attributes, and a name's lookup.
-    attr_timeout: Option<Duration>,
-    entry_timeout: Option<Duration>,
-    tuning: Tuning,
-    read_ahead_kb: u32,
-    inode_cache: usize,
-}
-
-fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Parsed> {
-    let mut config = Config::default();
-    // As libfuse names a mount by default: the source is the cipher dir, so `findmnt -S DIR`,
-    // `df` and `sealfs umount DIR` find it.
-    let mut fsname = cipher_dir.display().to_string();
-    let mut read_only = false;
-    let mut nonempty = false;
-    let mut shared = false;
-    let mut attr_timeout = None;
-    let mut entry_timeout = None;
-    let mut default_permissions = false;
-    for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let mount_option = match option {
-            "ro" => {
-                read_only = true;
-                MountOption::RO
-            }
-            "rw" => MountOption::RW,
-            "allow_other" => {
-                config.acl = SessionACL::All;
-                continue;
-            }
-            "allow_root" => {
-                config.acl = SessionACL::RootAndOwner;
-                continue;
-            }
-            "nonempty" => {
-                nonempty = true;
-                continue;
-            }
-            "shared" => {
-                shared = true;
-                continue;
-            }
-            x if x.starts_with("attr_timeout=") || x.starts_with("entry_timeout=") => {
-                let (name, value) = x.split_once('=').expect("has =");
-                let secs: f64 = value
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .with_context(|| format!("{x:?}: give a number of seconds"))?;
-                let timeout = Some(Duration::from_secs_f64(secs));
-                if name == "attr_timeout" {
-                    attr_timeout = timeout;
-                } else {
-                    entry_timeout = timeout;
-                }
-                continue;
-            }
-            "default_permissions" => {
-                default_permissions = true;
-                continue;
-            }
-            "defaults" | "noauto" | "auto" | "user" | "nouser" | "nofail" | "_netdev" => continue,
-            x if x.starts_with("x-") || x.starts_with("comment=") => continue,
-            "noexec" => MountOption::NoExec,
-            "exec" => MountOption::Exec,
-            "nosuid" => MountOption::NoSuid,
-            "suid" => MountOption::Suid,
-            "nodev" => MountOption::NoDev,
-            "dev" => MountOption::Dev,
-            "noatime" => MountOption::NoAtime,
-            "atime" => MountOption::Atime,
-            "sync" => MountOption::Sync,
-            "async" => MountOption::Async,
-            "dirsync" => MountOption::DirSync,
-            x if x.starts_with("fsname=") => {
-                fsname = x["fsname=".len()..].to_string();
-                continue;
-            }
-            other => bail!("unknown mount option {other:?}"),
-        };
-        config.mount_options.push(mount_option);
-    }
-    // Where others reach the mount, the kernel enforces permissions from the attributes we
-    // report, as on ext4. Where only the mounting user does (the FUSE default), the backing
-    // files, checked with that user's credentials, already decide, as in gocryptfs: and the
-    // kernel then needs no fresh attributes of a directory before each create in it, one
-    // request fewer per new file.
-    if default_permissions || config.acl != SessionACL::Owner {
-        config.mount_options.push(MountOption::DefaultPermissions);
-    }
-    // Device nodes are kept (mknod), but opened through the mount only when asked for with
-    // `dev`: a volume restored from someone's backup is no way into this host's devices.
-    if !config
-        .mount_options
-        .iter()
-        .any(|o| matches!(o, MountOption::Dev | MountOption::NoDev))
-    {
-        config.mount_options.push(MountOption::NoDev);
-    }
-    config.mount_options.push(MountOption::FSName(fsname));
-    // Type fuse.sealfs in the mount table (`findmnt -t fuse.sealfs`, `df -t fuse.sealfs`): the
-    // kernel takes the subtype as a mount option, as fusermount3 does; fuser's own
-    // `Subtype` only reaches fusermount3, never a mount made as root.
-    config
-        .mount_options
-        .push(MountOption::CUSTOM("subtype=sealfs".into()));
-    Ok(Parsed {
-        config,
-        read_only,
-        nonempty,
-        shared,
-        attr_timeout,
-        entry_timeout,
-        tuning: Tuning::default(),
-        read_ahead_kb: 0,
-        inode_cache: PruneLimits::DEFAULT_BUDGET,
-    })
 }
 
 fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf> {
@@ -506,7 +381,7 @@ fn launch(foreground: bool, start: impl FnOnce(&mut Ready) -> Result<()>) -> Res
 }
 
 fn serve(
-    mut volume: Volume,
+    volume: Volume,
     mountpoint: &Path,
     parsed: Parsed,
     metrics: &Metrics,
@@ -514,31 +389,14 @@ fn serve(
 ) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     raise_fd_limit();
-    // Shared with other mounts, exclusive for `fsck --repair`: held until the process ends.
-    let Ok(_mounted) = volume.headers.lock_shared() else {
-        bail!("`sealfs fsck --repair` is running on this volume; mount it when it is done");
-    };
-    // Alone unless -o shared, on every host that shares the cipher dir; held until exit.
-    let mode = if parsed.tuning.shared {
-        volume.backing.require_shareable(&volume.path)?;
-        ClaimMode::Shared
-    } else {
-        if !volume.backing.coherent() {
-            tracing::info!(
-                "the cipher dir is on {}: no other host can mount it while this mount holds it; mount it with -o shared on every host to share it",
-                volume.backing.fs_type
-            );
-        }
-        ClaimMode::Exclusive
-    };
     // A mount of this volume that umount(8) just took away may still be exiting: wait for it.
     let cipher_dir = volume.path.clone();
     let gone = || super::mount_table::mountpoint_of(&cipher_dir).is_none();
-    let claim = claim_waiting(volume.root.as_fd(), mode, &volume.backing, "mount", gone)?;
-    if let Some(record) = claim.record_updater() {
-        sealfs::volume::follow::spawn_reporting(volume.follower.clone(), record);
-    }
-    volume.set_audit(audit::open(&volume.path, &volume.keys, "mount"));
+    let Session { fs, held: _held } =
+        Session::open(volume, parsed.read_only, parsed.tuning, gone, |volume| {
+            Some(audit::open(&volume.path, &volume.keys, "mount"))
+        })?;
+    let volume = &fs.volume;
     let audit_log = volume.audit.clone();
     let mounted_details = serde_json::json!({
         "mountpoint": mountpoint.display().to_string(),
@@ -547,14 +405,13 @@ fn serve(
     });
     start_metrics(
         Watched {
-            dir: cipher_dir_of(&volume),
+            dir: cipher_dir_of(volume),
             shared: parsed.tuning.shared,
             key_cache: volume.key_cache.clone(),
             kek_version: volume.keys.current_kek(),
         },
         metrics,
     )?;
-    let fs = SealFs::new(volume, parsed.read_only, parsed.tuning)?;
     let inodes = fs.inodes.clone();
     let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, mountpoint, &parsed.config)
@@ -733,39 +590,5 @@ fn detach_stdio() {
         for fd in 0..3 {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_parse_and_unknown_ones_fail() {
-        let opts = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
-        let parsed = parse_options(
-            &opts("ro,allow_other,noauto,x-systemd.automount"),
-            Path::new("/v"),
-        )
-        .unwrap();
-        assert!(parsed.read_only);
-        assert_eq!(parsed.config.acl, SessionACL::All);
-        assert!(parse_options(&opts("bogus"), Path::new("/v")).is_err());
-    }
-
-    #[test]
-    fn the_kernel_checks_permissions_where_others_reach_the_mount_or_when_asked() {
-        let opts = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
-        let checks = |s: &str| {
-            parse_options(&opts(s), Path::new("/v"))
-                .unwrap()
-                .config
-                .mount_options
-                .contains(&MountOption::DefaultPermissions)
-        };
-        assert!(checks("allow_other"));
-        assert!(checks("allow_root"));
-        assert!(checks("default_permissions"));
-        assert!(!checks("noatime"));
     }
 }

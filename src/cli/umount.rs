@@ -3,8 +3,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sealfs::volume::backing::{Backing, probe};
-use sealfs::volume::claim::{UNMOUNT_GRACE, holders_here};
+use sealfs::coord::LockKind;
+use sealfs::coord::claim::{UNMOUNT_GRACE, holders_here};
+use sealfs::volume::backing::probe;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -63,7 +64,7 @@ pub fn run(args: UmountArgs) -> Result<()> {
 /// after `sealfs umount` is never refused.
 struct DaemonExit {
     root: std::fs::File,
-    backing: Backing,
+    kind: Option<LockKind>,
     before: usize,
 }
 
@@ -71,18 +72,14 @@ impl DaemonExit {
     fn watch(mountpoint: &Path) -> Option<DaemonExit> {
         let cipher_dir = cipher_dir_at(&std::fs::canonicalize(mountpoint).ok()?)?;
         let root = std::fs::File::open(cipher_dir).ok()?;
-        let backing = probe(root.as_fd());
-        let before = holders_here(root.as_fd(), &backing).len();
-        Some(DaemonExit {
-            root,
-            backing,
-            before,
-        })
+        let kind = probe(root.as_fd()).lock_kind();
+        let before = holders_here(root.as_fd(), kind).len();
+        Some(DaemonExit { root, kind, before })
     }
 
     fn wait(self) {
         let deadline = Instant::now() + UNMOUNT_GRACE;
-        while holders_here(self.root.as_fd(), &self.backing).len() >= self.before
+        while holders_here(self.root.as_fd(), self.kind).len() >= self.before
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(20));

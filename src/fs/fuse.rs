@@ -12,7 +12,7 @@ use fuser::{
 };
 
 use super::core::{AttrChanges, Caller, SealFs};
-use crate::io::file_lock::PlainLock;
+use crate::coord::file_locks::PlainLock;
 use crate::metrics::{self, Metrics, Op};
 use crate::shell::{self, reply_or_error};
 

@@ -7,5 +7,6 @@ pub mod handles;
 pub mod inodes;
 pub mod posix_acl;
 pub mod pruner;
+pub mod session;
 
 pub use self::core::{STATS_ATTRIBUTE, SealFs, Tuning};

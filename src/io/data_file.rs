@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 /// The largest plaintext offset sealfs accepts (2 EiB): backing offsets (plaintext plus
 /// per-block overhead, under 6% at the smallest block size) stay below 4 EiB, where the locks
-/// programs take begin in a shared mount's backing files (`io::file_lock`).
+/// programs take begin in a shared mount's backing files (`coord::file_locks`).
 const MAX_PLAIN_END: u64 = 1 << 61;
 
 /// How long a data file is and how much of it is allocated.
@@ -136,15 +136,21 @@ impl<'a> DataFile<'a> {
         Ok(())
     }
 
-    /// Locks the backing bytes of blocks `first..end` (`end` exclusive or `file_lock::TO_END`)
-    /// against other mounts of the cipher dir, waiting for them (see `io::file_lock`).
+    /// Locks the backing bytes of blocks `first..end` (`end` exclusive or `coord::TO_END`)
+    /// against other mounts of the cipher dir, waiting for them (see `coord::file_locks`).
     pub fn lock_blocks(
         &self,
         first: u64,
         end: u64,
         exclusive: bool,
-    ) -> Result<super::file_lock::FileRangeLock<'a>, IoError> {
-        super::file_lock::lock_blocks(self.file, &self.layout, first, end, exclusive)
+    ) -> Result<crate::coord::file_locks::FileRangeLock<'a>, IoError> {
+        Ok(crate::coord::file_locks::lock_blocks(
+            self.file,
+            &self.layout,
+            first,
+            end,
+            exclusive,
+        )?)
     }
 
     pub fn plain_size(&self) -> Result<u64, IoError> {

@@ -9,7 +9,6 @@ mod buffers;
 mod cipher_stream;
 pub mod codec;
 mod data_file;
-pub mod file_lock;
 pub mod holes;
 mod preamble;
 pub mod range_lock;
@@ -59,4 +58,15 @@ pub enum IoError {
     /// SEEK_DATA or SEEK_HOLE at or past the end of file, or no data after the offset.
     #[error("no data past this offset")]
     PastEnd,
+}
+
+impl From<crate::coord::CoordError> for IoError {
+    fn from(err: crate::coord::CoordError) -> Self {
+        use crate::coord::CoordError;
+        match err {
+            CoordError::Io(e) => IoError::Io(e),
+            CoordError::TooLarge => IoError::TooLarge,
+            other => IoError::Io(io::Error::other(other.to_string())),
+        }
+    }
 }

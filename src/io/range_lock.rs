@@ -29,8 +29,9 @@ pub struct RangeGuard<'a> {
     id: u64,
 }
 
-/// Everything from a block to the end of the file, whatever the file's size becomes.
-pub const TO_END: u64 = u64::MAX;
+/// Everything from a block to the end of the file, whatever the file's size becomes (the same
+/// mark as the backing store's block locks').
+pub use crate::coord::TO_END;
 
 impl RangeLock {
     /// Shared access to blocks `start..end`.

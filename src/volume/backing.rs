@@ -18,6 +18,7 @@ use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 use serde::Serialize;
 
 use super::{Result, VolumeError, proc_fd_path};
+use crate::coord::LockKind;
 use crate::format::hex;
 
 /// The prefix of the scratch directory a probe works in; fsck treats a leftover one (from a
@@ -77,6 +78,29 @@ impl Backing {
             user_xattrs: false,
             fallocate: false,
         }
+    }
+
+    /// How the claim and mount records are locked here: OFD locks where the probe saw them
+    /// (or could not look: a read-only cipher dir), else flock; None where the store has
+    /// neither.
+    pub fn lock_kind(&self) -> Option<LockKind> {
+        if self.ofd_locks || !self.probed {
+            Some(LockKind::Ofd)
+        } else if self.flock {
+            Some(LockKind::Flock)
+        } else {
+            None
+        }
+    }
+
+    /// `lock_kind`, or the refusal a claim gets where the store has no locks at all.
+    pub fn claim_lock_kind(&self) -> Result<LockKind> {
+        self.lock_kind().ok_or_else(|| {
+            VolumeError::Usage(format!(
+                "the backing filesystem ({}) has neither byte-range locks nor flock: sealfs cannot tell whether another host mounts this volume",
+                self.fs_type
+            ))
+        })
     }
 
     pub fn create_method(&self) -> CreateMethod {
@@ -388,7 +412,7 @@ fn ofd_locks(dir: BorrowedFd<'_>) -> bool {
     let Some(file) = open_rw(dir, "ofd") else {
         return false;
     };
-    crate::io::file_lock::ofd_lock(file.as_fd(), libc::F_WRLCK, 0, 4096, false).is_ok()
+    crate::coord::file_locks::ofd_lock(file.as_fd(), libc::F_WRLCK, 0, 4096, false).is_ok()
 }
 
 fn user_xattrs(dir: BorrowedFd<'_>) -> bool {

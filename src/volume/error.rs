@@ -56,7 +56,7 @@ pub enum VolumeError {
     /// A rename or link between directories of two key policies (see `fs::core::namespace`).
     #[error("the entry belongs to another key policy (tenant); copy it instead")]
     CrossPolicy,
-    /// The cipher dir is claimed by a mount that excludes this one (see `volume::claim`).
+    /// The cipher dir is claimed by a mount that excludes this one (see `coord::claim`).
     #[error("{0}")]
     InUse(String),
     /// A program waited for a file lock and its owner let go meanwhile (the kernel gave up on
@@ -67,6 +67,19 @@ pub enum VolumeError {
     /// requests; should one reach a request it answers EIO and is logged.
     #[error("{0}")]
     Usage(String),
+}
+
+impl From<crate::coord::CoordError> for VolumeError {
+    fn from(err: crate::coord::CoordError) -> Self {
+        use crate::coord::CoordError;
+        match err {
+            CoordError::InUse(why) => VolumeError::InUse(why),
+            CoordError::Io(e) => VolumeError::Io(e),
+            CoordError::TooLarge => VolumeError::Block(IoError::TooLarge),
+            CoordError::Random(e) => VolumeError::Seal(e),
+            CoordError::Refused(why) => VolumeError::Usage(why),
+        }
+    }
 }
 
 impl From<nix::Error> for VolumeError {

@@ -1,7 +1,7 @@
 //! Following the config while it changes under a running volume: a rotation or a KEK's
 //! retirement, by a command on this host or another, rewrites `sealfs.conf`, and every open
 //! volume applies the new keyring before its next create or cold open (and mounts also look
-//! every few seconds, so that their mount records say which KEK they use: `volume::claim`).
+//! every few seconds, so that their mount records say which KEK they use: `coord::claim`).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::Mode;
 
-use super::claim::RecordUpdater;
 use super::{Result, Volume};
+use crate::coord::claim::RecordUpdater;
 use crate::format::config::CONFIG_FILE;
 use crate::keys::{Tenants, VolumeKeys};
 

@@ -206,7 +206,7 @@ impl FileHoles {
         at: &LedgerAccess<'_>,
         change: impl FnOnce(&mut HoleMap) -> bool,
     ) -> Result<(), IoError> {
-        let _lock = crate::io::file_lock::lock_hole_map(at.file)?;
+        let _lock = crate::coord::file_locks::lock_hole_map(at.file)?;
         self.load(state, at)?;
         if change(state.map.as_mut().expect("loaded")) {
             self.store(state, at)?;

@@ -4,14 +4,12 @@
 pub mod audit;
 pub mod backing;
 pub mod backing_xattrs;
-pub mod claim;
 mod error;
 pub mod follow;
 pub mod gluster;
 pub mod headers;
 pub mod hole_maps;
 pub mod long_links;
-pub mod maintenance;
 pub mod names;
 pub mod policy_dirs;
 pub mod remnant;
@@ -21,7 +19,7 @@ mod test_points;
 pub mod undo;
 mod undo_file;
 
-pub use maintenance::lock_config;
+pub use crate::coord::maintenance::lock_config;
 
 /// The policy of everything outside tenants' directories.
 pub use crate::format::policy::VOLUME_POLICY;

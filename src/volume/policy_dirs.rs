@@ -79,7 +79,7 @@ pub fn rmdir_policy_root(
 ) -> Result<bool> {
     let dir = open_dir_at(parent, entry)?;
     // No create may slip in between the marker's unlink and the rmdir (under the parent's keys).
-    let _no_creates = super::maintenance::lock_directory(root, dir.as_fd(), true)?;
+    let _no_creates = crate::coord::maintenance::lock_directory(root, dir.as_fd(), true)?;
     if read_names(dir.as_fd())?.iter().any(|n| n != POLICY_MARKER) {
         return Ok(false);
     }

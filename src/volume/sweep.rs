@@ -98,7 +98,7 @@ pub fn sweep(
         sidecars,
     } = found;
     for (dir, sidecar) in sidecars {
-        let _lock = super::maintenance::lock_directory(root, dir.as_fd(), true)?;
+        let _lock = crate::coord::maintenance::lock_directory(root, dir.as_fd(), true)?;
         if unused_sidecar(dir.as_fd(), &sidecar, &in_crashed_session) {
             match unlinkat(dir.as_fd(), sidecar.as_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(nix::Error::ENOENT) => swept.unused_sidecars += 1,

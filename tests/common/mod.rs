@@ -467,7 +467,7 @@ pub fn hold_directory_lock(cipher: &Path, backing_dir: &Path) -> std::fs::File {
     let lock = libc::flock {
         l_type: libc::F_WRLCK as i16,
         l_whence: libc::SEEK_SET as i16,
-        l_start: sealfs::volume::maintenance::directory_lock_byte(ino),
+        l_start: sealfs::coord::maintenance::directory_lock_byte(ino),
         l_len: 1,
         l_pid: 0,
     };

@@ -20,12 +20,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::progress::Progress;
+use crate::coord::claim;
 use crate::format::link::LINKS_DIR;
 use crate::format::{Id, id_to_hex};
 use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, NameKeys, RemoteFailure};
 use crate::volume::backing_xattrs::XattrTarget;
-use crate::volume::{Result, Volume, VolumeError, claim, names};
+use crate::volume::{Result, Volume, VolumeError, names};
 pub use walk::{Entry, LOST_AND_FOUND};
 use walk::{RegularFile, WalkResult};
 
@@ -197,7 +198,7 @@ pub fn fsck(volume: &Volume, options: FsckOptions, progress: &dyn Progress) -> R
         let claim = claim::claim(
             volume.root.as_fd(),
             claim::ClaimMode::Exclusive,
-            &volume.backing,
+            volume.backing.claim_lock_kind()?,
             "fsck --repair",
         )?;
         let headers = volume.headers.lock_exclusive().map_err(|_| {

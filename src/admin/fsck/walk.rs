@@ -342,9 +342,9 @@ fn is_root_internal(name: &str) -> bool {
         || name == crate::volume::undo::UNDO_DIR
         || name == "sealfs.conf.tmp"
         || name == "sealfs.audit"
-        || name == crate::volume::claim::LOCK_FILE
-        || name == crate::volume::claim::MOUNTS_DIR
-        || name == crate::volume::maintenance::MAINTENANCE_FILE
+        || name == crate::coord::claim::LOCK_FILE
+        || name == crate::coord::claim::MOUNTS_DIR
+        || name == crate::coord::maintenance::MAINTENANCE_FILE
 }
 
 fn type_of(mode: u32) -> Type {

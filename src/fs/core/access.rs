@@ -5,7 +5,7 @@
 //! - `Lone`: the only mount. The node's in-process block-range lock, which the caller holds,
 //!   is all a read or a change needs.
 //! - `Shared`: mounts on other hosts re-seal the same blocks. A change holds the same blocks
-//!   of the backing file (an OFD byte-range lock, `io::file_lock`); where the cipher dir is not
+//!   of the backing file (an OFD byte-range lock, `coord::file_locks`); where the cipher dir is not
 //!   on a local filesystem it acts through a description opened after that lock (a distributed
 //!   filesystem's client serves an open file from what it knew at open: JuiceFS does) and
 //!   flushes it before the lock goes. A read takes no lock (the common case pays nothing) and

@@ -6,7 +6,7 @@
 //! The kernel names each lock's owner: the open file for flock, the process's file table for
 //! fcntl. Each owner that locks a file gets a backing open file description of its own, and its
 //! locks are OFD locks on that description, in the forwarded-lock space of the data file (see
-//! `io::file_lock`): descriptions exclude each other as owners do, and one owner's ranges merge
+//! `coord::file_locks`): descriptions exclude each other as owners do, and one owner's ranges merge
 //! and split as POSIX locks do. An owner lets go of everything when the kernel says so: FLUSH
 //! names the fcntl owner closing any descriptor of the file (POSIX drops its locks then),
 //! RELEASE names the flock owner whose open file went, and the RELEASE of a handle ends the
@@ -29,8 +29,8 @@ use std::time::Duration;
 use nix::fcntl::OFlag;
 
 use super::SealFs;
+use crate::coord::file_locks::{PlainLock, conflicting_forwarded, set_forwarded};
 use crate::fs::inodes::Node;
-use crate::io::file_lock::{PlainLock, conflicting_forwarded, set_forwarded};
 use crate::volume::{Result, VolumeError};
 
 /// The longest pause between two tries of a waiting lock: how late a waiter may notice that

@@ -32,7 +32,7 @@ pub(super) enum LastLink {
 pub(super) type NewEntryKeys = (
     u32,
     Arc<NameKeys>,
-    Option<crate::volume::maintenance::DirectoryLock>,
+    Option<crate::coord::maintenance::DirectoryLock>,
 );
 
 impl SealFs {
@@ -97,7 +97,7 @@ impl SealFs {
         let lock = if dir.ino == ROOT_INO && !self.volume.undo.mending() {
             None
         } else {
-            crate::volume::maintenance::lock_directory(
+            crate::coord::maintenance::lock_directory(
                 self.volume.root.as_fd(),
                 dir.fd.as_fd(),
                 false,

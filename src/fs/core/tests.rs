@@ -388,7 +388,7 @@ fn every_create_method_makes_readable_files_and_leaves_nothing_behind() {
 /// gives up instead of taking a lock nobody would release.
 #[test]
 fn forwarded_locks_exclude_owners_across_mounts() {
-    use crate::io::file_lock::PlainLock;
+    use crate::coord::file_locks::PlainLock;
     let lock = |start, end, kind| PlainLock { start, end, kind };
     let shared = Tuning::new(false, true);
     let fx = mounted_core(false, shared);

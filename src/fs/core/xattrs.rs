@@ -53,7 +53,7 @@ impl SealFs {
         node: &Node,
     ) -> Result<(
         Arc<crate::keys::NameKeys>,
-        Option<crate::volume::maintenance::DirectoryLock>,
+        Option<crate::coord::maintenance::DirectoryLock>,
     )> {
         if node.kind != FileType::Directory {
             return Ok((self.node_keys(node)?, None));

@@ -19,8 +19,8 @@ use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::{Deserialize, Serialize};
 
-use super::backing::{Backing, random_name};
-use super::{Result, VolumeError};
+use super::file_locks::ofd_lock;
+use super::{CoordError, LockKind, Result};
 
 /// The file whose lock is the claim, at the cipher dir's root.
 pub const LOCK_FILE: &str = "sealfs.lock";
@@ -68,13 +68,6 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// How locks are taken on this backing store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LockKind {
-    Ofd,
-    Flock,
-}
-
 /// A claim on a cipher dir, released when dropped (or when the process ends, however).
 pub struct Claim {
     _lock: Option<File>,
@@ -93,7 +86,7 @@ impl RecordUpdater {
     /// Says in the record that new files are wrapped under KEK `kek`. One write at offset 0,
     /// padded with blanks (which JSON ignores) to cover the longest record written before, so
     /// a reader finds the old record or the new one.
-    pub fn note_kek(&mut self, kek: u32) -> Result<()> {
+    pub fn note_kek(&mut self, kek: u32) -> std::io::Result<()> {
         self.holder.kek = Some(kek);
         let mut json = serde_json::to_vec(&self.holder).expect("a record serializes");
         let before = self.record.metadata()?.len() as usize;
@@ -133,21 +126,11 @@ impl Drop for Claim {
     }
 }
 
-/// Claims the cipher dir whose root is `root`: fails with `VolumeError::InUse`, naming the
-/// holders, when a conflicting claim is held. `what` says who claims, for the message
-/// ("mount", "fsck --repair").
-pub fn claim(
-    root: BorrowedFd<'_>,
-    mode: ClaimMode,
-    backing: &Backing,
-    what: &str,
-) -> Result<Claim> {
-    let Some(kind) = lock_kind(backing) else {
-        return Err(VolumeError::Usage(format!(
-            "the backing filesystem ({}) has neither byte-range locks nor flock: sealfs cannot tell whether another host mounts this volume",
-            backing.fs_type
-        )));
-    };
+/// Claims the cipher dir whose root is `root`, with locks of `kind` (what its backing store
+/// has, `volume::Backing::lock_kind`): fails with `CoordError::InUse`, naming the holders,
+/// when a conflicting claim is held. `what` says who claims, for the message ("mount",
+/// "fsck --repair").
+pub fn claim(root: BorrowedFd<'_>, mode: ClaimMode, kind: LockKind, what: &str) -> Result<Claim> {
     let fd = match openat(
         root,
         LOCK_FILE,
@@ -181,7 +164,7 @@ pub fn claim(
                 ClaimMode::Exclusive => " (every host must mount it with -o shared to share it)",
                 ClaimMode::Shared => " (a mount without -o shared holds it alone)",
             };
-            return Err(VolumeError::InUse(format!(
+            return Err(CoordError::InUse(format!(
                 "cannot {what}: this volume is mounted by {named}{hint}"
             )));
         }
@@ -216,21 +199,21 @@ pub const UNMOUNT_GRACE: Duration = Duration::from_secs(10);
 pub fn claim_waiting(
     root: BorrowedFd<'_>,
     mode: ClaimMode,
-    backing: &Backing,
+    kind: LockKind,
     what: &str,
     unmounted: impl Fn() -> bool,
 ) -> Result<Claim> {
     let started = Instant::now();
     loop {
-        match claim(root, mode, backing, what) {
-            Err(VolumeError::InUse(why)) if started.elapsed() < UNMOUNT_GRACE => {
+        match claim(root, mode, kind, what) {
+            Err(CoordError::InUse(why)) if started.elapsed() < UNMOUNT_GRACE => {
                 let here = this_host();
-                let exiting = live_holders(root, backing)
+                let exiting = holders(root, kind)
                     .iter()
                     .all(|h| h.host == here && h.pid != 0 && process_alive(h.pid))
                     && unmounted();
                 if !exiting {
-                    return Err(VolumeError::InUse(why));
+                    return Err(CoordError::InUse(why));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -240,9 +223,9 @@ pub fn claim_waiting(
 }
 
 /// The pids of this host's live holders of the cipher dir at `root`.
-pub fn holders_here(root: BorrowedFd<'_>, backing: &Backing) -> Vec<u32> {
+pub fn holders_here(root: BorrowedFd<'_>, kind: Option<LockKind>) -> Vec<u32> {
     let here = this_host();
-    live_holders(root, backing)
+    live_holders(root, kind)
         .into_iter()
         .filter(|h| h.host == here)
         .map(|h| h.pid)
@@ -259,21 +242,10 @@ fn this_host() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The live holders of the cipher dir at `root`; records of dead mounts are removed.
-pub fn live_holders(root: BorrowedFd<'_>, backing: &Backing) -> Vec<Holder> {
-    lock_kind(backing).map_or_else(Vec::new, |kind| holders(root, kind))
-}
-
-/// OFD locks where the probe saw them (or could not look: a read-only cipher dir), else
-/// flock; None where the backing store has neither.
-fn lock_kind(backing: &Backing) -> Option<LockKind> {
-    if backing.ofd_locks || !backing.probed {
-        Some(LockKind::Ofd)
-    } else if backing.flock {
-        Some(LockKind::Flock)
-    } else {
-        None
-    }
+/// The live holders of the cipher dir at `root` (none where its store has no locks of `kind`
+/// to hold); records of dead mounts are removed.
+pub fn live_holders(root: BorrowedFd<'_>, kind: Option<LockKind>) -> Vec<Holder> {
+    kind.map_or_else(Vec::new, |kind| holders(root, kind))
 }
 
 fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
@@ -286,10 +258,8 @@ fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for name in super::backing::names_in(dir.as_fd()) {
-        let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
-            continue;
-        };
+    for name in record_names(dir.as_fd()) {
+        let name = name.as_str();
         let Ok(fd) = openat(
             dir.as_fd(),
             name,
@@ -308,7 +278,7 @@ fn holders(root: BorrowedFd<'_>, kind: LockKind) -> Vec<Holder> {
                 // A record being rewritten (`note_kek`) may read half-written once.
                 let read = || {
                     let mut bytes = vec![0u8; 4096];
-                    let got = crate::io::read_full_at(&file, &mut bytes, 0).unwrap_or(0);
+                    let got = read_record(&file, &mut bytes);
                     serde_json::from_slice::<Holder>(&bytes[..got]).ok()
                 };
                 // A live mount whose record does not parse still holds the volume: it is
@@ -344,7 +314,7 @@ fn write_record(
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         Mode::empty(),
     )?;
-    let name = random_name("")?;
+    let name = crate::format::hex(&crate::crypto::random_array::<8>().map_err(CoordError::Random)?);
     let temp = format!(".{name}.tmp");
     let fd = openat(
         dir.as_fd(),
@@ -366,10 +336,10 @@ fn write_record(
     let json = serde_json::to_vec(&holder).expect("a record serializes");
     let placed = record
         .write_all_at(&json, 0)
-        .map_err(VolumeError::from)
+        .map_err(CoordError::from)
         .and_then(|()| match try_lock(record.as_fd(), kind, true) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(VolumeError::Usage("own mount record is locked".into())),
+            Ok(false) => Err(CoordError::Refused("own mount record is locked".into())),
             Err(e) => Err(e.into()),
         })
         .and_then(|()| {
@@ -392,6 +362,40 @@ fn write_record(
     }
 }
 
+/// The names of the mount records in `dir` (a `sealfs.mounts` directory), read through a
+/// descriptor of its own so the listing starts at the beginning.
+fn record_names(dir: BorrowedFd<'_>) -> Vec<String> {
+    let Ok(fd) = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(mut listing) = nix::dir::Dir::from_fd(fd) else {
+        return Vec::new();
+    };
+    listing
+        .iter()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .filter(|n| n.ends_with(".json"))
+        .collect()
+}
+
+/// A record's bytes, as many as there are (a record is one small write).
+fn read_record(file: &File, bytes: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < bytes.len() {
+        match file.read_at(&mut bytes[got..], got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
+
 /// Takes a whole-file lock without waiting: Ok(false) when someone else holds a conflicting one.
 fn try_lock(fd: BorrowedFd<'_>, kind: LockKind, exclusive: bool) -> nix::Result<bool> {
     let result = match kind {
@@ -401,7 +405,7 @@ fn try_lock(fd: BorrowedFd<'_>, kind: LockKind, exclusive: bool) -> nix::Result<
             } else {
                 libc::F_RDLCK
             };
-            crate::io::file_lock::ofd_lock(fd, kind, 0, 0, false)
+            ofd_lock(fd, kind, 0, 0, false)
         }
         LockKind::Flock => {
             let how = if exclusive {
@@ -429,24 +433,29 @@ fn try_lock(fd: BorrowedFd<'_>, kind: LockKind, exclusive: bool) -> nix::Result<
 mod tests {
     use super::*;
 
-    fn local() -> (tempfile::TempDir, File, Backing) {
+    fn local() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         let root = File::open(dir.path()).unwrap();
-        let backing = super::super::backing::probe(root.as_fd());
-        (dir, root, backing)
+        (dir, root)
     }
 
     #[test]
     fn exclusive_and_shared_claims_exclude_each_other_and_name_the_holder() {
-        let (_dir, root, backing) = local();
-        let first = claim(root.as_fd(), ClaimMode::Exclusive, &backing, "mount").unwrap();
+        for kind in [LockKind::Ofd, LockKind::Flock] {
+            claims_exclude_each_other(kind);
+        }
+    }
+
+    fn claims_exclude_each_other(kind: LockKind) {
+        let (_dir, root) = local();
+        let first = claim(root.as_fd(), ClaimMode::Exclusive, kind, "mount").unwrap();
         // OFD locks conflict between open file descriptions, in one process too.
         for mode in [ClaimMode::Exclusive, ClaimMode::Shared] {
-            let err = claim(root.as_fd(), mode, &backing, "mount")
+            let err = claim(root.as_fd(), mode, kind, "mount")
                 .map(drop)
                 .unwrap_err();
             let text = err.to_string();
-            assert!(matches!(err, VolumeError::InUse(_)), "{text}");
+            assert!(matches!(err, CoordError::InUse(_)), "{text}");
             assert!(
                 text.contains(&format!("pid {}", std::process::id())),
                 "{text}"
@@ -454,42 +463,39 @@ mod tests {
             assert!(text.contains("exclusive"), "{text}");
         }
         drop(first);
-        let a = claim(root.as_fd(), ClaimMode::Shared, &backing, "mount").unwrap();
-        let b = claim(root.as_fd(), ClaimMode::Shared, &backing, "mount").unwrap();
-        assert_eq!(live_holders(root.as_fd(), &backing).len(), 2);
-        let err = claim(
-            root.as_fd(),
-            ClaimMode::Exclusive,
-            &backing,
-            "fsck --repair",
-        )
-        .map(drop)
-        .unwrap_err()
-        .to_string();
+        let a = claim(root.as_fd(), ClaimMode::Shared, kind, "mount").unwrap();
+        let b = claim(root.as_fd(), ClaimMode::Shared, kind, "mount").unwrap();
+        assert_eq!(live_holders(root.as_fd(), Some(kind)).len(), 2);
+        let err = claim(root.as_fd(), ClaimMode::Exclusive, kind, "fsck --repair")
+            .map(drop)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("cannot fsck --repair"), "{err}");
         assert!(err.contains("shared"), "{err}");
         drop((a, b));
-        assert!(live_holders(root.as_fd(), &backing).is_empty());
-        claim(root.as_fd(), ClaimMode::Exclusive, &backing, "mount").unwrap();
+        assert!(live_holders(root.as_fd(), Some(kind)).is_empty());
+        claim(root.as_fd(), ClaimMode::Exclusive, kind, "mount").unwrap();
     }
 
     #[test]
     fn a_mount_record_says_which_kek_its_mount_uses() {
-        let (_dir, root, backing) = local();
-        let held = claim(root.as_fd(), ClaimMode::Shared, &backing, "mount").unwrap();
-        assert_eq!(live_holders(root.as_fd(), &backing)[0].kek, None);
+        let (_dir, root) = local();
+        let kind = LockKind::Ofd;
+        let held = claim(root.as_fd(), ClaimMode::Shared, kind, "mount").unwrap();
+        assert_eq!(live_holders(root.as_fd(), Some(kind))[0].kek, None);
         let mut record = held.record_updater().unwrap();
         record.note_kek(12345).unwrap();
-        assert_eq!(live_holders(root.as_fd(), &backing)[0].kek, Some(12345));
+        assert_eq!(live_holders(root.as_fd(), Some(kind))[0].kek, Some(12345));
         // A shorter record over a longer one still parses (blank padding).
         record.note_kek(3).unwrap();
-        let holders = live_holders(root.as_fd(), &backing);
+        let holders = live_holders(root.as_fd(), Some(kind));
         assert_eq!((holders.len(), holders[0].kek), (1, Some(3)));
     }
 
     #[test]
     fn a_record_left_by_a_dead_mount_is_removed_and_blocks_nobody() {
-        let (dir, root, backing) = local();
+        let (dir, root) = local();
+        let kind = LockKind::Ofd;
         std::fs::create_dir(dir.path().join(MOUNTS_DIR)).unwrap();
         let stale = Holder {
             host: "gone".into(),
@@ -500,8 +506,8 @@ mod tests {
         };
         let path = dir.path().join(MOUNTS_DIR).join("00.json");
         std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();
-        assert!(live_holders(root.as_fd(), &backing).is_empty());
+        assert!(live_holders(root.as_fd(), Some(kind)).is_empty());
         assert!(!path.exists());
-        claim(root.as_fd(), ClaimMode::Exclusive, &backing, "mount").unwrap();
+        claim(root.as_fd(), ClaimMode::Exclusive, kind, "mount").unwrap();
     }
 }

@@ -21,7 +21,8 @@ use std::path::Path;
 use nix::fcntl::{Flock, FlockArg, OFlag, open, openat};
 use nix::sys::stat::Mode;
 
-use super::{Result, VolumeError};
+use super::file_locks::ofd_lock;
+use super::{CoordError, Result};
 
 /// The file whose bytes are the maintenance locks.
 pub const MAINTENANCE_FILE: &str = "sealfs.maintenance";
@@ -42,7 +43,7 @@ pub struct MaintenanceLock {
 /// Takes the config lock, waiting for whoever holds it, here or on another host.
 pub fn lock_config(cipher_dir: &Path) -> Result<MaintenanceLock> {
     let dir = Flock::lock(File::open(cipher_dir)?, FlockArg::LockExclusive)
-        .map_err(|(_, e)| VolumeError::from(e))?;
+        .map_err(|(_, e)| CoordError::from(e))?;
     Ok(MaintenanceLock {
         _dir: Some(dir),
         _file: take(cipher_dir, Slot::Config, true)?,
@@ -53,8 +54,8 @@ pub fn lock_config(cipher_dir: &Path) -> Result<MaintenanceLock> {
 /// retirement) runs anywhere.
 pub fn lock_rewrap(cipher_dir: &Path) -> Result<MaintenanceLock> {
     match take(cipher_dir, Slot::Rewrap, false) {
-        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
-            Err(VolumeError::Usage(
+        Err(CoordError::Io(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(CoordError::Refused(
                 "a rewrap or a KEK retirement is running on this volume (on this host or another); run this again when it is done".into(),
             ))
         }
@@ -78,7 +79,7 @@ fn take(cipher_dir: &Path, slot: Slot, wait: bool) -> Result<Option<File>> {
         Err(e) => return Err(e.into()),
     };
     let file = File::from(fd);
-    match crate::io::file_lock::ofd_lock(file.as_fd(), libc::F_WRLCK, slot as i64, 1, wait) {
+    match ofd_lock(file.as_fd(), libc::F_WRLCK, slot as i64, 1, wait) {
         Ok(()) => Ok(Some(file)),
         Err(nix::Error::EACCES | nix::Error::EAGAIN) => Err(nix::Error::EAGAIN.into()),
         Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => Ok(None),
@@ -172,7 +173,7 @@ pub fn lock_directory(
         libc::F_RDLCK
     };
     let file = File::from(fd);
-    match crate::io::file_lock::ofd_lock(file.as_fd(), kind, directory_lock_byte(ino), 1, true) {
+    match ofd_lock(file.as_fd(), kind, directory_lock_byte(ino), 1, true) {
         Ok(()) => Ok(Some(DirectoryLock { _file: file })),
         Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP | nix::Error::ENOLCK) => Ok(None),
         Err(e) => Err(e.into()),
@@ -189,7 +190,7 @@ mod tests {
         let rewrap = lock_rewrap(dir.path()).unwrap();
         let second = lock_rewrap(dir.path());
         assert!(
-            matches!(&second, Err(VolumeError::Usage(m)) if m.contains("rewrap")),
+            matches!(&second, Err(CoordError::Refused(m)) if m.contains("rewrap")),
             "a second rewrap is refused"
         );
         drop(rewrap);

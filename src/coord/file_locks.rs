@@ -17,12 +17,10 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use super::IoError;
+use super::CoordError;
 use crate::format::block::Layout;
 
-/// Everything from a block to the end of file, whatever the end becomes (the same mark as
-/// the in-process range lock's).
-pub use super::range_lock::TO_END;
+pub use super::TO_END;
 
 /// A held byte-range lock; released when dropped.
 pub struct FileRangeLock<'a> {
@@ -39,7 +37,7 @@ pub fn lock_blocks<'a>(
     first: u64,
     end: u64,
     exclusive: bool,
-) -> Result<FileRangeLock<'a>, IoError> {
+) -> Result<FileRangeLock<'a>, CoordError> {
     // Block 0's lock covers the preamble too (no need to tell the two apart), but for its
     // first byte, which is the hole map's lock (`lock_hole_map`).
     let start = if first == 0 {
@@ -50,7 +48,7 @@ pub fn lock_blocks<'a>(
     // Block locks stay below the forwarded-lock range (data files never reach it: their
     // plaintext is capped at 2 EiB).
     if start >= FORWARDED_BASE as u64 {
-        return Err(IoError::TooLarge);
+        return Err(CoordError::TooLarge);
     }
     let len = if end == TO_END {
         // To the end of file, however far it grows: up to where forwarded locks begin.
@@ -60,8 +58,8 @@ pub fn lock_blocks<'a>(
     };
     let lock = FileRangeLock {
         fd: file.as_fd(),
-        start: i64::try_from(start).map_err(|_| IoError::TooLarge)?,
-        len: i64::try_from(len).map_err(|_| IoError::TooLarge)?,
+        start: i64::try_from(start).map_err(|_| CoordError::TooLarge)?,
+        len: i64::try_from(len).map_err(|_| CoordError::TooLarge)?,
     };
     let kind = if exclusive {
         libc::F_WRLCK
@@ -73,10 +71,10 @@ pub fn lock_blocks<'a>(
     match lock.set(kind, false) {
         Ok(()) => return Ok(lock),
         Err(nix::Error::EAGAIN | nix::Error::EACCES) => {}
-        Err(e) => return Err(IoError::Io(e.into())),
+        Err(e) => return Err(e.into()),
     }
     let waiting = std::time::Instant::now();
-    lock.set(kind, true).map_err(|e| IoError::Io(e.into()))?;
+    lock.set(kind, true).map_err(CoordError::from)?;
     crate::metrics::global().lock_waited(waiting.elapsed());
     Ok(lock)
 }
@@ -87,14 +85,13 @@ pub fn lock_blocks<'a>(
 const HOLE_MAP_LOCK: u64 = 0;
 
 /// Locks `file`'s hole map against other mounts while one changes it, waiting for them.
-pub fn lock_hole_map(file: &File) -> Result<FileRangeLock<'_>, IoError> {
+pub fn lock_hole_map(file: &File) -> Result<FileRangeLock<'_>, CoordError> {
     let lock = FileRangeLock {
         fd: file.as_fd(),
         start: HOLE_MAP_LOCK as i64,
         len: 1,
     };
-    lock.set(libc::F_WRLCK, true)
-        .map_err(|e| IoError::Io(e.into()))?;
+    lock.set(libc::F_WRLCK, true).map_err(CoordError::from)?;
     Ok(lock)
 }
 
