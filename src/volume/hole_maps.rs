@@ -21,6 +21,17 @@ use crate::format::holes::{self, HoleMap};
 use crate::format::{Id, id_to_hex};
 use crate::io::{HoleLedger, IoError, LedgerAccess, Persist};
 
+/// Who writes the map: the one seam between a lone and a shared mount in this file, chosen
+/// once per mount (`fs::core::access`) and by offline commands (always `Sole`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writers {
+    /// This process alone: the map is kept in memory and written back (fsync, close).
+    Sole,
+    /// Several mounts (`-o shared`): every change goes through to the sidecar at once, under
+    /// its lock, read afresh first.
+    Several,
+}
+
 pub struct FileHoles {
     file_id: Id,
     store: Arc<HeaderStore>,
@@ -50,22 +61,22 @@ struct State {
 
 impl FileHoles {
     /// The hole map of an existing data file, read from its sidecar when first needed.
-    pub fn existing(file_id: Id, store: Arc<HeaderStore>, shared: bool) -> FileHoles {
+    pub fn existing(file_id: Id, store: Arc<HeaderStore>, writers: Writers) -> FileHoles {
         FileHoles {
             file_id,
             store,
-            shared,
+            shared: writers == Writers::Several,
             maybe_holes: AtomicBool::new(true),
             state: Mutex::new(State::default()),
         }
     }
 
     /// The hole map of a data file just created: empty, nothing to read.
-    pub fn new_file(file_id: Id, store: Arc<HeaderStore>, shared: bool) -> FileHoles {
+    pub fn new_file(file_id: Id, store: Arc<HeaderStore>, writers: Writers) -> FileHoles {
         FileHoles {
             file_id,
             store,
-            shared,
+            shared: writers == Writers::Several,
             maybe_holes: AtomicBool::new(false),
             state: Mutex::new(State {
                 map: Some(HoleMap::default()),
@@ -331,7 +342,7 @@ mod tests {
     fn a_lone_mount_keeps_the_map_and_writes_it_back() {
         let fx = fixture();
         let at = access(&fx);
-        let holes = FileHoles::new_file(ID, fx.store.clone(), false);
+        let holes = FileHoles::new_file(ID, fx.store.clone(), Writers::Sole);
         assert!(!holes.allows(&at, 3).unwrap());
         holes.record(&at, 2..10, Persist::Later).unwrap();
         assert!(holes.allows(&at, 3).unwrap());
@@ -340,7 +351,7 @@ mod tests {
         holes.flush(&at).unwrap();
         assert!(!holes.allows(&at, 3).unwrap(), "filled");
         assert!(holes.filled_unsynced());
-        let reread = FileHoles::existing(ID, fx.store.clone(), false);
+        let reread = FileHoles::existing(ID, fx.store.clone(), Writers::Sole);
         assert!(
             reread.allows(&at, 3).unwrap(),
             "kept in the sidecar until the data that filled it is durable"
@@ -348,14 +359,14 @@ mod tests {
         holes.data_synced();
         assert!(!holes.filled_unsynced());
         holes.flush(&at).unwrap();
-        let reread = FileHoles::existing(ID, fx.store.clone(), false);
+        let reread = FileHoles::existing(ID, fx.store.clone(), Writers::Sole);
         assert!(reread.allows(&at, 2).unwrap());
         assert!(!reread.allows(&at, 3).unwrap(), "filled");
         assert!(reread.allows(&at, 9).unwrap());
         // Persist::Now reaches the sidecar at once.
         holes.record(&at, 20..21, Persist::Now).unwrap();
         assert!(
-            FileHoles::existing(ID, fx.store.clone(), false)
+            FileHoles::existing(ID, fx.store.clone(), Writers::Sole)
                 .allows(&at, 20)
                 .unwrap()
         );
@@ -370,12 +381,12 @@ mod tests {
     fn only_holes_a_write_filled_stay_in_the_sidecar_until_the_data_is_durable() {
         let fx = fixture();
         let at = access(&fx);
-        let holes = FileHoles::new_file(ID, fx.store.clone(), false);
+        let holes = FileHoles::new_file(ID, fx.store.clone(), Writers::Sole);
         holes.record(&at, 4..6, Persist::Now).unwrap();
         // A write over blocks 0..20 fills 4..6; the blocks around them were never holes.
         holes.clear(&at, 0..20).unwrap();
         holes.flush(&at).unwrap();
-        let reread = FileHoles::existing(ID, fx.store.clone(), false);
+        let reread = FileHoles::existing(ID, fx.store.clone(), Writers::Sole);
         assert!(reread.allows(&at, 4).unwrap() && reread.allows(&at, 5).unwrap());
         assert!(!reread.allows(&at, 3).unwrap() && !reread.allows(&at, 6).unwrap());
         holes.data_synced();
@@ -387,7 +398,7 @@ mod tests {
     fn a_discarded_map_is_never_written_again() {
         let fx = fixture();
         let at = access(&fx);
-        let holes = FileHoles::new_file(ID, fx.store.clone(), false);
+        let holes = FileHoles::new_file(ID, fx.store.clone(), Writers::Sole);
         holes.record(&at, 0..4, Persist::Now).unwrap();
         holes.record(&at, 8..9, Persist::Later).unwrap();
         holes.discard();
@@ -404,20 +415,20 @@ mod tests {
     fn a_damaged_or_foreign_sidecar_is_an_error_not_an_empty_map() {
         let fx = fixture();
         let at = access(&fx);
-        let holes = FileHoles::new_file(ID, fx.store.clone(), false);
+        let holes = FileHoles::new_file(ID, fx.store.clone(), Writers::Sole);
         holes.record(&at, 0..4, Persist::Now).unwrap();
         let (mut bytes, _) = fx.store.read_holes(&ID).unwrap().unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fx.store.write_holes(&ID, Some(&bytes)).unwrap();
-        let reread = FileHoles::existing(ID, fx.store.clone(), false);
+        let reread = FileHoles::existing(ID, fx.store.clone(), Writers::Sole);
         assert!(matches!(
             reread.allows(&at, 1),
             Err(IoError::HoleMap { .. })
         ));
         // Another key (another file's map copied here) does not open either.
         let other = Sealer::new(&SecretKey::from_array([7; 32]));
-        let foreign = FileHoles::existing(ID, fx.store.clone(), false);
+        let foreign = FileHoles::existing(ID, fx.store.clone(), Writers::Sole);
         let at_other = LedgerAccess {
             sealer: &other,
             ..access(&fx)
@@ -430,8 +441,8 @@ mod tests {
     fn shared_mounts_see_each_others_changes() {
         let fx = fixture();
         let at = access(&fx);
-        let a = FileHoles::new_file(ID, fx.store.clone(), true);
-        let b = FileHoles::existing(ID, fx.store.clone(), true);
+        let a = FileHoles::new_file(ID, fx.store.clone(), Writers::Several);
+        let b = FileHoles::existing(ID, fx.store.clone(), Writers::Several);
         assert!(!b.allows(&at, 5).unwrap());
         a.record(&at, 4..8, Persist::Later).unwrap();
         assert!(b.allows(&at, 5).unwrap(), "b looks again before saying no");
@@ -444,7 +455,7 @@ mod tests {
         a.record(&at, 10..12, Persist::Later).unwrap();
         // b's next change starts from the sidecar, keeping a's.
         b.clear(&at, 4..5).unwrap();
-        let fresh = FileHoles::existing(ID, fx.store.clone(), true);
+        let fresh = FileHoles::existing(ID, fx.store.clone(), Writers::Several);
         assert!(!fresh.allows(&at, 4).unwrap());
         assert!(fresh.allows(&at, 11).unwrap());
     }

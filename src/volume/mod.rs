@@ -491,23 +491,27 @@ impl Volume {
         &self,
         version: u8,
         file_id: Id,
-        shared: bool,
+        writers: hole_maps::Writers,
     ) -> Option<Arc<hole_maps::FileHoles>> {
         (version >= 2).then(|| {
             Arc::new(hole_maps::FileHoles::existing(
                 file_id,
                 self.headers.clone(),
-                shared,
+                writers,
             ))
         })
     }
 
     /// The keeper of the hole map of a data file `create_data_file` just made (empty).
-    pub fn new_file_holes(&self, file_id: Id, shared: bool) -> Arc<hole_maps::FileHoles> {
+    pub fn new_file_holes(
+        &self,
+        file_id: Id,
+        writers: hole_maps::Writers,
+    ) -> Arc<hole_maps::FileHoles> {
         Arc::new(hole_maps::FileHoles::new_file(
             file_id,
             self.headers.clone(),
-            shared,
+            writers,
         ))
     }
 

@@ -26,6 +26,7 @@ use crate::format::{Id, id_to_hex};
 use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, NameKeys, RemoteFailure};
 use crate::volume::backing_xattrs::XattrTarget;
+use crate::volume::hole_maps::Writers;
 use crate::volume::{Result, Volume, VolumeError, names};
 pub use walk::{Entry, LOST_AND_FOUND};
 use walk::{RegularFile, WalkResult};
@@ -533,7 +534,7 @@ fn check_file(volume: &Volume, file: &RegularFile) -> Checked {
             return checked;
         }
     };
-    let holes = volume.file_holes(preamble.version, file_id, false);
+    let holes = volume.file_holes(preamble.version, file_id, Writers::Sole);
     let blocks = volume.data_file(&data, &file_id, &material, holes.as_deref());
     // A crash remnant the journal mends is reported as such, and its blocks are checked once
     // mended (the next fsck), not reported as damage now.

@@ -17,6 +17,7 @@ use crate::format::name::{BackingName, LONG_NAME_SUFFIX};
 use crate::format::{id_to_hex, name};
 use crate::keys::KeyError;
 use crate::volume::backing_xattrs::XattrTarget;
+use crate::volume::hole_maps::Writers;
 use crate::volume::{Result, Volume, VolumeError, names};
 
 pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32]) {
@@ -248,7 +249,7 @@ fn record_holes(volume: &Volume, entry: &Entry, blocks: &[u64]) -> Result<()> {
     let preamble = crate::io::read_preamble(&file)?;
     let (file_id, material) = volume.open_data_file(&file)?;
     let holes = volume
-        .file_holes(preamble.version, file_id, false)
+        .file_holes(preamble.version, file_id, Writers::Sole)
         .ok_or_else(|| VolumeError::Usage("a version 1 data file has no hole map".into()))?;
     let at = crate::io::LedgerAccess {
         file: &file,
@@ -299,8 +300,12 @@ fn give_own_file_id(volume: &Volume, entry: &Entry) -> Result<crate::format::Id>
     let (new, new_id, new_key) =
         volume.create_data_file(dir.as_fd(), &temp, st.st_mode, entry.policy)?;
     let copied = (|| -> Result<()> {
-        let old_holes = volume.file_holes(crate::io::read_preamble(&old)?.version, old_id, false);
-        let new_holes = volume.new_file_holes(new_id, false);
+        let old_holes = volume.file_holes(
+            crate::io::read_preamble(&old)?.version,
+            old_id,
+            Writers::Sole,
+        );
+        let new_holes = volume.new_file_holes(new_id, Writers::Sole);
         let source = volume.data_file(&old, &old_id, &old_key, old_holes.as_deref());
         let target = volume.data_file(&new, &new_id, &new_key, Some(&new_holes));
         let size = source.plain_size()?;

@@ -12,6 +12,7 @@ use super::{Entry, Problem, ProblemKind, header_path};
 use crate::format::{Id, id_to_hex};
 use crate::io::DataFile;
 use crate::volume::headers::{HEADERS_DIR, HOLES_SUFFIX, HeaderListing};
+use crate::volume::hole_maps::Writers;
 use crate::volume::undo::UNDO_DIR;
 use crate::volume::{Result, Volume};
 
@@ -84,7 +85,7 @@ pub(super) fn mend_torn_write(volume: &Volume, entry: &Entry) -> Result<()> {
     )?);
     let preamble = crate::io::read_preamble(&file)?;
     let (file_id, material) = volume.open_data_file(&file)?;
-    let holes = volume.file_holes(preamble.version, file_id, false);
+    let holes = volume.file_holes(preamble.version, file_id, Writers::Sole);
     let blocks = volume.data_file(&file, &file_id, &material, holes.as_deref());
     volume.undo.mend(&blocks, &file_id, &volume.layout)?;
     if let Some(holes) = &holes {

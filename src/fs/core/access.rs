@@ -21,7 +21,7 @@ use super::{FileHandle, SealFs};
 use crate::fs::inodes::{Content, Node};
 use crate::io::{DataFile, IoError};
 use crate::volume::Result;
-use crate::volume::hole_maps::FileHoles;
+use crate::volume::hole_maps::{FileHoles, Writers};
 use crate::volume::undo::FileUndo;
 
 /// Something done to a data file's blocks.
@@ -78,7 +78,12 @@ pub(super) trait BlockAccess: Send + Sync {
 
     /// The keeper of the hole map of a data file just made.
     fn new_file_holes(&self, fs: &SealFs, id: crate::io::FileId) -> Arc<FileHoles> {
-        fs.volume.new_file_holes(id, !self.sole_writer())
+        let writers = if self.sole_writer() {
+            Writers::Sole
+        } else {
+            Writers::Several
+        };
+        fs.volume.new_file_holes(id, writers)
     }
 }
 
@@ -134,7 +139,7 @@ impl BlockAccess for Lone {
         version: u8,
         id: crate::io::FileId,
     ) -> Option<Arc<FileHoles>> {
-        fs.volume.file_holes(version, id, false)
+        fs.volume.file_holes(version, id, Writers::Sole)
     }
 }
 
@@ -237,7 +242,7 @@ impl BlockAccess for Shared {
         version: u8,
         id: crate::io::FileId,
     ) -> Option<Arc<FileHoles>> {
-        fs.volume.file_holes(version, id, true)
+        fs.volume.file_holes(version, id, Writers::Several)
     }
 }
 
