@@ -2,6 +2,8 @@
 //! computed once at mount from whether other mounts share the cipher dir. The data path's side
 //! is `access`.
 
+use fuser::InitFlags;
+
 /// Kernel-facing knobs, chosen at mount.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -81,5 +83,79 @@ impl Tuning {
     /// new inode; only another host could replace one behind its back).
     pub fn caches_symlinks(&self) -> bool {
         !self.shared
+    }
+
+    /// The capabilities asked of the kernel at INIT, from the mode; `attrs_with_listings`:
+    /// whether listings may carry attributes (readdirplus), which a mount mending a crash
+    /// refuses until it is done (`SealFs::attrs_with_listings`).
+    pub fn init_flags(&self, attrs_with_listings: bool) -> Vec<InitFlags> {
+        // HANDLE_KILLPRIV_V2: sealfs drops set-id bits itself (write, truncate, fallocate;
+        // chown's is the backing chown's; see fs/core/set_id.rs), so the kernel may mark a
+        // checked inode as having none, instead of asking for security.capability (one
+        // GETXATTR round trip) before every write(2).
+        // POSIX_ACL: the kernel checks permissions against ACLs (fs/core/acl.rs keeps them);
+        // DONT_MASK: the umask is applied by sealfs, only where no default ACL is inherited.
+        // EXPORT_SUPPORT: file handles work once the kernel forgot an inode (it asks for "."
+        // and ".."; fs/core/export.rs).
+        let mut flags = vec![
+            InitFlags::FUSE_EXPORT_SUPPORT,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK,
+        ];
+        if self.writeback_cache {
+            flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        if attrs_with_listings {
+            // Attributes with listings (readdirplus; the kernel picks it for a walk that
+            // looks at what it lists, plain readdir otherwise): a LOOKUP per entry saved.
+            flags.extend([
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_READDIRPLUS_AUTO,
+            ]);
+        }
+        if self.caches_symlinks() {
+            // Symlinks never change (a new target is a new symlink, a new inode): the kernel
+            // may keep a target it has read in its page cache instead of asking for it again.
+            flags.push(InitFlags::FUSE_CACHE_SYMLINKS);
+        }
+        if self.forwards_locks() {
+            // Locks go to the backing files, where other hosts see them (fs/core/locks.rs);
+            // a read asks for fresh attributes and drops cached pages when the file changed
+            // elsewhere (its mtime or size moved).
+            flags.extend([
+                InitFlags::FUSE_POSIX_LOCKS,
+                InitFlags::FUSE_FLOCK_LOCKS,
+                InitFlags::FUSE_AUTO_INVAL_DATA,
+            ]);
+        }
+        flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_caches_what_only_a_lone_mount_keeps_true() {
+        let lone = Tuning::new(true, false).init_flags(true);
+        let shared = Tuning::new(true, true).init_flags(true);
+        for (flag, alone, with_others) in [
+            (InitFlags::FUSE_WRITEBACK_CACHE, true, false),
+            (InitFlags::FUSE_CACHE_SYMLINKS, true, false),
+            (InitFlags::FUSE_POSIX_LOCKS, false, true),
+            (InitFlags::FUSE_FLOCK_LOCKS, false, true),
+            (InitFlags::FUSE_AUTO_INVAL_DATA, false, true),
+            (InitFlags::FUSE_EXPORT_SUPPORT, true, true),
+        ] {
+            assert_eq!(lone.contains(&flag), alone, "{flag:?}");
+            assert_eq!(shared.contains(&flag), with_others, "{flag:?}");
+        }
+        let no_writeback = Tuning::new(false, false).init_flags(false);
+        assert!(!no_writeback.contains(&InitFlags::FUSE_WRITEBACK_CACHE));
+        assert!(!no_writeback.contains(&InitFlags::FUSE_DO_READDIRPLUS));
+        assert!(Tuning::new(true, false).negative_entries());
+        assert!(!Tuning::new(true, true).negative_entries());
     }
 }

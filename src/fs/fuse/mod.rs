@@ -5,53 +5,19 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::core::{AttrChanges, Caller, SealFs};
+mod replies;
+
+use self::replies::{NO_GENERATION, caller, caller_with, drop_cached_pages, xattr_reply};
+use super::core::{AttrChanges, SealFs};
 use crate::coord::file_locks::PlainLock;
 use crate::metrics::{self, Metrics, Op};
 use crate::shell::{self, reply_or_error};
-
-/// The generation of a reply with no node (a negative entry).
-const NO_GENERATION: Generation = Generation(0);
-
-impl SealFs {
-    /// The generation the kernel is told with an entry's node id (fs/handles.rs).
-    fn generation(&self, attr: &fuser::FileAttr) -> Generation {
-        Generation(u64::from(self.inodes.generation(attr.ino.0).unwrap_or(0)))
-    }
-
-    /// Replies with a found or made entry, for the TTLs of the mount.
-    fn reply_entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
-        reply.entry_with_ttls(
-            &self.tuning.attr_ttl,
-            self.tuning.entry_ttl_of(attr.kind),
-            attr,
-            self.generation(attr),
-        )
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-        umask: 0,
-    }
-}
-
-/// The caller of a request that makes an entry, with the umask the kernel passed.
-fn caller_with(req: &Request, umask: u32) -> Caller {
-    Caller {
-        umask,
-        ..caller(req)
-    }
-}
 
 impl Filesystem for SealFs {
     /// Each setting is measured in bench/README.md: request size is the biggest lever on
@@ -60,46 +26,7 @@ impl Filesystem for SealFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        // HANDLE_KILLPRIV_V2: sealfs drops set-id bits itself (write, truncate, fallocate;
-        // chown's is the backing chown's; see fs/core/set_id.rs), so the kernel may mark a
-        // checked inode as having none, instead of asking for security.capability (one
-        // GETXATTR round trip) before every write(2).
-        // POSIX_ACL: the kernel checks permissions against ACLs (fs/core/acl.rs keeps them);
-        // DONT_MASK: the umask is applied by sealfs, only where no default ACL is inherited.
-        // EXPORT_SUPPORT: file handles work once the kernel forgot an inode (it asks for "."
-        // and ".."; fs/core/export.rs).
-        let mut flags = vec![
-            InitFlags::FUSE_EXPORT_SUPPORT,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-            InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK,
-        ];
-        if self.tuning.writeback_cache {
-            flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
-        }
-        if self.attrs_with_listings() {
-            // Attributes with listings (readdirplus; the kernel picks it for a walk that
-            // looks at what it lists, plain readdir otherwise): a LOOKUP per entry saved.
-            flags.extend([
-                InitFlags::FUSE_DO_READDIRPLUS,
-                InitFlags::FUSE_READDIRPLUS_AUTO,
-            ]);
-        }
-        if self.tuning.caches_symlinks() {
-            // Symlinks never change (a new target is a new symlink, a new inode): the kernel
-            // may keep a target it has read in its page cache instead of asking for it again.
-            flags.push(InitFlags::FUSE_CACHE_SYMLINKS);
-        }
-        if self.tuning.forwards_locks() {
-            // Locks go to the backing files, where other hosts see them (fs/core/locks.rs);
-            // a read asks for fresh attributes and drops cached pages when the file changed
-            // elsewhere (its mtime or size moved).
-            flags.extend([
-                InitFlags::FUSE_POSIX_LOCKS,
-                InitFlags::FUSE_FLOCK_LOCKS,
-                InitFlags::FUSE_AUTO_INVAL_DATA,
-            ]);
-        }
+        let flags = self.tuning.init_flags(self.attrs_with_listings());
         shell::request_capabilities(config, &flags);
         Ok(())
     }
@@ -680,27 +607,5 @@ impl Filesystem for SealFs {
             reply,
             |pos| reply.offset(pos)
         )
-    }
-}
-
-/// A lock just taken may guard bytes another host wrote meanwhile: the kernel's cached pages
-/// of the file go, as NFS drops them when a lock is taken (sqlite on shared storage relies on
-/// it).
-fn drop_cached_pages(notifier: Option<&fuser::Notifier>, ino: INodeNo) {
-    if let Some(notifier) = notifier
-        && let Err(e) = notifier.inval_inode(ino, 0, 0)
-        && e.raw_os_error() != Some(libc::ENOENT)
-    {
-        tracing::debug!(error = %e, "could not drop cached pages after a lock");
-    }
-}
-
-fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if value.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
     }
 }
