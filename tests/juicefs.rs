@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use common::lock_counters::{run_counters, sqlite_report, sqlite_setup};
-use common::services::JuiceFs;
+use common::services::juicefs::JuiceFs;
 use common::{TestVolume, files_under, ok, sealfs};
 use sealfs::volume::backing::{CreateMethod, probe};
 
