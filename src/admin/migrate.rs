@@ -24,8 +24,8 @@ use crate::format::Id;
 use crate::format::name::{EntryKind, classify_entry};
 use crate::keys::NameKeys;
 use crate::volume::backing_xattrs::XattrTarget;
-use crate::volume::headers::read_names;
 use crate::volume::policy_dirs::{find_policy_dirs, read_marker};
+use crate::volume::tree;
 use crate::volume::{Result, VolumeError};
 use crate::volume::{Volume, lock_config, names, write_config};
 
@@ -85,7 +85,12 @@ pub fn move_names(volume: &Volume) -> Result<Moved> {
             moved
                 .failed
                 .extend(failed.into_iter().map(|f| format!("{}: {f}", dir.path)));
-            move_dir(volume, fd.as_fd(), &keys, &dir.path, &mut moved)?;
+            let mut mover = Mover {
+                volume,
+                keys: &keys,
+                moved: &mut moved,
+            };
+            tree::walk(fd.as_fd(), dir.path.clone(), &mut mover)?;
         }
     }
     Ok(moved)
@@ -113,29 +118,41 @@ struct Keys<'a> {
     policy: u32,
 }
 
-fn move_dir(
-    volume: &Volume,
-    dir: BorrowedFd<'_>,
-    keys: &Keys<'_>,
-    path: &str,
-    moved: &mut Moved,
-) -> Result<()> {
-    for entry in read_names(dir)? {
-        if classify_entry(&entry) == EntryKind::Internal {
-            continue;
-        }
-        match move_entry(volume, dir, &entry, keys, path, moved) {
-            Ok(()) => {}
-            // The backing store failing stops the move (run it again); a damaged entry is
-            // left for fsck, and the rest moves on.
-            Err(e @ VolumeError::Io(_)) => return Err(e),
-            Err(e) => moved.failed.push(format!("{path}/?{entry}: {e}")),
-        }
-    }
-    Ok(())
+/// Moves the entries of a directory's tree under the tenant's keys; the context is a
+/// directory's plaintext path.
+struct Mover<'a> {
+    volume: &'a Volume,
+    keys: &'a Keys<'a>,
+    moved: &'a mut Moved,
 }
 
-/// Moves one entry of `dir` (and what lies beneath it) under the tenant's keys.
+impl tree::Visitor for Mover<'_> {
+    type Ctx = String;
+
+    fn entry(
+        &mut self,
+        path: &String,
+        entry: &tree::Entry<'_>,
+    ) -> Result<Option<tree::Descend<String>>> {
+        let name = entry.name.to_string_lossy();
+        if classify_entry(&name) == EntryKind::Internal {
+            return Ok(None);
+        }
+        match move_entry(self.volume, entry.dir, &name, self.keys, path, self.moved) {
+            Ok(descend) => Ok(descend),
+            // The backing store failing stops the move (run it again); a damaged entry is
+            // left for fsck, and the rest moves on.
+            Err(e @ VolumeError::Io(_)) => Err(e),
+            Err(e) => {
+                self.moved.failed.push(format!("{path}/?{name}: {e}"));
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Moves one entry of `dir` under the tenant's keys; a directory to walk into next (by its
+/// new name, with its plaintext path) unless a deeper policy's directory keeps its own keys.
 fn move_entry(
     volume: &Volume,
     dir: BorrowedFd<'_>,
@@ -143,7 +160,7 @@ fn move_entry(
     keys: &Keys<'_>,
     path: &str,
     moved: &mut Moved,
-) -> Result<()> {
+) -> Result<Option<tree::Descend<String>>> {
     let entry_os = OsStr::new(entry);
     let (plain, current) = match names::decrypt_entry(keys.to, dir, entry_os) {
         Ok(Some(plain)) => (plain, entry.to_string()),
@@ -162,7 +179,7 @@ fn move_entry(
                 moved
                     .failed
                     .push(format!("{path}/?{entry}: name decrypts under neither key"));
-                return Ok(());
+                return Ok(None);
             }
         },
     };
@@ -179,7 +196,10 @@ fn move_entry(
             moved.xattrs += move_entry_xattrs(child.as_fd(), keys, &child_path, moved)?;
             // A deeper policy's directory keeps its own keys beneath.
             if read_marker(child.as_fd())?.is_none() {
-                move_dir(volume, child.as_fd(), keys, &child_path, moved)?;
+                return Ok(Some(tree::Descend {
+                    name: current.into(),
+                    ctx: child_path,
+                }));
             }
         }
         SFlag::S_IFREG => {
@@ -202,7 +222,7 @@ fn move_entry(
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 /// `move_xattrs` for an entry at plaintext `path`, its failures noted in `moved`.

@@ -7,23 +7,24 @@
 //! the config could give out again), and is written again once the marker is there (so every
 //! running mount reads the directory's marker again).
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::format::config::TenantPolicy;
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
 use crate::keys::{KeyError, MasterKeyProvider, RemoteFailure, seal_new_policy};
 use crate::volume::backing_xattrs::XattrTarget;
-use crate::volume::headers::read_names;
 use crate::volume::policy_dirs::{
     components, find_dir, find_policy_dirs, has_user_xattrs, is_empty, marked_policies,
     open_dir_at, read_marker, write_marker,
 };
+use crate::volume::tree;
 use crate::volume::{Result, VolumeError};
 use crate::volume::{Volume, lock_config, write_config};
 
@@ -419,27 +420,22 @@ pub fn clear_policy_tree(volume: &Volume, backing_dir: &str, policy: u32) -> Res
         }
     }
     // First look, then remove: a live tenant's directory nested beneath stops it all.
-    let mut dirs = vec![top.try_clone()?];
-    let mut i = 0;
-    while i < dirs.len() {
-        let fd = dirs[i].try_clone()?;
-        for entry in read_names(fd.as_fd())? {
-            let Ok(child) = open_dir_at(fd.as_fd(), &entry) else {
-                continue;
-            };
-            if let Some(other) = read_marker(child.as_fd())?
-                && other != policy
-                && volume.tenants.policy(other).is_ok()
-            {
-                return Err(VolumeError::Usage(format!(
-                    "{backing_dir} holds a directory of live policy {other}; move or clear that first"
-                )));
-            }
-            dirs.push(child);
-        }
-        i += 1;
-    }
-    let removed = remove_tree_contents(volume, top.as_fd(), Some(POLICY_MARKER))?;
+    tree::walk(
+        top.as_fd(),
+        (),
+        &mut LiveMarkers {
+            volume,
+            policy,
+            backing_dir,
+        },
+    )?;
+    let mut remover = Remover {
+        volume,
+        keep: POLICY_MARKER,
+        removed: 0,
+    };
+    tree::walk(top.as_fd(), true, &mut remover)?;
+    let removed = remover.removed;
     remove_user_xattrs(top.as_fd())?;
     retire_policy(volume, policy)?;
     unlinkat(top.as_fd(), POLICY_MARKER, UnlinkatFlags::NoRemoveDir)?;
@@ -455,53 +451,95 @@ fn remove_user_xattrs(fd: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Removes everything inside backing directory `dir` but the entry named `keep` (and what
-/// its files and links keep elsewhere: headers, hole maps, long-target sidecars).
-fn remove_tree_contents(volume: &Volume, dir: BorrowedFd<'_>, keep: Option<&str>) -> Result<u64> {
-    use nix::sys::stat::{SFlag, fstatat};
-    let mut removed = 0;
-    for entry in read_names(dir)? {
-        if Some(entry.as_str()) == keep {
-            continue;
+/// Refuses a clear when a directory of another live policy lies beneath.
+struct LiveMarkers<'a> {
+    volume: &'a Volume,
+    policy: u32,
+    backing_dir: &'a str,
+}
+
+impl tree::Visitor for LiveMarkers<'_> {
+    type Ctx = ();
+
+    fn enter(&mut self, _: &mut (), dir: BorrowedFd<'_>, _: &[OsString]) -> Result<bool> {
+        if let Some(other) = read_marker(dir)?
+            && other != self.policy
+            && self.volume.tenants.policy(other).is_ok()
+        {
+            return Err(VolumeError::Usage(format!(
+                "{} holds a directory of live policy {other}; move or clear that first",
+                self.backing_dir
+            )));
         }
-        let st = fstatat(
-            dir,
-            entry.as_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-            SFlag::S_IFDIR => {
-                let child = open_dir_at(dir, &entry)?;
-                removed += remove_tree_contents(volume, child.as_fd(), None)?;
-                unlinkat(dir, entry.as_str(), UnlinkatFlags::RemoveDir)?;
-            }
-            kind => {
-                if kind == SFlag::S_IFREG && st.st_nlink == 1 {
-                    let file = File::from(openat(
-                        dir,
-                        entry.as_str(),
-                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )?);
-                    if let Ok(id) = crate::io::read_file_id(&file) {
-                        let _ = volume.headers.remove(&id);
-                    }
-                }
-                if kind == SFlag::S_IFLNK
-                    && st.st_nlink == 1
-                    && let Ok(target) = nix::fcntl::readlinkat(dir, entry.as_str())
-                    && let Some(long) = crate::format::link::LongTarget::decode(
-                        std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()),
-                    )
-                {
-                    crate::volume::long_links::remove(volume.root.as_fd(), &long);
-                }
-                unlinkat(dir, entry.as_str(), UnlinkatFlags::NoRemoveDir)?;
-            }
-        }
-        removed += 1;
+        Ok(true)
     }
-    Ok(removed)
+
+    fn entry(&mut self, _: &(), entry: &tree::Entry<'_>) -> Result<Option<tree::Descend<()>>> {
+        Ok(entry.is_dir().then(|| tree::Descend {
+            name: entry.name.to_os_string(),
+            ctx: (),
+        }))
+    }
+}
+
+/// Removes everything beneath a directory but the top's entry named `keep` (and what its
+/// files and links keep elsewhere: headers, hole maps, long-target sidecars), counting the
+/// entries removed. The context says whether a directory is the top.
+struct Remover<'a> {
+    volume: &'a Volume,
+    keep: &'a str,
+    removed: u64,
+}
+
+impl tree::Visitor for Remover<'_> {
+    type Ctx = bool;
+
+    fn entry(
+        &mut self,
+        top: &bool,
+        entry: &tree::Entry<'_>,
+    ) -> Result<Option<tree::Descend<bool>>> {
+        if *top && entry.name == self.keep {
+            return Ok(None);
+        }
+        if entry.is_dir() {
+            return Ok(Some(tree::Descend {
+                name: entry.name.to_os_string(),
+                ctx: false,
+            }));
+        }
+        let (dir, name, st) = (entry.dir, entry.name, &entry.stat);
+        let kind = entry.kind();
+        if kind == SFlag::S_IFREG && st.st_nlink == 1 {
+            let file = File::from(openat(
+                dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?);
+            if let Ok(id) = crate::io::read_file_id(&file) {
+                let _ = self.volume.headers.remove(&id);
+            }
+        }
+        if kind == SFlag::S_IFLNK
+            && st.st_nlink == 1
+            && let Ok(target) = nix::fcntl::readlinkat(dir, name)
+            && let Some(long) = crate::format::link::LongTarget::decode(
+                std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()),
+            )
+        {
+            crate::volume::long_links::remove(self.volume.root.as_fd(), &long);
+        }
+        unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?;
+        self.removed += 1;
+        Ok(None)
+    }
+
+    fn left(&mut self, _: &bool, parent: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        unlinkat(parent, name, UnlinkatFlags::RemoveDir)?;
+        self.removed += 1;
+        Ok(())
+    }
 }
 
 /// Drops policy `id`'s sealed secret from the config and retires its id (if still live).

@@ -16,6 +16,7 @@ pub mod remnant;
 mod sweep;
 mod symlinks;
 mod test_points;
+pub mod tree;
 pub mod undo;
 mod undo_file;
 

@@ -22,7 +22,8 @@ use nix::sys::stat::{Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::error::Result;
-use super::headers::{HeaderStore, read_names};
+use super::headers::HeaderStore;
+use super::tree;
 use crate::format::name::{EntryKind, LONG_NAME_SUFFIX, LONG_PREFIX, classify_entry};
 use crate::format::{Id, id_to_hex};
 
@@ -36,11 +37,11 @@ pub struct Swept {
 
 /// What a walk collects: file ids data files carry, crash-made temp files, and long-name
 /// sidecars made in the crashed session without their entry (by directory).
-#[derive(Default)]
-struct Walk {
+struct Walk<'a> {
     seen: HashSet<Id>,
     temps: Vec<(OwnedFd, String)>,
     sidecars: Vec<(OwnedFd, String)>,
+    in_crashed_session: &'a dyn Fn(i128) -> bool,
 }
 
 /// A ctime in nanoseconds since the Unix epoch.
@@ -87,8 +88,13 @@ pub fn sweep(
         })
         .collect();
     let moves = undo.moves();
-    let mut found = Walk::default();
-    walk(root, true, &mut found, &in_crashed_session)?;
+    let mut found = Walk {
+        seen: HashSet::new(),
+        temps: Vec::new(),
+        sidecars: Vec::new(),
+        in_crashed_session: &in_crashed_session,
+    };
+    tree::walk(root, true, &mut found)?;
     if undo.moves() != moves {
         return Ok(None);
     }
@@ -96,6 +102,7 @@ pub fn sweep(
         seen,
         temps,
         sidecars,
+        ..
     } = found;
     for (dir, sidecar) in sidecars {
         let _lock = crate::coord::maintenance::lock_directory(root, dir.as_fd(), true)?;
@@ -150,71 +157,60 @@ fn reopen(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
     )?)
 }
 
-/// Collects into `found` the file id of every data file under directory `dir`, the
-/// `sealfs.new.*` files made in the crashed session, and its unused long-name sidecars.
-fn walk(
-    dir: BorrowedFd<'_>,
-    at_root: bool,
-    found: &mut Walk,
-    in_crashed_session: &dyn Fn(i128) -> bool,
-) -> Result<()> {
-    for name in read_names(dir)? {
-        let st = match fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(nix::Error::ENOENT) => continue,
-            Err(e) => return Err(e.into()),
+/// Collects the file id of every data file in the walk, the `sealfs.new.*` files made in the
+/// crashed session, and its unused long-name sidecars; the context says whether a directory
+/// is the cipher dir's root.
+impl tree::Visitor for Walk<'_> {
+    type Ctx = bool;
+
+    fn entry(
+        &mut self,
+        at_root: &bool,
+        entry: &tree::Entry<'_>,
+    ) -> Result<Option<tree::Descend<bool>>> {
+        let Some(name) = entry.text() else {
+            return Ok(None);
         };
-        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        let internal = matches!(classify_entry(&name), EntryKind::Internal);
-        if kind == SFlag::S_IFDIR {
+        let internal = matches!(classify_entry(name), EntryKind::Internal);
+        if entry.is_dir() {
             // sealfs's own directories (headers, journals, mount records, probes) hold no
             // data file.
-            if internal && at_root {
-                continue;
-            }
-            let sub = match openat(
-                dir,
-                name.as_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(nix::Error::ENOENT) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            walk(sub.as_fd(), false, found, in_crashed_session)?;
-            continue;
+            return Ok((!(internal && *at_root)).then(|| tree::Descend {
+                name: entry.name.to_os_string(),
+                ctx: false,
+            }));
         }
-        if kind != SFlag::S_IFREG {
-            continue;
+        if entry.kind() != SFlag::S_IFREG {
+            return Ok(None);
         }
+        let in_crashed_session = self.in_crashed_session;
         if name.starts_with(super::NEW_FILE_PREFIX) {
-            if in_crashed_session(nanos(&st)) {
-                found.temps.push((reopen(dir)?, name));
+            if in_crashed_session(nanos(&entry.stat)) {
+                self.temps.push((reopen(entry.dir)?, name.to_string()));
             }
-            continue;
+            return Ok(None);
         }
         if internal {
-            if unused_sidecar(dir, &name, in_crashed_session) {
-                found.sidecars.push((reopen(dir)?, name));
+            if unused_sidecar(entry.dir, name, in_crashed_session) {
+                self.sidecars.push((reopen(entry.dir)?, name.to_string()));
             }
-            continue;
+            return Ok(None);
         }
         let file = match openat(
-            dir,
-            name.as_str(),
+            entry.dir,
+            name,
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => File::from(fd),
-            Err(nix::Error::ENOENT) => continue,
+            Err(nix::Error::ENOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         // A data file without a whole preamble names no header (a crash remnant revived as an
         // empty file gets a new one).
         if let Ok(id) = crate::io::read_file_id(&file) {
-            found.seen.insert(id);
+            self.seen.insert(id);
         }
+        Ok(None)
     }
-    Ok(())
 }

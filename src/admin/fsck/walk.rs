@@ -8,12 +8,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use nix::dir::{Dir, Type};
-use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+use nix::dir::Type;
+use nix::fcntl::{OFlag, openat, readlinkat};
 
 use crate::volume::NEW_FILE_PREFIX;
 use crate::volume::backing::PROBE_PREFIX;
-use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::sys::stat::{Mode, SFlag};
 
 use super::{Problem, ProblemKind};
 use crate::format::config::CONFIG_FILE;
@@ -23,6 +23,7 @@ use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY};
 use crate::keys::{KeyError, NameKeys};
 use crate::volume::headers::HEADERS_DIR;
 use crate::volume::policy_dirs::read_marker;
+use crate::volume::tree;
 use crate::volume::{Result, Volume, VolumeError, names};
 
 /// The plaintext name of the quarantine directory at the volume root.
@@ -77,8 +78,9 @@ pub struct WalkResult {
     pub long_links: Vec<LongLink>,
 }
 
-/// A directory on the walk's stack.
-struct Pending {
+/// A directory the walk is in: what its parent said of it, then what `enter` found.
+struct Dir {
+    /// Backing path relative to the cipher dir ("" for the root).
     dir: String,
     plain_dir: String,
     quarantined: bool,
@@ -86,6 +88,44 @@ struct Pending {
     inherited: u32,
     /// Beneath a policy whose key is unavailable (names cannot be read).
     locked: bool,
+    /// Its own policy, and the name keys of what it holds (none: locked).
+    policy: u32,
+    keys: Option<Arc<NameKeys>>,
+    /// The volume root, or a directory carrying a policy marker.
+    policy_root: bool,
+    /// Every name in it, to pair long-name sidecars with their entries.
+    present: HashSet<OsString>,
+}
+
+impl Dir {
+    fn new(
+        dir: String,
+        plain_dir: String,
+        quarantined: bool,
+        inherited: u32,
+        locked: bool,
+    ) -> Self {
+        Dir {
+            dir,
+            plain_dir,
+            quarantined,
+            inherited,
+            locked,
+            policy: inherited,
+            keys: None,
+            policy_root: false,
+            present: HashSet::new(),
+        }
+    }
+
+    /// The plaintext path to report the directory itself by.
+    fn at(&self) -> &str {
+        if self.plain_dir.is_empty() {
+            "/"
+        } else {
+            &self.plain_dir
+        }
+    }
 }
 
 /// A symlink whose target is in a sidecar, by backing inode.
@@ -97,48 +137,49 @@ pub struct LongLink {
 }
 
 pub fn walk(volume: &Volume) -> Result<WalkResult> {
-    let mut out = WalkResult::default();
-    let mut linked_files = HashSet::new();
-    let mut stack = vec![Pending {
-        dir: String::new(),
-        plain_dir: String::new(),
-        quarantined: false,
-        inherited: VOLUME_POLICY,
-        locked: false,
-    }];
-    while let Some(Pending {
-        dir,
-        plain_dir,
-        quarantined,
-        inherited,
-        mut locked,
-    }) = stack.pop()
-    {
-        let fd = open_dir(volume.root.as_fd(), &dir)?;
-        let at = if plain_dir.is_empty() {
-            "/"
-        } else {
-            &plain_dir
-        };
+    let mut walker = Walker {
+        volume,
+        out: WalkResult::default(),
+        linked_files: HashSet::new(),
+    };
+    let root = Dir::new(String::new(), String::new(), false, VOLUME_POLICY, false);
+    // The volume's root descriptor may be O_PATH: xattrs need one opened for reading.
+    let top = open_dir(volume.root.as_fd(), "")?;
+    tree::walk(top.as_fd(), root, &mut walker)?;
+    Ok(walker.out)
+}
+
+struct Walker<'a> {
+    volume: &'a Volume,
+    out: WalkResult,
+    /// Regular files with more than one link met so far, by (dev, ino).
+    linked_files: HashSet<(u64, u64)>,
+}
+
+impl tree::Visitor for Walker<'_> {
+    type Ctx = Dir;
+
+    fn enter(&mut self, d: &mut Dir, fd: BorrowedFd<'_>, names: &[OsString]) -> Result<bool> {
+        let volume = self.volume;
         // The volume root and each policy's directory have a /lost+found of their own, so
         // that what fsck moves aside stays under its tenant's keys.
-        let policy_root = dir.is_empty() || matches!(read_marker(fd.as_fd()), Ok(Some(_)));
-        let policy = match volume.dir_policy(fd.as_fd(), inherited) {
+        d.policy_root = d.dir.is_empty() || matches!(read_marker(fd), Ok(Some(_)));
+        d.policy = match volume.dir_policy(fd, d.inherited) {
             Ok(policy) => policy,
             Err(e) => {
-                out.problems.push(Problem::new(
+                self.out.problems.push(Problem::new(
                     ProblemKind::BadName,
-                    format!("{at} ({})", join(&dir, POLICY_MARKER)),
+                    format!("{} ({})", d.at(), join(&d.dir, POLICY_MARKER)),
                     e.to_string(),
                 ));
-                locked = true;
-                inherited
+                d.locked = true;
+                d.inherited
             }
         };
-        let keys = if locked {
+        d.keys = if d.locked {
             None
         } else {
-            match volume.name_keys(policy) {
+            match volume.name_keys(d.policy) {
                 Ok(keys) => Some(keys),
                 Err(e) => {
                     let mut problem = Problem::new(
@@ -147,192 +188,185 @@ pub fn walk(volume: &Volume) -> Result<WalkResult> {
                         } else {
                             ProblemKind::KeyUnavailable
                         },
-                        at.to_string(),
+                        d.at().to_string(),
                         format!(
-                            "key policy {policy}: {e}; nothing beneath it can be checked (only file ids are read)"
+                            "key policy {}: {e}; nothing beneath it can be checked (only file ids are read)",
+                            d.policy
                         ),
                     );
-                    problem.policy = Some(policy);
-                    problem.backing_dir = Some(dir.clone());
-                    out.problems.push(problem);
+                    problem.policy = Some(d.policy);
+                    problem.backing_dir = Some(d.dir.clone());
+                    self.out.problems.push(problem);
                     None
                 }
             }
         };
-        let locked = keys.is_none();
+        d.locked = d.keys.is_none();
         // A directory's own xattrs are under the keys of what it holds.
-        if let Some(keys) = &keys
-            && !quarantined
+        if let Some(keys) = &d.keys
+            && !d.quarantined
         {
-            let parent = if policy_root && !dir.is_empty() && policy != inherited {
-                volume.name_keys(inherited).ok()
+            let parent = if d.policy_root && !d.dir.is_empty() && d.policy != d.inherited {
+                volume.name_keys(d.inherited).ok()
             } else {
                 None
             };
-            out.problems.extend(super::check_xattrs(
-                fd.as_fd(),
+            self.out.problems.extend(super::check_xattrs(
+                fd,
                 keys,
                 parent.as_deref(),
-                at,
-                &dir,
+                d.at(),
+                &d.dir,
             ));
         }
-        let mut entries = Vec::new();
-        for item in Dir::from_fd(fd.try_clone()?)?.iter() {
-            let item = item?;
-            let name = item.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                entries.push(OsStr::from_bytes(name).to_os_string());
-            }
-        }
-        let present: HashSet<&OsStr> = entries.iter().map(|n| n.as_os_str()).collect();
-        for backing in &entries {
-            let Some(text) = backing.to_str() else {
-                out.problems.push(Problem::new(
-                    ProblemKind::BadName,
-                    format!("{plain_dir}/?{}", backing.to_string_lossy()),
-                    "backing name is not ASCII",
+        d.present = names.iter().cloned().collect();
+        Ok(true)
+    }
+
+    fn entry(&mut self, d: &Dir, item: &tree::Entry<'_>) -> Result<Option<tree::Descend<Dir>>> {
+        let out = &mut self.out;
+        let (dir, plain_dir, quarantined) = (&d.dir, &d.plain_dir, d.quarantined);
+        let backing = item.name;
+        let Some(text) = backing.to_str() else {
+            out.problems.push(Problem::new(
+                ProblemKind::BadName,
+                format!("{plain_dir}/?{}", backing.to_string_lossy()),
+                "backing name is not ASCII",
+            ));
+            return Ok(None);
+        };
+        if dir.is_empty() && is_root_internal(text) {
+            if text == "sealfs.conf.tmp" {
+                out.problems.push(Problem::leftover(
+                    text,
+                    "config write interrupted by a crash",
                 ));
-                continue;
-            };
-            if dir.is_empty() && is_root_internal(text) {
-                if text == "sealfs.conf.tmp" {
+            }
+            return Ok(None);
+        }
+        match name::classify_entry(text) {
+            EntryKind::Internal if text == POLICY_MARKER => return Ok(None),
+            EntryKind::Internal => {
+                if let Some(hashed) = text.strip_suffix(LONG_NAME_SUFFIX)
+                    && hashed.starts_with(LONG_PREFIX)
+                {
+                    if !d.present.contains(OsStr::new(hashed)) {
+                        out.problems.push(Problem::leftover(
+                            &join(dir, text),
+                            "long-name sidecar without its entry",
+                        ));
+                    }
+                } else if text.starts_with(crate::admin::migrate::TEMP_PREFIX) {
+                    out.problems.push(Problem::leftover(
+                        &join(dir, text),
+                        "symlink re-seal under a key policy interrupted by a crash",
+                    ));
+                } else if text.starts_with(NEW_FILE_PREFIX) {
+                    out.problems.push(Problem::leftover(
+                        &join(dir, text),
+                        "file creation interrupted by a crash (temporary name)",
+                    ));
+                } else if dir.is_empty() && text.starts_with(PROBE_PREFIX) {
                     out.problems.push(Problem::leftover(
                         text,
-                        "config write interrupted by a crash",
+                        "backing-store probe interrupted by a crash",
+                    ));
+                } else {
+                    out.problems.push(Problem::new(
+                        ProblemKind::Stray,
+                        join(dir, text),
+                        "unknown sealfs file; left alone",
                     ));
                 }
-                continue;
+                return Ok(None);
             }
-            match name::classify_entry(text) {
-                EntryKind::Internal if text == POLICY_MARKER => continue,
-                EntryKind::Internal => {
-                    if let Some(hashed) = text.strip_suffix(LONG_NAME_SUFFIX)
-                        && hashed.starts_with(LONG_PREFIX)
-                    {
-                        if !present.contains(OsStr::new(hashed)) {
-                            let path = join(&dir, text);
-                            out.problems.push(Problem::leftover(
-                                &path,
-                                "long-name sidecar without its entry",
-                            ));
-                        }
-                    } else if text.starts_with(crate::admin::migrate::TEMP_PREFIX) {
-                        out.problems.push(Problem::leftover(
-                            &join(&dir, text),
-                            "symlink re-seal under a key policy interrupted by a crash",
-                        ));
-                    } else if text.starts_with(NEW_FILE_PREFIX) {
-                        out.problems.push(Problem::leftover(
-                            &join(&dir, text),
-                            "file creation interrupted by a crash (temporary name)",
-                        ));
-                    } else if dir.is_empty() && text.starts_with(PROBE_PREFIX) {
-                        out.problems.push(Problem::leftover(
-                            text,
-                            "backing-store probe interrupted by a crash",
-                        ));
-                    } else {
-                        out.problems.push(Problem::new(
-                            ProblemKind::Stray,
-                            join(&dir, text),
-                            "unknown sealfs file; left alone",
-                        ));
-                    }
-                    continue;
+            EntryKind::Encrypted(_) | EntryKind::Long(_) => {}
+        }
+        let fd = item.dir;
+        let decrypted = match &d.keys {
+            Some(keys) => names::decrypt_entry(keys, fd, backing),
+            None => Ok(Some(OsString::from(format!("?{text}")))),
+        };
+        let (path, bad_name) = match decrypted {
+            Ok(Some(plain)) => (format!("{plain_dir}/{}", plain.to_string_lossy()), None),
+            Ok(None) => return Ok(None),
+            Err(e) => (format!("{plain_dir}/?{text}"), Some(e.to_string())),
+        };
+        let entry = Entry {
+            dir: dir.clone(),
+            backing: text.to_string(),
+            path: path.clone(),
+            quarantined,
+            policy: d.policy,
+            locked: d.locked,
+        };
+        if let Some(reason) = bad_name
+            && !quarantined
+        {
+            out.problems
+                .push(Problem::new(ProblemKind::BadName, path.clone(), reason).at(&entry));
+        }
+        let st = &item.stat;
+        match type_of(st.st_mode) {
+            Type::Directory => {
+                out.dirs += 1;
+                let in_quarantine = quarantined
+                    || (d.policy_root
+                        && !d.locked
+                        && path == format!("{plain_dir}/{LOST_AND_FOUND}"));
+                return Ok(Some(tree::Descend {
+                    name: backing.to_os_string(),
+                    ctx: Dir::new(join(dir, text), path, in_quarantine, d.policy, d.locked),
+                }));
+            }
+            Type::File => {
+                if quarantined {
+                    out.quarantined += 1;
                 }
-                EntryKind::Encrypted(_) | EntryKind::Long(_) => {}
+                // An inode's xattrs are checked once, whichever of its links comes first.
+                let first_link = quarantined
+                    || st.st_nlink <= 1
+                    || self.linked_files.insert((st.st_dev, st.st_ino));
+                out.files.push(RegularFile {
+                    entry,
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    xattr_keys: d.keys.clone().filter(|_| first_link),
+                });
             }
-            let decrypted = match &keys {
-                Some(keys) => names::decrypt_entry(keys, fd.as_fd(), backing),
-                None => Ok(Some(OsString::from(format!("?{text}")))),
-            };
-            let (path, bad_name) = match decrypted {
-                Ok(Some(plain)) => (format!("{plain_dir}/{}", plain.to_string_lossy()), None),
-                Ok(None) => continue,
-                Err(e) => (format!("{plain_dir}/?{text}"), Some(e.to_string())),
-            };
-            let entry = Entry {
-                dir: dir.clone(),
-                backing: text.to_string(),
-                path: path.clone(),
-                quarantined,
-                policy,
-                locked,
-            };
-            if let Some(reason) = bad_name
-                && !quarantined
-            {
-                out.problems
-                    .push(Problem::new(ProblemKind::BadName, path.clone(), reason).at(&entry));
-            }
-            let st = fstatat(
-                fd.as_fd(),
-                backing.as_os_str(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
-            match type_of(st.st_mode) {
-                Type::Directory => {
-                    out.dirs += 1;
-                    let in_quarantine = quarantined
-                        || (policy_root
-                            && !locked
-                            && path == format!("{plain_dir}/{LOST_AND_FOUND}"));
-                    stack.push(Pending {
-                        dir: join(&dir, text),
-                        plain_dir: path,
-                        quarantined: in_quarantine,
-                        inherited: policy,
-                        locked,
-                    });
-                }
-                Type::File => {
-                    if quarantined {
-                        out.quarantined += 1;
-                    }
-                    // An inode's xattrs are checked once, whichever of its links comes first.
-                    let first_link = quarantined
-                        || st.st_nlink <= 1
-                        || linked_files.insert((st.st_dev, st.st_ino));
-                    out.files.push(RegularFile {
-                        entry,
+            Type::Symlink => {
+                out.symlinks += 1;
+                let target = readlinkat(fd, backing)?;
+                if let Some(long) = LongTarget::decode(target.as_bytes()) {
+                    out.long_links.push(LongLink {
+                        link_id: long.link_id,
                         dev: st.st_dev,
                         ino: st.st_ino,
-                        xattr_keys: keys.clone().filter(|_| first_link),
+                        entry: entry.clone(),
                     });
                 }
-                Type::Symlink => {
-                    out.symlinks += 1;
-                    let target = readlinkat(fd.as_fd(), backing.as_os_str())?;
-                    if let Some(long) = LongTarget::decode(target.as_bytes()) {
-                        out.long_links.push(LongLink {
-                            link_id: long.link_id,
-                            dev: st.st_dev,
-                            ino: st.st_ino,
-                            entry: entry.clone(),
-                        });
-                    }
-                    if quarantined {
-                        out.quarantined += 1;
-                        continue;
-                    }
-                    let Some(keys) = &keys else { continue };
-                    if let Err(e) = volume.open_symlink(keys, &target) {
-                        out.problems.push(
-                            Problem::new(ProblemKind::BadSymlink, path, e.to_string()).at(&entry),
-                        );
-                    }
+                if quarantined {
+                    out.quarantined += 1;
+                    return Ok(None);
                 }
-                _ => {
-                    out.others += 1;
-                    if quarantined {
-                        out.quarantined += 1;
-                    }
+                let Some(keys) = &d.keys else {
+                    return Ok(None);
+                };
+                if let Err(e) = self.volume.open_symlink(keys, &target) {
+                    out.problems.push(
+                        Problem::new(ProblemKind::BadSymlink, path, e.to_string()).at(&entry),
+                    );
+                }
+            }
+            _ => {
+                out.others += 1;
+                if quarantined {
+                    out.quarantined += 1;
                 }
             }
         }
+        Ok(None)
     }
-    Ok(out)
 }
 
 fn is_root_internal(name: &str) -> bool {
