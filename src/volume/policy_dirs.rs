@@ -3,7 +3,7 @@
 //! `policy` (setting and removing policies), `migrate` (moving a directory's entries under
 //! one), fsck and the mount; it uses none of them.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,6 +16,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use super::backing_xattrs::XattrTarget;
 use super::error::{Result, VolumeError};
 use super::headers::read_names;
+use super::tree;
 use super::{Volume, names};
 use crate::format::name::{EntryKind, classify_entry};
 use crate::format::policy::{POLICY_MARKER, VOLUME_POLICY, decode_marker, encode_marker};
@@ -169,29 +170,30 @@ pub fn find_dir(volume: &Volume, path: &Path, create: bool) -> Result<PolicyDir>
 /// The policies some directory's marker names, anywhere in the volume: markers are read
 /// without keys, so this sees beneath tenants whose keys are out of reach too.
 pub(crate) fn marked_policies(volume: &Volume) -> Result<std::collections::BTreeSet<u32>> {
-    let mut found = std::collections::BTreeSet::new();
-    let mut stack = vec![open_dir_at(volume.root.as_fd(), ".")?];
-    while let Some(dir) = stack.pop() {
-        for entry in nix::dir::Dir::from_fd(dir.try_clone()?)?.iter() {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy();
-            if name == "." || name == ".." || classify_entry(&name) == EntryKind::Internal {
-                continue;
-            }
-            if matches!(entry.file_type(), Some(t) if t != nix::dir::Type::Directory) {
-                continue;
-            }
-            let Ok(child) = open_dir_at(dir.as_fd(), &name) else {
-                continue;
-            };
+    struct Markers(std::collections::BTreeSet<u32>);
+    impl tree::Visitor for Markers {
+        type Ctx = ();
+        fn enter(&mut self, _: &mut (), dir: BorrowedFd<'_>, _: &[OsString]) -> Result<bool> {
             // A marker that does not parse names no policy that could be reattached.
-            if let Ok(Some(id)) = read_marker(child.as_fd()) {
-                found.insert(id);
+            if let Ok(Some(id)) = read_marker(dir) {
+                self.0.insert(id);
             }
-            stack.push(child);
+            Ok(true)
+        }
+        fn entry(&mut self, _: &(), entry: &tree::Entry<'_>) -> Result<Option<tree::Descend<()>>> {
+            let internal = entry
+                .text()
+                .is_some_and(|n| classify_entry(n) == EntryKind::Internal);
+            Ok((entry.is_dir() && !internal).then(|| tree::Descend {
+                name: entry.name.to_os_string(),
+                ctx: (),
+            }))
         }
     }
-    Ok(found)
+    let mut markers = Markers(std::collections::BTreeSet::new());
+    let top = open_dir_at(volume.root.as_fd(), ".")?;
+    tree::walk(top.as_fd(), (), &mut markers)?;
+    Ok(markers.0)
 }
 
 /// Whether backing directory `dir` holds no entry a user would see.
@@ -226,44 +228,80 @@ pub struct PolicyDirs {
 /// Every directory carrying a marker, walking directories only; beneath a policy whose key
 /// is unavailable here the walk cannot read names and goes no deeper.
 pub fn find_policy_dirs(volume: &Volume) -> Result<PolicyDirs> {
-    let mut found = Vec::new();
-    let mut unreadable = Vec::new();
-    let mut stack = vec![(
-        open_dir_at(volume.root.as_fd(), ".")?,
-        String::new(),
-        VOLUME_POLICY,
-    )];
-    while let Some((fd, path, policy)) = stack.pop() {
-        let keys = match volume.name_keys(policy) {
-            Ok(keys) => keys,
-            Err(e) => {
-                unreadable.push((display(&path), e.to_string()));
-                continue;
-            }
-        };
-        for entry in read_names(fd.as_fd())? {
-            let Ok(Some(name)) = names::decrypt_entry(&keys, fd.as_fd(), OsStr::new(&entry)) else {
-                continue;
-            };
-            let Ok(child) = open_dir_at(fd.as_fd(), &entry) else {
-                continue;
-            };
-            let child_path = format!("{path}/{}", name.to_string_lossy());
-            let own = read_marker(child.as_fd())?;
-            if let Some(id) = own {
-                found.push(PolicyDirEntry {
-                    path: child_path.clone(),
-                    policy: id,
-                });
-            }
-            stack.push((child, child_path, own.unwrap_or(policy)));
+    let mut finder = PolicyFinder {
+        volume,
+        found: PolicyDirs::default(),
+    };
+    let top = open_dir_at(volume.root.as_fd(), ".")?;
+    let root = Walked {
+        path: String::new(),
+        policy: VOLUME_POLICY,
+        keys: None,
+    };
+    tree::walk(top.as_fd(), root, &mut finder)?;
+    let mut found = finder.found;
+    found.marked.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// A directory `find_policy_dirs` is in: its plaintext path, the policy it is under (its
+/// parent's until `enter` reads its marker), and that policy's name keys.
+struct Walked {
+    path: String,
+    policy: u32,
+    keys: Option<std::sync::Arc<crate::keys::NameKeys>>,
+}
+
+struct PolicyFinder<'a> {
+    volume: &'a Volume,
+    found: PolicyDirs,
+}
+
+impl tree::Visitor for PolicyFinder<'_> {
+    type Ctx = Walked;
+
+    fn enter(&mut self, d: &mut Walked, dir: BorrowedFd<'_>, _: &[OsString]) -> Result<bool> {
+        if !d.path.is_empty()
+            && let Some(id) = read_marker(dir)?
+        {
+            self.found.marked.push(PolicyDirEntry {
+                path: d.path.clone(),
+                policy: id,
+            });
+            d.policy = id;
         }
+        match self.volume.name_keys(d.policy) {
+            Ok(keys) => d.keys = Some(keys),
+            Err(e) => {
+                self.found
+                    .unreadable
+                    .push((display(&d.path), e.to_string()));
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(PolicyDirs {
-        marked: found,
-        unreadable,
-    })
+
+    fn entry(
+        &mut self,
+        d: &Walked,
+        entry: &tree::Entry<'_>,
+    ) -> Result<Option<tree::Descend<Walked>>> {
+        let Some(keys) = d.keys.as_ref().filter(|_| entry.is_dir()) else {
+            return Ok(None);
+        };
+        let Ok(Some(name)) = names::decrypt_entry(keys, entry.dir, entry.name) else {
+            return Ok(None);
+        };
+        Ok(Some(tree::Descend {
+            name: entry.name.to_os_string(),
+            ctx: Walked {
+                path: format!("{}/{}", d.path, name.to_string_lossy()),
+                policy: d.policy,
+                keys: None,
+            },
+        }))
+    }
 }
 
 pub(super) fn display(path: &str) -> String {

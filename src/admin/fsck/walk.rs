@@ -426,3 +426,74 @@ pub fn quarantine_name(entry: &Entry) -> OsString {
         });
     OsString::from(base)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
+    use crate::volume::InitOptions;
+    use std::fs;
+
+    fn volume() -> (tempfile::TempDir, Volume) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        write_new_keyfile(&key).unwrap();
+        let providers = || -> Vec<Box<dyn MasterKeyProvider>> {
+            vec![Box::new(KeyfileProvider::load(&key).unwrap())]
+        };
+        let cipher = dir.path().join("c");
+        Volume::init(&cipher, &InitOptions::default(), &providers(), [5; 16]).unwrap();
+        let volume = Volume::open(&cipher, providers(), Default::default()).unwrap();
+        (dir, volume)
+    }
+
+    fn kinds(result: &WalkResult) -> Vec<(String, String)> {
+        let mut kinds: Vec<(String, String)> = result
+            .problems
+            .iter()
+            .map(|p| (format!("{:?}", p.kind), p.path.clone()))
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    #[test]
+    fn a_fresh_volume_walks_clean_and_entries_read_back_by_their_plaintext_paths() {
+        let (_dir, volume) = volume();
+        let root = open_dir(volume.root.as_fd(), "").unwrap();
+        let sub = volume.encrypt_name(OsStr::new("sub")).unwrap();
+        nix::sys::stat::mkdirat(root.as_fd(), sub.entry(), Mode::from_bits_truncate(0o755))
+            .unwrap();
+        let subfd = open_dir(root.as_fd(), sub.entry()).unwrap();
+        let long = "l".repeat(250);
+        let name = volume.encrypt_name(OsStr::new(&long)).unwrap();
+        crate::volume::names::write_long_sidecar(subfd.as_fd(), &name).unwrap();
+        volume
+            .create_data_file(subfd.as_fd(), &name, 0o644, VOLUME_POLICY)
+            .unwrap();
+        let result = walk(&volume).unwrap();
+        assert_eq!(kinds(&result), Vec::<(String, String)>::new());
+        assert_eq!((result.dirs, result.files.len()), (1, 1));
+        assert_eq!(result.files[0].entry.path, format!("/sub/{long}"));
+        assert_eq!(result.files[0].entry.dir, sub.entry());
+    }
+
+    #[test]
+    fn leftovers_strays_and_names_that_do_not_decrypt_are_reported_apart() {
+        let (dir, volume) = volume();
+        let c = dir.path().join("c");
+        fs::write(c.join(format!("{NEW_FILE_PREFIX}0123")), b"").unwrap();
+        fs::write(c.join(format!("{LONG_PREFIX}abc{LONG_NAME_SUFFIX}")), b"x").unwrap();
+        fs::write(c.join("sealfs.something-else"), b"").unwrap();
+        fs::write(c.join("sealfs.conf.tmp"), b"").unwrap();
+        fs::write(c.join("not-a-sealed-name"), b"").unwrap();
+        fs::write(c.join(OsStr::from_bytes(b"\xff\xfe")), b"").unwrap();
+        let result = walk(&volume).unwrap();
+        let found = kinds(&result);
+        let count = |kind: &str| found.iter().filter(|(k, _)| k == kind).count();
+        assert_eq!(count("Leftover"), 3, "{found:?}");
+        assert_eq!(count("Stray"), 1, "{found:?}");
+        assert_eq!(count("BadName"), 2, "{found:?}");
+        assert_eq!(found.len(), 6, "{found:?}");
+    }
+}

@@ -395,12 +395,19 @@ impl SealFs {
         }
         // Holes written over stay in the sidecar until their data is durable (a power cut
         // must not leave an all-zero block the map no longer records): durable now, so the
-        // map a clean unmount leaves is exact and a block zeroed later reads as EIO.
+        // map a clean unmount leaves is exact and a block zeroed later reads as EIO. Only an
+        // fdatasync: the undo epoch stays open (its copies still hold), and nothing reads the
+        // data file, whose atime a program may have just set (a release comes after close(2)
+        // has returned).
         if let Some(holes) = &handle.content.holes
             && holes.filled_unsynced()
-            && let Err(e) = self.sync_data(&handle, true)
         {
-            tracing::error!(error = %e, "could not sync a file whose writes filled holes at close");
+            match self.data_file(&handle.file, &handle.content).flush() {
+                Ok(()) => holes.data_synced(),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not sync a file whose writes filled holes at close")
+                }
+            }
         }
         if let Err(e) = self.flush_holes(&handle.file, &handle.content) {
             tracing::error!(error = %e, "could not write a hole map at close");
