@@ -558,3 +558,7 @@ fn retire_policy(volume: &Volume, id: u32) -> Result<()> {
     config.retired_policies.push(id);
     finish_config(volume, &mut config)
 }
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

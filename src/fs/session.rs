@@ -75,36 +75,21 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
-    use crate::volume::InitOptions;
+    use crate::volume::scratch::Scratch;
 
-    struct Volumes {
-        dir: tempfile::TempDir,
-    }
+    struct Volumes(Scratch);
 
     impl Volumes {
         fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            write_new_keyfile(&dir.path().join("k")).unwrap();
-            let v = Volumes { dir };
-            Volume::init(
-                &v.cipher(),
-                &InitOptions::default(),
-                &v.providers(),
-                [3; 16],
-            )
-            .unwrap();
-            v
+            Volumes(Scratch::new())
         }
 
         fn cipher(&self) -> std::path::PathBuf {
-            self.dir.path().join("c")
+            self.0.cipher()
         }
 
-        fn providers(&self) -> Vec<Box<dyn MasterKeyProvider>> {
-            vec![Box::new(
-                KeyfileProvider::load(&self.dir.path().join("k")).unwrap(),
-            )]
+        fn providers(&self) -> Vec<Box<dyn crate::keys::MasterKeyProvider>> {
+            self.0.providers()
         }
 
         fn session(&self, shared: bool) -> Result<Session> {

@@ -13,6 +13,8 @@ pub mod long_links;
 pub mod names;
 pub mod policy_dirs;
 pub mod remnant;
+#[cfg(test)]
+pub(crate) mod scratch;
 mod sweep;
 mod symlinks;
 mod test_points;

@@ -430,21 +430,13 @@ pub fn quarantine_name(entry: &Entry) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyfileProvider, MasterKeyProvider, write_new_keyfile};
-    use crate::volume::InitOptions;
+    use crate::volume::scratch::Scratch;
     use std::fs;
 
-    fn volume() -> (tempfile::TempDir, Volume) {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("k");
-        write_new_keyfile(&key).unwrap();
-        let providers = || -> Vec<Box<dyn MasterKeyProvider>> {
-            vec![Box::new(KeyfileProvider::load(&key).unwrap())]
-        };
-        let cipher = dir.path().join("c");
-        Volume::init(&cipher, &InitOptions::default(), &providers(), [5; 16]).unwrap();
-        let volume = Volume::open(&cipher, providers(), Default::default()).unwrap();
-        (dir, volume)
+    fn volume() -> (Scratch, Volume) {
+        let scratch = Scratch::new();
+        let volume = scratch.open();
+        (scratch, volume)
     }
 
     fn kinds(result: &WalkResult) -> Vec<(String, String)> {
@@ -481,7 +473,7 @@ mod tests {
     #[test]
     fn leftovers_strays_and_names_that_do_not_decrypt_are_reported_apart() {
         let (dir, volume) = volume();
-        let c = dir.path().join("c");
+        let c = dir.cipher();
         fs::write(c.join(format!("{NEW_FILE_PREFIX}0123")), b"").unwrap();
         fs::write(c.join(format!("{LONG_PREFIX}abc{LONG_NAME_SUFFIX}")), b"x").unwrap();
         fs::write(c.join("sealfs.something-else"), b"").unwrap();
