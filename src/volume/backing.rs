@@ -6,7 +6,6 @@
 //! seen work here (O_TMPFILE it tries only on local filesystems), picks a fallback for each one
 //! missing, and refuses to run without the few it cannot do without.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -439,23 +438,7 @@ fn fallocate(dir: BorrowedFd<'_>) -> bool {
 
 /// The names in `dir`, but "." and "..".
 pub(crate) fn names_in(dir: BorrowedFd<'_>) -> Vec<std::ffi::OsString> {
-    let Ok(fd) = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return Vec::new();
-    };
-    let Ok(mut listing) = nix::dir::Dir::from_fd(fd) else {
-        return Vec::new();
-    };
-    listing
-        .iter()
-        .flatten()
-        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-        .filter(|n| n != "." && n != "..")
-        .collect()
+    super::tree::list(dir).unwrap_or_default()
 }
 
 /// Removes the files in `dir` (a probe makes no subdirectories).

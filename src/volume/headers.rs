@@ -498,22 +498,10 @@ pub(super) fn write_new(
 
 /// The entry names in a directory, without `.` and `..`.
 pub(crate) fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<String>> {
-    let fd = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut names = Vec::new();
-    let mut listing = nix::dir::Dir::from_fd(fd)?;
-    for entry in listing.iter() {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." {
-            names.push(name);
-        }
-    }
-    Ok(names)
+    Ok(super::tree::list(dir)?
+        .into_iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect())
 }
 
 #[cfg(test)]
