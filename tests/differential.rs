@@ -13,9 +13,10 @@
 //! shared subtree where all of them work at once, checked by invariants (every listed entry
 //! can be looked at and read, `rm -rf` succeeds, fsck finds nothing).
 //!
-//! CI runs a fixed sample of seeds. A soak is one command (docs/TESTING.md):
+//! CI runs a fixed sample of seeds. A soak is one command (README, "The two commands"):
 //!   SEALFS_DIFF_SEEDS=0..10000 SEALFS_DIFF_WORKER_SEEDS=0..1000 \
-//!     cargo test --release --test differential -- --nocapture
+//!     cargo test --release --test differential -- --nocapture --test-threads 1 \
+//!     one_process many_workers
 
 mod common;
 
