@@ -12,6 +12,9 @@ use std::process::Command;
 
 use common::{TestVolume, ok, require_root};
 
+#[path = "conformance/xattr_space.rs"]
+mod xattr_space;
+
 fn c(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).unwrap()
 }

@@ -27,7 +27,7 @@ use crate::volume::backing_xattrs::XattrTarget;
 use crate::volume::policy_dirs::{find_policy_dirs, read_marker};
 use crate::volume::tree;
 use crate::volume::{Result, VolumeError};
-use crate::volume::{Volume, lock_config, names, write_config};
+use crate::volume::{Volume, lock_config, names, sealed_xattrs, write_config};
 
 /// Prefix of a symlink being re-sealed under a policy (fsck removes one a crash left).
 pub const TEMP_PREFIX: &str = "sealfs.migrate.";
@@ -285,7 +285,7 @@ pub fn move_xattrs(
     let target = XattrTarget::new(fd);
     let mut count = 0;
     for backing in target.list_user()? {
-        if names::decrypt_xattr_name(to, &backing).is_some() {
+        if sealed_xattrs::is_tail(&backing) || names::decrypt_xattr_name(to, &backing).is_some() {
             continue;
         }
         let Some(plain) = names::decrypt_xattr_name(from, &backing) else {
@@ -295,17 +295,15 @@ pub fn move_xattrs(
             ));
             continue;
         };
-        let value = match names::open_xattr_value(from, &backing, &target.get(&backing)?) {
+        let value = match sealed_xattrs::read(&target, from, &backing) {
             Ok(value) => value,
             Err(e) => {
                 failed.push(format!("xattr {}: {e}", String::from_utf8_lossy(&plain)));
                 continue;
             }
         };
-        let new_name = names::encrypt_xattr_name(to, OsStr::from_bytes(&plain))?;
-        let new_value = names::seal_xattr_value(to, &new_name, &value)?;
-        target.set(&new_name, &new_value, 0)?;
-        target.remove(&backing)?;
+        sealed_xattrs::set(&target, to, OsStr::from_bytes(&plain), &value, 0)?;
+        sealed_xattrs::remove_backing(&target, &backing)?;
         count += 1;
     }
     Ok(count)

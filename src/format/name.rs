@@ -21,7 +21,51 @@ pub const MAX_LONG_ENCODING: usize = 1024;
 pub const NAME_AAD: &[u8] = b"sealfs.name.v1";
 pub const SYMLINK_AAD: &[u8] = b"sealfs.symlink.v1";
 pub const XATTR_NAME_AAD: &[u8] = b"sealfs.xattr-name.v1";
+/// Names written since 2026-12-07: the namespace as one byte, not its text (so 1,000 small
+/// attributes' backing names fit the 64 KiB a listing can hold).
+pub const XATTR_NAME_V2_AAD: &[u8] = b"sealfs.xattr-name.v2";
+/// The namespaces a version 2 xattr name codes as its first byte.
+const XATTR_NAMESPACES: [(u8, &[u8]); 2] = [(1, b"user."), (2, b"system.")];
+
+/// The plaintext a version 2 xattr name seals: the namespace's code, then the rest of the
+/// name. None for a name of another namespace.
+pub fn compact_xattr_name(full: &[u8]) -> Option<Vec<u8>> {
+    XATTR_NAMESPACES.iter().find_map(|(code, prefix)| {
+        let rest = full.strip_prefix(*prefix)?;
+        Some([&[*code][..], rest].concat())
+    })
+}
+
+/// The full name a version 2 plaintext stands for.
+pub fn expand_xattr_name(compact: &[u8]) -> Option<Vec<u8>> {
+    let (code, rest) = compact.split_first()?;
+    let (_, prefix) = XATTR_NAMESPACES.iter().find(|(c, _)| c == code)?;
+    Some([*prefix, rest].concat())
+}
 pub const XATTR_VALUE_AAD: &[u8] = b"sealfs.xattr-value.v1";
+/// A value whose sealed form outgrows one backing attribute (more than
+/// [`MAX_BACKING_XATTR_VALUE`] bytes) is sealed under this label and split over two.
+pub const XATTR_SPLIT_VALUE_AAD: &[u8] = b"sealfs.xattr-value.v2";
+/// The most a Linux extended attribute value holds (XATTR_SIZE_MAX).
+pub const MAX_BACKING_XATTR_VALUE: usize = 65_536;
+/// The tail of a split value: `user.sealfs.tail.` + base64url(blake3(backing name || the
+/// head's nonce)). A '.' after `user.` is never in a sealed name.
+pub const XATTR_TAIL_PREFIX: &[u8] = b"user.sealfs.tail.";
+
+/// The backing attribute holding the rest of the split value whose head (its first
+/// [`MAX_BACKING_XATTR_VALUE`] bytes, a sealed object) is stored under `backing_name`.
+/// Named after the head's nonce, so a value written anew never writes over the tail the
+/// value it replaces still needs.
+pub fn xattr_tail_name(backing_name: &[u8], head: &[u8]) -> Vec<u8> {
+    let nonce = &head[..head.len().min(crate::crypto::NONCE_LEN)];
+    let hash = blake3::Hasher::new()
+        .update(backing_name)
+        .update(nonce)
+        .finalize();
+    let mut out = XATTR_TAIL_PREFIX.to_vec();
+    out.extend_from_slice(B64URL.encode(hash.as_bytes()).as_bytes());
+    out
+}
 
 /// Where an encrypted name lives in its backing directory.
 #[derive(Clone, Debug, PartialEq, Eq)]

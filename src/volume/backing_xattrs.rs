@@ -85,6 +85,38 @@ impl<'fd> XattrTarget<'fd> {
         })
     }
 
+    /// The length of the value under `name`; none when there is no such attribute.
+    pub fn size(&self, name: &[u8]) -> Result<Option<usize>> {
+        let name = c_name(name)?;
+        // SAFETY: valid C strings; a zero-length buffer asks for the size only.
+        let rc = unsafe {
+            match self {
+                XattrTarget::Proc(path) => {
+                    libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
+                }
+                XattrTarget::Open(fd) => {
+                    libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0)
+                }
+            }
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENODATA) {
+                return Ok(None);
+            }
+            return Err(err.into());
+        }
+        Ok(Some(rc as usize))
+    }
+
+    /// Removes `name`, if it is there.
+    pub fn remove_if_there(&self, name: &[u8]) -> Result<()> {
+        match self.remove(name) {
+            Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            other => other,
+        }
+    }
+
     /// `flags`: 0, `XATTR_CREATE` or `XATTR_REPLACE`, as setxattr(2).
     pub fn set(&self, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         let name = c_name(name)?;

@@ -15,6 +15,7 @@ pub mod policy_dirs;
 pub mod remnant;
 #[cfg(test)]
 pub(crate) mod scratch;
+pub mod sealed_xattrs;
 mod sweep;
 mod symlinks;
 mod test_points;

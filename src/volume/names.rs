@@ -14,8 +14,8 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use super::error::{Result, VolumeError};
 use crate::crypto::TAG_LEN;
 use crate::format::name::{
-    self, EntryKind, MAX_LONG_ENCODING, MAX_PLAIN_NAME, NAME_AAD, SYMLINK_AAD, XATTR_NAME_AAD,
-    XATTR_VALUE_AAD,
+    self, EntryKind, MAX_BACKING_XATTR_VALUE, MAX_LONG_ENCODING, MAX_PLAIN_NAME, NAME_AAD,
+    SYMLINK_AAD, XATTR_NAME_AAD, XATTR_NAME_V2_AAD, XATTR_SPLIT_VALUE_AAD, XATTR_VALUE_AAD,
 };
 use crate::keys::NameKeys;
 
@@ -182,9 +182,38 @@ pub fn decrypt_symlink(keys: &NameKeys, encoded: &OsStr) -> Result<Vec<u8>> {
         .map_err(|_| corrupt())
 }
 
-/// Backing xattr name for a plaintext `user.*` name or POSIX ACL: `user.` + base64url(sealed
-/// name).
+/// The backing names a plaintext `user.*` name or POSIX ACL may be stored under, each
+/// `user.` + base64url(sealed name).
+pub struct XattrNames {
+    /// Version 2, what a write uses: the namespace as one byte.
+    pub current: Vec<u8>,
+    /// Version 1, the whole name (what sealfs wrote before 2026-12-07); none where it would
+    /// be too long.
+    pub older: Option<Vec<u8>>,
+}
+
+impl XattrNames {
+    pub fn of(keys: &NameKeys, plain: &OsStr) -> Result<Self> {
+        Ok(XattrNames {
+            current: encrypt_xattr_name(keys, plain)?,
+            older: encrypt_xattr_name_v1(keys, plain).ok(),
+        })
+    }
+}
+
+/// The version 2 backing name of a plaintext `user.*` name or POSIX ACL.
 pub fn encrypt_xattr_name(keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
+    let compact = name::compact_xattr_name(sealable_xattr_name(plain)?)
+        .ok_or(VolumeError::Unsupported("only user.* and system.* names"))?;
+    seal_xattr_name(keys, XATTR_NAME_V2_AAD, &compact)
+}
+
+/// The version 1 backing name (the whole name sealed).
+pub fn encrypt_xattr_name_v1(keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
+    seal_xattr_name(keys, XATTR_NAME_AAD, sealable_xattr_name(plain)?)
+}
+
+fn sealable_xattr_name(plain: &OsStr) -> Result<&[u8]> {
     let bytes = plain.as_bytes();
     if !bytes.starts_with(USER_XATTR_PREFIX)
         && !ACL_XATTR_NAMES.iter().any(|n| n.as_bytes() == bytes)
@@ -193,9 +222,13 @@ pub fn encrypt_xattr_name(keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
             "only user.* extended attributes and POSIX ACLs",
         ));
     }
+    Ok(bytes)
+}
+
+fn seal_xattr_name(keys: &NameKeys, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
     let sealed = keys
         .xattr_names
-        .seal_deterministic(XATTR_NAME_AAD, &name::pad(bytes))
+        .seal_deterministic(aad, &name::pad(plain))
         .map_err(VolumeError::Seal)?;
     let mut out = USER_XATTR_PREFIX.to_vec();
     out.extend_from_slice(name::encode_b64(&sealed).as_bytes());
@@ -205,14 +238,18 @@ pub fn encrypt_xattr_name(keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The plaintext name of a backing attribute of either version.
 pub fn decrypt_xattr_name(keys: &NameKeys, backing: &[u8]) -> Option<Vec<u8>> {
     let encoded = std::str::from_utf8(backing.strip_prefix(USER_XATTR_PREFIX)?).ok()?;
     let sealed = name::decode_b64(encoded, "xattr").ok()?;
-    let padded = keys
-        .xattr_names
-        .open_deterministic(XATTR_NAME_AAD, &sealed)
-        .ok()?;
-    name::unpad(&padded).ok().map(<[u8]>::to_vec)
+    let open = |aad| {
+        let padded = keys.xattr_names.open_deterministic(aad, &sealed).ok()?;
+        name::unpad(&padded).ok().map(<[u8]>::to_vec)
+    };
+    match open(XATTR_NAME_V2_AAD) {
+        Some(compact) => name::expand_xattr_name(&compact),
+        None => open(XATTR_NAME_AAD),
+    }
 }
 
 /// Whether a backing `user.*` name has the shape of one sealfs wrote, whether or not it
@@ -229,17 +266,50 @@ pub fn looks_sealed_xattr_name(backing: &[u8]) -> bool {
         })
 }
 
+/// How a sealed xattr value is stored: in one backing attribute, or split over two (the
+/// label its sealing is bound to says which, so a head read without its tail never opens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueLayout {
+    Whole,
+    Split,
+}
+
+impl ValueLayout {
+    /// The layout a value of `len` plaintext bytes is written in.
+    pub fn for_len(len: usize) -> Self {
+        if len + crate::crypto::SEAL_OVERHEAD > MAX_BACKING_XATTR_VALUE {
+            ValueLayout::Split
+        } else {
+            ValueLayout::Whole
+        }
+    }
+
+    fn aad(self, backing_name: &[u8]) -> Vec<u8> {
+        let label = match self {
+            ValueLayout::Whole => XATTR_VALUE_AAD,
+            ValueLayout::Split => XATTR_SPLIT_VALUE_AAD,
+        };
+        [label, backing_name].concat()
+    }
+}
+
+/// Seals `value` for the backing attribute `backing_name`, in the layout its length needs.
 pub fn seal_xattr_value(keys: &NameKeys, backing_name: &[u8], value: &[u8]) -> Result<Vec<u8>> {
-    let aad = [XATTR_VALUE_AAD, backing_name].concat();
+    let aad = ValueLayout::for_len(value.len()).aad(backing_name);
     keys.xattr_values
         .seal(&aad, value)
         .map_err(VolumeError::Seal)
 }
 
-pub fn open_xattr_value(keys: &NameKeys, backing_name: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    let aad = [XATTR_VALUE_AAD, backing_name].concat();
+/// Opens a sealed value stored in `layout` (a split one with its head and tail joined).
+pub fn open_xattr_value(
+    keys: &NameKeys,
+    backing_name: &[u8],
+    sealed: &[u8],
+    layout: ValueLayout,
+) -> Result<Vec<u8>> {
     keys.xattr_values
-        .open(&aad, sealed)
+        .open(&layout.aad(backing_name), sealed)
         .map_err(|_| VolumeError::Corrupt("extended attribute value does not decrypt".into()))
 }
 
@@ -318,6 +388,38 @@ mod tests {
     }
 
     #[test]
+    fn xattr_names_of_both_versions_decrypt_and_version_2_is_shorter() {
+        let k = keys();
+        for plain in [
+            "user.attribute_10",
+            "user.a",
+            "system.posix_acl_access",
+            "system.posix_acl_default",
+        ] {
+            let names = XattrNames::of(&k, OsStr::new(plain)).unwrap();
+            let older = names.older.unwrap();
+            assert_ne!(names.current, older);
+            for backing in [&names.current, &older] {
+                assert_eq!(decrypt_xattr_name(&k, backing).unwrap(), plain.as_bytes());
+                assert!(looks_sealed_xattr_name(backing));
+            }
+            assert!(names.current.len() <= older.len(), "{plain}");
+        }
+        // What 1,000 attributes named as xfstests generic/020 names them list as: within the
+        // 65,536 bytes a listing holds (version 1 took 70 bytes a name, 70,000 in all).
+        let listed: usize = (0..1000)
+            .map(|i| encrypt_xattr_name(&k, OsStr::new(&format!("user.attribute_{i}"))).unwrap())
+            .map(|n| n.len() + 1)
+            .sum();
+        assert!(listed <= 65_536, "{listed}");
+        // Version 2 keeps longer names than version 1 did.
+        let long = format!("user.{}", "n".repeat(158));
+        assert!(encrypt_xattr_name(&k, OsStr::new(&long)).is_ok());
+        assert!(encrypt_xattr_name_v1(&k, OsStr::new(&long)).is_err());
+        assert!(encrypt_xattr_name(&k, OsStr::new("trusted.x")).is_err());
+    }
+
+    #[test]
     fn symlink_targets_and_xattrs_round_trip() {
         let k = keys();
         let enc = encrypt_symlink(&k, b"../some/where").unwrap();
@@ -345,8 +447,12 @@ mod tests {
             "the shape, not the key, decides"
         );
         let value = seal_xattr_value(&k, &name, b"v").unwrap();
-        assert_eq!(open_xattr_value(&k, &name, &value).unwrap(), b"v");
-        assert!(open_xattr_value(&k, b"user.other", &value).is_err());
+        assert_eq!(
+            open_xattr_value(&k, &name, &value, ValueLayout::Whole).unwrap(),
+            b"v"
+        );
+        assert!(open_xattr_value(&k, b"user.other", &value, ValueLayout::Whole).is_err());
+        assert!(open_xattr_value(&k, &name, &value, ValueLayout::Split).is_err());
         assert!(encrypt_xattr_name(&k, OsStr::new("security.selinux")).is_err());
         assert!(encrypt_xattr_name(&k, OsStr::new("system.posix_acl_other")).is_err());
         let acl = encrypt_xattr_name(&k, OsStr::new(ACL_XATTR_NAMES[0])).unwrap();

@@ -146,8 +146,16 @@ impl TestVolume {
         Self::with_env(extra, Vec::new())
     }
 
+    /// A volume whose cipher dir is under `base` (a filesystem of the test's choosing).
+    pub fn new_in(base: &Path) -> Self {
+        Self::init_in(tempfile::tempdir_in(base).unwrap(), &[], Vec::new())
+    }
+
     pub fn with_env(extra: &[&str], env: Vec<(String, String)>) -> Self {
-        let dir = test_dir();
+        Self::init_in(test_dir(), extra, env)
+    }
+
+    fn init_in(dir: tempfile::TempDir, extra: &[&str], env: Vec<(String, String)>) -> Self {
         let cipher = dir.path().join("cipher");
         let keys = dir.path().join("keys");
         let mnt = dir.path().join("mnt");

@@ -18,7 +18,11 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
 
 pub fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let (path, name) = (cstr(path), std::ffi::CString::new(name).unwrap());
-    let mut buf = vec![0u8; 256];
+    let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; size as usize];
     let n = unsafe {
         libc::getxattr(
             path.as_ptr(),
@@ -36,7 +40,9 @@ pub fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 
 pub fn list_xattrs(path: &Path) -> Vec<String> {
     let path = cstr(path);
-    let mut buf = vec![0u8; 4096];
+    let size = unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+    assert!(size >= 0, "listxattr: {}", std::io::Error::last_os_error());
+    let mut buf = vec![0u8; size as usize];
     let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert!(n >= 0, "listxattr: {}", std::io::Error::last_os_error());
     buf[..n as usize]

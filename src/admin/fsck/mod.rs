@@ -27,6 +27,7 @@ use crate::io::{DataFile, IoError};
 use crate::keys::{HeaderKeys, KeyError, NameKeys, RemoteFailure};
 use crate::volume::backing_xattrs::XattrTarget;
 use crate::volume::hole_maps::Writers;
+use crate::volume::sealed_xattrs::{self, Stored};
 use crate::volume::{Result, Volume, VolumeError, names};
 pub use walk::{Entry, LOST_AND_FOUND};
 use walk::{RegularFile, WalkResult};
@@ -362,7 +363,13 @@ fn check_xattrs(
         Err(e) => return vec![problem(format!("cannot list extended attributes: {e}"))],
     };
     let mut problems = Vec::new();
+    let mut tails = Vec::new();
+    let mut named_tails = Vec::new();
     for name in listed {
+        if sealed_xattrs::is_tail(&name) {
+            tails.push(name);
+            continue;
+        }
         if let Some(plain) = parent.and_then(|parent| names::decrypt_xattr_name(parent, &name)) {
             // Still readable, under the keys of the directory above: not damage, and not
             // for repair to remove.
@@ -388,7 +395,7 @@ fn check_xattrs(
                 "extended attribute {}: name does not decrypt",
                 String::from_utf8_lossy(&name)
             ),
-            Some(plain) => match target.get(&name) {
+            Some(plain) => match Stored::read(&target, &name) {
                 Err(e) => {
                     // Not proven damage (the read failed): reported, never removed.
                     problems.push(problem(format!(
@@ -397,8 +404,11 @@ fn check_xattrs(
                     )));
                     continue;
                 }
-                Ok(sealed) => match names::open_xattr_value(keys, &name, &sealed) {
-                    Ok(_) => continue,
+                Ok(stored) => match stored.open(keys, &name) {
+                    Ok(_) => {
+                        named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
+                        continue;
+                    }
                     Err(e) => format!(
                         "extended attribute {}: {e}",
                         String::from_utf8_lossy(&plain)
@@ -412,6 +422,23 @@ fn check_xattrs(
             name,
         });
         problems.push(bad);
+    }
+    // The tail of a split value whose head is gone or was written anew: a crash between the
+    // two writes left it.
+    for tail in tails.into_iter().filter(|t| !named_tails.contains(t)) {
+        let mut leftover = Problem::new(
+            ProblemKind::Leftover,
+            path.to_string(),
+            format!(
+                "extended attribute {} is the tail of a split value no attribute names (a write cut short)",
+                String::from_utf8_lossy(&tail)
+            ),
+        );
+        leftover.xattr = Some(UnreadableXattr {
+            inode: inode.to_string(),
+            name: tail,
+        });
+        problems.push(leftover);
     }
     problems
 }

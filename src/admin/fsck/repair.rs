@@ -41,9 +41,11 @@ pub fn repair(volume: &Volume, problems: &mut [Problem], clear_policies: &[u32])
                 })
             }
             ProblemKind::KeyUnavailable => continue,
-            ProblemKind::Leftover => {
-                remove_leftover(volume.root.as_fd(), &problem.path).map(|()| "removed".to_string())
-            }
+            ProblemKind::Leftover => match &problem.xattr {
+                Some(xattr) => remove_xattr(volume, xattr).map(|()| "removed".to_string()),
+                None => remove_leftover(volume.root.as_fd(), &problem.path)
+                    .map(|()| "removed".to_string()),
+            },
             ProblemKind::EmptyRemnant => match &problem.entry {
                 Some(entry) if moved.contains(&entry.backing_path()) => {
                     Ok("moved to /lost+found with the problem above".to_string())

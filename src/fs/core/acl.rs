@@ -16,7 +16,7 @@ use crate::fs::inodes::{ACL_NONE, ACL_SET_HERE, ACL_UNKNOWN, Node};
 use crate::fs::posix_acl::{Acl, Kind};
 use crate::keys::NameKeys;
 use crate::volume::backing_xattrs::XattrTarget;
-use crate::volume::{Result, VolumeError, names, proc_fd_path};
+use crate::volume::{Result, VolumeError, proc_fd_path, sealed_xattrs};
 
 /// What a new entry gets from its directory: its mode, and the ACLs to store on it.
 pub(super) struct Inherited {
@@ -169,9 +169,8 @@ fn chmod(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
 
 /// The ACL of kind `kind` stored on `target` (its xattrs under `keys`), if any.
 fn stored_acl(keys: &NameKeys, target: &XattrTarget<'_>, kind: Kind) -> Result<Option<Acl>> {
-    let backing = names::encrypt_xattr_name(keys, OsStr::new(kind.name()))?;
-    let sealed = match target.get(&backing) {
-        Ok(sealed) => sealed,
+    let plain = match sealed_xattrs::get(target, keys, OsStr::new(kind.name())) {
+        Ok(plain) => plain,
         Err(VolumeError::Io(e))
             if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) =>
         {
@@ -179,7 +178,6 @@ fn stored_acl(keys: &NameKeys, target: &XattrTarget<'_>, kind: Kind) -> Result<O
         }
         Err(e) => return Err(e),
     };
-    let plain = names::open_xattr_value(keys, &backing, &sealed)?;
     Acl::parse(&plain)
         .map(Some)
         .map_err(|e| VolumeError::Corrupt(e.to_string()))
@@ -192,13 +190,10 @@ fn store_acl(
     kind: Kind,
     acl: Option<&Acl>,
 ) -> Result<()> {
-    let backing = names::encrypt_xattr_name(keys, OsStr::new(kind.name()))?;
+    let name = OsStr::new(kind.name());
     match acl {
-        Some(acl) => {
-            let sealed = names::seal_xattr_value(keys, &backing, &acl.to_bytes())?;
-            target.set(&backing, &sealed, 0)
-        }
-        None => match target.remove(&backing) {
+        Some(acl) => sealed_xattrs::set(target, keys, name, &acl.to_bytes(), 0),
+        None => match sealed_xattrs::remove(target, keys, name) {
             Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
             other => other,
         },

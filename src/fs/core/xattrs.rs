@@ -11,7 +11,7 @@ use super::{Caller, SealFs};
 use crate::fs::inodes::Node;
 use crate::metrics::IntegrityKind;
 use crate::volume::backing_xattrs::XattrTarget;
-use crate::volume::{Result, VolumeError, names};
+use crate::volume::{Result, VolumeError, names, sealed_xattrs};
 
 impl SealFs {
     pub(super) fn xattr_target(&self, ino: u64) -> Result<(Arc<Node>, XattrTarget<'static>)> {
@@ -40,9 +40,7 @@ impl SealFs {
             return self.set_acl(&node, kind, value, caller);
         }
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
-        let backing = names::encrypt_xattr_name(&keys, name)?;
-        let sealed = names::seal_xattr_value(&keys, &backing, value)?;
-        target.set(&backing, &sealed, flags)
+        sealed_xattrs::set(&target, &keys, name, value, flags)
     }
 
     /// The keys an xattr written on `node` goes under. A directory's are its policy's, which
@@ -71,13 +69,10 @@ impl SealFs {
         }
         let (node, target) = self.xattr_target(ino)?;
         let keys = self.node_keys(&node)?;
-        let backing = match names::encrypt_xattr_name(&keys, name) {
-            Err(VolumeError::Unsupported(_)) => {
-                return Err(VolumeError::NoAttribute);
-            }
-            other => other?,
-        };
-        names::open_xattr_value(&keys, &backing, &target.get(&backing)?)
+        match sealed_xattrs::get(&target, &keys, name) {
+            Err(VolumeError::Unsupported(_)) => Err(VolumeError::NoAttribute),
+            other => other,
+        }
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -85,6 +80,9 @@ impl SealFs {
         let keys = self.node_keys(&node)?;
         let mut out = Vec::new();
         for backing in target.list()? {
+            if sealed_xattrs::is_tail(&backing) {
+                continue;
+            }
             match names::decrypt_xattr_name(&keys, &backing) {
                 Some(plain) => {
                     out.extend_from_slice(&plain);
@@ -110,13 +108,8 @@ impl SealFs {
         }
         let (node, target) = self.xattr_target(ino)?;
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
-        let backing = match names::encrypt_xattr_name(&keys, name) {
-            Err(VolumeError::Unsupported(_)) => {
-                return Err(VolumeError::NoAttribute);
-            }
-            other => other?,
-        };
-        match target.remove(&backing) {
+        match sealed_xattrs::remove(&target, &keys, name) {
+            Err(VolumeError::Unsupported(_)) => Err(VolumeError::NoAttribute),
             // Removing an ACL a file does not have succeeds (`setfacl -b`, as on ext4).
             Err(VolumeError::Io(e))
                 if e.raw_os_error() == Some(libc::ENODATA)
