@@ -1,7 +1,8 @@
 //! The frozen volume in tests/fixtures/xattr-v2 (extended attribute names version 2; values
 //! over 65,508 bytes split over two backing attributes) must read back exactly, by every later
 //! sealfs. Git keeps no xattrs: the fixture's backing attributes are in `xattrs.txt`, put back
-//! on a copy on tmpfs (which holds values of 64 KiB) before the mount.
+//! on a copy on tmpfs (which holds values of 64 KiB) before the mount, and the empty backing
+//! directory of `d` made again.
 
 mod common;
 
@@ -39,7 +40,12 @@ fn fixture_xattr_v2_reads_through_a_mount() {
             fields.next().unwrap(),
             fields.next().unwrap(),
         );
-        set_xattr(&cipher.join(path), name, &unhex(value));
+        let path = cipher.join(path);
+        // Git keeps no empty directories either (`d`'s backing directory is one).
+        if !path.exists() {
+            fs::create_dir_all(&path).unwrap();
+        }
+        set_xattr(&path, name, &unhex(value));
     }
     let key = dir.path().join("master.key");
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
