@@ -48,6 +48,10 @@ pub const XATTR_VALUE_AAD: &[u8] = b"sealfs.xattr-value.v1";
 pub const XATTR_SPLIT_VALUE_AAD: &[u8] = b"sealfs.xattr-value.v2";
 /// The most a Linux extended attribute value holds (XATTR_SIZE_MAX).
 pub const MAX_BACKING_XATTR_VALUE: usize = 65_536;
+/// The most a listing of an inode's attribute names holds (XATTR_LIST_MAX).
+pub const MAX_BACKING_XATTR_LIST: usize = 65_536;
+/// The length of a tail's name: the prefix and 43 characters of base64url.
+pub const XATTR_TAIL_NAME_LEN: usize = XATTR_TAIL_PREFIX.len() + 43;
 /// The tail of a split value: `user.sealfs.tail.` + base64url(blake3(backing name || the
 /// head's nonce)). A '.' after `user.` is never in a sealed name.
 pub const XATTR_TAIL_PREFIX: &[u8] = b"user.sealfs.tail.";

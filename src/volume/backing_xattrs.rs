@@ -52,6 +52,21 @@ impl<'fd> XattrTarget<'fd> {
             .collect())
     }
 
+    /// How many bytes a listing of every name takes (each with its NUL).
+    pub fn list_size(&self) -> Result<usize> {
+        // SAFETY: a valid C string; a zero-length buffer asks for the size only.
+        let rc = unsafe {
+            match self {
+                XattrTarget::Proc(path) => libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0),
+                XattrTarget::Open(fd) => libc::flistxattr(fd.as_raw_fd(), std::ptr::null_mut(), 0),
+            }
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(rc as usize)
+    }
+
     /// The `user.*` names, the ones sealfs seals; none where the backing store has no xattrs.
     pub fn list_user(&self) -> Result<Vec<Vec<u8>>> {
         match self.list() {

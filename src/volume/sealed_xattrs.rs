@@ -19,7 +19,10 @@ use std::ffi::OsStr;
 use super::backing_xattrs::XattrTarget;
 use super::error::{Result, VolumeError};
 use super::names::{self, ValueLayout, XattrNames};
-use crate::format::name::{MAX_BACKING_XATTR_VALUE, XATTR_TAIL_PREFIX, xattr_tail_name};
+use crate::format::name::{
+    MAX_BACKING_XATTR_LIST, MAX_BACKING_XATTR_VALUE, XATTR_TAIL_NAME_LEN, XATTR_TAIL_PREFIX,
+    xattr_tail_name,
+};
 use crate::keys::NameKeys;
 
 /// Whether a backing attribute name is the tail of a split value (never listed).
@@ -145,8 +148,19 @@ pub fn write(
     value: &[u8],
     flags: i32,
 ) -> Result<()> {
-    let old_tail = current_tail(target, backing_name)?;
+    let (exists, old_tail) = current(target, backing_name)?;
     let sealed = names::seal_xattr_value(keys, backing_name, value)?;
+    // A listing holds 65,536 bytes at most (XATTR_LIST_MAX): names that would not fit are
+    // refused as ext4 refuses what does not fit its space, or the inode's attributes could
+    // no longer be listed at all. (A split value's new tail stands beside the old one until
+    // the head is written.)
+    let mut growth = if exists { 0 } else { backing_name.len() + 1 };
+    if sealed.len() > MAX_BACKING_XATTR_VALUE {
+        growth += XATTR_TAIL_NAME_LEN + 1;
+    }
+    if growth > 0 && target.list_size()? + growth > MAX_BACKING_XATTR_LIST {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+    }
     if sealed.len() <= MAX_BACKING_XATTR_VALUE {
         target.set(backing_name, &sealed, flags)?;
     } else {
@@ -167,7 +181,7 @@ pub fn write(
 
 /// Removes the attribute `backing_name` (ENODATA when there is none) and its tail.
 pub fn remove_backing(target: &XattrTarget<'_>, backing_name: &[u8]) -> Result<()> {
-    let old_tail = current_tail(target, backing_name)?;
+    let (_, old_tail) = current(target, backing_name)?;
     target.remove(backing_name)?;
     match old_tail {
         Some(old) => target.remove_if_there(&old),
@@ -175,15 +189,18 @@ pub fn remove_backing(target: &XattrTarget<'_>, backing_name: &[u8]) -> Result<(
     }
 }
 
-/// The name the tail of the value now under `backing_name` would have, if that value's head
-/// is of full length (split or not: removing a tail that is not there is harmless).
-fn current_tail(target: &XattrTarget<'_>, backing_name: &[u8]) -> Result<Option<Vec<u8>>> {
-    if target.size(backing_name)? != Some(MAX_BACKING_XATTR_VALUE) {
-        return Ok(None);
+/// Whether `backing_name` is there, and the name the tail of its value would have if that
+/// value's head is of full length (split or not: removing a tail that is not there is
+/// harmless).
+fn current(target: &XattrTarget<'_>, backing_name: &[u8]) -> Result<(bool, Option<Vec<u8>>)> {
+    match target.size(backing_name)? {
+        None => return Ok((false, None)),
+        Some(len) if len != MAX_BACKING_XATTR_VALUE => return Ok((true, None)),
+        Some(_) => {}
     }
     match target.get(backing_name) {
-        Ok(head) => Ok(Some(xattr_tail_name(backing_name, &head))),
-        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Ok(head) => Ok((true, Some(xattr_tail_name(backing_name, &head)))),
+        Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA) => Ok((false, None)),
         Err(e) => Err(e),
     }
 }
@@ -348,5 +365,39 @@ mod tests {
             "the old value's tail went too"
         );
         assert_eq!(errno(remove(&target, &k, plain)), Some(libc::ENODATA));
+    }
+
+    #[test]
+    fn a_name_that_would_not_fit_a_listing_is_refused_and_the_listing_still_works() {
+        let (_dir, file) = scratch();
+        let target = XattrTarget::open(file.as_fd());
+        let k = keys();
+        let mut count = 0;
+        let refused = loop {
+            let name = format!("user.attribute_{count}");
+            match set(&target, &k, OsStr::new(&name), b"value", 0) {
+                Ok(()) => count += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(&refused, VolumeError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC)),
+            "{refused:?}"
+        );
+        // 49 bytes a name: "user." and 43 characters of base64url, and the NUL.
+        assert_eq!(count, 65_536 / 49, "{count}");
+        assert_eq!(target.list_user().unwrap().len(), count);
+        // Names already there still take new values.
+        set(
+            &target,
+            &k,
+            OsStr::new("user.attribute_0"),
+            &value(65_536),
+            0,
+        )
+        .unwrap_err();
+        set(&target, &k, OsStr::new("user.attribute_0"), b"other", 0).unwrap();
+        let tail = xattr_tail_name(b"user.x", &[0; 12]);
+        assert_eq!(tail.len(), XATTR_TAIL_NAME_LEN);
     }
 }
