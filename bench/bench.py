@@ -227,6 +227,18 @@ def small_files(directory, count):
     )
 
 
+def long_name_creates(directory, count):
+    """Create `count` empty files under names of 200 bytes (past the 174 that fit inline: each
+    gets a long-name sidecar, made durable before its entry), then sync. Files/s."""
+    d = Path(directory) / "long"
+    d.mkdir()
+    start = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(d / (f"{i:06}" + "n" * 194), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    os.sync()
+    return count / (time.perf_counter() - start)
+
+
 def append_fsync(directory, count):
     """A log writer: one 37-byte line appended and fsynced, `count` times (each append after the
     first rewrites the file's last, partial block). Lines/s."""
@@ -307,7 +319,8 @@ def rsync_and_diff(directory, source, count):
 JOBS = [
     ("seq-write-1M", "MiB/s"), ("seq-read-1M", "MiB/s"),
     ("rand-read-4k", "IOPS"), ("rand-write-4k", "IOPS"), ("mix-64k", "MiB/s"),
-    ("small-create-4k", "files/s"), ("small-read-4k", "files/s"), ("untar", "files/s"),
+    ("small-create-4k", "files/s"), ("small-read-4k", "files/s"),
+    ("create-long-name", "files/s"), ("untar", "files/s"),
     ("rsync-aHAX", "files/s"), ("diff-r", "files/s"),
     ("append-fsync", "lines/s"), ("sqlite-insert", "inserts/s"),
 ]
@@ -331,6 +344,7 @@ def run_target(target, args, tarball, tar_count, tar_size):
         created, read = small_files(d, args.small_files)
         results["small-create-4k"] = created["files_s"]
         results["small-read-4k"] = read["files_s"]
+        results["create-long-name"] = long_name_creates(d, args.small_files)
         results["untar"] = untar(d, tarball, tar_count, tar_size)["files_s"]
         results["rsync-aHAX"], results["diff-r"] = rsync_and_diff(d, tarball.parent / "source", tar_count)
         results["append-fsync"] = append_fsync(d, args.durable_ops)
