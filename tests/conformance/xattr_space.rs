@@ -88,4 +88,31 @@ fn a_thousand_attributes_and_values_of_64_kib_as_on_the_backing_store() {
     let m = vol.mount();
     assert_eq!(get_xattr(&m.p("f"), "user.big").unwrap(), value(65_536));
     drop(m.unmount());
+
+    // A split value's head that does not open: EIO through the mount, and one repair removes
+    // it with its tail.
+    let head = list_xattrs(&backing_file)
+        .into_iter()
+        .find(|name| get_xattr(&backing_file, name).unwrap().len() == 65_536)
+        .unwrap();
+    let mut tampered = get_xattr(&backing_file, &head).unwrap();
+    tampered[100] ^= 1;
+    set_xattr(&backing_file, &head, &tampered);
+    let m = vol.mount();
+    let err = get_xattr(&m.p("f"), "user.big").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    drop(m.unmount());
+    let out = vol.run(&["fsck", "--repair", vol.cipher_str()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "errors corrected: {}",
+        common::stderr(&out)
+    );
+    vol.assert_fsck_clean();
+    assert!(
+        list_xattrs(&backing_file).is_empty(),
+        "{:?}",
+        list_xattrs(&backing_file)
+    );
 }

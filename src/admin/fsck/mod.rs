@@ -377,6 +377,10 @@ fn check_xattrs(
                 "extended attribute {} is under the parent directory's keys, not this policy's: a `sealfs policy set` or `remove` on it was cut short; run it again",
                 String::from_utf8_lossy(&plain)
             )));
+            // Its tail, if split, is no leftover either.
+            if let Ok(stored) = Stored::read(&target, &name) {
+                named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
+            }
             continue;
         }
         let detail = match names::decrypt_xattr_name(keys, &name) {
@@ -404,16 +408,18 @@ fn check_xattrs(
                     )));
                     continue;
                 }
-                Ok(stored) => match stored.open(keys, &name) {
-                    Ok(_) => {
-                        named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
-                        continue;
+                Ok(stored) => {
+                    // A tail goes with its head, also when repair removes a head that does
+                    // not open (sealed_xattrs::remove_backing takes both).
+                    named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
+                    match stored.open(keys, &name) {
+                        Ok(_) => continue,
+                        Err(e) => format!(
+                            "extended attribute {}: {e}",
+                            String::from_utf8_lossy(&plain)
+                        ),
                     }
-                    Err(e) => format!(
-                        "extended attribute {}: {e}",
-                        String::from_utf8_lossy(&plain)
-                    ),
-                },
+                }
             },
         };
         let mut bad = problem(detail);

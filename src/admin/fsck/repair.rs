@@ -137,7 +137,11 @@ fn remove_xattr(volume: &Volume, xattr: &UnreadableXattr) -> Result<()> {
         OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    match XattrTarget::new(inode.as_fd()).remove(&xattr.name) {
+    // With the tail of a split value, if it is one.
+    match crate::volume::sealed_xattrs::remove_backing(
+        &XattrTarget::new(inode.as_fd()),
+        &xattr.name,
+    ) {
         Err(VolumeError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
         other => other,
     }
