@@ -15,6 +15,14 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// One `fsck --repair` corrects what it finds (exit 1), and the fsck after it is clean.
+fn repair_once(vol: &TestVolume) {
+    let out = vol.run(&["fsck", "--repair", vol.cipher_str()]);
+    let detail = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "errors corrected: {detail}");
+    vol.assert_fsck_clean();
+}
+
 #[test]
 fn a_thousand_attributes_and_values_of_64_kib_as_on_the_backing_store() {
     let shm = Path::new("/dev/shm");
@@ -77,14 +85,7 @@ fn a_thousand_attributes_and_values_of_64_kib_as_on_the_backing_store() {
     assert!(!out.status.success());
     let report = String::from_utf8_lossy(&out.stdout).into_owned() + &common::stderr(&out);
     assert!(report.contains("tail of a split value"), "{report}");
-    let out = vol.run(&["fsck", "--repair", vol.cipher_str()]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "errors corrected: {}",
-        common::stderr(&out)
-    );
-    vol.assert_fsck_clean();
+    repair_once(&vol);
     let m = vol.mount();
     assert_eq!(get_xattr(&m.p("f"), "user.big").unwrap(), value(65_536));
     drop(m.unmount());
@@ -102,14 +103,7 @@ fn a_thousand_attributes_and_values_of_64_kib_as_on_the_backing_store() {
     let err = get_xattr(&m.p("f"), "user.big").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     drop(m.unmount());
-    let out = vol.run(&["fsck", "--repair", vol.cipher_str()]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "errors corrected: {}",
-        common::stderr(&out)
-    );
-    vol.assert_fsck_clean();
+    repair_once(&vol);
     assert!(
         list_xattrs(&backing_file).is_empty(),
         "{:?}",
