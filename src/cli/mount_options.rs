@@ -19,6 +19,8 @@ pub(super) struct Parsed {
     /// file's attributes, and a name's lookup.
     pub(super) attr_timeout: Option<Duration>,
     pub(super) entry_timeout: Option<Duration>,
+    /// `-o noacl`: no POSIX ACLs (ext4's `noacl`); `-o acl`, the default, keeps them.
+    pub(super) acl: bool,
     pub(super) tuning: Tuning,
     pub(super) read_ahead_kb: u32,
     pub(super) inode_cache: usize,
@@ -35,6 +37,7 @@ pub(super) fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Par
     let mut attr_timeout = None;
     let mut entry_timeout = None;
     let mut default_permissions = false;
+    let mut acl = true;
     for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         let mount_option = match option {
             "ro" => {
@@ -56,6 +59,14 @@ pub(super) fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Par
             }
             "shared" => {
                 shared = true;
+                continue;
+            }
+            "acl" => {
+                acl = true;
+                continue;
+            }
+            "noacl" => {
+                acl = false;
                 continue;
             }
             x if x.starts_with("attr_timeout=") || x.starts_with("entry_timeout=") => {
@@ -129,6 +140,7 @@ pub(super) fn parse_options(options: &[String], cipher_dir: &Path) -> Result<Par
         shared,
         attr_timeout,
         entry_timeout,
+        acl,
         tuning: Tuning::default(),
         read_ahead_kb: 0,
         inode_cache: PruneLimits::DEFAULT_BUDGET,

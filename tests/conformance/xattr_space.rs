@@ -110,3 +110,61 @@ fn a_thousand_attributes_and_values_of_64_kib_as_on_the_backing_store() {
         list_xattrs(&backing_file)
     );
 }
+
+/// `-o noacl`, as ext4's `noacl`: setfacl is refused, getfacl shows the mode alone, no ACL is
+/// listed or inherited; the ACLs a mount with ACLs stored stay, and show again there.
+#[test]
+fn noacl_mounts_keep_no_acls_and_hide_stored_ones() {
+    let vol = TestVolume::new();
+    let m = vol.mount();
+    fs::write(m.p("f"), b"x").unwrap();
+    fs::create_dir(m.p("d")).unwrap();
+    ok(Command::new("setfacl")
+        .args(["-m", "u:1000:r"])
+        .arg(m.p("f"))
+        .output()
+        .unwrap());
+    ok(Command::new("setfacl")
+        .args(["-d", "-m", "u:1000:rwx"])
+        .arg(m.p("d"))
+        .output()
+        .unwrap());
+    drop(m.unmount());
+
+    let m = vol.mount_with(&["-o", "noacl"]);
+    assert_eq!(list_xattrs(&m.p("f")), Vec::<String>::new());
+    let acl = ok(Command::new("getfacl")
+        .args(["-n", "--omit-header"])
+        .arg(m.p("f"))
+        .output()
+        .unwrap());
+    assert!(!acl.contains("user:1000"), "{acl}");
+    let out = Command::new("setfacl")
+        .args(["-m", "u:1000:rw"])
+        .arg(m.p("f"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("Operation not supported"),
+        "{}",
+        common::stderr(&out)
+    );
+    // Nothing inherited from d's default ACL; the umask applies.
+    let made = sh_in(
+        &m.p("d"),
+        "umask 022; mkdir sub; stat -c %a sub; getfattr -m - sub",
+    );
+    assert_eq!(made, "755\n[true]");
+    drop(m.unmount());
+
+    let m = vol.mount();
+    let acl = ok(Command::new("getfacl")
+        .args(["-n", "--omit-header"])
+        .arg(m.p("f"))
+        .output()
+        .unwrap());
+    assert!(acl.contains("user:1000:r--"), "{acl}");
+    drop(m.unmount());
+    vol.assert_fsck_clean();
+}

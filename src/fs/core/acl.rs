@@ -44,6 +44,9 @@ impl SealFs {
             access: None,
             default: None,
         };
+        if !self.tuning.acl {
+            return Ok(umasked);
+        }
         // A lone mount is the only writer: a directory it found without a default ACL keeps
         // none unless this mount sets one. Creates then skip a backing getxattr and a name
         // seal. (A create racing a setfacl on its directory is ordered before it.)
@@ -138,7 +141,7 @@ impl SealFs {
 
     /// After a chmod of `node`: its access ACL, if it has one, takes the new permission bits.
     pub(super) fn chmod_acl(&self, node: &Node, mode: u32) -> Result<()> {
-        if !keeps_acls(node.kind) {
+        if !self.tuning.acl || !keeps_acls(node.kind) {
             return Ok(());
         }
         let (keys, _lock) = self.keys_for_xattr_write(node)?;

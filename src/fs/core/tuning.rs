@@ -18,6 +18,9 @@ pub struct Tuning {
     /// size from a cache (a read near the end of file asks anew): close-to-open.
     pub entry_ttl: std::time::Duration,
     pub attr_ttl: std::time::Duration,
+    /// POSIX ACLs, enforced by the kernel (FUSE_POSIX_ACL, which turns on its permission
+    /// checks): the default; `-o noacl` turns them off, as ext4's `noacl` does.
+    pub acl: bool,
 }
 
 impl Tuning {
@@ -41,6 +44,7 @@ impl Tuning {
             } else {
                 Self::DEFAULT_TTL
             },
+            acl: true,
         }
     }
 }
@@ -93,7 +97,10 @@ impl Tuning {
         // chown's is the backing chown's; see fs/core/set_id.rs), so the kernel may mark a
         // checked inode as having none, instead of asking for security.capability (one
         // GETXATTR round trip) before every write(2).
-        // POSIX_ACL: the kernel checks permissions against ACLs (fs/core/acl.rs keeps them);
+        // POSIX_ACL: the kernel checks permissions against ACLs (fs/core/acl.rs keeps them).
+        // It also turns on the kernel's own permission checks (default_permissions), which
+        // refresh a directory's attributes after each create in it: one GETATTR round trip
+        // per new file, which `-o noacl` saves where nobody else reaches the mount.
         // DONT_MASK: the umask is applied by sealfs, only where no default ACL is inherited.
         // EXPORT_SUPPORT: file handles work once the kernel forgot an inode (it asks for "."
         // and ".."; fs/core/export.rs).
@@ -101,8 +108,10 @@ impl Tuning {
             InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-            InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK,
         ];
+        if self.acl {
+            flags.push(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK);
+        }
         if self.writeback_cache {
             flags.push(InitFlags::FUSE_WRITEBACK_CACHE);
         }
@@ -152,6 +161,17 @@ mod tests {
             assert_eq!(lone.contains(&flag), alone, "{flag:?}");
             assert_eq!(shared.contains(&flag), with_others, "{flag:?}");
         }
+        let no_acl = Tuning {
+            acl: false,
+            ..Tuning::new(true, false)
+        };
+        assert!(
+            !no_acl
+                .init_flags(true)
+                .iter()
+                .any(|f| f.contains(InitFlags::FUSE_POSIX_ACL))
+        );
+        assert!(lone.iter().any(|f| f.contains(InitFlags::FUSE_POSIX_ACL)));
         let no_writeback = Tuning::new(false, false).init_flags(false);
         assert!(!no_writeback.contains(&InitFlags::FUSE_WRITEBACK_CACHE));
         assert!(!no_writeback.contains(&InitFlags::FUSE_DO_READDIRPLUS));

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::FileType;
@@ -37,6 +38,9 @@ impl SealFs {
         }
         let (node, target) = self.xattr_target(ino)?;
         if let Some(kind) = crate::fs::posix_acl::Kind::of(name) {
+            if !self.tuning.acl {
+                return Err(VolumeError::Unsupported("POSIX ACLs on a mount with noacl"));
+            }
             return self.set_acl(&node, kind, value, caller);
         }
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
@@ -67,6 +71,9 @@ impl SealFs {
             return serde_json::to_vec(&crate::metrics::global().snapshot())
                 .map_err(|e| VolumeError::Usage(format!("stats: {e}")));
         }
+        if !self.tuning.acl && crate::fs::posix_acl::Kind::of(name).is_some() {
+            return Err(VolumeError::NoAttribute);
+        }
         let (node, target) = self.xattr_target(ino)?;
         let keys = self.node_keys(&node)?;
         match sealed_xattrs::get(&target, &keys, name) {
@@ -84,6 +91,10 @@ impl SealFs {
                 continue;
             }
             match names::decrypt_xattr_name(&keys, &backing) {
+                // A mount with noacl shows no ACL (as ext4's noacl), and keeps those stored.
+                Some(plain)
+                    if !self.tuning.acl
+                        && crate::fs::posix_acl::Kind::of(OsStr::from_bytes(&plain)).is_some() => {}
                 Some(plain) => {
                     out.extend_from_slice(&plain);
                     out.push(0);
@@ -105,6 +116,9 @@ impl SealFs {
         self.writable()?;
         if is_stats_attribute(ino, name) {
             return Err(reserved());
+        }
+        if !self.tuning.acl && crate::fs::posix_acl::Kind::of(name).is_some() {
+            return Err(VolumeError::Unsupported("POSIX ACLs on a mount with noacl"));
         }
         let (node, target) = self.xattr_target(ino)?;
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
