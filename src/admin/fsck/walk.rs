@@ -211,7 +211,7 @@ impl tree::Visitor for Walker<'_> {
             } else {
                 None
             };
-            self.out.problems.extend(super::check_xattrs(
+            self.out.problems.extend(super::xattrs::check_xattrs(
                 fd,
                 keys,
                 parent.as_deref(),
