@@ -295,6 +295,17 @@ pub fn move_xattrs(
             ));
             continue;
         };
+        let plain_name = OsStr::from_bytes(&plain);
+        let current = names::encrypt_xattr_name(from, plain_name)?;
+        if backing != current {
+            // Under its older name: stale where the attribute is also under its current
+            // name, or moved already (a crash between a write's two steps left both).
+            let moved = names::encrypt_xattr_name(to, plain_name)?;
+            if target.size(&current)?.is_some() || target.size(&moved)?.is_some() {
+                sealed_xattrs::remove_backing(&target, &backing)?;
+                continue;
+            }
+        }
         let value = match sealed_xattrs::read(&target, from, &backing) {
             Ok(value) => value,
             Err(e) => {
@@ -302,8 +313,7 @@ pub fn move_xattrs(
                 continue;
             }
         };
-        sealed_xattrs::set(&target, to, OsStr::from_bytes(&plain), &value, 0)?;
-        sealed_xattrs::remove_backing(&target, &backing)?;
+        sealed_xattrs::move_to(&target, to, plain_name, &value, &backing)?;
         count += 1;
     }
     Ok(count)

@@ -83,9 +83,16 @@ impl Stored {
 /// version of its backing name it was written.
 pub fn get(target: &XattrTarget<'_>, keys: &NameKeys, plain: &OsStr) -> Result<Vec<u8>> {
     let names = XattrNames::of(keys, plain)?;
-    match (read(target, keys, &names.current), &names.older) {
-        (Err(e), Some(older)) if is_no_data(&e) => read(target, keys, older),
-        (result, _) => result,
+    let Some(older) = &names.older else {
+        return read(target, keys, &names.current);
+    };
+    match read(target, keys, &names.current) {
+        Err(e) if is_no_data(&e) => match read(target, keys, older) {
+            // Moved from the older name to the current one meanwhile (`set`): look again.
+            Err(e) if is_no_data(&e) => read(target, keys, &names.current),
+            other => other,
+        },
+        other => other,
     }
 }
 
@@ -99,11 +106,9 @@ pub fn set(
     flags: i32,
 ) -> Result<()> {
     let names = XattrNames::of(keys, plain)?;
-    let Some(older) = names
-        .older
-        .filter(|older| matches!(target.size(older), Ok(Some(_))))
-    else {
-        return write(target, keys, &names.current, value, flags);
+    let older = match names.older {
+        Some(older) if target.size(&older)?.is_some() => older,
+        _ => return write(target, keys, &names.current, value, flags, None),
     };
     if flags & libc::XATTR_CREATE != 0 {
         return Err(std::io::Error::from_raw_os_error(libc::EEXIST).into());
@@ -114,6 +119,7 @@ pub fn set(
         &names.current,
         value,
         flags & !libc::XATTR_REPLACE,
+        Some(&older),
     )?;
     match remove_backing(target, &older) {
         Err(e) if is_no_data(&e) => Ok(()),
@@ -121,12 +127,35 @@ pub fn set(
     }
 }
 
+/// Re-seals the attribute stored under `from_name` (under other keys) as `plain` under
+/// `keys`, then removes it: what a key policy change does to each attribute.
+pub fn move_to(
+    target: &XattrTarget<'_>,
+    keys: &NameKeys,
+    plain: &OsStr,
+    value: &[u8],
+    from_name: &[u8],
+) -> Result<()> {
+    let current = names::encrypt_xattr_name(keys, plain)?;
+    write(target, keys, &current, value, 0, Some(from_name))?;
+    remove_backing(target, from_name)
+}
+
 /// Removes the attribute named `plain` (ENODATA when there is none).
 pub fn remove(target: &XattrTarget<'_>, keys: &NameKeys, plain: &OsStr) -> Result<()> {
     let names = XattrNames::of(keys, plain)?;
-    match (remove_backing(target, &names.current), &names.older) {
-        (Err(e), Some(older)) if is_no_data(&e) => remove_backing(target, older),
-        (result, _) => result,
+    let current = remove_backing(target, &names.current);
+    // Under both names after a crash between `set`'s two steps (or an older sealfs writing
+    // one it could not see): both go.
+    let older = match &names.older {
+        Some(older) => remove_backing(target, older),
+        None => Err(std::io::Error::from_raw_os_error(libc::ENODATA).into()),
+    };
+    match (current, older) {
+        (Err(e), Err(_)) if is_no_data(&e) => Err(e),
+        (Err(e), _) if !is_no_data(&e) => Err(e),
+        (_, Err(e)) if !is_no_data(&e) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -134,31 +163,56 @@ fn is_no_data(e: &VolumeError) -> bool {
     matches!(e, VolumeError::Io(e) if e.raw_os_error() == Some(libc::ENODATA))
 }
 
-/// The plaintext value of the attribute stored under `backing_name`.
+/// The plaintext value of the attribute stored under `backing_name`. A split value read
+/// while it is rewritten or removed (its head, then a tail gone meanwhile) is read again,
+/// so a reader gets the old value, the new one or ENODATA, never a false integrity failure.
 pub fn read(target: &XattrTarget<'_>, keys: &NameKeys, backing_name: &[u8]) -> Result<Vec<u8>> {
-    Stored::read(target, backing_name)?.open(keys, backing_name)
+    let mut stored = Stored::read(target, backing_name)?;
+    for _ in 0..4 {
+        match stored.open(keys, backing_name) {
+            Err(VolumeError::Corrupt(_)) if stored.head.len() == MAX_BACKING_XATTR_VALUE => {
+                let again = Stored::read(target, backing_name)?;
+                if again.head == stored.head && again.tail == stored.tail {
+                    break;
+                }
+                stored = again;
+            }
+            other => return other,
+        }
+    }
+    stored.open(keys, backing_name)
 }
 
 /// Seals `value` under `backing_name`, split if it needs to be. `flags` as setxattr(2):
 /// `XATTR_CREATE` or `XATTR_REPLACE` fail as there, leaving what was there untouched.
-pub fn write(
+/// `replacing`: a backing attribute the caller removes next (the same attribute under its
+/// older name, or under other keys), whose room in the listing this one may take.
+fn write(
     target: &XattrTarget<'_>,
     keys: &NameKeys,
     backing_name: &[u8],
     value: &[u8],
     flags: i32,
+    replacing: Option<&[u8]>,
 ) -> Result<()> {
     let (exists, old_tail) = current(target, backing_name)?;
+    if exists && flags & libc::XATTR_CREATE != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EEXIST).into());
+    }
+    if !exists && flags & libc::XATTR_REPLACE != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENODATA).into());
+    }
     let sealed = names::seal_xattr_value(keys, backing_name, value)?;
     // A listing holds 65,536 bytes at most (XATTR_LIST_MAX): names that would not fit are
     // refused as ext4 refuses what does not fit its space, or the inode's attributes could
-    // no longer be listed at all. (A split value's new tail stands beside the old one until
-    // the head is written.)
+    // no longer be listed at all. What this write adds: the name if new, a tail if split;
+    // what goes right after: the old tail, and the attribute it replaces.
     let mut growth = if exists { 0 } else { backing_name.len() + 1 };
     if sealed.len() > MAX_BACKING_XATTR_VALUE {
         growth += XATTR_TAIL_NAME_LEN + 1;
     }
-    if growth > 0 && target.list_size()? + growth > MAX_BACKING_XATTR_LIST {
+    let freed = old_tail.as_ref().map_or(0, |t| t.len() + 1) + replacing.map_or(0, |r| r.len() + 1);
+    if growth > freed && target.list_size()? + growth - freed > MAX_BACKING_XATTR_LIST {
         return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
     }
     if sealed.len() <= MAX_BACKING_XATTR_VALUE {
@@ -238,7 +292,7 @@ mod tests {
         let k = keys();
         let name = names::encrypt_xattr_name(&k, OsStr::new("user.big")).unwrap();
         for len in [0, 1, 4096, 65_507, 65_508, 65_509, 65_535, 65_536] {
-            write(&target, &k, &name, &value(len), 0).unwrap();
+            write(&target, &k, &name, &value(len), 0, None).unwrap();
             assert_eq!(read(&target, &k, &name).unwrap(), value(len), "{len}");
             let stored = user_names(&target);
             let split = len > 65_508;
@@ -249,9 +303,9 @@ mod tests {
             );
         }
         // Back to a small value: the old tail goes.
-        write(&target, &k, &name, b"small", 0).unwrap();
+        write(&target, &k, &name, b"small", 0, None).unwrap();
         assert_eq!(user_names(&target), vec![name.clone()]);
-        write(&target, &k, &name, &value(65_536), 0).unwrap();
+        write(&target, &k, &name, &value(65_536), 0, None).unwrap();
         remove_backing(&target, &name).unwrap();
         assert!(user_names(&target).is_empty());
         assert!(matches!(
@@ -276,19 +330,21 @@ mod tests {
                 &k,
                 &name,
                 &value(65_536),
-                libc::XATTR_REPLACE
+                libc::XATTR_REPLACE,
+                None
             )),
             Some(libc::ENODATA)
         );
         assert!(user_names(&target).is_empty());
-        write(&target, &k, &name, &value(65_536), libc::XATTR_CREATE).unwrap();
+        write(&target, &k, &name, &value(65_536), libc::XATTR_CREATE, None).unwrap();
         assert_eq!(
             errno(write(
                 &target,
                 &k,
                 &name,
                 &value(65_530),
-                libc::XATTR_CREATE
+                libc::XATTR_CREATE,
+                None
             )),
             Some(libc::EEXIST)
         );
@@ -303,8 +359,8 @@ mod tests {
         let k = keys();
         let name = names::encrypt_xattr_name(&k, OsStr::new("user.x")).unwrap();
         let other = names::encrypt_xattr_name(&k, OsStr::new("user.y")).unwrap();
-        write(&target, &k, &name, &value(65_536), 0).unwrap();
-        write(&target, &k, &other, &value(65_530), 0).unwrap();
+        write(&target, &k, &name, &value(65_536), 0, None).unwrap();
+        write(&target, &k, &other, &value(65_530), 0, None).unwrap();
         let stored = Stored::read(&target, &name).unwrap();
         let tail = stored.tail_name().unwrap().to_vec();
         let other_tail = Stored::read(&target, &other)
@@ -325,7 +381,7 @@ mod tests {
             Err(VolumeError::Corrupt(_))
         ));
         // A whole value of exactly 65,536 sealed bytes opens with a stray tail beside it.
-        write(&target, &k, &name, &value(65_508), 0).unwrap();
+        write(&target, &k, &name, &value(65_508), 0, None).unwrap();
         let head = target.get(&name).unwrap();
         target
             .set(&xattr_tail_name(&name, &head), &[0u8; 28], 0)
@@ -342,7 +398,7 @@ mod tests {
         let v1 = names::encrypt_xattr_name_v1(&k, plain).unwrap();
         let v2 = names::encrypt_xattr_name(&k, plain).unwrap();
         // As a sealfs before version 2 names wrote it.
-        write(&target, &k, &v1, b"first", 0).unwrap();
+        write(&target, &k, &v1, b"first", 0, None).unwrap();
         assert_eq!(get(&target, &k, plain).unwrap(), b"first");
         let errno = |r: Result<()>| match r {
             Err(VolumeError::Io(e)) => e.raw_os_error(),
@@ -358,7 +414,7 @@ mod tests {
         assert!(listed.contains(&v2) && !listed.contains(&v1), "{listed:?}");
         remove(&target, &k, plain).unwrap();
         assert!(user_names(&target).is_empty());
-        write(&target, &k, &v1, &value(65_536), 0).unwrap();
+        write(&target, &k, &v1, &value(65_536), 0, None).unwrap();
         remove(&target, &k, plain).unwrap();
         assert!(
             user_names(&target).is_empty(),
@@ -399,5 +455,67 @@ mod tests {
         set(&target, &k, OsStr::new("user.attribute_0"), b"other", 0).unwrap();
         let tail = xattr_tail_name(b"user.x", &[0; 12]);
         assert_eq!(tail.len(), XATTR_TAIL_NAME_LEN);
+    }
+
+    #[test]
+    fn moving_names_to_version_2_fits_a_full_listing_and_flags_come_before_room() {
+        let (_dir, file) = scratch();
+        let target = XattrTarget::open(file.as_fd());
+        let k = keys();
+        // As an older sealfs filled it: version 1 names (70 bytes listed) up to the limit.
+        let mut count = 0;
+        while target.list_size().unwrap() + 70 <= MAX_BACKING_XATTR_LIST {
+            let plain = format!("user.attribute_{count}");
+            let v1 = names::encrypt_xattr_name_v1(&k, OsStr::new(&plain)).unwrap();
+            write(&target, &k, &v1, b"v", 0, None).unwrap();
+            count += 1;
+        }
+        assert_eq!(count, 65_536 / 70);
+        // Rewriting each moves it to its shorter current name, with no ENOSPC.
+        for i in 0..count {
+            let plain = format!("user.attribute_{i}");
+            set(&target, &k, OsStr::new(&plain), b"w", libc::XATTR_REPLACE).unwrap();
+        }
+        assert_eq!(target.list_user().unwrap().len(), count);
+        // At a full listing, the flags still answer first.
+        while set(
+            &target,
+            &k,
+            OsStr::new(&format!("user.more_{count}")),
+            b"v",
+            0,
+        )
+        .is_ok()
+        {
+            count += 1;
+        }
+        let errno = |r: Result<()>| match r {
+            Err(VolumeError::Io(e)) => e.raw_os_error(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            errno(set(
+                &target,
+                &k,
+                OsStr::new("user.absent"),
+                b"v",
+                libc::XATTR_REPLACE
+            )),
+            Some(libc::ENODATA)
+        );
+        assert_eq!(
+            errno(set(
+                &target,
+                &k,
+                OsStr::new("user.attribute_0"),
+                &value(65_536),
+                libc::XATTR_CREATE
+            )),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            errno(set(&target, &k, OsStr::new("user.absent"), b"v", 0)),
+            Some(libc::ENOSPC)
+        );
     }
 }

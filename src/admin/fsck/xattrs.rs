@@ -29,6 +29,9 @@ pub(super) fn check_xattrs(
     let mut problems = Vec::new();
     let mut tails = Vec::new();
     let mut named_tails = Vec::new();
+    // A head that could not be read may name a tail: then no tail is removed.
+    let mut unread_head = false;
+    let all: std::collections::HashSet<Vec<u8>> = listed.iter().cloned().collect();
     for name in listed {
         if sealed_xattrs::is_tail(&name) {
             tails.push(name);
@@ -42,8 +45,9 @@ pub(super) fn check_xattrs(
                 String::from_utf8_lossy(&plain)
             )));
             // Its tail, if split, is no leftover either.
-            if let Ok(stored) = Stored::read(&target, &name) {
-                named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
+            match Stored::read(&target, &name) {
+                Ok(stored) => named_tails.extend(stored.tail_name().map(<[u8]>::to_vec)),
+                Err(_) => unread_head = true,
             }
             continue;
         }
@@ -63,8 +67,31 @@ pub(super) fn check_xattrs(
                 "extended attribute {}: name does not decrypt",
                 String::from_utf8_lossy(&name)
             ),
+            Some(plain) if is_stale_older_name(keys, &plain, &name, &all) => {
+                // A crash between a write's two steps (the current name, then removing
+                // the older one) left the older: the value under the current name is the
+                // one that holds.
+                if let Ok(stored) = Stored::read(&target, &name) {
+                    named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
+                }
+                let mut stale = Problem::new(
+                    ProblemKind::Leftover,
+                    path.to_string(),
+                    format!(
+                        "extended attribute {} is also under its older name (a write cut short)",
+                        String::from_utf8_lossy(&plain)
+                    ),
+                );
+                stale.xattr = Some(UnreadableXattr {
+                    inode: inode.to_string(),
+                    name,
+                });
+                problems.push(stale);
+                continue;
+            }
             Some(plain) => match Stored::read(&target, &name) {
                 Err(e) => {
+                    unread_head = true;
                     // Not proven damage (the read failed): reported, never removed.
                     problems.push(problem(format!(
                         "extended attribute {}: cannot read: {e}",
@@ -104,11 +131,76 @@ pub(super) fn check_xattrs(
                 String::from_utf8_lossy(&tail)
             ),
         );
-        leftover.xattr = Some(UnreadableXattr {
-            inode: inode.to_string(),
-            name: tail,
-        });
+        if unread_head {
+            leftover.detail += "; not removed while an attribute of this inode cannot be read";
+            leftover.kind = ProblemKind::BadXattr;
+        } else {
+            leftover.xattr = Some(UnreadableXattr {
+                inode: inode.to_string(),
+                name: tail,
+            });
+        }
         problems.push(leftover);
     }
     problems
+}
+
+/// Whether `name` is the older (version 1) name of attribute `plain` while its current name
+/// is listed too.
+fn is_stale_older_name(
+    keys: &NameKeys,
+    plain: &[u8],
+    name: &[u8],
+    listed: &std::collections::HashSet<Vec<u8>>,
+) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    names::encrypt_xattr_name(keys, std::ffi::OsStr::from_bytes(plain))
+        .is_ok_and(|current| current != name && listed.contains(&current))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_stale_older_name_and_a_tail_without_head_are_leftovers_repair_may_remove() {
+        let dir = tempfile::tempdir_in("/dev/shm").expect("this test needs /dev/shm (tmpfs)");
+        let file = std::fs::File::create(dir.path().join("f")).unwrap();
+        let target = XattrTarget::open(file.as_fd());
+        let keys = NameKeys::derive(&[9; 32]);
+        let plain = OsStr::new("user.both");
+        let older = names::encrypt_xattr_name_v1(&keys, plain).unwrap();
+        let sealed = names::seal_xattr_value(&keys, &older, b"old").unwrap();
+        target.set(&older, &sealed, 0).unwrap();
+        // A write cut short after its first step: the current name written, the older kept.
+        let current = names::encrypt_xattr_name(&keys, plain).unwrap();
+        let sealed = names::seal_xattr_value(&keys, &current, b"new").unwrap();
+        target.set(&current, &sealed, 0).unwrap();
+        assert_eq!(sealed_xattrs::get(&target, &keys, plain).unwrap(), b"new");
+        target
+            .set(
+                b"user.sealfs.tail.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                &[0; 28],
+                0,
+            )
+            .unwrap();
+        let problems = check_xattrs(file.as_fd(), &keys, None, "/f", "f");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| p.kind == ProblemKind::Leftover));
+        assert!(problems.iter().all(|p| p.xattr.is_some()));
+        let stale = problems
+            .iter()
+            .find(|p| p.detail.contains("older name"))
+            .unwrap();
+        assert_eq!(stale.xattr.as_ref().unwrap().name, older);
+        // Removing the attribute takes both names.
+        sealed_xattrs::remove(&target, &keys, plain).unwrap();
+        assert_eq!(
+            target.list_user().unwrap().len(),
+            1,
+            "only the stray tail left"
+        );
+    }
 }

@@ -86,6 +86,8 @@ impl SealFs {
         let (node, target) = self.xattr_target(ino)?;
         let keys = self.node_keys(&node)?;
         let mut out = Vec::new();
+        // A name under both its versions (a crash between `set`'s two steps) is listed once.
+        let mut seen = std::collections::HashSet::new();
         for backing in target.list()? {
             if sealed_xattrs::is_tail(&backing) {
                 continue;
@@ -96,8 +98,10 @@ impl SealFs {
                     if !self.tuning.acl
                         && crate::fs::posix_acl::Kind::of(OsStr::from_bytes(&plain)).is_some() => {}
                 Some(plain) => {
-                    out.extend_from_slice(&plain);
-                    out.push(0);
+                    if seen.insert(plain.clone()) {
+                        out.extend_from_slice(&plain);
+                        out.push(0);
+                    }
                 }
                 // Another namespace's attribute (security.*, ...), or another program's
                 // user.* one, is not ours to list; one of ours that does not decrypt failed
