@@ -97,12 +97,11 @@ impl SealFs {
                 Some(plain)
                     if !self.tuning.acl
                         && crate::fs::posix_acl::Kind::of(OsStr::from_bytes(&plain)).is_some() => {}
-                Some(plain) => {
-                    if seen.insert(plain.clone()) {
-                        out.extend_from_slice(&plain);
-                        out.push(0);
-                    }
+                Some(plain) if seen.insert(plain.clone()) => {
+                    out.extend_from_slice(&plain);
+                    out.push(0);
                 }
+                Some(_) => {}
                 // Another namespace's attribute (security.*, ...), or another program's
                 // user.* one, is not ours to list; one of ours that does not decrypt failed
                 // authentication.
