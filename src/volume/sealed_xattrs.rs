@@ -152,9 +152,8 @@ pub fn remove(target: &XattrTarget<'_>, keys: &NameKeys, plain: &OsStr) -> Resul
         None => Err(std::io::Error::from_raw_os_error(libc::ENODATA).into()),
     };
     match (current, older) {
-        (Err(e), Err(_)) if is_no_data(&e) => Err(e),
-        (Err(e), _) if !is_no_data(&e) => Err(e),
-        (_, Err(e)) if !is_no_data(&e) => Err(e),
+        (Err(e), _) | (_, Err(e)) if !is_no_data(&e) => Err(e),
+        (Err(e), Err(_)) => Err(e),
         _ => Ok(()),
     }
 }
@@ -279,6 +278,14 @@ mod tests {
         (0..len).map(|i| (i * 7 + 3) as u8).collect()
     }
 
+    /// The errno a write failed with.
+    fn errno(r: Result<()>) -> Option<i32> {
+        match r {
+            Err(VolumeError::Io(e)) => e.raw_os_error(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn user_names(target: &XattrTarget<'_>) -> Vec<Vec<u8>> {
         let mut names = target.list_user().unwrap();
         names.sort();
@@ -320,10 +327,6 @@ mod tests {
         let target = XattrTarget::open(file.as_fd());
         let k = keys();
         let name = names::encrypt_xattr_name(&k, OsStr::new("user.x")).unwrap();
-        let errno = |r: Result<()>| match r {
-            Err(VolumeError::Io(e)) => e.raw_os_error(),
-            other => panic!("{other:?}"),
-        };
         assert_eq!(
             errno(write(
                 &target,
@@ -400,10 +403,6 @@ mod tests {
         // As a sealfs before version 2 names wrote it.
         write(&target, &k, &v1, b"first", 0, None).unwrap();
         assert_eq!(get(&target, &k, plain).unwrap(), b"first");
-        let errno = |r: Result<()>| match r {
-            Err(VolumeError::Io(e)) => e.raw_os_error(),
-            other => panic!("{other:?}"),
-        };
         assert_eq!(
             errno(set(&target, &k, plain, b"x", libc::XATTR_CREATE)),
             Some(libc::EEXIST)
@@ -489,10 +488,6 @@ mod tests {
         {
             count += 1;
         }
-        let errno = |r: Result<()>| match r {
-            Err(VolumeError::Io(e)) => e.raw_os_error(),
-            other => panic!("{other:?}"),
-        };
         assert_eq!(
             errno(set(
                 &target,

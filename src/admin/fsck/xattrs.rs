@@ -21,6 +21,15 @@ pub(super) fn check_xattrs(
     inode: &str,
 ) -> Vec<Problem> {
     let problem = |detail: String| Problem::new(ProblemKind::BadXattr, path.to_string(), detail);
+    // A problem `--repair` settles by removing the backing attribute `name` (and its tail).
+    let removable = |kind, detail: String, name: Vec<u8>| {
+        let mut problem = Problem::new(kind, path.to_string(), detail);
+        problem.xattr = Some(UnreadableXattr {
+            inode: inode.to_string(),
+            name,
+        });
+        problem
+    };
     let target = XattrTarget::open(fd);
     let listed = match target.list_user() {
         Ok(listed) => listed,
@@ -74,19 +83,14 @@ pub(super) fn check_xattrs(
                 if let Ok(stored) = Stored::read(&target, &name) {
                     named_tails.extend(stored.tail_name().map(<[u8]>::to_vec));
                 }
-                let mut stale = Problem::new(
+                problems.push(removable(
                     ProblemKind::Leftover,
-                    path.to_string(),
                     format!(
                         "extended attribute {} is also under its older name (a write cut short)",
                         String::from_utf8_lossy(&plain)
                     ),
-                );
-                stale.xattr = Some(UnreadableXattr {
-                    inode: inode.to_string(),
                     name,
-                });
-                problems.push(stale);
+                ));
                 continue;
             }
             Some(plain) => match Stored::read(&target, &name) {
@@ -113,34 +117,22 @@ pub(super) fn check_xattrs(
                 }
             },
         };
-        let mut bad = problem(detail);
-        bad.xattr = Some(UnreadableXattr {
-            inode: inode.to_string(),
-            name,
-        });
-        problems.push(bad);
+        problems.push(removable(ProblemKind::BadXattr, detail, name));
     }
     // The tail of a split value whose head is gone or was written anew: a crash between the
     // two writes left it.
     for tail in tails.into_iter().filter(|t| !named_tails.contains(t)) {
-        let mut leftover = Problem::new(
-            ProblemKind::Leftover,
-            path.to_string(),
-            format!(
-                "extended attribute {} is the tail of a split value no attribute names (a write cut short)",
-                String::from_utf8_lossy(&tail)
-            ),
+        let detail = format!(
+            "extended attribute {} is the tail of a split value no attribute names (a write cut short)",
+            String::from_utf8_lossy(&tail)
         );
-        if unread_head {
-            leftover.detail += "; not removed while an attribute of this inode cannot be read";
-            leftover.kind = ProblemKind::BadXattr;
+        problems.push(if unread_head {
+            problem(format!(
+                "{detail}; not removed while an attribute of this inode cannot be read"
+            ))
         } else {
-            leftover.xattr = Some(UnreadableXattr {
-                inode: inode.to_string(),
-                name: tail,
-            });
-        }
-        problems.push(leftover);
+            removable(ProblemKind::Leftover, detail, tail)
+        });
     }
     problems
 }

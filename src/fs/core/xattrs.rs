@@ -38,8 +38,8 @@ impl SealFs {
         }
         let (node, target) = self.xattr_target(ino)?;
         if let Some(kind) = crate::fs::posix_acl::Kind::of(name) {
-            if !self.tuning.acl {
-                return Err(VolumeError::Unsupported("POSIX ACLs on a mount with noacl"));
+            if self.acl_off(name) {
+                return Err(no_acls());
             }
             return self.set_acl(&node, kind, value, caller);
         }
@@ -71,7 +71,7 @@ impl SealFs {
             return serde_json::to_vec(&crate::metrics::global().snapshot())
                 .map_err(|e| VolumeError::Usage(format!("stats: {e}")));
         }
-        if !self.tuning.acl && crate::fs::posix_acl::Kind::of(name).is_some() {
+        if self.acl_off(name) {
             return Err(VolumeError::NoAttribute);
         }
         let (node, target) = self.xattr_target(ino)?;
@@ -94,9 +94,7 @@ impl SealFs {
             }
             match names::decrypt_xattr_name(&keys, &backing) {
                 // A mount with noacl shows no ACL (as ext4's noacl), and keeps those stored.
-                Some(plain)
-                    if !self.tuning.acl
-                        && crate::fs::posix_acl::Kind::of(OsStr::from_bytes(&plain)).is_some() => {}
+                Some(plain) if self.acl_off(OsStr::from_bytes(&plain)) => {}
                 Some(plain) if seen.insert(plain.clone()) => {
                     out.extend_from_slice(&plain);
                     out.push(0);
@@ -120,8 +118,8 @@ impl SealFs {
         if is_stats_attribute(ino, name) {
             return Err(reserved());
         }
-        if !self.tuning.acl && crate::fs::posix_acl::Kind::of(name).is_some() {
-            return Err(VolumeError::Unsupported("POSIX ACLs on a mount with noacl"));
+        if self.acl_off(name) {
+            return Err(no_acls());
         }
         let (node, target) = self.xattr_target(ino)?;
         let (keys, _lock) = self.keys_for_xattr_write(&node)?;
@@ -144,6 +142,17 @@ pub const STATS_ATTRIBUTE: &str = "user.sealfs.stats";
 
 fn is_stats_attribute(ino: u64, name: &OsStr) -> bool {
     ino == crate::fs::inodes::ROOT_INO && name == STATS_ATTRIBUTE
+}
+
+impl SealFs {
+    /// Whether `name` is an ACL on a mount with `-o noacl`, which keeps none (ext4's noacl).
+    fn acl_off(&self, name: &OsStr) -> bool {
+        !self.tuning.acl && crate::fs::posix_acl::Kind::of(name).is_some()
+    }
+}
+
+fn no_acls() -> VolumeError {
+    VolumeError::Unsupported("POSIX ACLs on a mount with noacl")
 }
 
 fn reserved() -> VolumeError {
