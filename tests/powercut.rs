@@ -64,8 +64,17 @@ impl Rig {
             );
             assert!(out.status.success(), "{}", common::stderr(&out));
         }
+        let sealfs = upper.mount_with(workload.mount_options());
+        if let Workload::Shared = workload {
+            // Made before the cuts: a shared mount leaves a file whose preamble never reached
+            // the disk to fsck (another host may be making it).
+            let f = File::create(sealfs.path.join("data")).unwrap();
+            f.write_all_at(&shared_initial(), 0).unwrap();
+            f.sync_all().unwrap();
+            File::open(&sealfs.path).unwrap().sync_all().unwrap();
+        }
         Rig {
-            sealfs: upper.mount(),
+            sealfs,
             powercut,
             _upper: upper,
             lower,
@@ -110,6 +119,16 @@ enum Workload {
     Tenant,
     /// restic backups into a repository on the mount (workloads/restic.rs).
     Restic,
+    /// On a shared mount (`-o shared`): a 64 KiB file made before the cuts, then 37-byte
+    /// appends and 100-byte overwrites at random offsets, alternately, each fdatasynced.
+    Shared,
+}
+
+/// The shared workload's file before its steps.
+fn shared_initial() -> Vec<u8> {
+    (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
 }
 
 const STEPS: usize = 40;
@@ -122,9 +141,21 @@ fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
 }
 
 impl Workload {
+    /// The options sealfs is mounted with, for the workload and for each crash state.
+    fn mount_options(&self) -> &'static [&'static str] {
+        match self {
+            Workload::Shared => &["-o", "shared"],
+            _ => &[],
+        }
+    }
+
     /// What holds before anything was acknowledged.
     fn initial(&self) -> Expect {
         match self {
+            Workload::Shared => Expect::File {
+                name: "data",
+                data: shared_initial(),
+            },
             Workload::Sqlite(_) => Expect::Rows(0),
             Workload::Tree => Expect::Tree(Tree::new()),
             Workload::Restic => Expect::Restic(None),
@@ -198,6 +229,24 @@ impl Workload {
                     f.write_all_at(&data, offset).unwrap();
                     f.sync_data().unwrap();
                     model[offset as usize..][..len].copy_from_slice(&data);
+                    ack(file(&model));
+                }
+            }
+            Workload::Shared => {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                model = shared_initial();
+                for i in 0..STEPS {
+                    let (offset, len) = if i % 2 == 0 {
+                        (model.len() as u64, 37)
+                    } else {
+                        (rng.below(model.len() as u64 - 100), 100)
+                    };
+                    let data = random_bytes(rng, len);
+                    f.write_all_at(&data, offset).unwrap();
+                    f.sync_data().unwrap();
+                    let end = offset as usize + len;
+                    model.resize(model.len().max(end), 0);
+                    model[offset as usize..end].copy_from_slice(&data);
                     ack(file(&model));
                 }
             }
@@ -364,7 +413,7 @@ fn check_state(
     let cipher = dir.path().join("cipher");
     snapshot.materialize(variant, &cipher);
     let vol = TestVolume::existing(dir, cipher, keys.to_path_buf());
-    let m = vol.mount();
+    let m = vol.mount_with(workload.mount_options());
     let eio: u64 = files_under(&m.path).iter().map(|f| read_chunks(f).2).sum();
     let (lost, failed) = workload.check(&m.path, acked, next);
     let log = m.unmount();
@@ -529,6 +578,11 @@ fn truncates_and_fallocates_survive_power_cuts() {
 #[test]
 fn a_tenant_directory_survives_power_cuts() {
     power_cuts(Workload::Tenant, 8);
+}
+
+#[test]
+fn a_shared_mount_survives_power_cuts() {
+    power_cuts(Workload::Shared, 10);
 }
 
 #[test]

@@ -29,15 +29,8 @@ pub struct FileRangeLock<'a> {
     len: i64,
 }
 
-/// Locks the backing bytes of blocks `first..end` (`end` exclusive, or `TO_END`) of `file`,
-/// waiting for other holders: shared for reading, exclusive for writing.
-pub fn lock_blocks<'a>(
-    file: &'a File,
-    layout: &Layout,
-    first: u64,
-    end: u64,
-    exclusive: bool,
-) -> Result<FileRangeLock<'a>, CoordError> {
+/// The backing bytes the lock of blocks `first..end` (or `TO_END`) covers: start and length.
+fn block_span(layout: &Layout, first: u64, end: u64) -> Result<(i64, i64), CoordError> {
     // Block 0's lock covers the preamble too (no need to tell the two apart), but for its
     // first byte, which is the hole map's lock (`lock_hole_map`).
     let start = if first == 0 {
@@ -56,10 +49,26 @@ pub fn lock_blocks<'a>(
     } else {
         (layout.block_offset(end) - start).min(FORWARDED_BASE as u64 - start)
     };
+    Ok((
+        i64::try_from(start).map_err(|_| CoordError::TooLarge)?,
+        i64::try_from(len).map_err(|_| CoordError::TooLarge)?,
+    ))
+}
+
+/// Locks the backing bytes of blocks `first..end` (`end` exclusive, or `TO_END`) of `file`,
+/// waiting for other holders: shared for reading, exclusive for writing.
+pub fn lock_blocks<'a>(
+    file: &'a File,
+    layout: &Layout,
+    first: u64,
+    end: u64,
+    exclusive: bool,
+) -> Result<FileRangeLock<'a>, CoordError> {
+    let (start, len) = block_span(layout, first, end)?;
     let lock = FileRangeLock {
         fd: file.as_fd(),
-        start: i64::try_from(start).map_err(|_| CoordError::TooLarge)?,
-        len: i64::try_from(len).map_err(|_| CoordError::TooLarge)?,
+        start,
+        len,
     };
     let kind = if exclusive {
         libc::F_WRLCK
@@ -77,6 +86,35 @@ pub fn lock_blocks<'a>(
     lock.set(kind, true).map_err(CoordError::from)?;
     crate::metrics::global().lock_waited(waiting.elapsed());
     Ok(lock)
+}
+
+/// Locks the backing bytes of blocks `first..end` (or `TO_END`) of `file` exclusively if no one
+/// holds any of them (`None` otherwise): a shared mount's settling of an undo journal, which
+/// must not wait for writers (it runs again later).
+pub fn try_lock_blocks<'a>(
+    file: &'a File,
+    layout: &Layout,
+    first: u64,
+    end: u64,
+) -> Result<Option<FileRangeLock<'a>>, CoordError> {
+    let (start, len) = block_span(layout, first, end)?;
+    let lock = FileRangeLock {
+        fd: file.as_fd(),
+        start,
+        len,
+    };
+    match lock.set(libc::F_WRLCK, false) {
+        Ok(()) => Ok(Some(lock)),
+        Err(nix::Error::EAGAIN | nix::Error::EACCES) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Locks all of `file` (an undo journal shared mounts append to) exclusively, waiting for
+/// other holders. The lock belongs to `file`'s open file description: it goes when that
+/// description is closed.
+pub fn lock_whole_file(file: &File) -> Result<(), CoordError> {
+    ofd_lock(file.as_fd(), libc::F_WRLCK, 0, 0, true).map_err(CoordError::from)
 }
 
 /// The backing byte whose lock guards a data file's hole map sidecar (`volume::hole_maps`):

@@ -55,6 +55,16 @@ pub fn decode(
     file_id: &Id,
     max_stored: usize,
 ) -> Result<Vec<UndoRecord>, FormatError> {
+    Ok(decode_with_end(bytes, file_id, max_stored)?.0)
+}
+
+/// `decode`, and where the records end: where the next one goes (what follows may be zeros,
+/// older records or a record cut short, none of them read).
+pub fn decode_with_end(
+    bytes: &[u8],
+    file_id: &Id,
+    max_stored: usize,
+) -> Result<(Vec<UndoRecord>, u64), FormatError> {
     let mut r = Reader::new(bytes, "undo journal");
     if r.take(7)? != MAGIC {
         return Err(FormatError::BadMagic("undo journal"));
@@ -74,6 +84,7 @@ pub fn decode(
         return Err(FormatError::Invalid("undo journal of another file"));
     }
     let mut records = Vec::new();
+    let mut end = PREAMBLE_LEN;
     while let Ok(head) = r.take(RECORD_HEAD_LEN) {
         let block = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
         let backing_len = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
@@ -89,8 +100,9 @@ pub fn decode(
             backing_len,
             stored: stored.to_vec(),
         });
+        end += (RECORD_HEAD_LEN + len) as u64;
     }
-    Ok(records)
+    Ok((records, end))
 }
 
 #[cfg(test)]
@@ -125,6 +137,27 @@ mod tests {
         #[test]
         fn records_round_trip(records in proptest::collection::vec(record(), 0..6)) {
             prop_assert_eq!(decode(&encode(&records), &ID, 200).unwrap(), records);
+        }
+
+        /// Records appended where the decoded ones end extend them, whatever followed.
+        #[test]
+        fn records_append_at_the_end(
+            records in proptest::collection::vec(record(), 0..4),
+            more in proptest::collection::vec(record(), 1..3),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = encode(&records);
+            bytes.extend_from_slice(&[0; RECORD_HEAD_LEN]);
+            bytes.extend_from_slice(&junk);
+            let (_, end) = decode_with_end(&bytes, &ID, 200).unwrap();
+            prop_assert_eq!(end, encode(&records).len() as u64);
+            bytes.truncate(end as usize);
+            for r in &more {
+                encode_record(r.block, r.backing_len, &r.stored, &mut bytes);
+            }
+            let mut all = records.clone();
+            all.extend(more);
+            prop_assert_eq!(decode(&bytes, &ID, 200).unwrap(), all);
         }
 
         /// A journal cut anywhere after its preamble (a torn append) gives the records that

@@ -19,7 +19,7 @@ use crate::io::range_lock::RangeLock;
 use crate::keys::DataKeyMaterial;
 use crate::shell::attr::file_type;
 use crate::volume::hole_maps::FileHoles;
-use crate::volume::undo::FileUndo;
+use crate::volume::undo::Keeper;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -35,7 +35,7 @@ pub struct Content {
     pub material: Arc<DataKeyMaterial>,
     pub holes: Option<Arc<FileHoles>>,
     /// The keeper of the data file's undo journal (`None`: this mount journals nothing).
-    pub undo: Option<Arc<FileUndo>>,
+    pub undo: Option<Arc<Keeper>>,
 }
 
 impl Content {
@@ -63,7 +63,7 @@ pub struct Node {
     /// same (`None`: a version 1 data file); set with `file_id`.
     pub holes: OnceLock<Option<Arc<FileHoles>>>,
     /// The keeper of the data file's undo journal, one per inode like `holes`.
-    pub undo: OnceLock<Option<Arc<FileUndo>>>,
+    pub undo: OnceLock<Option<Arc<Keeper>>>,
     /// Block-range lock: keeps read-modify-write of edge blocks and size changes from
     /// interleaving, while I/O to disjoint blocks runs in parallel.
     pub ranges: RangeLock,

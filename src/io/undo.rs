@@ -159,7 +159,24 @@ impl Recovery {
     }
 }
 
-impl super::DataFile<'_> {
+impl<'a> super::DataFile<'a> {
+    /// A sealed block's size: what one undo record holds at most.
+    pub fn sealed_block_size(&self) -> u64 {
+        self.layout.sealed_block_size()
+    }
+
+    /// Locks all blocks of the file exclusively if no one holds any of them (`None` else).
+    pub fn try_lock_whole(
+        &self,
+    ) -> Result<Option<crate::coord::file_locks::FileRangeLock<'a>>, IoError> {
+        Ok(crate::coord::file_locks::try_lock_blocks(
+            self.file,
+            &self.layout,
+            0,
+            crate::coord::file_locks::TO_END,
+        )?)
+    }
+
     /// fsync (`datasync`: fdatasync) of the data file, which ends its undo journal's epoch.
     pub fn sync(&self, datasync: bool) -> Result<(), IoError> {
         let sync = || {
@@ -220,6 +237,11 @@ impl super::DataFile<'_> {
     /// opens, is put back (the latest copy of a block wins); a torn block past the length the file had when the epoch began
     /// (written since, never fsynced) is cut off with what follows it.
     pub fn recovery(&self, records: &[UndoRecord]) -> Result<Recovery, IoError> {
+        self.recovery_with(records, true)
+    }
+
+    /// `recovery`, with the scan for torn new blocks past the epoch's length only if `cut`.
+    fn recovery_with(&self, records: &[UndoRecord], cut: bool) -> Result<Recovery, IoError> {
         let mut plan = Recovery::default();
         // The last record's epoch length: where the epoch a crash cut began (the records of
         // earlier epochs a journal may still hold concern blocks durable since).
@@ -253,6 +275,10 @@ impl super::DataFile<'_> {
                 end = end.min(self.layout.block_offset(index) + record.stored.len() as u64);
             }
             plan.restore.push((index, record.stored.clone()));
+        }
+        if !cut {
+            plan.cut_to = (end < backing_len).then_some(end);
+            return Ok(plan);
         }
         // Blocks that start at or past the epoch's first length were written in it.
         let sealed = self.layout.sealed_block_size();
@@ -315,6 +341,46 @@ impl super::DataFile<'_> {
             plan.cut_to = Some(self.layout.backing_size(size));
         }
         Ok(plan)
+    }
+
+    /// What a shared mount does to this data file before it cuts its journal back (`mend`
+    /// false): the recorded blocks that do not read put back from their copies. And when a
+    /// block failed authentication with no writer on it (`mend`: a crash on some host tore
+    /// it): `recovery` from the journal's `records` (or, with none,
+    /// `recovery_without_journal`), but no cut that would drop a block that reads (another
+    /// host may have appended it since, and made it durable): the torn block then stays EIO,
+    /// for fsck.
+    pub fn recovery_shared(&self, records: &[UndoRecord], mend: bool) -> Result<Recovery, IoError> {
+        let mut plan = if !mend {
+            self.recovery_with(records, false)?
+        } else if records.is_empty() {
+            self.recovery_without_journal()?
+        } else {
+            self.recovery(records)?
+        };
+        if let Some(cut) = plan.cut_to
+            && self.a_block_reads_from(cut)?
+        {
+            plan.cut_to = None;
+        }
+        Ok(plan)
+    }
+
+    /// Whether a block starting at or past backing offset `at` reads.
+    fn a_block_reads_from(&self, at: u64) -> Result<bool, IoError> {
+        let stored = StoredBlocks {
+            file: self.file,
+            layout: &self.layout,
+        };
+        let backing_len = stored.backing_len()?;
+        let mut index = stored.first_block_at_or_past(at);
+        while let Some(bytes) = stored.block(index, backing_len)? {
+            if self.reads(index, &bytes)? {
+                return Ok(true);
+            }
+            index += 1;
+        }
+        Ok(false)
     }
 
     /// Applies `plan` and makes it durable. A hole put back is recorded in the hole map first.

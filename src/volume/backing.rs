@@ -203,6 +203,38 @@ impl Backing {
     }
 }
 
+/// Makes this host's view of a backing file on a distributed filesystem current, after the
+/// lock: its size and times asked of the filesystem's client (statx with AT_STATX_FORCE_SYNC;
+/// a FUSE client's attributes are otherwise cached for a while, and a stale size puts the end
+/// of file, and so the block a write re-seals, in the wrong place), and this kernel's cached
+/// pages of it dropped (a FUSE client such as GlusterFS's lets the kernel keep them across
+/// opens). The file was just opened: its pages are clean.
+pub fn refresh(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd, an empty C path with AT_EMPTY_PATH, and a statx buffer.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_SIZE | libc::STATX_MTIME,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not refresh a backing file's size");
+    }
+    if let Err(e) = nix::fcntl::posix_fadvise(
+        file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    ) {
+        tracing::debug!(error = %e, "could not drop a backing file's cached pages");
+    }
+}
+
 /// Probes the filesystem holding the directory `root`.
 pub fn probe(root: BorrowedFd<'_>) -> Backing {
     let fs_type = fs_type(root).unwrap_or_else(|| "unknown".into());

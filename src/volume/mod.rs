@@ -22,6 +22,7 @@ mod test_points;
 pub mod tree;
 pub mod undo;
 mod undo_file;
+mod undo_shared;
 
 pub use crate::coord::maintenance::lock_config;
 

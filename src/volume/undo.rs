@@ -30,6 +30,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use super::error::{Result, VolumeError};
 pub use super::undo_file::FileUndo;
 use super::undo_file::{JournalHost, State, sync_dir};
+pub use super::undo_shared::SharedUndo;
 use crate::format::block::Layout;
 use crate::format::undo::{self, UndoRecord};
 use crate::format::{Id, id_from_hex, id_to_hex};
@@ -293,6 +294,12 @@ impl UndoStore {
         FileUndo::new(file_id, self.clone(), state)
     }
 
+    /// The keeper of `file_id`'s journal for a shared mount (`coherent`: the cipher dir is on
+    /// a local filesystem).
+    pub fn shared_keeper(self: &Arc<Self>, file_id: Id, coherent: bool) -> SharedUndo {
+        SharedUndo::new(file_id, self.clone(), coherent)
+    }
+
     /// The records of `file_id`'s journal (none where it has none).
     pub fn records(&self, file_id: &Id, layout: &Layout) -> Result<Vec<UndoRecord>> {
         let Some(dir) = self.existing_dir()? else {
@@ -410,6 +417,57 @@ impl UndoStore {
     }
 }
 
+/// The keeper of a data file's undo journal, as the mount keeps it.
+pub enum Keeper {
+    /// A lone mount's: epochs between fsyncs (`undo_file`).
+    Lone(FileUndo),
+    /// A shared mount's: one journal all mounts append to, settled (`undo_shared`).
+    Shared(SharedUndo),
+}
+
+impl Keeper {
+    /// The file's last handle on this mount is closed.
+    pub fn closed(&self) {
+        if let Keeper::Lone(keeper) = self {
+            keeper.closed();
+        }
+    }
+
+    /// The file is gone (last link and handle): its journal goes with its header.
+    pub fn discard(&self) {
+        match self {
+            Keeper::Lone(keeper) => keeper.discard(),
+            Keeper::Shared(keeper) => keeper.discard(),
+        }
+    }
+
+    fn ledger(&self) -> &dyn crate::io::UndoLedger {
+        match self {
+            Keeper::Lone(keeper) => keeper,
+            Keeper::Shared(keeper) => keeper,
+        }
+    }
+}
+
+impl crate::io::UndoLedger for Keeper {
+    fn protect(
+        &self,
+        at: &crate::io::LedgerAccess<'_>,
+        blocks: std::ops::Range<u64>,
+        stored: &crate::io::StoredBlocks<'_>,
+    ) -> std::result::Result<(), crate::io::IoError> {
+        self.ledger().protect(at, blocks, stored)
+    }
+
+    fn end_epoch(
+        &self,
+        stored: &crate::io::StoredBlocks<'_>,
+        sync: &(dyn Fn() -> std::result::Result<(), crate::io::IoError> + Sync),
+    ) -> std::result::Result<(), crate::io::IoError> {
+        self.ledger().end_epoch(stored, sync)
+    }
+}
+
 impl super::sweep::SweepHost for UndoStore {
     fn moves(&self) -> u64 {
         self.moves.load(std::sync::atomic::Ordering::Acquire)
@@ -423,6 +481,10 @@ impl super::sweep::SweepHost for UndoStore {
 impl JournalHost for UndoStore {
     fn journal_dir(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
         self.dir()
+    }
+
+    fn existing_journal_dir(&self) -> Result<Option<std::os::fd::BorrowedFd<'_>>> {
+        self.existing_dir()
     }
 
     fn touched(&self, file_id: Id) {

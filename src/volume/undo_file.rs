@@ -47,6 +47,8 @@ const GROW: u64 = 64 << 10;
 pub(super) trait JournalHost: Send + Sync {
     /// `sealfs.undo`, made (durably) if absent.
     fn journal_dir(&self) -> VolumeResult<BorrowedFd<'_>>;
+    /// `sealfs.undo` if it exists.
+    fn existing_journal_dir(&self) -> VolumeResult<Option<BorrowedFd<'_>>>;
     /// `file_id` has a journal this mount made: a clean unmount removes it.
     fn touched(&self, file_id: Id);
     /// `file_id`'s epoch holds writes a clean unmount must make durable (`Some`: its state),

@@ -22,7 +22,7 @@ use crate::fs::inodes::{Content, Node};
 use crate::io::{DataFile, IoError};
 use crate::volume::Result;
 use crate::volume::hole_maps::{FileHoles, Writers};
-use crate::volume::undo::FileUndo;
+use crate::volume::undo::Keeper;
 
 /// Something done to a data file's blocks.
 pub(super) type Act<'f> = dyn FnMut(&DataFile<'_>) -> std::result::Result<(), IoError> + 'f;
@@ -69,12 +69,13 @@ pub(super) trait BlockAccess: Send + Sync {
     fn file_holes(&self, fs: &SealFs, version: u8, id: crate::io::FileId)
     -> Option<Arc<FileHoles>>;
 
-    /// The keeper of the undo journal of data file `id`: lone mounts journal rewrites of stored
-    /// blocks (`volume::undo`); shared mounts do not (docs/GUARANTEES.md says what that costs).
-    fn file_undo(&self, fs: &SealFs, id: crate::io::FileId) -> Option<Arc<FileUndo>> {
-        self.sole_writer()
-            .then(|| Arc::new(fs.volume.undo.keeper(id)))
-    }
+    /// The keeper of the undo journal of data file `id`: a lone mount's epochs
+    /// (`volume::undo`), or the journal every shared mount appends to (`volume::undo_shared`).
+    fn file_undo(&self, fs: &SealFs, id: crate::io::FileId) -> Option<Arc<Keeper>>;
+
+    /// After this mount's fsync of a file, or its last close: a shared mount that journaled
+    /// writes to it settles its journal if no mount is writing it (`volume::undo_shared`).
+    fn settle(&self, _fs: &SealFs, _node: &Node, _content: &Content) {}
 
     /// The keeper of the hole map of a data file just made.
     fn new_file_holes(&self, fs: &SealFs, id: crate::io::FileId) -> Arc<FileHoles> {
@@ -141,6 +142,10 @@ impl BlockAccess for Lone {
     ) -> Option<Arc<FileHoles>> {
         fs.volume.file_holes(version, id, Writers::Sole)
     }
+
+    fn file_undo(&self, fs: &SealFs, id: crate::io::FileId) -> Option<Arc<Keeper>> {
+        Some(Arc::new(Keeper::Lone(fs.volume.undo.keeper(id))))
+    }
 }
 
 struct Shared {
@@ -168,9 +173,72 @@ impl Shared {
             return Ok(Some(file.clone()));
         }
         let file = Arc::new(fs.reopen(&handle.node, OFlag::O_RDONLY)?);
-        refresh(&file);
+        crate::volume::backing::refresh(&file);
         *crate::sync::lock(&handle.node.reader) = Some((epoch, file.clone()));
         Ok(Some(file))
+    }
+}
+
+impl Shared {
+    /// `change` once, under the blocks' lock: its own error apart from the lock's.
+    fn change_once(
+        &self,
+        fs: &SealFs,
+        node: &Node,
+        file: &File,
+        content: &Content,
+        blocks: (u64, u64),
+        change: &mut Act<'_>,
+    ) -> Result<std::result::Result<(), IoError>> {
+        let held = fs.data_file(file, content);
+        let _held = held.lock_blocks(blocks.0, blocks.1, true)?;
+        if self.coherent {
+            return Ok(change(&held));
+        }
+        let fresh = fs.reopen(node, OFlag::O_RDWR)?;
+        crate::volume::backing::refresh(&fresh);
+        let target = fs.data_file(&fresh, content);
+        Ok(change(&target).and_then(|()| target.flush()))
+    }
+
+    /// Mends and settles `node`'s undo journal (`volume::undo_shared`) holding every block of
+    /// the file: waiting for writers on every mount where `mend` (a block failed with no
+    /// writer on it), else only if no mount holds any block. Whether it ran.
+    fn settle_journal(
+        &self,
+        fs: &SealFs,
+        node: &Node,
+        content: &Content,
+        mend: bool,
+    ) -> Result<bool> {
+        let Some(Keeper::Shared(keeper)) = content.undo.as_deref() else {
+            return Ok(false);
+        };
+        if fs.read_only {
+            return Ok(false);
+        }
+        // Without touching the atime, which a program may have just set (a settle comes
+        // after fsync(2) or close(2) returned), where this process may (it owns the file).
+        let file = fs
+            .reopen(node, OFlag::O_RDWR | OFlag::O_NOATIME)
+            .or_else(|_| fs.reopen(node, OFlag::O_RDWR))?;
+        if mend && keeper.fruitless(&file.metadata()?) {
+            return Ok(false);
+        }
+        let data = fs.data_file(&file, content);
+        let _all = if mend {
+            data.lock_blocks(0, crate::io::range_lock::TO_END, true)?
+        } else {
+            match data.try_lock_whole()? {
+                Some(lock) => lock,
+                None => return Ok(false),
+            }
+        };
+        if !self.coherent {
+            crate::volume::backing::refresh(&file);
+        }
+        keeper.settle(&data, mend)?;
+        Ok(true)
     }
 }
 
@@ -188,13 +256,28 @@ impl BlockAccess for Shared {
             Err(IoError::Integrity { .. } | IoError::UnrecordedHole { .. }) => {}
             other => return Ok(other?),
         }
-        let file = fs.reopen(&handle.node, OFlag::O_RDONLY)?;
-        let locked = fs.data_file(&file, &handle.content);
-        let _shared = locked.lock_blocks(blocks.0, blocks.1, false)?;
-        if !self.coherent {
-            refresh(&file);
+        for mended in [false, true] {
+            let file = fs.reopen(&handle.node, OFlag::O_RDONLY)?;
+            let locked = fs.data_file(&file, &handle.content);
+            let shared = locked.lock_blocks(blocks.0, blocks.1, false)?;
+            if !self.coherent {
+                crate::volume::backing::refresh(&file);
+            }
+            match read(&locked) {
+                // Failing with no writer on them: torn by a crash (mended, then read once
+                // more) or tampered with (EIO).
+                Err(e @ (IoError::Integrity { .. } | IoError::UnrecordedHole { .. }))
+                    if !mended =>
+                {
+                    drop(shared);
+                    if !self.settle_journal(fs, &handle.node, &handle.content, true)? {
+                        return Err(e.into());
+                    }
+                }
+                other => return Ok(other?),
+            }
         }
-        Ok(read(&locked)?)
+        unreachable!("the second pass returns")
     }
 
     fn change(
@@ -206,17 +289,20 @@ impl BlockAccess for Shared {
         blocks: (u64, u64),
         change: &mut Act<'_>,
     ) -> Result<()> {
-        let held = fs.data_file(file, content);
-        let _shared = held.lock_blocks(blocks.0, blocks.1, true)?;
-        if self.coherent {
-            return Ok(change(&held)?);
+        if matches!(content.undo.as_deref(), Some(Keeper::Shared(k)) if k.wants_settle()) {
+            // A journal grown long (writes and no fsync): cut back if nothing else is in flight.
+            self.settle_journal(fs, node, content, false)?;
         }
-        let fresh = fs.reopen(node, OFlag::O_RDWR)?;
-        refresh(&fresh);
-        let target = fs.data_file(&fresh, content);
-        change(&target)?;
-        target.flush()?;
-        Ok(())
+        match self.change_once(fs, node, file, content, blocks, change)? {
+            // A block the change reads back fails with no writer on it: torn by a crash
+            // (mended, then the change made once more) or tampered with (EIO).
+            Err(IoError::Integrity { .. } | IoError::UnrecordedHole { .. })
+                if self.settle_journal(fs, node, content, true)? =>
+            {
+                Ok(self.change_once(fs, node, file, content, blocks, change)??)
+            }
+            other => Ok(other?),
+        }
     }
 
     fn after_whole_file_change(
@@ -244,36 +330,16 @@ impl BlockAccess for Shared {
     ) -> Option<Arc<FileHoles>> {
         fs.volume.file_holes(version, id, Writers::Several)
     }
-}
 
-/// Makes this host's view of a backing file on a distributed filesystem current, after the
-/// lock: its size and times asked of the filesystem's client (statx with AT_STATX_FORCE_SYNC;
-/// a FUSE client's attributes are otherwise cached for a while, and a stale size puts the end
-/// of file, and so the block a write re-seals, in the wrong place), and this kernel's cached
-/// pages of it dropped (a FUSE client such as GlusterFS's lets the kernel keep them across
-/// opens). The file was just opened: its pages are clean.
-fn refresh(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid fd, an empty C path with AT_EMPTY_PATH, and a statx buffer.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
-            libc::STATX_SIZE | libc::STATX_MTIME,
-            &mut stx,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not refresh a backing file's size");
+    fn file_undo(&self, fs: &SealFs, id: crate::io::FileId) -> Option<Arc<Keeper>> {
+        let keeper = fs.volume.undo.shared_keeper(id, self.coherent);
+        Some(Arc::new(Keeper::Shared(keeper)))
     }
-    if let Err(e) = nix::fcntl::posix_fadvise(
-        file,
-        0,
-        0,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    ) {
-        tracing::debug!(error = %e, "could not drop a backing file's cached pages");
+
+    fn settle(&self, fs: &SealFs, node: &Node, content: &Content) {
+        let appended = matches!(content.undo.as_deref(), Some(Keeper::Shared(k)) if k.appended());
+        if appended && let Err(e) = self.settle_journal(fs, node, content, false) {
+            tracing::warn!(error = %e, "could not settle an undo journal; the next fsync or close does");
+        }
     }
 }

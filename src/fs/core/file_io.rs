@@ -381,6 +381,7 @@ impl SealFs {
         if let Some(holes) = &handle.content.holes {
             holes.data_synced();
         }
+        self.access.settle(self, &handle.node, &handle.content);
         Ok(())
     }
 
@@ -413,6 +414,7 @@ impl SealFs {
             tracing::error!(error = %e, "could not write a hole map at close");
         }
         if let Some(undo) = &handle.content.undo {
+            self.access.settle(self, &handle.node, &handle.content);
             undo.closed();
         }
         self.release_all_locks(handle.node.ino);
