@@ -10,8 +10,8 @@
 //! - There are no epochs: every write that replaces stored blocks copies each of them, since
 //!   another host may have written and fsynced a block since this mount last copied it, and
 //!   every block past the backing end (found under the block lock) is new.
-//! - A mount that appended *settles* the journal at its fsync of the file, at its last close
-//!   and when the journal has grown: holding every block of the data file (taken only if no
+//! - A mount that appended *settles* the journal at its last close of the file and when the
+//!   journal has passed `SETTLE_AT`: holding every block of the data file (taken only if no
 //!   mount holds any: a settle never waits for writers), it mends what a crash tore, makes
 //!   the data file durable and cuts the journal back to its preamble.
 //! - A block that fails authentication with no writer on it was torn by a crash (of any host):
@@ -33,7 +33,10 @@ use crate::io::{DataFile, IoError, LedgerAccess, Recovery, StoredBlocks, UndoLed
 
 /// A journal past this many bytes is settled before the next write that can (no other write
 /// in flight on the file).
-pub const SETTLE_AT: u64 = 8 << 20;
+pub const SETTLE_AT: u64 = 1 << 20;
+
+/// The least a journal grows by (zeros ahead of its records, as a lone mount's).
+const GROW: u64 = 64 << 10;
 
 /// Bound on a journal read (a shared journal holds the copies of writes since its last
 /// settle).
@@ -47,15 +50,49 @@ pub struct SharedUndo {
     coherent: bool,
     /// This mount appended records no settle has cut back yet.
     appended: AtomicBool,
-    /// The journal's length after this mount's last append or read, and where its records
-    /// ended: while the length stays that, no other mount appended or cut back since.
-    last: Mutex<Option<(u64, u64)>>,
+    /// Where the records ended after this mount's last append or read, and the journal's
+    /// bytes around there (`Known`): while they are still there, no other mount appended or
+    /// cut back since, and the records need not be read again.
+    last: Mutex<Option<Known>>,
     /// The journal's length as this mount last saw it (for `wants_settle`).
     seen_len: AtomicU64,
     /// The data file's length and change time when a mend last found nothing to mend (a
     /// block tampered with, not torn): until it changes, no read of it mends again (each
     /// would wait for every writer and read the whole file).
     fruitless: Mutex<Option<(u64, i64, i64)>>,
+}
+
+/// Where a journal's records end, and what this mount saw around there: up to `TAIL` bytes
+/// of the records before (a sealed block's tag, or the preamble) and the zero head after.
+/// Finding both again means no mount appended since (the head would not be zeros) nor cut
+/// the journal back and appended anew (the bytes before would be another record's).
+#[derive(Clone)]
+struct Known {
+    end: u64,
+    around: Vec<u8>,
+}
+
+/// Bytes of the records before their end that `Known` keeps.
+const TAIL: u64 = 32;
+
+impl Known {
+    fn new(bytes_before_end: &[u8], end: u64) -> Known {
+        let keep = bytes_before_end.len().min(TAIL as usize);
+        let mut around = bytes_before_end[bytes_before_end.len() - keep..].to_vec();
+        around.resize(keep + undo::RECORD_HEAD_LEN, 0);
+        Known { end, around }
+    }
+
+    fn at(&self) -> u64 {
+        self.end - (self.around.len() - undo::RECORD_HEAD_LEN) as u64
+    }
+
+    /// Whether `journal` still holds what this mount saw.
+    fn holds(&self, journal: &File) -> bool {
+        let mut now = vec![0u8; self.around.len()];
+        matches!(crate::io::read_full_at(journal, &mut now, self.at()), Ok(n) if n == now.len())
+            && now == self.around
+    }
 }
 
 /// What tells whether a data file changed: its length and change time.
@@ -166,7 +203,7 @@ impl SharedUndo {
         std::io::Read::read_to_end(&mut std::io::Read::take(&journal.io, MAX_READ), &mut bytes)?;
         let decoded =
             undo::decode_with_end(&bytes, &self.file_id, sealed).map_err(|e| self.error(e))?;
-        *crate::sync::lock(&self.last) = Some((journal.len, decoded.1));
+        *crate::sync::lock(&self.last) = Some(Known::new(&bytes[..decoded.1 as usize], decoded.1));
         Ok(decoded)
     }
 
@@ -203,7 +240,7 @@ impl SharedUndo {
             && journal.len > undo::PREAMBLE_LEN
         {
             journal.io.set_len(undo::PREAMBLE_LEN)?;
-            *crate::sync::lock(&self.last) = Some((undo::PREAMBLE_LEN, undo::PREAMBLE_LEN));
+            *crate::sync::lock(&self.last) = None;
             self.seen_len.store(undo::PREAMBLE_LEN, Ordering::Release);
         }
         self.appended.store(false, Ordering::Release);
@@ -234,24 +271,40 @@ impl UndoLedger for SharedUndo {
         for (index, block) in copy.zip(bytes.chunks(sealed)) {
             undo::encode_record(index, backing_len, block, &mut buf);
         }
+        let records = buf.len();
         buf.extend_from_slice(&[0; undo::RECORD_HEAD_LEN]);
         let journal = self.lock(true)?.expect("made");
-        let known = *crate::sync::lock(&self.last);
+        let known = crate::sync::lock(&self.last).clone();
         let end = match known {
-            // The file ends at the zero head this mount wrote last: an append by another mount
-            // would have grown it, and one after a cut back that reached this length again
-            // ended where this mount's did.
-            Some((len, end)) if len == journal.len && end + undo::RECORD_HEAD_LEN as u64 == len => {
-                end
-            }
+            Some(known) if known.holds(&journal.io) => known.end,
             _ => self.read(&journal, sealed)?.1,
         };
+        // Zeros ahead of the records where they reach past the journal's length (doubling,
+        // then by the MiB), so that the appends after overwrite in place and their fdatasync
+        // commits no metadata.
+        let needed = end + buf.len() as u64;
+        if needed > journal.len {
+            let grown = if needed < 1 << 20 {
+                needed.next_power_of_two().max(GROW)
+            } else {
+                needed.next_multiple_of(1 << 20)
+            };
+            buf.resize((grown - end) as usize, 0);
+        }
         journal.io.write_all_at(&buf, end)?;
         journal.io.sync_data()?;
-        let end = end + (buf.len() - undo::RECORD_HEAD_LEN) as u64;
-        let len = journal.len.max(end + undo::RECORD_HEAD_LEN as u64);
-        *crate::sync::lock(&self.last) = Some((len, end));
-        self.seen_len.store(len, Ordering::Release);
+        let new_end = end + records as u64;
+        // What precedes the new end: the last bytes of these records, after those of the
+        // journal before them where these are fewer.
+        let ours = records.min(TAIL as usize);
+        let mut tail = vec![0u8; TAIL as usize - ours];
+        let from = (end + ours as u64).saturating_sub(TAIL);
+        let got = crate::io::read_full_at(&journal.io, &mut tail, from)?;
+        tail.truncate(got.min((end - from) as usize));
+        tail.extend_from_slice(&buf[records - ours..records]);
+        *crate::sync::lock(&self.last) = Some(Known::new(&tail, new_end));
+        self.seen_len
+            .store(journal.len.max(end + buf.len() as u64), Ordering::Release);
         self.appended.store(true, Ordering::Release);
         Ok(())
     }

@@ -225,3 +225,25 @@ fn a_torn_tail_without_copies_is_cut_but_not_a_torn_middle() {
 
 /// `sealfs.undo/<id>` of `ID`.
 const UNDO_PATH: &str = "sealfs.undo/52525252525252525252525252525252";
+
+/// A mount's next append finds where the records end now, whatever another mount did since:
+/// appended after them, or cut the journal back and appended fewer bytes (leaving zeros where
+/// this mount's records ended).
+#[test]
+fn an_append_finds_the_end_another_mount_moved() {
+    let fx = fixture();
+    let (a, b) = (fx.mount(), fx.mount());
+    fx.df(None).write_at(0, &pattern(10, 2 * BS + 100)).unwrap();
+    fx.df(Some(&a)).write_at(0, b"a").unwrap();
+    fx.df(Some(&b)).write_at(BS as u64, b"b").unwrap();
+    fx.df(Some(&a)).write_at(2, b"a").unwrap();
+    let blocks: Vec<u64> = fx.records().iter().map(|r| r.block).collect();
+    assert_eq!(blocks, [0, 1, 0]);
+    // B settles, then copies the short last block: its records end before A's did.
+    b.settle(&fx.df(None), false).unwrap();
+    fx.df(Some(&b)).write_at(2 * BS as u64 + 5, b"b").unwrap();
+    assert_eq!(fx.records()[0].stored.len(), 100 + 28);
+    fx.df(Some(&a)).write_at(BS as u64 + 7, b"a").unwrap();
+    let blocks: Vec<u64> = fx.records().iter().map(|r| r.block).collect();
+    assert_eq!(blocks, [2, 1]);
+}

@@ -73,8 +73,8 @@ pub(super) trait BlockAccess: Send + Sync {
     /// (`volume::undo`), or the journal every shared mount appends to (`volume::undo_shared`).
     fn file_undo(&self, fs: &SealFs, id: crate::io::FileId) -> Option<Arc<Keeper>>;
 
-    /// After this mount's fsync of a file, or its last close: a shared mount that journaled
-    /// writes to it settles its journal if no mount is writing it (`volume::undo_shared`).
+    /// At this mount's last close of a file: a shared mount that journaled writes to it
+    /// settles its journal if no mount is writing it (`volume::undo_shared`).
     fn settle(&self, _fs: &SealFs, _node: &Node, _content: &Content) {}
 
     /// The keeper of the hole map of a data file just made.
@@ -339,7 +339,7 @@ impl BlockAccess for Shared {
     fn settle(&self, fs: &SealFs, node: &Node, content: &Content) {
         let appended = matches!(content.undo.as_deref(), Some(Keeper::Shared(k)) if k.appended());
         if appended && let Err(e) = self.settle_journal(fs, node, content, false) {
-            tracing::warn!(error = %e, "could not settle an undo journal; the next fsync or close does");
+            tracing::warn!(error = %e, "could not settle an undo journal; the next close does");
         }
     }
 }

@@ -381,7 +381,6 @@ impl SealFs {
         if let Some(holes) = &handle.content.holes {
             holes.data_synced();
         }
-        self.access.settle(self, &handle.node, &handle.content);
         Ok(())
     }
 
