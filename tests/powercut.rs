@@ -32,6 +32,8 @@ use workloads::tree::Tree;
 mod workloads {
     pub mod resize;
     pub mod restic;
+    pub mod rewrite;
+    pub mod shared;
     pub mod sqlite;
     pub mod tree;
 }
@@ -69,7 +71,7 @@ impl Rig {
             // Made before the cuts: a shared mount leaves a file whose preamble never reached
             // the disk to fsck (another host may be making it).
             let f = File::create(sealfs.path.join("data")).unwrap();
-            f.write_all_at(&shared_initial(), 0).unwrap();
+            f.write_all_at(&workloads::shared::initial(), 0).unwrap();
             f.sync_all().unwrap();
             File::open(&sealfs.path).unwrap().sync_all().unwrap();
         }
@@ -115,6 +117,8 @@ enum Workload {
     /// Truncates, punched holes, zeroed ranges, fallocate past the end, writes, each fsynced
     /// (workloads/resize.rs).
     Resize,
+    /// A 3 MiB file rewritten whole in 256 KiB writes and fsynced, 6 times (rewrite.rs).
+    Rewrite,
     /// The appender in a tenant's directory (a key policy of its own).
     Tenant,
     /// restic backups into a repository on the mount (workloads/restic.rs).
@@ -122,13 +126,6 @@ enum Workload {
     /// On a shared mount (`-o shared`): a 64 KiB file made before the cuts, then 37-byte
     /// appends and 100-byte overwrites at random offsets, alternately, each fdatasynced.
     Shared,
-}
-
-/// The shared workload's file before its steps.
-fn shared_initial() -> Vec<u8> {
-    (0..64 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect()
 }
 
 const STEPS: usize = 40;
@@ -154,7 +151,7 @@ impl Workload {
         match self {
             Workload::Shared => Expect::File {
                 name: "data",
-                data: shared_initial(),
+                data: workloads::shared::initial(),
             },
             Workload::Sqlite(_) => Expect::Rows(0),
             Workload::Tree => Expect::Tree(Tree::new()),
@@ -193,6 +190,7 @@ impl Workload {
         match self {
             Workload::Tree => workloads::tree::run(root, rng, STEPS, |t| ack(Expect::Tree(t))),
             Workload::Resize => workloads::resize::run(root, rng, STEPS, |d| ack(file(d))),
+            Workload::Rewrite => workloads::rewrite::run(root, rng, 6, |d| ack(file(d))),
             Workload::Restic => {
                 workloads::restic::run(root, rng, RESTIC_BACKUPS, |n| ack(Expect::Restic(Some(n))))
             }
@@ -232,24 +230,7 @@ impl Workload {
                     ack(file(&model));
                 }
             }
-            Workload::Shared => {
-                let f = OpenOptions::new().write(true).open(&path).unwrap();
-                model = shared_initial();
-                for i in 0..STEPS {
-                    let (offset, len) = if i % 2 == 0 {
-                        (model.len() as u64, 37)
-                    } else {
-                        (rng.below(model.len() as u64 - 100), 100)
-                    };
-                    let data = random_bytes(rng, len);
-                    f.write_all_at(&data, offset).unwrap();
-                    f.sync_data().unwrap();
-                    let end = offset as usize + len;
-                    model.resize(model.len().max(end), 0);
-                    model[offset as usize..end].copy_from_slice(&data);
-                    ack(file(&model));
-                }
-            }
+            Workload::Shared => workloads::shared::run(root, rng, STEPS, |d| ack(file(d))),
             Workload::Sqlite(journal) => {
                 let mut db = Sqlite::start(&root.join("db"), *journal);
                 ack(Expect::Rows(0));
@@ -573,6 +554,11 @@ fn names_survive_power_cuts() {
 #[test]
 fn truncates_and_fallocates_survive_power_cuts() {
     power_cuts(Workload::Resize, 7);
+}
+
+#[test]
+fn sequential_rewrites_survive_power_cuts() {
+    power_cuts(Workload::Rewrite, 11);
 }
 
 #[test]

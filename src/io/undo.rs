@@ -31,7 +31,17 @@ pub struct StoredBlocks<'a> {
     pub(super) layout: &'a Layout,
 }
 
-impl StoredBlocks<'_> {
+impl<'a> StoredBlocks<'a> {
+    /// The stored blocks of data file `file`, laid out as `layout` says.
+    pub fn new(file: &'a File, layout: &'a Layout) -> StoredBlocks<'a> {
+        StoredBlocks { file, layout }
+    }
+
+    /// How the data file's blocks are laid out.
+    pub fn layout(&self) -> Layout {
+        *self.layout
+    }
+
     /// The data file's backing length now.
     pub fn backing_len(&self) -> Result<u64, IoError> {
         Ok(self.file.metadata()?.len())
@@ -66,12 +76,24 @@ impl StoredBlocks<'_> {
 
     /// The stored bytes of `blocks`, back to back, up to backing length `backing_len`.
     pub fn run(&self, blocks: Range<u64>, backing_len: u64) -> Result<Vec<u8>, IoError> {
+        let mut bytes = Vec::new();
+        self.run_into(blocks, backing_len, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// `run`, into `bytes` (replacing what it held; its allocation is reused).
+    pub fn run_into(
+        &self,
+        blocks: Range<u64>,
+        backing_len: u64,
+        bytes: &mut Vec<u8>,
+    ) -> Result<(), IoError> {
         let at = self.layout.block_offset(blocks.start).min(backing_len);
         let end = self.layout.block_offset(blocks.end).min(backing_len);
-        let mut bytes = vec![0u8; (end - at) as usize];
-        let got = read_full_at(self.file, &mut bytes, at)?;
+        bytes.resize((end - at) as usize, 0);
+        let got = read_full_at(self.file, bytes, at)?;
         bytes.truncate(got);
-        Ok(bytes)
+        Ok(())
     }
 
     /// The stored bytes of block `index` of a data file `backing_len` bytes long (`None` past

@@ -21,6 +21,7 @@ mod symlinks;
 mod test_points;
 pub mod tree;
 pub mod undo;
+mod undo_copies;
 mod undo_file;
 mod undo_shared;
 

@@ -378,7 +378,7 @@ impl UndoStore {
     pub fn settle(&self) {
         let open: Vec<(Id, Arc<Mutex<State>>)> = crate::sync::lock(&self.open).drain().collect();
         for (id, state) in open {
-            let mut state = crate::sync::lock(&state);
+            let mut state = super::undo_file::until_idle(crate::sync::lock(&state), None);
             let synced = state.data.as_ref().map_or(Ok(()), File::sync_data);
             match synced {
                 Ok(()) => {

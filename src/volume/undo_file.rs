@@ -6,7 +6,9 @@
 //! Two things keep that off the hot paths:
 //! - *Copy-ahead*: a write that continues the previous copied run copies a window of the
 //!   stored blocks ahead of it as well (doubling, up to `AHEAD_BYTES`), so a sequential
-//!   overwrite of a fsynced file flushes the journal once per window, not once per request.
+//!   overwrite of a fsynced file flushes the journal once per window, not once per request;
+//!   once the windows are long, a copier thread copies the next while the writer goes
+//!   through this one (`FileUndo::copy_ahead`; the writing is `undo_copies`).
 //! - *Carry-over at fsync*: a file whose fsynced blocks were rewritten in the epoch (an
 //!   append's partial tail block, a database's pages) will likely rewrite them again in the
 //!   next. The fsync copies them (and the tail block) into the journal for the next epoch,
@@ -20,12 +22,14 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 
 use super::error::Result as VolumeResult;
+use super::undo_copies::{Ahead, Buffers, GROW, frame_at};
+use crate::format::block::Layout;
 use crate::format::holes::HoleMap;
 use crate::format::undo;
 use crate::format::{Id, id_to_hex};
@@ -33,15 +37,16 @@ use crate::io::{IoError, LedgerAccess, StoredBlocks, UndoLedger};
 
 /// The most stored bytes one copy-ahead takes.
 const AHEAD_BYTES: u64 = 8 << 20;
+/// A copied run at least this long is a sequential overwrite: its next window is copied on a
+/// thread of its own while the writer goes on (`FileUndo::copy_ahead`).
+const PIPELINE_BYTES: u64 = 256 << 10;
 /// Rewritten blocks an epoch may have and still have them carried over at its fsync: a
 /// database commit's pages, not a bulk overwrite.
 const HOT_BLOCKS: usize = 32;
+/// The most record bytes an epoch's end overwrites with zeros; past it, the journal is cut.
+const ZERO_AT_MOST: u64 = 256 << 10;
 /// A journal this long is cut back at the next fsync instead of carrying copies over.
 const COMPACT_AT: u64 = 1 << 20;
-/// The least a journal is grown by: it is written with zeros ahead of its records, so that
-/// appending one overwrites bytes in place and its fdatasync commits no metadata (on ext4, no
-/// journal commit: the flush can run beside the data file's).
-const GROW: u64 = 64 << 10;
 
 /// What a file's journal keeper asks of the volume's journals (`volume::undo::UndoStore`).
 pub(super) trait JournalHost: Send + Sync {
@@ -95,6 +100,15 @@ pub(super) struct State {
     ahead: (u64, u64),
     /// Records being appended, reused.
     buf: Vec<u8>,
+    /// A copy-ahead running on a thread of its own: the blocks it copies. It owns the
+    /// journal's end meanwhile: writes to those blocks, and any other append, wait for it.
+    in_flight: Option<Range<u64>>,
+    /// Signalled when a copy-ahead ends.
+    idle: Arc<Condvar>,
+    /// A copier thread runs (`FileUndo::copy_ahead`).
+    copier: bool,
+    /// Where the last write protected ended (a copier stays ahead of it).
+    writer_at: u64,
     /// The file is gone: its journal is never written again.
     gone: bool,
 }
@@ -123,6 +137,26 @@ impl State {
         if set.len() > HOT_BLOCKS {
             self.rewritten = None;
         }
+    }
+}
+
+/// Waits (letting go of `guard` meanwhile) until no copy-ahead runs on a thread of its own,
+/// or, given `blocks`, none that copies any of them.
+pub(super) fn until_idle<'a>(
+    mut guard: MutexGuard<'a, State>,
+    blocks: Option<&Range<u64>>,
+) -> MutexGuard<'a, State> {
+    loop {
+        let busy = match (&guard.in_flight, blocks) {
+            (None, _) => false,
+            (Some(r), Some(b)) => r.start < b.end && b.start < r.end,
+            (Some(_), None) => true,
+        };
+        if !busy {
+            return guard;
+        }
+        let idle = guard.idle.clone();
+        guard = crate::sync::wait(&idle, guard);
     }
 }
 
@@ -156,6 +190,28 @@ impl FileUndo {
         )))
     }
 
+    /// A sequential overwrite (its last copied window at least `PIPELINE_BYTES`) keeps a
+    /// copier on a thread of its own: it copies the next window while the writer goes
+    /// through this one, and goes on while the writer is within two windows of what it
+    /// copied, so the writer seldom waits for a journal flush. Nothing where a copier runs
+    /// already, or no thread can be had.
+    fn copy_ahead(&self, state: &mut State, at: &LedgerAccess<'_>, stored: &StoredBlocks<'_>) {
+        if state.copier || next_window(state, stored.layout(), u64::MAX).is_none() {
+            return;
+        }
+        let (Some(journal), Ok(data)) = (&state.journal, at.file.try_clone()) else {
+            return;
+        };
+        let Ok(journal) = journal.try_clone() else {
+            return;
+        };
+        let (shared, file_id, layout) = (self.state.clone(), self.file_id, stored.layout());
+        let spawned = std::thread::Builder::new()
+            .name("sealfs-undo".into())
+            .spawn(move || copier(&shared, &journal, &data, layout, &file_id));
+        state.copier = spawned.is_ok();
+    }
+
     /// Opens the journal (made if absent) with its preamble and `GROW` bytes of zeros,
     /// durable with its name: a record appended later needs only an fdatasync.
     fn open_journal(&self, state: &mut State) -> Result<(), IoError> {
@@ -184,18 +240,32 @@ impl FileUndo {
     /// mount ends epochs through `end_epoch`.
     #[cfg(test)]
     pub fn synced(&self) -> Result<(), IoError> {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = until_idle(crate::sync::lock(&self.state), None);
         self.spend(&mut state)
     }
 
-    /// Cuts the journal back to its preamble (zeros where its first record was; no fsync
-    /// needed: a stale record only ever puts back a block that does not read) and begins a
-    /// new epoch.
+    /// Cuts the journal back to its preamble (zeros over its records, or a truncation; no
+    /// fsync needed: a stale record only ever puts back a block that does not read) and
+    /// begins a new epoch.
     fn spend(&self, state: &mut State) -> Result<(), IoError> {
         if let Some(journal) = &state.journal
             && state.end > undo::PREAMBLE_LEN
         {
-            journal.write_all_at(&[0; undo::RECORD_HEAD_LEN], undo::PREAMBLE_LEN)?;
+            // Every record goes, not only the first: the next epoch's records land on the same
+            // bytes, and an append of theirs torn by a crash would otherwise be followed by
+            // these, which parse (records of one size line up across epochs) and would be
+            // the latest copies of their blocks (found by the rewrite workload of
+            // tests/powercut.rs: a block put back as it was two fsyncs before). Zeros where
+            // they are few; a long journal is cut to its preamble (it grows again with zeros
+            // ahead). Either reaches the disk with the next append's fdatasync, before any
+            // write relies on the journal again.
+            let used = state.end - undo::PREAMBLE_LEN;
+            if used <= ZERO_AT_MOST {
+                journal.write_all_at(&vec![0; used as usize], undo::PREAMBLE_LEN)?;
+            } else {
+                journal.set_len(undo::PREAMBLE_LEN)?;
+                state.allocated = undo::PREAMBLE_LEN;
+            }
         }
         if state.data.take().is_some() {
             self.store.epoch_open(self.file_id, None);
@@ -208,7 +278,7 @@ impl FileUndo {
     /// The file's last handle is closed: a file with nothing copied since its last fsync
     /// lets go of its journal (carried-over copies are not needed by a file no one writes).
     pub fn closed(&self) {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = until_idle(crate::sync::lock(&self.state), None);
         if state.dirty || state.journal.is_none() {
             return;
         }
@@ -225,7 +295,7 @@ impl FileUndo {
 
     /// The file is gone (last link and handle): its journal goes with its header.
     pub fn discard(&self) {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = until_idle(crate::sync::lock(&self.state), None);
         state.gone = true;
         state.journal = None;
         state.data = None;
@@ -291,19 +361,81 @@ fn start_write_back(file: &File, at: u64, len: u64) -> std::io::Result<()> {
 /// reach past the journal's length, zeros grow it (doubling, then by the MiB), so that the
 /// appends after need no metadata flushed. Returns the records' length.
 fn frame(state: &mut State) -> u64 {
-    let records = state.buf.len() as u64;
-    state.buf.extend_from_slice(&[0; undo::RECORD_HEAD_LEN]);
-    let needed = state.end + state.buf.len() as u64;
-    if needed > state.allocated {
-        let grown = if needed < 1 << 20 {
-            needed.next_power_of_two().max(GROW)
-        } else {
-            needed.next_multiple_of(1 << 20)
-        };
-        state.buf.resize((grown - state.end) as usize, 0);
-        state.allocated = grown;
+    frame_at(&mut state.buf, state.end, &mut state.allocated)
+}
+
+/// The next window a copier takes, and its length, where the writer is within two windows of
+/// what is copied (`backing_len`: the data file's length as last seen; blocks past it are new).
+fn next_window(state: &State, layout: Layout, backing_len: u64) -> Option<(Range<u64>, u64)> {
+    let (ahead_end, ahead_len) = state.ahead;
+    let sealed = layout.sealed_block_size();
+    if state.gone || state.journal.is_none() || state.start_len.is_none() {
+        return None;
     }
-    records
+    let window = (ahead_len * 2).min(AHEAD_BYTES / sealed);
+    if ahead_len * sealed < PIPELINE_BYTES
+        || state.writer_at + 2 * window <= ahead_end
+        || state.covered.contains(ahead_end)
+    {
+        return None;
+    }
+    let new_from = backing_len
+        .saturating_sub(layout.block_offset(0))
+        .div_ceil(sealed);
+    let next = ahead_end..(ahead_end + window).min(new_from);
+    (!next.is_empty()).then_some((next, window))
+}
+
+/// A copier's life: window after window, each copied with the state unlocked, until the writer
+/// is far enough behind, the epoch ends or the journal goes.
+fn copier(shared: &Mutex<State>, journal: &File, data: &File, layout: Layout, file_id: &Id) {
+    let mut bufs = Buffers::default();
+    loop {
+        let backing_len = data.metadata().map_or(0, |m| m.len());
+        let mut state = crate::sync::lock(shared);
+        let Some((next, window)) = next_window(&state, layout, backing_len) else {
+            state.copier = false;
+            state.idle.notify_all();
+            return;
+        };
+        let mut skip = HoleMap::default();
+        for index in next.clone() {
+            if state.covered.contains(index) {
+                skip.insert(index..index + 1);
+            }
+        }
+        let job = Ahead {
+            journal,
+            data,
+            layout,
+            blocks: next.clone(),
+            skip,
+            backing_len,
+            epoch_len: state.start_len.unwrap_or(backing_len),
+            end: state.end,
+            allocated: state.allocated,
+        };
+        state.in_flight = Some(next.clone());
+        state.ahead = (next.end, window);
+        drop(state);
+        let copied = job.run(&mut bufs);
+        let mut state = crate::sync::lock(shared);
+        state.in_flight = None;
+        state.idle.notify_all();
+        match copied {
+            Ok((end, allocated)) if !state.gone && state.journal.is_some() => {
+                state.end = end;
+                state.allocated = allocated;
+                state.covered.insert(next);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = %id_to_hex(file_id), error = %e, "could not copy ahead into an undo journal; the writes copy for themselves");
+                state.copier = false;
+                return;
+            }
+        }
+    }
 }
 
 impl UndoLedger for FileUndo {
@@ -313,7 +445,8 @@ impl UndoLedger for FileUndo {
         blocks: Range<u64>,
         stored: &StoredBlocks<'_>,
     ) -> Result<(), IoError> {
-        let mut guard = crate::sync::lock(&self.state);
+        let guard = crate::sync::lock(&self.state);
+        let mut guard = until_idle(guard, Some(&blocks));
         let state = &mut *guard;
         if state.gone || blocks.is_empty() {
             return Ok(());
@@ -323,6 +456,15 @@ impl UndoLedger for FileUndo {
             if let Some(len) = state.start_len {
                 state.note_rewrites(&blocks, stored.first_block_at_or_past(len));
             }
+            state.writer_at = blocks.end;
+            self.copy_ahead(state, at, stored);
+            return Ok(());
+        }
+        // The journal takes one writer at a time.
+        drop(guard);
+        let mut guard = until_idle(crate::sync::lock(&self.state), None);
+        let state = &mut *guard;
+        if state.gone {
             return Ok(());
         }
         let backing_len = stored.backing_len()?;
@@ -370,6 +512,8 @@ impl UndoLedger for FileUndo {
         journal.write_all_at(&state.buf, state.end)?;
         journal.sync_data()?;
         state.end += records;
+        state.writer_at = blocks.end;
+        self.copy_ahead(state, at, stored);
         Ok(())
     }
 
@@ -378,7 +522,7 @@ impl UndoLedger for FileUndo {
         stored: &StoredBlocks<'_>,
         sync: &(dyn Fn() -> Result<(), IoError> + Sync),
     ) -> Result<(), IoError> {
-        let mut guard = crate::sync::lock(&self.state);
+        let mut guard = until_idle(crate::sync::lock(&self.state), None);
         let state = &mut *guard;
         let carried = if state.gone {
             None
