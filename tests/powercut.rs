@@ -117,7 +117,7 @@ enum Workload {
     /// Truncates, punched holes, zeroed ranges, fallocate past the end, writes, each fsynced
     /// (workloads/resize.rs).
     Resize,
-    /// A 3 MiB file rewritten whole in 256 KiB writes and fsynced, 6 times (rewrite.rs).
+    /// A 3 MiB file grown and rewritten whole in 256 KiB writes, fsynced, 6 times (rewrite.rs).
     Rewrite,
     /// The appender in a tenant's directory (a key policy of its own).
     Tenant,

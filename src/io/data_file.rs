@@ -556,6 +556,7 @@ impl<'a> DataFile<'a> {
             self.reseal_block(size / bs, size, new_size)?;
         }
         if new_size > size {
+            self.note_extension()?;
             self.record_holes(size.div_ceil(bs)..new_size.div_ceil(bs), Persist::Now)?;
         }
         self.file.set_len(self.layout.backing_size(new_size))?;

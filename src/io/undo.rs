@@ -136,6 +136,13 @@ pub trait UndoLedger: Send + Sync {
         stored: &StoredBlocks<'_>,
     ) -> Result<(), IoError>;
 
+    /// The file is about to grow past backing length `old_len` (a truncate up, fallocate):
+    /// the blocks from there on are new in the epoch, holding nothing acknowledged, and a
+    /// write to them needs no copy. Nothing by default.
+    fn extended(&self, _old_len: u64, _stored: &StoredBlocks<'_>) -> Result<(), IoError> {
+        Ok(())
+    }
+
     /// An fsync of the file: `sync` makes its data durable, after which the copies are spent
     /// and a new epoch begins. The caller keeps writes out meanwhile. The keeper may copy, in
     /// parallel, blocks the next epoch is likely to rewrite.
@@ -182,6 +189,20 @@ impl Recovery {
 }
 
 impl<'a> super::DataFile<'a> {
+    /// Tells the undo journal the file is about to grow past its backing length now.
+    pub(super) fn note_extension(&self) -> Result<(), IoError> {
+        match self.undo {
+            Some(undo) => undo.extended(
+                self.backing_len()?,
+                &StoredBlocks {
+                    file: self.file,
+                    layout: &self.layout,
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// A sealed block's size: what one undo record holds at most.
     pub fn sealed_block_size(&self) -> u64 {
         self.layout.sealed_block_size()

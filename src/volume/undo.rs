@@ -459,6 +459,14 @@ impl crate::io::UndoLedger for Keeper {
         self.ledger().protect(at, blocks, stored)
     }
 
+    fn extended(
+        &self,
+        old_len: u64,
+        stored: &crate::io::StoredBlocks<'_>,
+    ) -> std::result::Result<(), crate::io::IoError> {
+        self.ledger().extended(old_len, stored)
+    }
+
     fn end_epoch(
         &self,
         stored: &crate::io::StoredBlocks<'_>,

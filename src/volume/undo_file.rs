@@ -517,6 +517,16 @@ impl UndoLedger for FileUndo {
         Ok(())
     }
 
+    fn extended(&self, old_len: u64, stored: &StoredBlocks<'_>) -> Result<(), IoError> {
+        let mut state = until_idle(crate::sync::lock(&self.state), None);
+        // The epoch began at most this long; what lies past it is new in it (a fallocate
+        // before the writes, as fio does: its zeros were never acknowledged).
+        let epoch_len = *state.start_len.get_or_insert(old_len);
+        let from = stored.first_block_at_or_past(epoch_len.max(old_len));
+        state.covered.insert(from..u64::MAX);
+        Ok(())
+    }
+
     fn end_epoch(
         &self,
         stored: &StoredBlocks<'_>,

@@ -417,3 +417,27 @@ fn a_torn_append_never_reaches_an_older_epoch_s_records() {
         "block 5 came back as it was two fsyncs before"
     );
 }
+
+/// A file grown in the epoch (a truncate up, a fallocate: fio lays its files out so) holds
+/// nothing acknowledged past its old end: writes there copy nothing; a block that was there
+/// before is still copied.
+#[test]
+fn blocks_a_file_grew_by_in_the_epoch_are_not_copied() {
+    let fx = fixture();
+    let undo = fx.store.keeper(ID);
+    let df = fx.df(Some(&undo));
+    df.write_at(0, &pattern(1, 4 * BS)).unwrap();
+    df.sync(true).unwrap();
+    df.allocate(0, 64 * BS as u64, false).unwrap();
+    df.write_at(8 * BS as u64, &pattern(2, 32 * BS)).unwrap();
+    assert!(fx.store.records(&ID, &fx.layout).unwrap().is_empty());
+    df.write_at(BS as u64, b"x").unwrap();
+    let blocks: Vec<u64> = fx
+        .store
+        .records(&ID, &fx.layout)
+        .unwrap()
+        .iter()
+        .map(|r| r.block)
+        .collect();
+    assert_eq!(blocks, [1]);
+}
