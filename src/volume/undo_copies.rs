@@ -32,7 +32,7 @@ pub(super) fn frame_at(buf: &mut Vec<u8>, end: u64, allocated: &mut u64) -> u64 
 }
 
 /// The length a journal grows to when `needed` bytes of it are: doubling, then by the MiB.
-fn grown(needed: u64) -> u64 {
+pub(super) fn grown(needed: u64) -> u64 {
     if needed < 1 << 20 {
         needed.next_power_of_two().max(GROW)
     } else {

@@ -35,9 +35,6 @@ use crate::io::{DataFile, IoError, LedgerAccess, Recovery, StoredBlocks, UndoLed
 /// in flight on the file).
 pub const SETTLE_AT: u64 = 1 << 20;
 
-/// The least a journal grows by (zeros ahead of its records, as a lone mount's).
-const GROW: u64 = 64 << 10;
-
 /// Bound on a journal read (a shared journal holds the copies of writes since its last
 /// settle).
 const MAX_READ: u64 = 1 << 32;
@@ -284,12 +281,7 @@ impl UndoLedger for SharedUndo {
         // commits no metadata.
         let needed = end + buf.len() as u64;
         if needed > journal.len {
-            let grown = if needed < 1 << 20 {
-                needed.next_power_of_two().max(GROW)
-            } else {
-                needed.next_multiple_of(1 << 20)
-            };
-            buf.resize((grown - end) as usize, 0);
+            buf.resize((super::undo_copies::grown(needed) - end) as usize, 0);
         }
         journal.io.write_all_at(&buf, end)?;
         journal.io.sync_data()?;
